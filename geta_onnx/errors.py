@@ -1,0 +1,52 @@
+"""The exception hierarchy of geta-onnx.
+
+Every error a user can cause is a GetaError whose message names the file, node or
+option at fault and says what to do. The CLI prints it on one line and exits 1; library
+callers catch GetaError. Bugs in geta-onnx itself stay ordinary exceptions.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class GetaError(Exception):
+    """A user-facing error: one line, names the culprit, says how to fix it."""
+
+
+class ModelLoadError(GetaError):
+    """The model file cannot be read, parsed or validated."""
+
+
+class UnsupportedOpError(GetaError):
+    """The model contains ops the bridge cannot convert.
+
+    `ops` lists every unsupported (domain, op_type, opset, first node name) at once, so a
+    user sees the whole list in one run instead of one op per attempt.
+    """
+
+    def __init__(self, model: str, ops: Iterable[tuple[str, str, int, str]]):
+        self.model = model
+        self.ops = sorted(set(ops))
+        listed = ", ".join(
+            f"{(d or 'ai.onnx')}::{op}-{ver} (e.g. node '{node}')" for d, op, ver, node in self.ops
+        )
+        super().__init__(
+            f"{model}: {len(self.ops)} unsupported op(s): {listed}. "
+            "Replace them in the exporter or open an issue with the model attached."
+        )
+
+
+class ConversionError(GetaError):
+    """A supported op has attributes or inputs the converter cannot handle."""
+
+    def __init__(self, node: str, op_type: str, reason: str):
+        self.node, self.op_type = node, op_type
+        super().__init__(f"node '{node}' ({op_type}): {reason}")
+
+
+class ConfigError(GetaError):
+    """An option or config-file value is invalid."""
+
+
+class DataError(GetaError):
+    """A data spec cannot be read or does not fit the model."""

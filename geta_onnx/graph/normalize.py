@@ -1,0 +1,267 @@
+"""Normalisation passes run on every loaded model.
+
+Each pass takes a ModelProto and returns a new one; `normalize_model` runs them in order:
+
+1. name_nodes          every node gets a unique, non-empty name (errors and maps use it)
+2. toposort            nodes in topological order
+3. fold_constant_nodes Constant nodes become initializers
+4. unlink_identity_initializers
+                       Identity(initializer) becomes an initializer of its own: the
+                       legacy exporter links EQUAL-valued tensors this way (e.g. zero
+                       biases of different layers), which were independent parameters
+5. fold_constants      nodes whose inputs are all constant are evaluated once. Folding
+                       stops at weights (float tensors with more than one element), so
+                       Transpose(W) -> MatMul keeps W trainable and a weight used twice
+                       stays one tensor
+6. infer_shapes        onnx shape inference with data propagation; onnxruntime's
+                       symbolic shape inference where dims stay symbolic or unknown
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelLoadError
+from .model import FLOAT_TYPES, OnnxModel
+
+log = logging.getLogger(__name__)
+
+# Ops never folded: random, stateful, or with subgraphs.
+_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+            "Bernoulli", "If", "Loop", "Scan", "Dropout", "QuantizeLinear", "DequantizeLinear"}
+_MAX_FOLD_ELEMENTS = 1 << 20
+
+
+def normalize_model(model: OnnxModel) -> OnnxModel:
+    proto = model.proto
+    for step in (name_nodes, toposort, fold_constant_nodes, unlink_identity_initializers, fold_constants):
+        proto = step(proto)
+    proto = infer_shapes(proto, label=model.label)
+    return OnnxModel(proto, model.path)
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    proto = _copy(proto)
+    seen: Counter[str] = Counter()
+    taken = {n.name for n in proto.graph.node if n.name}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or seen[node.name]:
+            base = node.name or f"{node.op_type}_{i}"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+            taken.add(name)
+        seen[node.name] += 1
+    return proto
+
+
+def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Kahn's algorithm, stable with respect to the original order."""
+    g = proto.graph
+    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    producers = {o: idx for idx, n in enumerate(g.node) for o in n.output}
+    deps: list[set[int]] = []
+    for n in g.node:
+        need = set()
+        for name in list(n.input) + _subgraph_inputs(n):
+            if name not in available and name in producers:
+                need.add(producers[name])
+        deps.append(need)
+    users = defaultdict(list)
+    for idx, need in enumerate(deps):
+        for d in need:
+            users[d].append(idx)
+    remaining = [len(d) for d in deps]
+    ready = sorted(i for i, r in enumerate(remaining) if r == 0)
+    order: list[int] = []
+    import heapq
+
+    heapq.heapify(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(g.node):
+        stuck = [g.node[i].name for i in range(len(g.node)) if i not in set(order)][:3]
+        raise ModelLoadError(f"graph '{g.name}' has a cycle or a missing tensor near nodes {stuck}")
+    if order == list(range(len(g.node))):
+        return proto
+    proto = _copy(proto)
+    nodes = [proto.graph.node[i] for i in order]
+    new_nodes = [onnx.NodeProto() for _ in nodes]
+    for dst, src in zip(new_nodes, nodes):
+        dst.CopyFrom(src)
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+    return proto
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope names read by If / Loop / Scan bodies."""
+    names: list[str] = []
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                local.update(n.output)
+            for n in sub.node:
+                names.extend(x for x in list(n.input) + _subgraph_inputs(n) if x and x not in local)
+    return names
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    attr = node.attribute[0]
+    kind = attr.name
+    if kind == "value":
+        return numpy_helper.to_array(attr.t)
+    if kind == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if kind == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if kind == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if kind == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    if kind == "value_string":
+        return np.array(attr.s.decode())
+    if kind == "value_strings":
+        return np.array([s.decode() for s in attr.strings])
+    raise ModelLoadError(f"Constant node '{node.name}' uses '{kind}', which is not supported")
+
+
+def fold_constant_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    if not any(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return proto
+    proto = _copy(proto)
+    keep = []
+    outputs = {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            proto.graph.initializer.append(numpy_helper.from_array(_constant_value(node), node.output[0]))
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
+def unlink_identity_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    inits = {t.name: t for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    linked = [n for n in proto.graph.node
+              if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs]
+    if not linked:
+        return proto
+    proto = _copy(proto)
+    drop = {n.name for n in linked}
+    for n in linked:
+        t = onnx.TensorProto()
+        t.CopyFrom(inits[n.input[0]])
+        t.name = n.output[0]
+        proto.graph.initializer.append(t)
+    keep = [n for n in proto.graph.node if n.name not in drop]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
+def _is_weight(t: onnx.TensorProto) -> bool:
+    """Float tensors with more than one element are (potential) trainable weights."""
+    return t.data_type in FLOAT_TYPES and int(np.prod(t.dims)) > 1
+
+
+def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Evaluate nodes whose inputs are all non-weight constants (shape arithmetic etc.)."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = proto.graph
+    consts: dict[str, np.ndarray] = {t.name: None for t in g.initializer if not _is_weight(t)}  # type: ignore[misc]
+    tensors = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    folded: dict[str, np.ndarray] = {}
+    drop: set[str] = set()
+    for node in g.node:
+        if (node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or not node.input
+                or any(x and x not in consts for x in node.input)
+                or any(o in outputs for o in node.output)):
+            continue
+        feeds = {}
+        for x in node.input:
+            if x:
+                if consts[x] is None:
+                    consts[x] = numpy_helper.to_array(tensors[x])
+                feeds[x] = consts[x]
+        try:
+            single = helper.make_model(
+                helper.make_graph([node], "fold", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o]),
+                opset_imports=[helper.make_opsetid("", opset)], ir_version=proto.ir_version)
+            results = ReferenceEvaluator(single).run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - an op the evaluator lacks just stays a node
+            log.debug("not folding %s (%s): %s", node.name, node.op_type, e)
+            continue
+        values = dict(zip([o for o in node.output if o], results))
+        if any(np.asarray(v).size > _MAX_FOLD_ELEMENTS for v in values.values()):
+            continue
+        for name, value in values.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "fc" and value.size > 1:
+                continue  # a computed weight-like tensor would not be re-folded below
+            consts[name] = value
+            folded[name] = value
+        if all(o in folded for o in node.output if o):
+            drop.add(node.name)
+    if not drop:
+        return proto
+    proto = _copy(proto)
+    keep = [n for n in proto.graph.node if n.name not in drop]
+    needed = {x for n in keep for x in n.input} | outputs
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    for name, value in folded.items():
+        if name in needed:
+            proto.graph.initializer.append(numpy_helper.from_array(value, name))
+    # drop initializers that only fed folded nodes
+    used = [t for t in proto.graph.initializer if t.name in needed]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(used)
+    return proto
+
+
+def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - inference is best effort; the bridge works without it
+        log.warning("%s: onnx shape inference failed (%s); continuing without shapes", label, e)
+        inferred = proto
+    if _has_unknown_shapes(inferred):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True, guess_output_rank=False)
+            if symbolic is not None:
+                inferred = symbolic
+        except Exception as e:  # noqa: BLE001
+            log.debug("%s: symbolic shape inference failed: %s", label, e)
+    return inferred
+
+
+def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
+    known = {vi.name for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input)
+             if vi.type.tensor_type.HasField("shape")}
+    return any(o and o not in known for n in proto.graph.node for o in n.output)
