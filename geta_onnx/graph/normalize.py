@@ -265,3 +265,23 @@ def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
     known = {vi.name for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input)
              if vi.type.tensor_type.HasField("shape")}
     return any(o and o not in known for n in proto.graph.node for o in n.output)
+
+
+def with_input_shapes(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> OnnxModel:
+    """Fix the dims of named graph inputs (e.g. a real sequence length) and re-infer shapes."""
+    proto = _copy(model.proto)
+    known = {i.name: i for i in proto.graph.input}
+    for name, dims in shapes.items():
+        if name not in known:
+            raise ModelLoadError(f"{model.label}: no graph input named '{name}' (inputs: {sorted(known)})")
+        tshape = known[name].type.tensor_type.shape
+        if len(tshape.dim) != len(dims):
+            raise ModelLoadError(f"{model.label}: input '{name}' has rank {len(tshape.dim)}, got shape {list(dims)}")
+        for d, v in zip(tshape.dim, dims):
+            d.Clear()
+            d.dim_value = int(v)
+    del proto.graph.value_info[:]
+    for out in proto.graph.output:  # outputs are re-inferred from the new input shapes
+        if out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.ClearField("shape")
+    return OnnxModel(infer_shapes(proto, label=model.label), model.path)

@@ -1,0 +1,86 @@
+"""`geta-onnx inspect`: what a model is made of, and whether the bridge supports it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from .bridge import registry
+from .graph import load_model
+from .graph.model import OnnxModel
+from .graph.normalize import with_input_shapes
+from .graph.stats import model_stats
+
+
+def _shape_str(model: OnnxModel, vi: onnx.ValueInfoProto) -> dict:
+    info = model.info(vi.name)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).name if info and info.elem_type else "?"
+    shape = ["?" if d is None else d for d in info.shape] if info and info.shape is not None else None
+    return {"name": vi.name, "dtype": dtype, "shape": shape}
+
+
+def unsupported_ops(model: OnnxModel) -> list[dict]:
+    registry._ensure_loaded()
+    seen: dict[tuple, dict] = {}
+    for n in model.nodes:
+        if registry.lookup(n.domain, n.op_type, model.opset(n.domain)) is None:
+            key = (n.domain or "ai.onnx", n.op_type, model.opset(n.domain))
+            entry = seen.setdefault(key, {"domain": key[0], "op_type": n.op_type, "opset": key[2], "nodes": []})
+            entry["nodes"].append(n.name)
+    return list(seen.values())
+
+
+def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
+    model = load_model(path)
+    if shapes:
+        model = with_input_shapes(model, shapes)
+    stats = model_stats(model)
+    return {
+        "model": str(path),
+        "ir_version": model.proto.ir_version,
+        "opset": model.opset(""),
+        "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
+        "inputs": [_shape_str(model, vi) for vi in model.inputs],
+        "outputs": [_shape_str(model, vi) for vi in model.outputs],
+        **stats.to_dict(),
+        "unsupported_ops": unsupported_ops(model),
+    }
+
+
+def _human(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(n)
+
+
+def render_text(r: dict) -> str:
+    lines = [
+        f"model     {r['model']}",
+        f"opset     {r['opset']} (IR {r['ir_version']}){'  producer ' + r['producer'] if r['producer'] else ''}",
+        f"nodes     {r['nodes']}",
+    ]
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(r[kind]):
+            label = kind if i == 0 else ""
+            lines.append(f"{label:<9} {t['name']}: {t['dtype']} {t['shape']}")
+    lines.append(f"params    {r['params']:,} ({_human(r['params'])}) in float initializers")
+    note = " (symbolic dims counted as 1; fix them with --shape)" if any(
+        isinstance(d, str) for t in r["inputs"] for d in (t["shape"] or [])) else ""
+    lines.append(f"MACs      {r['macs']:,} ({_human(r['macs'])}) per sample{note}")
+    lines.append("ops       " + ", ".join(f"{k} {v}" for k, v in r["op_histogram"].items()))
+    if r["ops"]:
+        lines.append("")
+        width = max([len("weighted op")] + [len(o["node"]) for o in r["ops"]])
+        lines.append(f"{'weighted op':<{width}}  {'type':<13} {'params':>10} {'MACs':>14}")
+        for o in r["ops"]:
+            macs = "?" if o["macs"] is None else f"{o['macs']:,}"
+            lines.append(f"{o['node']:<{width}}  {o['op_type']:<13} {o['params']:>10,} {macs:>14}")
+    lines.append("")
+    if r["unsupported_ops"]:
+        lines.append("unsupported ops (the bridge cannot train this model until they are supported):")
+        for u in r["unsupported_ops"]:
+            lines.append(f"  {u['domain']}::{u['op_type']} (opset {u['opset']}): {len(u['nodes'])} node(s), e.g. {u['nodes'][0]}")
+    else:
+        lines.append("unsupported ops: none")
+    return "\n".join(lines)
