@@ -11,6 +11,7 @@ it, so sharing in ONNX stays sharing in PyTorch. `module.initializer_of` /
 """
 from __future__ import annotations
 
+import copy
 import keyword
 import operator
 import re
@@ -35,6 +36,14 @@ class OnnxModule(fx.GraphModule):
     input_names: list[str]
     output_names: list[str]
     node_modules: dict[str, str]  # ONNX node name -> qualified module name
+
+    _MAPS = ("initializer_of", "tensor_of", "input_names", "output_names", "node_modules")
+
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)  # fx rebuilds the module; our maps travel separately
+        for name in self._MAPS:
+            setattr(res, name, copy.deepcopy(getattr(self, name), memo))
+        return res
 
     def parameter(self, initializer: str) -> nn.Parameter:
         """The nn.Parameter holding ONNX initializer `initializer`."""
@@ -65,7 +74,7 @@ def to_torch(model: OnnxModel) -> OnnxModule:
     names = _SafeNames()
     qual_of: dict[str, str] = {}
     for name, tensor in model.initializers.items():
-        value = _to_tensor(model.array(name))
+        value = _to_tensor(model.array(name), name)
         safe = names.get(name)
         if name in params:
             root.params.register_parameter(safe, nn.Parameter(value))
@@ -170,10 +179,16 @@ def _classify_initializers(model: OnnxModel, converters: dict[str, registry.Conv
     return params, state
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
+def _to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
     if array.dtype.kind in "US" or array.dtype == object:
-        raise GetaError("string tensors are not supported by the bridge")
-    return torch.from_numpy(np.array(array, copy=True))
+        raise GetaError(f"initializer '{name}': string tensors are not supported by the bridge")
+    if array.dtype.name in ("int4", "uint4"):  # onnx's 4-bit numpy types: held in 8-bit containers
+        array = array.astype(np.int8 if array.dtype.name == "int4" else np.uint8)
+    try:
+        return torch.from_numpy(np.array(array, copy=True))
+    except TypeError:
+        raise GetaError(f"initializer '{name}': dtype {array.dtype} is not supported by the bridge "
+                        "(float8 and other exotic types: convert them to float32)") from None
 
 
 class _SafeNames:

@@ -1,8 +1,9 @@
 """The converter registry: (domain, op_type, since_version) -> converter.
 
 A converter turns one ONNX node into an nn.Module whose forward takes the node's inputs
-positionally (None for a missing optional input) and returns one tensor, or a tuple for
-multi-output nodes. Parameters are NOT owned by converters: every initializer lives once
+positionally (None for a missing optional input) and returns one tensor when the NODE
+names one output (len(ctx.outputs) == 1, even if the op could have more), else a tuple
+with one entry per listed output. Parameters are NOT owned by converters: every initializer lives once
 on the bridged module and is passed in as an input, so a weight used by two nodes stays
 one tensor.
 
