@@ -1,6 +1,7 @@
 """`geta-onnx inspect`: what a model is made of, and whether the bridge supports it."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -10,6 +11,7 @@ from .graph import load_model
 from .graph.model import OnnxModel
 from .graph.normalize import with_input_shapes
 from .graph.stats import model_stats
+from .qadg import analyze
 
 
 def _shape_str(model: OnnxModel, vi: onnx.ValueInfoProto) -> dict:
@@ -35,6 +37,8 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
     if shapes:
         model = with_input_shapes(model, shapes)
     stats = model_stats(model)
+    qadg = analyze(model)
+    reasons = Counter(g.reason for g in qadg.groups if not g.prunable)
     return {
         "model": str(path),
         "ir_version": model.proto.ir_version,
@@ -44,6 +48,8 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         **stats.to_dict(),
         "unsupported_ops": unsupported_ops(model),
+        "groups": {**qadg.summary(), "unprunable_reasons": dict(reasons.most_common()),
+                   "list": [g.to_dict() for g in qadg.groups]},
     }
 
 
@@ -76,6 +82,14 @@ def render_text(r: dict) -> str:
         for o in r["ops"]:
             macs = "?" if o["macs"] is None else f"{o['macs']:,}"
             lines.append(f"{o['node']:<{width}}  {o['op_type']:<13} {o['params']:>10,} {macs:>14}")
+    g = r["groups"]
+    lines.append("")
+    lines.append(f"pruning groups  {g['groups']} ({g['prunable_groups']} prunable: "
+                 + ", ".join(f"{n} x {k.replace(':', ' of size ')}" for k, n in g["kinds"].items()) + ")")
+    lines.append(f"prunable share  {g['prunable_param_share']:.1%} of parameters, {g['prunable_mac_share']:.1%} of MACs"
+                 f"  (analysis {g['analysis_seconds']:.2f} s)")
+    for reason, n in list(g["unprunable_reasons"].items())[:8]:
+        lines.append(f"  not prunable: {n} group(s): {reason}")
     lines.append("")
     if r["unsupported_ops"]:
         lines.append("unsupported ops (the bridge cannot train this model until they are supported):")

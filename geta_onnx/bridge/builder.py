@@ -203,7 +203,7 @@ class _SafeNames:
         if key in self._given:
             return self._given[key]
         safe = prefix + re.sub(r"\W", "_", name).strip("_")
-        if not safe or safe[0].isdigit() or keyword.iskeyword(safe):
+        if not safe or safe[0].isdigit() or keyword.iskeyword(safe) or hasattr(nn.Module, safe):
             safe = "t_" + safe
         base, k = safe, 1
         while safe in self._used:

@@ -1,0 +1,52 @@
+"""The result of the QADG analysis: pruning groups and the slices they remove."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class MemberSlice:
+    """Indices `indices` along `axis` of initializer `tensor` belong to a group.
+
+    role: "out"   output channels of a layer (weight rows, bias, norm affine parameters,
+                  embedding columns, per-channel Q/DQ scales of that layer)
+          "in"    input channels of a consuming layer (weight columns)
+          "state" non-trainable per-channel state (BatchNorm running statistics): sliced
+                  when pruning, never zeroed
+    """
+
+    tensor: str
+    axis: int
+    indices: tuple[int, ...]
+    role: str = "out"
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "axis": self.axis, "indices": list(self.indices), "role": self.role}
+
+
+@dataclass
+class PruneGroup:
+    """Channels (or heads, or conv groups) that must be removed together.
+
+    Zeroing every "out" and "in" member gives exactly the function of the network with
+    the group physically removed (zero-invariance) when `prunable` is True.
+    """
+
+    id: int
+    kind: str  # "channel" | "head" | "conv_group"
+    size: int  # channels of the widest source layer in the group (heads: head_dim x heads)
+    members: list[MemberSlice]
+    sources: list[str] = field(default_factory=list)  # nodes whose OUTPUT channels the group holds
+    params: int = 0  # weight elements removed with the group
+    macs: int = 0  # MACs per sample removed with the group
+    prunable: bool = True
+    reason: str = ""  # why not prunable
+
+    @property
+    def tensors(self) -> set[str]:
+        return {m.tensor for m in self.members}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["members"] = [m.to_dict() for m in self.members]
+        return d
