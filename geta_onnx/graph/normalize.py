@@ -4,15 +4,16 @@ Each pass takes a ModelProto and returns a new one; `normalize_model` runs them 
 
 1. name_nodes          every node gets a unique, non-empty name (errors and maps use it)
 2. toposort            nodes in topological order
-3. fold_constant_nodes Constant nodes become initializers
-4. unlink_identity_initializers
+3. fold_constants      nodes whose inputs are all constant are evaluated once. Constant
+                       nodes and non-weight initializers are constants; folding stops at
+                       weights (float initializers with more than one element), so
+                       Transpose(W) -> MatMul keeps W trainable and a weight used twice
+                       stays one tensor
+4. fold_constant_nodes the remaining Constant nodes become initializers
+5. unlink_identity_initializers
                        Identity(initializer) becomes an initializer of its own: the
                        legacy exporter links EQUAL-valued tensors this way (e.g. zero
                        biases of different layers), which were independent parameters
-5. fold_constants      nodes whose inputs are all constant are evaluated once. Folding
-                       stops at weights (float tensors with more than one element), so
-                       Transpose(W) -> MatMul keeps W trainable and a weight used twice
-                       stays one tensor
 6. infer_shapes        onnx shape inference with data propagation; onnxruntime's
                        symbolic shape inference where dims stay symbolic or unknown
 """
@@ -38,7 +39,7 @@ _MAX_FOLD_ELEMENTS = 1 << 20
 
 def normalize_model(model: OnnxModel) -> OnnxModel:
     proto = model.proto
-    for step in (name_nodes, toposort, fold_constant_nodes, unlink_identity_initializers, fold_constants):
+    for step in (name_nodes, toposort, fold_constants, fold_constant_nodes, unlink_identity_initializers):
         proto = step(proto)
     proto = infer_shapes(proto, label=model.label)
     return OnnxModel(proto, model.path)
@@ -185,21 +186,25 @@ def _is_weight(t: onnx.TensorProto) -> bool:
 
 
 def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Evaluate nodes whose inputs are all non-weight constants (shape arithmetic etc.)."""
+    """Evaluate nodes whose inputs are all constants (shape arithmetic, Constant chains)."""
     from onnx.reference import ReferenceEvaluator
 
     g = proto.graph
-    consts: dict[str, np.ndarray] = {t.name: None for t in g.initializer if not _is_weight(t)}  # type: ignore[misc]
     tensors = {t.name: t for t in g.initializer}
+    consts: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer if not _is_weight(t)}
     outputs = {o.name for o in g.output}
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     folded: dict[str, np.ndarray] = {}
     drop: set[str] = set()
     for node in g.node:
-        if (node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or not node.input
+        is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        if (node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or (not node.input and not is_constant)
                 or any(x and x not in consts for x in node.input)
                 or any(o in outputs for o in node.output)):
             continue
+        if is_constant:
+            consts[node.output[0]] = _constant_value(node)
+            continue  # fold_constant_nodes turns it into an initializer if still needed
         feeds = {}
         for x in node.input:
             if x:
@@ -219,13 +224,8 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         if any(np.asarray(v).size > _MAX_FOLD_ELEMENTS for v in values.values()):
             continue
         for name, value in values.items():
-            value = np.asarray(value)
-            if value.dtype.kind in "fc" and value.size > 1:
-                continue  # a computed weight-like tensor would not be re-folded below
-            consts[name] = value
-            folded[name] = value
-        if all(o in folded for o in node.output if o):
-            drop.add(node.name)
+            consts[name] = folded[name] = np.asarray(value)
+        drop.add(node.name)
     if not drop:
         return proto
     proto = _copy(proto)
@@ -236,10 +236,13 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     for name, value in folded.items():
         if name in needed:
             proto.graph.initializer.append(numpy_helper.from_array(value, name))
-    # drop initializers that only fed folded nodes
+    # drop initializers and Constant nodes that only fed folded nodes
     used = [t for t in proto.graph.initializer if t.name in needed]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(used)
+    live = [n for n in proto.graph.node if not (n.op_type == "Constant" and n.output[0] not in needed)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(live)
     return proto
 
 

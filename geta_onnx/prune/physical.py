@@ -134,37 +134,72 @@ class _Editor:
         self.set_const_input(node, 1, new, "shape")
 
     def patch_runtime_shape(self, node: onnx.NodeProto, i: int, sizes: dict[int, int], old: tuple) -> None:
-        """A shape computed at run time (Shape -> Gather -> Concat ...) may read an unpruned
-        width or hold a head count. Static channel axes get their pruned size:
-        shape * keep + new (keep 0, new = size). Axes merged with the batch ('4*batch' of
-        nn.MultiheadAttention) are scaled: shape / period * kept period."""
-        rank = len(old)
-        keep, new = np.ones(rank, dtype=np.int64), np.zeros(rank, dtype=np.int64)
-        den, num = np.ones(rank, dtype=np.int64), np.ones(rank, dtype=np.int64)
+        """A Reshape / Expand target computed at run time: set the entries of channel axes
+        to their pruned sizes. Static axes get the size; an axis merged with the batch
+        ('4*batch' of nn.MultiheadAttention) is scaled by kept period / period."""
         t = self.qadg.tracked[node.output[0]]
+        static, scale = {}, {}
         for a, n in sizes.items():
             if isinstance(old[a], int):
-                keep[a], new[a] = 0, n
-            else:  # per-sample period t.ids.shape[k] shrinks to n
-                den[a], num[a] = t.ids.shape[t.axes.index(a)], n
+                static[a] = n
+            else:
+                scale[a] = (t.ids.shape[t.axes.index(a)], n)
         base = f"{node.name}__pruned_shape"
-        names = {k: f"{base}_{k}" for k in ("keep", "new", "den", "num", "one")}
+        src = node.input[i]
+        node.input[i] = base  # edit the node first: inserting copies the graph's nodes
+        self.rewrite_shape(node, src, base, len(old), static, scale)
+
+    def rewrite_shape(self, before: onnx.NodeProto, src: str, dst: str, rank: int,
+                      static: dict[int, int], scale: dict[int, tuple[int, int]], after: bool = False) -> None:
+        """dst = src with entries `static` replaced and entries `scale` multiplied by
+        num / den; -1 (infer) and 0 (copy) entries stay as they are."""
+        keep, new = np.ones(rank, dtype=np.int64), np.zeros(rank, dtype=np.int64)
+        den, num = np.ones(rank, dtype=np.int64), np.ones(rank, dtype=np.int64)
+        for a, n in static.items():
+            keep[a], new[a] = 0, n
+        for a, (d, n) in scale.items():
+            den[a], num[a] = d, n
+        names = {k: f"{dst}_{k}" for k in ("keep", "new", "den", "num", "one")}
         g = self.proto.graph
         for k, v in (("keep", keep), ("new", new), ("den", den), ("num", num), ("one", np.ones(1, np.int64))):
             g.initializer.append(numpy_helper.from_array(v, names[k]))
-        target = node.input[i]
-        nodes = [helper.make_node("Div", [target, names["den"]], [f"{base}_per"], name=f"{base}_div"),
-                 helper.make_node("Mul", [f"{base}_per", names["num"]], [f"{base}_scaled"], name=f"{base}_scale"),
-                 # -1 (infer) and 0 (copy) entries stay as they are
-                 helper.make_node("Less", [target, names["one"]], [f"{base}_special"], name=f"{base}_less"),
-                 helper.make_node("Where", [f"{base}_special", target, f"{base}_scaled"], [f"{base}_sym"],
-                                  name=f"{base}_where"),
-                 helper.make_node("Mul", [f"{base}_sym", names["keep"]], [f"{base}_kept"], name=f"{base}_mul"),
-                 helper.make_node("Add", [f"{base}_kept", names["new"]], [base], name=f"{base}_add")]
-        node.input[i] = base
-        self.insert_before(node, nodes)
+        nodes = [helper.make_node("Div", [src, names["den"]], [f"{dst}_per"], name=f"{dst}_div"),
+                 helper.make_node("Mul", [f"{dst}_per", names["num"]], [f"{dst}_scaled"], name=f"{dst}_scale"),
+                 helper.make_node("Less", [src, names["one"]], [f"{dst}_special"], name=f"{dst}_less"),
+                 helper.make_node("Where", [f"{dst}_special", src, f"{dst}_scaled"], [f"{dst}_sym"],
+                                  name=f"{dst}_where"),
+                 helper.make_node("Mul", [f"{dst}_sym", names["keep"]], [f"{dst}_kept"], name=f"{dst}_mul"),
+                 helper.make_node("Add", [f"{dst}_kept", names["new"]], [dst], name=f"{dst}_add")]
+        if after:
+            self.insert_before(before, [before] + nodes, replace=True)
+        else:
+            self.insert_before(before, nodes)
+
+    def _fix_shape(self, node: onnx.NodeProto, fix: Fixup) -> None:
+        """Shape(x) keeps reporting x's original channel widths (see qadg rule `shape_of`)."""
+        sizes = self.kept_sizes(node.input[0])
+        t = self.qadg.tracked[node.input[0]]
+        old = self.model.shape(node.input[0])
+        start, end = _get_attr(node, "start") or 0, _get_attr(node, "end")
+        positions = list(range(t.rank))[slice(start, end)]
+        static, scale = {}, {}
+        for k, a in enumerate(positions):
+            if a in sizes and isinstance(old[a], int) and sizes[a] != old[a]:
+                static[k] = old[a]
+            elif a in sizes and not isinstance(old[a], int):
+                period = t.ids.shape[t.axes.index(a)]
+                if sizes[a] != period:
+                    scale[k] = (sizes[a], period)
+        if not static and not scale:
+            return
+        raw = f"{node.output[0]}__pruned"
+        out = node.output[0]
+        node.output[0] = raw
+        self.rewrite_shape(node, raw, out, len(positions), static, scale, after=True)
 
     def insert_before(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto], replace: bool = False) -> None:
+        """Insert nodes before `node` (found by name). The graph's node list is rebuilt, so
+        references to its nodes are stale afterwards: edit a node BEFORE inserting."""
         g = self.proto.graph
         nodes = list(g.node)
         at = next(k for k, n in enumerate(nodes) if n.name == node.name)

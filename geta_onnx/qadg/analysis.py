@@ -26,7 +26,7 @@ class Fixup:
     """A node whose attributes or constant inputs depend on pruned sizes (for prune/)."""
 
     node: str
-    kind: str  # "reshape" | "expand" | "split" | "slice" | "conv_group" | "layer_norm"
+    kind: str  # "reshape" | "expand" | "split" | "slice" | "conv_group" | "layer_norm" | "shape"
     data: dict = field(default_factory=dict)
 
 
@@ -43,6 +43,7 @@ class Analysis:
         self.source_of: dict[int, str] = {}  # fresh id -> node that created it
         self.fixups: list[Fixup] = []
         self.shared_barrier_tensors: dict[str, str] = {}  # initializer -> reason
+        self._probe: dict[str, tuple[int, ...]] | None = None
 
     # ---- ids ----------------------------------------------------------------------------
     def fresh(self, node: onnx.NodeProto, n: int) -> np.ndarray:
@@ -150,6 +151,14 @@ class Analysis:
     def set(self, name: str, t: Tracked | None) -> None:
         if t is not None and name:
             self.tracked[name] = t
+
+    def probed_shape(self, name: str) -> tuple[int, ...] | None:
+        """The measured shape of `name` at batch 1 (graph.probe), computed once on demand."""
+        if self._probe is None:
+            from ..graph.probe import probe_shapes
+
+            self._probe = probe_shapes(self.model)
+        return self._probe.get(name)
 
     def rank(self, name: str) -> int | None:
         shape = self.model.shape(name)

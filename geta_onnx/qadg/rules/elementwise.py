@@ -137,9 +137,30 @@ def _untracked_operand(an: Analysis, node, name: str, axes: list[int], ids: np.n
             return True
         an.barrier(ids, f"node '{node.name}' ({node.op_type}): constant '{name}' spans several channel axes")
         return False
+    if spanning and _expanded_initializer(an, name, spanning, ids, rank):
+        return True
     if spanning:
         an.barrier(ids, f"node '{node.name}' ({node.op_type}): '{name}' has no channel rule but spans the channels")
     return False
+
+
+def _expanded_initializer(an: Analysis, name: str, spanning: list[int], ids: np.ndarray, rank: int) -> bool:
+    """A learned token broadcast by Expand (ViT's cls token: Expand(cls, (B, 1, C))): the
+    initializer is sliced with the channels and the Expand target fixed by prune/."""
+    node = an.model.producer(name)
+    if node is None or node.op_type != "Expand" or not an.model.is_initializer(node.input[0]) or len(spanning) != 1:
+        return False
+    init = node.input[0]
+    dims = list(an.model.initializers[init].dims)
+    a = spanning[0]
+    init_axis = a - (rank - len(dims))
+    line = np.moveaxis(np.broadcast_to(ids, ids.shape), a, 0).reshape(ids.shape[a], -1)[:, 0]
+    if init_axis < 0 or dims[init_axis] != len(line):
+        return False
+    an.member(init, init_axis, line, "out")
+    an.set(name, Tracked((a,), line, rank, True))
+    an.fixups.append(Fixup(node.name, "expand", {"axes": [a]}))
+    return True
 
 
 @rule("BatchNormalization", "InstanceNormalization")

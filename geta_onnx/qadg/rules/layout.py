@@ -137,9 +137,12 @@ def reshape(an: Analysis, node: onnx.NodeProto) -> None:
     src, dst = an.model.shape(node.input[0]), an.model.shape(node.output[0])
     blocks = None if src is None or dst is None else _blocks(tuple(src), tuple(dst))
     if blocks is None or any(not isinstance(src[a], int) for bi, _ in blocks for a in bi if a in t.axes):
-        src, dst = _solve_fresh_symbol(src, dst)
-        src, dst = _per_sample(src), _per_sample(dst)
+        solved = _solve_fresh_symbol(src, dst)
+        src, dst = _per_sample(solved[0]), _per_sample(solved[1])
         blocks = None if src is None or dst is None else _blocks(src, dst)
+        if blocks is None:  # measure instead: run the model once at batch 1
+            src, dst = an.probed_shape(node.input[0]), an.probed_shape(node.output[0])
+            blocks = None if src is None or dst is None else _blocks(src, dst)
     if blocks is None:
         stop(an, node, "cannot map the channel axes through this reshape (shapes unknown or symbolic)")
         return
@@ -429,9 +432,22 @@ def softmax(an: Analysis, node: onnx.NodeProto) -> None:
     passthrough(an, node, zero_ok=False)
 
 
-@rule("Shape", "Size")
-def shape_only(an: Analysis, node: onnx.NodeProto) -> None:
-    """Reads only the shape: computed at run time, it follows the pruned sizes."""
+@rule("Shape")
+def shape_of(an: Analysis, node: onnx.NodeProto) -> None:
+    """Shape(x) of a tensor with channels keeps reporting the ORIGINAL widths after
+    pruning (prune/ rewrites it), so every shape computation downstream (head_dim =
+    width / heads, a 1/sqrt(d) scale) sees the values the unpruned model saw. The
+    Reshape / Expand entries of channel axes are then set to the pruned sizes; a tensor
+    built at an original width that meets pruned channels is caught as a barrier by the
+    elementwise rules."""
+    if an.get(node.input[0]) is not None:
+        an.fixups.append(Fixup(node.name, "shape", {}))
+
+
+@rule("Size")
+def size_of(an: Analysis, node: onnx.NodeProto) -> None:
+    if an.get(node.input[0]) is not None:
+        stop(an, node, "the element count of a tensor with channels")
 
 
 @rule("CumSum")
