@@ -20,6 +20,8 @@ Each pass takes a ModelProto and returns a new one; `normalize_model` runs them 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -253,15 +255,27 @@ def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
         log.warning("%s: onnx shape inference failed (%s); continuing without shapes", label, e)
         inferred = proto
     if _has_unknown_shapes(inferred):
-        try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True, guess_output_rank=False)
-            if symbolic is not None:
-                inferred = symbolic
-        except Exception as e:  # noqa: BLE001
-            log.debug("%s: symbolic shape inference failed: %s", label, e)
+        symbolic = _symbolic_shapes(inferred, label)
+        if symbolic is not None:
+            inferred = symbolic
     return inferred
+
+
+def _symbolic_shapes(proto: onnx.ModelProto, label: str) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic shape inference, run inside a scratch folder: when it cannot
+    finish it writes 'sym_shape_infer_temp.onnx' (+ data files) into the working dir."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="geta-shapes-") as scratch:
+        os.chdir(scratch)
+        try:
+            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        except Exception as e:  # noqa: BLE001 - best effort: partial shapes are still useful
+            log.debug("%s: symbolic shape inference incomplete: %s", label, e)
+            return None
+        finally:
+            os.chdir(cwd)
 
 
 def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
