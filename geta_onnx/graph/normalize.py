@@ -20,8 +20,6 @@ Each pass takes a ModelProto and returns a new one; `normalize_model` runs them 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -262,20 +260,21 @@ def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
 
 
 def _symbolic_shapes(proto: onnx.ModelProto, label: str) -> onnx.ModelProto | None:
-    """onnxruntime's symbolic shape inference, run inside a scratch folder: when it cannot
-    finish it writes 'sym_shape_infer_temp.onnx' (+ data files) into the working dir."""
+    """onnxruntime's symbolic shape inference, keeping what it inferred when it cannot
+    finish (its public entry point then raises, after writing 'sym_shape_infer_temp.onnx'
+    and data files into the working directory: we drive its loop ourselves instead)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="geta-shapes-") as scratch:
-        os.chdir(scratch)
-        try:
-            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
-        except Exception as e:  # noqa: BLE001 - best effort: partial shapes are still useful
-            log.debug("%s: symbolic shape inference incomplete: %s", label, e)
-            return None
-        finally:
-            os.chdir(cwd)
+    try:
+        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
+        sym._preprocess(proto)
+        while sym.run_:
+            sym._infer_impl()
+        sym._update_output_from_vi()
+        return sym.out_mp_
+    except Exception as e:  # noqa: BLE001 - best effort: onnx inference shapes remain
+        log.debug("%s: symbolic shape inference failed: %s", label, e)
+        return None
 
 
 def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
