@@ -85,7 +85,7 @@ def render_text(r: dict) -> str:
     g = r["groups"]
     lines.append("")
     lines.append(f"pruning groups  {g['groups']} ({g['prunable_groups']} prunable: "
-                 + ", ".join(f"{n} x {k.replace(':', ' of size ')}" for k, n in g["kinds"].items()) + ")")
+                 + ", ".join(f"{n} {k.split(':')[0]}(s) of width {k.split(':')[1]}" for k, n in g["kinds"].items()) + ")")
     lines.append(f"prunable share  {g['prunable_param_share']:.1%} of parameters, {g['prunable_mac_share']:.1%} of MACs"
                  f"  (analysis {g['analysis_seconds']:.2f} s)")
     for reason, n in list(g["unprunable_reasons"].items())[:8]:

@@ -200,7 +200,7 @@ class QADG:
         pp, pm = _removed_cost(self.model, every, _weight_costs(self.model))
         sizes = defaultdict(int)
         for g in self.prunable:
-            sizes[f"{g.kind}:{g.size}"] += 1
+            sizes[f"{g.kind}:{g.width}"] += 1
         return {
             "groups": len(self.groups),
             "prunable_groups": len(self.prunable),
@@ -259,14 +259,14 @@ def _collect(an: Analysis) -> list[PruneGroup]:
         members = [MemberSlice(t, a, tuple(sorted(ix)), role) for (t, a, role), ix in sorted(slices.items())]
         params, macs = _removed_cost(model, members, consumers_cost)
         src = sources.get(root, {})
-        size = max(src.values()) if src else max((len(m.indices) for m in members), default=0)
+        width = max(src.values()) if src else max((len(m.indices) for m in members), default=0)
         reason = reasons.get(root, "")
         for t in {m.tensor for m in members}:
             if not reason and t in an.shared_barrier_tensors:
                 reason = an.shared_barrier_tensors[t]
         if not reason and not members:
             reason = "no weight slice belongs to it"
-        groups.append(PruneGroup(id=root, kind=hints.get(root, "channel"), size=size, members=members,
+        groups.append(PruneGroup(id=root, kind=hints.get(root, "channel"), size=1, width=width, members=members,
                                  sources=sorted(src), params=params, macs=macs,
                                  prunable=not reason, reason=reason))
     return groups

@@ -34,7 +34,10 @@ class PruneGroup:
 
     id: int
     kind: str  # "channel" | "head" | "conv_group"
-    size: int  # channels of the widest source layer in the group (heads: head_dim x heads)
+    size: int  # in units of `kind`: 1 channel, 1 head or 1 conv group (a channel tied
+    #            across layers by residuals is still one channel)
+    width: int  # channels the group removes from its widest source layer (a head: head_dim
+    #             per projection, q+k+v rows for a fused projection)
     members: list[MemberSlice]
     sources: list[str] = field(default_factory=list)  # nodes whose OUTPUT channels the group holds
     params: int = 0  # weight elements removed with the group

@@ -278,3 +278,10 @@ def test_lrn_even_sizes_and_other_ranks(size, shape):
     module, (got,) = bridge_outputs(make_model([node], {"x": x}, ["y"], opset=13), {"x": x})
     np.testing.assert_allclose(got, _lrn_spec(x, size, 0.3, 0.6, 1.5), atol=1e-5, rtol=1e-5)
     assert_gradients(module, {"x": x})
+
+
+@pytest.mark.parametrize("axis,p", [(1, 2), (-1, 1), (0, 2)])
+def test_lp_normalization(axis, p):
+    x = rng().standard_normal((2, 3, 4)).astype(np.float32)
+    node = helper.make_node("LpNormalization", ["x"], ["y"], axis=axis, p=p)
+    assert_parity(make_model([node], {"x": x}, ["y"]), {"x": x}, gradcheck=True)

@@ -216,3 +216,21 @@ def convert_lrn(ctx: NodeContext) -> nn.Module:
     if size is None or int(size) < 1:
         raise ctx.fail("size is missing or not positive")
     return LRN(int(size), float(ctx.attr("alpha", 1e-4)), float(ctx.attr("beta", 0.75)), float(ctx.attr("bias", 1.0)))
+
+
+class LpNormalization(nn.Module):
+    def __init__(self, axis: int, p: int):
+        super().__init__()
+        self.axis, self.p = axis, p
+
+    def forward(self, x):
+        # x / ||x||_p along `axis`; onnxruntime divides by the plain norm (no epsilon)
+        return x / torch.linalg.vector_norm(x, ord=self.p, dim=self.axis, keepdim=True)
+
+
+@converter("LpNormalization", versions=(1,))
+def convert_lp_normalization(ctx: NodeContext) -> nn.Module:
+    p = ctx.attr("p", 2)
+    if p not in (1, 2):
+        raise ctx.fail(f"p={p}: ONNX allows only 1 or 2")
+    return LpNormalization(ctx.attr("axis", -1), p)

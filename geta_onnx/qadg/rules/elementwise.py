@@ -145,22 +145,43 @@ def _untracked_operand(an: Analysis, node, name: str, axes: list[int], ids: np.n
 
 
 def _expanded_initializer(an: Analysis, name: str, spanning: list[int], ids: np.ndarray, rank: int) -> bool:
-    """A learned token broadcast by Expand (ViT's cls token: Expand(cls, (B, 1, C))): the
-    initializer is sliced with the channels and the Expand target fixed by prune/."""
-    node = an.model.producer(name)
-    if node is None or node.op_type != "Expand" or not an.model.is_initializer(node.input[0]) or len(spanning) != 1:
+    """A learned tensor reaching the op through Expand / Slice / Identity / Cast on other
+    axes: ViT's cls token Expand(cls, (B, 1, C)), a positional table pos[:, :S]. The
+    initializer is sliced with the channels; prune/ fixes the Expand targets."""
+    if len(spanning) != 1:
         return False
-    init = node.input[0]
-    dims = list(an.model.initializers[init].dims)
     a = spanning[0]
+    chain, src = [], name
+    while not an.model.is_initializer(src):
+        node = an.model.producer(src)
+        if node is None or node.op_type not in ("Expand", "Slice", "Identity", "Cast"):
+            return False
+        if node.op_type == "Slice" and not _slice_spares_axis(an, node, a - (rank - (an.rank(src) or rank))):
+            return False
+        chain.append(node)
+        src = node.input[0]
+    dims = list(an.model.initializers[src].dims)
     init_axis = a - (rank - len(dims))
     line = np.moveaxis(np.broadcast_to(ids, ids.shape), a, 0).reshape(ids.shape[a], -1)[:, 0]
     if init_axis < 0 or dims[init_axis] != len(line):
         return False
-    an.member(init, init_axis, line, "out")
-    an.set(name, Tracked((a,), line, rank, True))
-    an.fixups.append(Fixup(node.name, "expand", {"axes": [a]}))
+    an.member(src, init_axis, line, "out")
+    for node in chain:  # every tensor on the way carries the channels; Expand targets get fixed
+        out_rank = an.rank(node.output[0]) or rank
+        an.set(node.output[0], Tracked((a - (rank - out_rank),), line, out_rank, True))
+        if node.op_type == "Expand":
+            an.fixups.append(Fixup(node.name, "expand", {"axes": [a - (rank - out_rank)]}))
     return True
+
+
+def _slice_spares_axis(an: Analysis, node: onnx.NodeProto, axis: int) -> bool:
+    axes = const(an, node, 3) if len(node.input) > 3 and node.input[3] else None
+    rank = an.rank(node.input[0])
+    if rank is None:
+        return False
+    starts = const(an, node, 1)
+    axes = list(range(len(starts))) if axes is None and starts is not None else axes
+    return axes is not None and all((int(x) + rank if x < 0 else int(x)) != axis for x in np.asarray(axes).reshape(-1))
 
 
 @rule("BatchNormalization", "InstanceNormalization")

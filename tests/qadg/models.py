@@ -1,0 +1,108 @@
+"""Small ONNX models built in code whose pruning groups are known by hand."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from tests.helpers import make_model, rng
+
+
+class _Weights:
+    def __init__(self, seed: int = 0):
+        self.r = rng(seed)
+        self.inits: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, *shape: int, positive: bool = False) -> str:
+        v = self.r.standard_normal(shape).astype(np.float32) * 0.5
+        self.inits[name] = np.abs(v) + 0.5 if positive else v
+        return name
+
+    def bn(self, prefix: str, c: int) -> list[str]:
+        return [self(f"{prefix}.g", c), self(f"{prefix}.b", c), self(f"{prefix}.m", c), self(f"{prefix}.v", c, positive=True)]
+
+
+def resnet2(batch: int = 2):
+    """stem conv 3->8, block 1 (8->8, identity shortcut), block 2 (8->16, stride 2, 1x1
+    projection shortcut), global pool, Gemm 16->10."""
+    w = _Weights()
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", w("stem.w", 8, 3, 3, 3), w("stem.bias", 8)], ["s"], pads=[1, 1, 1, 1], name="stem"),
+        n("Relu", ["s"], ["s1"], name="stem_relu"),
+        n("Conv", ["s1", w("b1a.w", 8, 8, 3, 3)], ["a"], pads=[1, 1, 1, 1], name="b1a"),
+        n("BatchNormalization", ["a"] + w.bn("b1a.bn", 8), ["a1"], name="b1a_bn"),
+        n("Relu", ["a1"], ["a2"], name="b1a_relu"),
+        n("Conv", ["a2", w("b1b.w", 8, 8, 3, 3)], ["b"], pads=[1, 1, 1, 1], name="b1b"),
+        n("BatchNormalization", ["b"] + w.bn("b1b.bn", 8), ["b1"], name="b1b_bn"),
+        n("Add", ["b1", "s1"], ["r1"], name="b1_add"),
+        n("Relu", ["r1"], ["r1a"], name="b1_relu"),
+        n("Conv", ["r1a", w("b2a.w", 16, 8, 3, 3)], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], name="b2a"),
+        n("BatchNormalization", ["c"] + w.bn("b2a.bn", 16), ["c1"], name="b2a_bn"),
+        n("Relu", ["c1"], ["c2"], name="b2a_relu"),
+        n("Conv", ["c2", w("b2b.w", 16, 16, 3, 3)], ["d"], pads=[1, 1, 1, 1], name="b2b"),
+        n("BatchNormalization", ["d"] + w.bn("b2b.bn", 16), ["d1"], name="b2b_bn"),
+        n("Conv", ["r1a", w("b2s.w", 16, 8, 1, 1)], ["e"], strides=[2, 2], name="b2s"),
+        n("BatchNormalization", ["e"] + w.bn("b2s.bn", 16), ["e1"], name="b2s_bn"),
+        n("Add", ["d1", "e1"], ["r2"], name="b2_add"),
+        n("Relu", ["r2"], ["r2a"], name="b2_relu"),
+        n("GlobalAveragePool", ["r2a"], ["p"], name="pool"),
+        n("Flatten", ["p"], ["f"], name="flatten"),
+        n("Gemm", ["f", w("fc.w", 10, 16), w("fc.b", 10)], ["y"], transB=1, name="fc"),
+    ]
+    x = rng(1).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def concat_model(batch: int = 2):
+    """conv A (3->4) and conv B (3->6) concatenated on channels, then conv C (10->5):
+    C's input channels 0-3 belong to A's groups, 4-9 to B's."""
+    w = _Weights(2)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", w("A.w", 4, 3, 1, 1), w("A.b", 4)], ["a"], name="A"),
+        n("Relu", ["a"], ["a1"], name="A_relu"),
+        n("Conv", ["x", w("B.w", 6, 3, 3, 3), w("B.b", 6)], ["b"], pads=[1, 1, 1, 1], name="B"),
+        n("Concat", ["a1", "b"], ["cat"], axis=1, name="cat"),
+        n("Conv", ["cat", w("C.w", 5, 10, 3, 3), w("C.b", 5)], ["c"], pads=[1, 1, 1, 1], name="C"),
+        n("Relu", ["c"], ["c1"], name="C_relu"),
+        n("ReduceMean", ["c1"], ["y"], axes=[2, 3], keepdims=0, name="mean"),
+    ]
+    x = rng(3).standard_normal((batch, 3, 6, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits, opset=17), {"x": x}
+
+
+def depthwise_model(batch: int = 2):
+    """pointwise 3->8, depthwise 3x3 (group 8), SE-style gate (Sigmoid x Mul), pointwise 8->4."""
+    w = _Weights(4)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", w("pw1.w", 8, 3, 1, 1), w("pw1.b", 8)], ["a"], name="pw1"),
+        n("Clip", ["a", w("lo", 1), w("hi", 1)], ["a1"], name="relu6") if False else n("Relu", ["a"], ["a1"], name="relu"),
+        n("Conv", ["a1", w("dw.w", 8, 1, 3, 3), w("dw.b", 8)], ["d"], group=8, pads=[1, 1, 1, 1], name="dw"),
+        n("GlobalAveragePool", ["d"], ["p"], name="se_pool"),
+        n("Conv", ["p", w("se.w", 8, 8, 1, 1), w("se.b", 8)], ["q"], name="se_fc"),
+        n("Sigmoid", ["q"], ["gate"], name="se_gate"),
+        n("Mul", ["d", "gate"], ["m"], name="se_mul"),
+        n("Conv", ["m", w("pw2.w", 4, 8, 1, 1), w("pw2.b", 4)], ["y"], name="pw2"),
+    ]
+    w.inits.pop("lo", None), w.inits.pop("hi", None)
+    x = rng(5).standard_normal((batch, 3, 6, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def unknown_op_model(batch: int = 2):
+    """conv A (3->4) -> custom op (no pruning rule) -> conv B (4->5); conv C (3->6) beside it."""
+    w = _Weights(6)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", w("A.w", 4, 3, 1, 1), w("A.b", 4)], ["a"], name="A"),
+        n("Det", ["a"], ["a1"], name="mystery") if False else n("LpNormalization", ["a"], ["a1"], axis=1, name="mystery"),
+        n("Conv", ["a1", w("B.w", 5, 4, 1, 1), w("B.b", 5)], ["b"], name="B"),
+        n("Conv", ["x", w("C.w", 6, 3, 1, 1), w("C.b", 6)], ["c"], name="C"),
+        n("Relu", ["c"], ["c1"], name="C_relu"),
+        n("Conv", ["c1", w("D.w", 5, 6, 1, 1), w("D.b", 5)], ["d"], name="D"),
+        n("Add", ["b", "d"], ["y0"], name="add"),
+        n("Relu", ["y0"], ["y"], name="out_relu"),
+    ]
+    x = rng(7).standard_normal((batch, 3, 4, 4)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}

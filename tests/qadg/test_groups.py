@@ -1,0 +1,89 @@
+"""Pruning groups: golden listings reviewed by hand, plus the properties they encode."""
+import json
+
+import pytest
+
+from geta_onnx.graph import from_proto, load_model
+from geta_onnx.qadg import analyze
+from tests.qadg import golden, models
+from tests.zoo_cache import zoo_path
+
+
+@pytest.mark.parametrize("case", sorted(golden.CASES))
+def test_matches_golden_listing(case):
+    proto, _ = golden.CASES[case]()
+    want = json.loads((golden.GOLDEN / f"{case}.json").read_text())
+    assert golden.listing(proto) == want, f"groups of {case} changed: rerun python -m tests.qadg.golden and review"
+
+
+def _by_sources(qadg):
+    out = {}
+    for g in qadg.groups:
+        out.setdefault(tuple(g.sources), []).append(g)
+    return out
+
+
+def test_resnet_residual_coupling():
+    qadg = analyze(from_proto(models.resnet2()[0]))
+    by = _by_sources(qadg)
+    # stem and the second conv of block 1 write the same residual stream: 8 joint channels,
+    # read by block 1's first conv, block 2's first conv and its projection shortcut
+    stream1 = by[("b1b", "stem")]
+    assert len(stream1) == 8 and all(g.prunable for g in stream1)
+    readers = {m.tensor for g in stream1 for m in g.members if m.role == "in"}
+    assert readers == {"b1a.w", "b2a.w", "b2s.w"}
+    assert len(by[("b1a",)]) == 8 and len(by[("b2a",)]) == 16
+    stream2 = by[("b2b", "b2s")]
+    assert len(stream2) == 16 and {m.tensor for g in stream2 for m in g.members if m.role == "in"} == {"fc.w"}
+    fc = by[("fc",)]
+    assert len(fc) == 10 and not any(g.prunable for g in fc) and "graph output" in fc[0].reason
+    # BatchNorm: scale and bias zeroed with the channel, running statistics only sliced
+    roles = {m.tensor: m.role for m in stream1[0].members}
+    assert roles["b1b.bn.g"] == "out" and roles["b1b.bn.m"] == "state"
+
+
+def test_concat_maps_offsets():
+    qadg = analyze(from_proto(models.concat_model()[0]))
+    for g in qadg.prunable:
+        (src,) = g.sources
+        own = next(m for m in g.members if m.tensor == f"{src}.w" and m.axis == 0)
+        read = next(m for m in g.members if m.tensor == "C.w")
+        offset = 0 if src == "A" else 4
+        assert read.axis == 1 and read.indices == tuple(i + offset for i in own.indices)
+    assert len(qadg.prunable) == 10
+
+
+def test_depthwise_and_gating_tie_channels():
+    qadg = analyze(from_proto(models.depthwise_model()[0]))
+    groups = [g for g in qadg.groups if g.prunable]
+    assert len(groups) == 8
+    for g in groups:
+        assert g.sources == ["dw", "pw1", "se_fc"]  # depthwise out c = in c; the gate multiplies channel c
+
+
+def test_op_without_rule_is_a_barrier_not_a_crash():
+    qadg = analyze(from_proto(models.unknown_op_model()[0]))
+    a_groups = [g for g in qadg.groups if g.sources == ["A"]]
+    assert len(a_groups) == 4 and not any(g.prunable for g in a_groups)
+    assert all("'mystery' (LpNormalization) has no pruning rule" in g.reason for g in a_groups)
+    assert len([g for g in qadg.groups if g.sources == ["C"] and g.prunable]) == 6
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_attention_heads_group_q_k_v_and_output_projection(exporter):
+    qadg = analyze(load_model(zoo_path("bert", exporter)))
+    heads = [g for g in qadg.groups if g.kind == "head"]
+    assert len(heads) == 2 * 4 and all(g.prunable for g in heads)  # 2 layers x 4 heads
+    for g in heads:
+        assert len(g.sources) == 3 and g.width == 16  # q, k, v: head_dim rows each
+        rows = [m for m in g.members if m.role == "out" and len(m.indices) == 16]
+        cols = [m for m in g.members if m.role == "in"]
+        assert len(rows) >= 3 and len(cols) == 1 and len(cols[0].indices) == 16
+    hidden = [g for g in qadg.groups if g.kind == "channel" and len(g.sources) > 4]
+    assert len(hidden) == 64 and all(g.prunable for g in hidden)  # the residual stream, every layer
+
+
+def test_summary_shares_count_each_weight_once():
+    qadg = analyze(from_proto(models.resnet2()[0]))
+    s = qadg.summary()
+    assert 0.9 < s["prunable_param_share"] <= 1.0 and 0.9 < s["prunable_mac_share"] <= 1.0

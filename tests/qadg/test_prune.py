@@ -1,0 +1,63 @@
+"""Physical pruning: sliced initializers, fixed shape constants, zero-invariance."""
+import numpy as np
+import onnx
+import pytest
+
+from geta_onnx.bridge import run_onnxruntime
+from geta_onnx.graph import from_proto
+from geta_onnx.prune import prune_model, zeroed_groups
+from geta_onnx.qadg import analyze
+from geta_onnx.verify import verify_model
+from tests.qadg import models
+
+
+def test_prune_slices_weights_and_keeps_input_untouched():
+    proto, feeds = models.resnet2()
+    model = from_proto(proto)
+    before = model.proto.SerializeToString()
+    qadg = analyze(model)
+    stream1 = [g for g in qadg.prunable if g.sources == ["b1b", "stem"]][:3]
+    pruned = prune_model(qadg, [g.id for g in stream1])
+    assert model.proto.SerializeToString() == before
+    onnx.checker.check_model(pruned, full_check=True)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["stem.w"] == [5, 3, 3, 3] and dims["b1b.w"] == [5, 8, 3, 3]
+    assert dims["b1a.w"] == [8, 5, 3, 3] and dims["b2s.w"] == [16, 5, 1, 1] and dims["b1b.bn.m"] == [5]
+    assert run_onnxruntime(pruned, feeds)[0].shape == (2, 10)
+
+
+def test_unprunable_group_is_refused():
+    qadg = analyze(from_proto(models.resnet2()[0]))
+    fc = next(g for g in qadg.groups if not g.prunable)
+    with pytest.raises(Exception, match="not prunable"):
+        prune_model(qadg, [fc.id])
+
+
+def test_zeroed_groups_are_found_from_trained_values():
+    model = from_proto(models.concat_model()[0])
+    qadg = analyze(model)
+    values = {name: model.array(name).copy() for name in model.initializers}
+    target = qadg.prunable[5]
+    for m in target.members:
+        index = [slice(None)] * values[m.tensor].ndim
+        index[m.axis] = list(m.indices)
+        values[m.tensor][tuple(index)] = 0
+    assert zeroed_groups(qadg, values) == {target.id}
+
+
+@pytest.mark.parametrize("build", [models.resnet2, models.concat_model, models.depthwise_model, models.unknown_op_model])
+def test_every_group_is_zero_invariant(build):
+    proto, _ = build()
+    checks, _ = verify_model(from_proto(proto))
+    failed = [(c.name, c.detail, c.failures[:3]) for c in checks if not c.passed]
+    assert not failed, failed
+
+
+def test_pruned_weights_keep_trained_values():
+    proto, feeds = models.concat_model()
+    model = from_proto(proto)
+    qadg = analyze(model)
+    values = {"C.b": np.arange(5, dtype=np.float32)}
+    pruned = prune_model(qadg, [], values=values)
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    np.testing.assert_array_equal(got["C.b"], np.arange(5, dtype=np.float32))
