@@ -112,16 +112,9 @@ def _assert_gradients(name, module):
 
 
 # Bridge problems found by the zoo (not in the zoo's files): cases expected to fail until fixed.
-# strict xfail: a fix makes these XPASS, which fails the run so the marker gets removed.
-KNOWN_BRIDGE_ISSUES = {
-    ("fpn", "legacy"): "GroupNorm exports as Reshape -> InstanceNormalization(x, ones(G), zeros(G)) -> Reshape -> "
-                       "Mul(weight) -> Add(bias), the ones / zeros from Constant nodes; the bridge makes them "
-                       "trainable nn.Parameters (InstanceNormalization weight slots: 32 extra values) that PyTorch "
-                       "keeps constant, so training departs from the original model",
-    ("fpn", "dynamo"): "GroupNorm exports as InstanceNormalization(x, ones(G), zeros(G)); the bridge makes the "
-                       "ones / zeros trainable nn.Parameters (24 extra values: enc1 and dec share one pair after "
-                       "the onnxscript optimizer's initializer dedup) that PyTorch keeps constant",
-}
+# strict xfail: a fix makes these XPASS, which fails the run so the marker gets removed. (None
+# left: the GroupNorm ones / zeros of fpn are recognised as constants by the InstanceNorm converter.)
+KNOWN_BRIDGE_ISSUES: dict[tuple[str, str], str] = {}
 # (model, exporter) -> why some parameter gets no gradient (none left: the Resize-scales case was fixed
 # by the normaliser folding Constant chains)
 KNOWN_NO_GRADIENT: dict[tuple[str, str], str] = {}

@@ -164,7 +164,10 @@ def _classify_initializers(model: OnnxModel, converters: dict[str, registry.Conv
         roles = set()
         for node, i in model.consumers(name):
             conv = converters[node.name]
-            if i in conv.state:
+            extra = set(conv.static_when(model, node)) if conv.static_when else set()
+            if i in extra:
+                roles.add("static")
+            elif i in conv.state:
                 roles.add("state")
             elif i in conv.weights:
                 roles.add("weight")

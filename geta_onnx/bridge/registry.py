@@ -28,6 +28,7 @@ import onnx
 from torch import nn
 
 if TYPE_CHECKING:
+    from ..graph.model import OnnxModel
     from .context import NodeContext
 
 ConverterFn = Callable[["NodeContext"], nn.Module]
@@ -42,6 +43,8 @@ class Converter:
     weights: frozenset[int] = frozenset()
     state: frozenset[int] = frozenset()
     static: frozenset[int] = frozenset()
+    # extra static slots decided per node (a pattern that makes weight slots constants)
+    static_when: Callable[["OnnxModel", onnx.NodeProto], Iterable[int]] | None = None
 
 
 _REGISTRY: dict[tuple[str, str, int], Converter] = {}
@@ -55,6 +58,7 @@ def converter(
     weights: Iterable[int] = (),
     state: Iterable[int] = (),
     static: Iterable[int] = (),
+    static_when: Callable[["OnnxModel", onnx.NodeProto], Iterable[int]] | None = None,
 ) -> Callable[[ConverterFn], ConverterFn]:
     """Register `fn` for each op type and each since_version in `versions`."""
     names = (op_types,) if isinstance(op_types, str) else tuple(op_types)
@@ -62,7 +66,8 @@ def converter(
 
     def register(fn: ConverterFn) -> ConverterFn:
         for op in names:
-            conv = Converter(domain, op, versions, fn, frozenset(weights), frozenset(state), frozenset(static))
+            conv = Converter(domain, op, versions, fn, frozenset(weights), frozenset(state), frozenset(static),
+                             static_when)
             for v in versions:
                 key = (domain, op, v)
                 if key in _REGISTRY:

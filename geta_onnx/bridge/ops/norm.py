@@ -104,7 +104,22 @@ class InstanceNorm(nn.Module):
         return f"eps={self.eps}"
 
 
-@converter("InstanceNormalization", versions=(1, 6), weights=(1, 2))
+def _group_norm_constants(model, node) -> set[int]:
+    """GroupNorm as both exporters write it: Reshape(x, (N, G, -1)) ->
+    InstanceNormalization(ones(G), zeros(G)) -> Reshape -> Mul(weight) -> Add(bias). The
+    ones and zeros are constants (PyTorch has no such parameters), not weights."""
+    producer = model.producer(node.input[0])
+    if producer is None or producer.op_type != "Reshape" or len(node.input) < 3:
+        return set()
+    scale, bias = node.input[1], node.input[2]
+    if not (model.is_initializer(scale) and model.is_initializer(bias)):
+        return set()
+    if (model.array(scale) == 1).all() and (model.array(bias) == 0).all():
+        return {1, 2}
+    return set()
+
+
+@converter("InstanceNormalization", versions=(1, 6), weights=(1, 2), static_when=_group_norm_constants)
 def convert_instance_norm(ctx: NodeContext) -> nn.Module:
     return InstanceNorm(float(ctx.attr("epsilon", 1e-5)))
 
