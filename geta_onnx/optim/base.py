@@ -1,0 +1,60 @@
+"""The base optimizers' processed gradient ghat (geta-algorithm.md: "the base optimizer's
+processed gradient (momentum / Adam direction)"), kept separate from the update so QASSO
+can use ghat for scores, forgetting rates and the step itself."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+BASES = ("sgd", "adam", "adamw")
+
+
+def direction(p: torch.Tensor, state: dict, group: dict, base: str) -> torch.Tensor:
+    """ghat for parameter p (p.grad must be set); updates the moment buffers in `state`."""
+    g = p.grad
+    wd = group.get("weight_decay", 0.0)
+    if base == "sgd":
+        if wd:
+            g = g.add(p, alpha=wd)
+        momentum = group.get("momentum", 0.0)
+        if not momentum:
+            return g
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = g.detach().clone()
+        else:
+            buf.mul_(momentum).add_(g)
+        return g.add(buf, alpha=momentum) if group.get("nesterov", False) else buf
+    # adam / adamw: bias-corrected m / (sqrt(v) + eps); adam folds weight decay into g
+    if base == "adam" and wd:
+        g = g.add(p, alpha=wd)
+    beta1, beta2 = group.get("betas", (0.9, 0.999))
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] = 0
+    state["step"] += 1
+    state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    t = state["step"]
+    m_hat = state["exp_avg"] / (1 - beta1 ** t)
+    v_hat = state["exp_avg_sq"] / (1 - beta2 ** t)
+    return m_hat / (v_hat.sqrt() + group.get("eps", 1e-8))
+
+
+def decoupled_decay(p: torch.Tensor, group: dict, base: str) -> None:
+    """AdamW's decoupled weight decay, applied before the step."""
+    if base == "adamw" and group.get("weight_decay", 0.0):
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+
+
+def check_base(base: str) -> str:
+    from ..errors import ConfigError
+
+    if base not in BASES:
+        raise ConfigError(f"option 'optimizer': unknown base '{base}'; choose one of {', '.join(BASES)}")
+    return base
+
+
+__all__ = ["BASES", "check_base", "decoupled_decay", "direction", "math"]

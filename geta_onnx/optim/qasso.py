@@ -1,0 +1,327 @@
+"""QASSO: the GETA optimizer (geta-algorithm.md section 3, with every FIX listed there).
+
+It trains the bridged module's weights and its quantizers' (d, q_m, t) under two
+white-box constraints: exactly K pruning groups are zero at the end, and every quantized
+tensor's bit width lies in [b_l, b_u]. Stages (StagePlan): warm-up; projection (the
+upper bit bound shrinks over B periods, d projected per layer after every step);
+pruning (P periods: score, pick the redundant set R, forget it progressively while
+choosing d so the step stays a descent direction, commit R to exact zero); cool-down
+(bits frozen, d re-derived from them, pruned groups kept at zero).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..bridge import OnnxModule
+from ..errors import ConfigError
+from ..qadg import QADG
+from . import base as base_opt
+from .importance import ImportanceWeights, scores
+from .selection import plan
+from .slices import GroupView, ZeroMasks, group_views
+from .stages import StagePlan
+
+ETA, ZETA = 0.999, 0.9
+
+
+def step_for_bits(b, q_m, t, signed: bool):
+    """d(b) = q_m^t / (2^(b-1) - 1) (signed) or q_m^t / (2^b - 1) (unsigned)."""
+    levels = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
+    return q_m.pow(t) / levels
+
+
+def bits_of(d, q_m, t, signed: bool):
+    """b = log2(q_m^t / d + 1) (+ 1 sign bit when signed)."""
+    return torch.log2(q_m.pow(t) / d + 1) + (1 if signed else 0)
+
+
+@dataclass
+class QuantLayer:
+    """One quantizer as QASSO sees it: its module (parameters d, q_m, t; attributes
+    signed, axis), the initializer it quantizes (weights; None for activations) and its
+    bit bounds [low, high] plus the upper bound at the start of projection."""
+
+    name: str
+    quantizer: nn.Module
+    weight: str | None
+    low: float
+    high: float
+    start: float
+
+    def t(self) -> torch.Tensor:
+        return self.quantizer.t if isinstance(self.quantizer.t, torch.Tensor) else torch.tensor(1.0)
+
+    def bits(self) -> torch.Tensor:
+        q = self.quantizer
+        return bits_of(q.d.detach(), q.q_m.detach(), self.t().detach(), q.signed)
+
+    def d_for(self, b) -> torch.Tensor:
+        q = self.quantizer
+        return step_for_bits(b, q.q_m.detach(), self.t().detach(), q.signed)
+
+    def broadcast(self, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A per-tensor scalar or a per-channel vector, shaped to broadcast over `shape`."""
+        if value.numel() == 1:
+            return value.reshape(())
+        view = [1] * len(shape)
+        view[self.quantizer.axis] = -1
+        return value.reshape(view)
+
+
+class QASSO(torch.optim.Optimizer):
+    def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantLayer], stages: StagePlan, *,
+                 lr: float, lr_quant: float = 1e-3, base: str = "sgd", momentum: float = 0.9,
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
+                 target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
+                 bit_reduction: float | None = None, group_divisible: int = 16,
+                 importance: ImportanceWeights = ImportanceWeights()):
+        if target_sparsity is None and target_bops is None:
+            raise ConfigError("give a budget: option 'target_sparsity' or 'target_bops'")
+        if target_sparsity is not None and not 0 <= target_sparsity < 1:
+            raise ConfigError(f"option 'target_sparsity': expected a fraction in [0, 1), got {target_sparsity}")
+        if target_bops is not None and (not 0 < target_bops <= 1 or bops_fn is None):
+            raise ConfigError("option 'target_bops': expected a fraction in (0, 1] (and a BOPs model)")
+        self.base = base_opt.check_base(base)
+        self.stages, self.layers = stages, layers
+        quant_ids = {id(p) for layer in layers for p in layer.quantizer.parameters()}
+        weights = [p for p in module.parameters() if id(p) not in quant_ids and p.requires_grad]
+        qparams = [p for layer in layers for p in layer.quantizer.parameters() if p.requires_grad]
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, betas=betas, eps=eps, kind="weight")
+        super().__init__([{"params": weights}, {"params": qparams, "lr": lr_quant, "weight_decay": 0.0,
+                                                 "momentum": 0.0, "kind": "quant"}], defaults)
+        self.views: list[GroupView] = group_views(module, qadg.groups)
+        self._by_id = {v.id: v for v in self.views}
+        self._d_params = {id(layer.quantizer.d): layer for layer in layers}
+        self._weight_layer = {layer.weight: layer for layer in layers if layer.weight}
+        self.target_sparsity, self.target_bops, self.bops_fn = target_sparsity, target_bops, bops_fn
+        self.bit_reduction, self.unit, self.importance = bit_reduction, group_divisible, importance
+        self.masks = ZeroMasks()
+        self.step_count = 0
+        self.zeroed: set[int] = set()
+        self.redundant: list[int] = []  # R of the running period
+        self.period = -1
+        self.planned: int | None = None  # K after rounding kept counts to the unit
+        self.frozen = False
+
+    # ---- public state -----------------------------------------------------------------
+    @property
+    def target_groups(self) -> int:
+        """K requested by the sparsity budget (before unit rounding)."""
+        return round((self.target_sparsity or 0.0) * len(self.views))
+
+    def group_sparsity(self) -> float:
+        return len(self.zeroed) / len(self.views) if self.views else 0.0
+
+    def mean_bits(self, kind: str | None = None) -> float:
+        vals = [float(layer.bits().mean()) for layer in self.layers
+                if kind is None or (layer.weight is not None) == (kind == "weight")]
+        return sum(vals) / len(vals) if vals else 32.0
+
+    def upper_bits(self, layer: QuantLayer, step: int | None = None) -> float:
+        """b_u of the running projection period: start - j * reduction, never below b_u or b_l."""
+        j = self.stages.projection_period(self.step_count if step is None else step)
+        reduction = self.bit_reduction or (layer.start - layer.high) / self.stages.projection_periods
+        return max(layer.high, layer.low, layer.start - j * reduction)
+
+    # ---- the step -----------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        k = self.step_count
+        stage = self.stages.stage(k)
+        ghat: dict[int, torch.Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    ghat[id(p)] = base_opt.direction(p, self.state[p], group, self.base)
+        if stage == "cooldown" and not self.frozen:
+            self._freeze_bits()
+        skip_d: set[int] = set()
+        if stage == "pruning":
+            period, tau = self.stages.pruning_period(k)
+            if period != self.period:
+                self._start_period(period, ghat)
+            if self.redundant:
+                skip_d = self._forget(ghat, self.stages.period_steps(period), tau)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in ghat or id(p) in skip_d or (self.frozen and id(p) in self._d_params):
+                    continue
+                base_opt.decoupled_decay(p, group, self.base)
+                p.add_(ghat[id(p)], alpha=-group["lr"])
+        self._keep_positive()
+        if stage in ("projection", "pruning"):
+            self._project_bits()
+        if self.frozen:
+            for layer in self.layers:
+                layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
+        if stage == "pruning":
+            period, tau = self.stages.pruning_period(k)
+            if tau == self.stages.period_steps(period) - 1:
+                self._commit()
+        self.masks.apply()
+        self.step_count += 1
+        return loss
+
+    # ---- stage mechanics -----------------------------------------------------------------
+    def _keep_positive(self) -> None:
+        for layer in self.layers:
+            layer.quantizer.q_m.clamp_(min=1e-8)
+            layer.quantizer.d.clamp_(min=1e-12)
+
+    def _project_bits(self) -> None:
+        """d <- clip(d, d(b_u current), d(b_l)) for EVERY quantizer: after each step
+        b_l <= b <= b_u current (FIX: per layer, weights and activations alike)."""
+        for layer in self.layers:
+            d = layer.quantizer.d
+            lo = layer.d_for(self.upper_bits(layer)).reshape(d.shape)
+            hi = layer.d_for(layer.low).reshape(d.shape)
+            d.copy_(torch.maximum(torch.minimum(d, hi), lo))
+
+    def _freeze_bits(self) -> None:
+        for layer in self.layers:
+            frozen = layer.bits().round().clamp(layer.low, layer.high)
+            layer.quantizer.frozen_bits = frozen.reshape(layer.quantizer.d.shape)
+        self.frozen = True
+
+    def _budget(self, s: dict[int, float]) -> int:
+        if self.target_bops is None:
+            return self.target_groups
+        lo, hi = 0, len(self.views) - 1  # smallest K whose planned removal meets the BOPs target
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.bops_fn(plan(self.views, s, mid, self.unit, self.zeroed)) <= self.target_bops:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _start_period(self, period: int, ghat: dict[int, torch.Tensor]) -> None:
+        remaining = [v for v in self.views if v.id not in self.zeroed]
+        s = scores(remaining, ghat, self.importance)
+        s.update({gid: -1.0 for gid in self.zeroed})
+        final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
+        self.planned = len(final)
+        periods = self.stages.pruning_periods
+        upto = len(final) if period == periods - 1 else round(len(final) * (period + 1) / periods)
+        todo = sorted(final - self.zeroed, key=lambda g: s.get(g, 0.0))
+        self.redundant = todo[:max(0, upto - len(self.zeroed))]
+        self.period = period
+
+    def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> set[int]:
+        """One step of progressive forgetting on R; returns the d parameters it set."""
+        lr = self.param_groups[0]["lr"]
+        views = [self._by_id[g] for g in self.redundant]
+        full = {}  # per weight tensor: clipped values c, residual r, quantized values Q
+        for v in views:
+            for s in v.slices:
+                if s.name in self._weight_layer and s.name not in full:
+                    full[s.name] = self._quant_terms(self._weight_layer[s.name], s.param)
+        c, r, g = [], {}, []
+        for v in views:
+            for s in v.slices:
+                grad = ghat.get(id(s.param))
+                gs = s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel())
+                cs = s.view(full[s.name][0]).reshape(-1) if s.name in full else s.view().reshape(-1)
+                c.append(cs)
+                g.append(gs)
+                if s.name in full:
+                    r.setdefault(s.name, ([], []))
+                    r[s.name][0].append(s.view(full[s.name][1]).reshape(-1))
+                    r[s.name][1].append(gs)
+        c, g = torch.cat(c).double(), torch.cat(g).double()
+        cos_cg = _cos(c, g)
+        if cos_cg >= 0:
+            gamma = 1.0 / max(steps - tau, 1)
+        else:
+            gamma = -(1 - ETA) * lr * float(g.norm()) / (cos_cg * float(c.norm()))
+        d_new = {}
+        for _ in range(64):  # shrink gamma until every layer's d allows the descent (d >= d(b_u))
+            ok = True
+            for name, (rs, gs) in r.items():
+                layer = self._weight_layer[name]
+                rv, gv = torch.cat(rs).double(), torch.cat(gs).double()
+                d_lo = float(layer.d_for(layer.high).max())
+                d_hi = float(layer.d_for(layer.low).min())
+                cos_rg = _cos(rv, gv)
+                if cos_rg >= 0 or float(rv.norm()) == 0:
+                    d = d_hi
+                else:
+                    d = -ZETA * ETA * lr * float(gv.norm()) / (gamma * cos_rg * float(rv.norm()))
+                    if d < d_lo:
+                        ok = False
+                d_new[name] = min(d, d_hi)
+            if ok:
+                break
+            gamma *= 0.8
+        skip = set()
+        for name, d in d_new.items():
+            layer = self._weight_layer[name]
+            layer.quantizer.d.fill_(d)
+            skip.add(id(layer.quantizer.d))
+            full[name] = self._quant_terms(layer, next(s.param for v in views for s in v.slices if s.name == name))
+        for v in views:  # x_R <- x_R - gamma * Q(x)_R
+            for s in v.slices:
+                q = full[s.name][2] if s.name in full else s.param
+                s.param.index_copy_(s.axis, s.index, s.view() - gamma * s.view(q))
+        return skip
+
+    def _quant_terms(self, layer: QuantLayer, w: torch.Tensor):
+        """(clipped values c, rounding residual r, quantized values Q) of weight w."""
+        q = layer.quantizer
+        d = layer.broadcast(q.d.detach(), w.shape)
+        q_m = layer.broadcast(q.q_m.detach(), w.shape)
+        t = layer.broadcast(layer.t().detach(), w.shape)
+        u = torch.minimum(w.abs(), q_m).pow(t)
+        sign = torch.sign(w)
+        return sign * u, sign * (torch.round(u / d) - u / d), sign * d * torch.round(u / d)
+
+    def _commit(self) -> None:
+        """R reaches exact zero and stays there."""
+        for gid in self.redundant:
+            view = self._by_id[gid]
+            for s in view.slices:
+                s.param.index_fill_(s.axis, s.index, 0.0)
+            self.masks.add(view)
+            self.zeroed.add(gid)
+        self.redundant = []
+
+    # ---- persistence --------------------------------------------------------------------
+    def state_dict(self):
+        state = super().state_dict()
+        state["qasso"] = {
+            "step_count": self.step_count, "zeroed": sorted(self.zeroed), "redundant": list(self.redundant),
+            "period": self.period, "planned": self.planned, "frozen": self.frozen,
+            "frozen_bits": [layer.quantizer.frozen_bits.tolist() if self.frozen else None for layer in self.layers],
+        }
+        return state
+
+    def load_state_dict(self, state_dict):
+        state = dict(state_dict)
+        extra = state.pop("qasso")
+        super().load_state_dict(state)
+        self.step_count, self.period, self.planned = extra["step_count"], extra["period"], extra["planned"]
+        self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
+        self.masks = ZeroMasks()
+        for gid in self.zeroed:
+            self.masks.add(self._by_id[gid])
+        self.frozen = extra["frozen"]
+        if self.frozen:
+            for layer, bits in zip(self.layers, extra["frozen_bits"]):
+                layer.quantizer.frozen_bits = torch.tensor(bits, dtype=layer.quantizer.d.dtype).reshape(
+                    layer.quantizer.d.shape)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine clamped to [-1, 1]; 0 for a zero vector (FIX: never NaN)."""
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0 or nb == 0 or math.isnan(na) or math.isnan(nb):
+        return 0.0
+    return max(-1.0, min(1.0, float(a @ b) / (na * nb)))

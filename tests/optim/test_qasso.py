@@ -1,0 +1,127 @@
+"""QASSO guarantees: bits inside their bounds after every projection step, exactly K
+groups exactly zero at the end and through cool-down, frozen bits inside [b_l, b_u],
+kept counts on the hardware unit, and a resumable state."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from geta_onnx.bridge import to_torch
+from geta_onnx.graph import from_proto
+from geta_onnx.optim import QASSO, QuantLayer, StagePlan, bits_of, step_for_bits
+from geta_onnx.optim.selection import allowed_removals
+from geta_onnx.qadg import analyze
+from tests.qadg import models
+
+
+class FakeQuantizer(nn.Module):
+    """Just the learnable scalars of a GETA quantizer (the optimizer's view of one)."""
+
+    def __init__(self, q_m: float, bits: float, signed: bool = True):
+        super().__init__()
+        self.signed, self.axis, self.frozen_bits = signed, None, None
+        self.q_m = nn.Parameter(torch.tensor(q_m))
+        self.d = nn.Parameter(step_for_bits(torch.tensor(float(bits)), self.q_m.detach(), torch.tensor(1.0), signed))
+        self.t = torch.tensor(1.0)
+
+
+def _setup(sparsity=0.5, unit=1, steps=60, base="sgd"):
+    model = from_proto(models.resnet2()[0])
+    qadg = analyze(model)
+    module = to_torch(model)
+    layers = []
+    for i, name in enumerate(["stem.w", "b1a.w", "b1b.w", "b2a.w", "b2b.w", "b2s.w", "fc.w"]):
+        q = FakeQuantizer(float(module.parameter(name).detach().abs().max()), 16)
+        module.add_module(f"fq{i}", q)
+        layers.append(QuantLayer(f"fq{i}", q, name, 4, 8, 16))
+    act = FakeQuantizer(3.0, 16, signed=False)
+    module.add_module("fq_act", act)
+    layers.append(QuantLayer("fq_act", act, None, 4, 8, 16))
+    stages = StagePlan.from_fractions(steps, pruning_periods=3, projection_periods=4)
+    opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
+                group_divisible=unit)
+    return module, opt, layers, stages
+
+
+def _run(module, opt, layers, stages, steps, start=0, check=None):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    for k in range(start, steps):
+        opt.zero_grad()
+        loss = module(x).square().mean()
+        loss = loss + sum((layer.quantizer.d * torch.randn((), generator=gen)).sum() for layer in layers)
+        loss.backward()
+        opt.step()
+        if check:
+            check(k)
+
+
+@pytest.mark.parametrize("base", ["sgd", "adam", "adamw"])
+def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base):
+    module, opt, layers, stages = _setup(base=base)
+    total = 60
+
+    def check(k):
+        stage = stages.stage(k)
+        for layer in layers:
+            b = float(layer.bits())
+            if stage in ("projection", "pruning"):
+                assert layer.low - 1e-4 <= b <= opt.upper_bits(layer, k) + 1e-4, (k, stage, b)
+        if stage == "cooldown":
+            assert len(opt.zeroed) == opt.planned
+
+    _run(module, opt, layers, stages, total, check=check)
+    zero = [v for v in opt.views if v.norm() == 0.0]
+    assert len(zero) == opt.planned == opt.target_groups == round(0.5 * len(opt.views))
+    assert {v.id for v in zero} == opt.zeroed
+    for layer in layers:
+        fb = float(layer.quantizer.frozen_bits)
+        assert layer.low <= fb <= layer.high and fb == round(fb)
+        assert abs(float(layer.bits()) - fb) < 1e-4  # d follows the frozen bits
+
+
+def test_kept_channel_counts_are_multiples_of_the_unit():
+    assert allowed_removals(32, 16) == [0, 16]
+    assert allowed_removals(64, 16) == [0, 16, 32, 48]
+    assert allowed_removals(8, 16) == [0]
+    module, opt, layers, stages = _setup(sparsity=0.5, unit=4)
+    _run(module, opt, layers, stages, 60)
+    for cluster in {v.cluster for v in opt.views}:
+        members = [v for v in opt.views if v.cluster == cluster]
+        kept = sum(1 for v in members if v.id not in opt.zeroed)
+        assert kept % 4 == 0 and kept >= 4, (cluster, kept)
+    assert opt.planned <= opt.target_groups
+
+
+def test_resume_gives_the_same_weights():
+    module, opt, layers, stages = _setup()
+    _run(module, opt, layers, stages, 60)
+    straight = copy.deepcopy(module.state_dict())
+
+    module2, opt2, layers2, stages2 = _setup()
+    _run(module2, opt2, layers2, stages2, 30)
+    saved_model, saved_opt = copy.deepcopy(module2.state_dict()), copy.deepcopy(opt2.state_dict())
+    module3, opt3, layers3, stages3 = _setup()
+    module3.load_state_dict(saved_model)
+    opt3.load_state_dict(saved_opt)
+    gen_state_skip = 30  # the test's data generator restarts: replay its draws
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    for k in range(60):
+        draws = [torch.randn((), generator=gen) for _ in layers3]
+        if k < gen_state_skip:
+            continue
+        opt3.zero_grad()
+        loss = module3(x).square().mean() + sum((layer.quantizer.d * r).sum() for layer, r in zip(layers3, draws))
+        loss.backward()
+        opt3.step()
+    for key, value in straight.items():
+        assert torch.equal(value, module3.state_dict()[key]), key
+
+
+def test_bit_formula_round_trip():
+    q_m, t = torch.tensor(2.5), torch.tensor(1.0)
+    for signed in (True, False):
+        for b in (2.0, 4.0, 8.0, 16.0):
+            assert abs(float(bits_of(step_for_bits(torch.tensor(b), q_m, t, signed), q_m, t, signed)) - b) < 1e-5
