@@ -34,10 +34,10 @@ def _step_time(module: torch.nn.Module, args: list[torch.Tensor], entry) -> floa
     return time.perf_counter() - start
 
 
-def bench(name: str, batch: int, repeats: int, warmup: int = 3) -> dict:
+def bench(name: str, batch: int, repeats: int, exporter: str = "legacy", warmup: int = 3) -> dict:
     entry = zoo.get(name)
     original = entry.build().train()
-    proto = export_zoo.export(name, "legacy", io.BytesIO())
+    proto = export_zoo.export(name, exporter, io.BytesIO())
     bridged = to_torch(from_proto(proto)).train()
     inputs = entry.example_inputs(batch=batch)
     args = list(inputs.values())
@@ -49,7 +49,7 @@ def bench(name: str, batch: int, repeats: int, warmup: int = 3) -> dict:
             t_orig.append(a)
             t_bridge.append(b)
     mo, mb = statistics.median(t_orig), statistics.median(t_bridge)
-    return {"model": name, "batch": batch, "original_ms": mo * 1e3, "bridge_ms": mb * 1e3, "ratio": mb / mo,
+    return {"model": f"{name}.{exporter}", "batch": batch, "original_ms": mo * 1e3, "bridge_ms": mb * 1e3, "ratio": mb / mo,
             "onnx_nodes": len(proto.graph.node)}
 
 
@@ -59,14 +59,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--exporters", default="legacy,dynamo")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, median of {a.repeats} fwd+bwd steps")
-    print(f"{'model':<10} {'nodes':>6} {'original ms':>12} {'bridge ms':>10} {'ratio':>6}")
+    print(f"{'model':<16} {'nodes':>6} {'original ms':>12} {'bridge ms':>10} {'ratio':>6}")
     for name in a.models.split(","):
-        r = bench(name, a.batch, a.repeats)
-        print(f"{r['model']:<10} {r['onnx_nodes']:>6} {r['original_ms']:>12.2f} {r['bridge_ms']:>10.2f} {r['ratio']:>6.3f}")
+        for exporter in a.exporters.split(","):
+            r = bench(name, a.batch, a.repeats, exporter)
+            print(f"{r['model']:<16} {r['onnx_nodes']:>6} {r['original_ms']:>12.2f} {r['bridge_ms']:>10.2f} "
+                  f"{r['ratio']:>6.3f}")
 
 
 if __name__ == "__main__":
