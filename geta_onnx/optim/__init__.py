@@ -1,6 +1,7 @@
 """QASSO: the GETA optimizer, its importance scores, group selection and stages."""
 from .importance import ImportanceWeights
-from .qasso import QASSO, QuantLayer, bits_of, step_for_bits
+from .qasso import QASSO, QuantTarget
 from .stages import StagePlan
+from .targets import quant_targets
 
-__all__ = ["QASSO", "ImportanceWeights", "QuantLayer", "StagePlan", "bits_of", "step_for_bits"]
+__all__ = ["QASSO", "ImportanceWeights", "QuantTarget", "StagePlan", "quant_targets"]

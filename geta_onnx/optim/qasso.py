@@ -19,6 +19,7 @@ from torch import nn
 from ..bridge import OnnxModule
 from ..errors import ConfigError
 from ..qadg import QADG
+from ..quant.quantizer import bits_of, d_of_bits
 from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import plan
@@ -28,22 +29,12 @@ from .stages import StagePlan
 ETA, ZETA = 0.999, 0.9
 
 
-def step_for_bits(b, q_m, t, signed: bool):
-    """d(b) = q_m^t / (2^(b-1) - 1) (signed) or q_m^t / (2^b - 1) (unsigned)."""
-    levels = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
-    return q_m.pow(t) / levels
-
-
-def bits_of(d, q_m, t, signed: bool):
-    """b = log2(q_m^t / d + 1) (+ 1 sign bit when signed)."""
-    return torch.log2(q_m.pow(t) / d + 1) + (1 if signed else 0)
-
-
 @dataclass
-class QuantLayer:
-    """One quantizer as QASSO sees it: its module (parameters d, q_m, t; attributes
-    signed, axis), the initializer it quantizes (weights; None for activations) and its
-    bit bounds [low, high] plus the upper bound at the start of projection."""
+class QuantTarget:
+    """One quantizer as QASSO sees it: its module (geta_onnx.quant.Quantizer: d, q_m, t,
+    signed), the initializer it quantizes (weights; None for activations) with the
+    per-channel axis in the initializer's layout, its bit bounds [low, high] and the
+    upper bound at the start of projection."""
 
     name: str
     quantizer: nn.Module
@@ -51,6 +42,7 @@ class QuantLayer:
     low: float
     high: float
     start: float
+    axis: int | None = None  # per-channel axis of the initializer (None: per tensor)
 
     def t(self) -> torch.Tensor:
         return self.quantizer.t if isinstance(self.quantizer.t, torch.Tensor) else torch.tensor(1.0)
@@ -61,19 +53,19 @@ class QuantLayer:
 
     def d_for(self, b) -> torch.Tensor:
         q = self.quantizer
-        return step_for_bits(b, q.q_m.detach(), self.t().detach(), q.signed)
+        return d_of_bits(torch.as_tensor(b, dtype=q.d.dtype), q.q_m.detach(), self.t().detach(), q.signed)
 
     def broadcast(self, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """A per-tensor scalar or a per-channel vector, shaped to broadcast over `shape`."""
         if value.numel() == 1:
             return value.reshape(())
         view = [1] * len(shape)
-        view[self.quantizer.axis] = -1
+        view[self.axis] = -1
         return value.reshape(view)
 
 
 class QASSO(torch.optim.Optimizer):
-    def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantLayer], stages: StagePlan, *,
+    def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantTarget], stages: StagePlan, *,
                  lr: float, lr_quant: float = 1e-3, base: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
@@ -121,7 +113,7 @@ class QASSO(torch.optim.Optimizer):
                 if kind is None or (layer.weight is not None) == (kind == "weight")]
         return sum(vals) / len(vals) if vals else 32.0
 
-    def upper_bits(self, layer: QuantLayer, step: int | None = None) -> float:
+    def upper_bits(self, layer: QuantTarget, step: int | None = None) -> float:
         """b_u of the running projection period: start - j * reduction, never below b_u or b_l."""
         j = self.stages.projection_period(self.step_count if step is None else step)
         reduction = self.bit_reduction or (layer.start - layer.high) / self.stages.projection_periods
@@ -159,7 +151,7 @@ class QASSO(torch.optim.Optimizer):
         self._keep_positive()
         if stage in ("projection", "pruning"):
             self._project_bits()
-        if self.frozen:
+        if self.frozen:  # cool-down: d follows the frozen bits as q_m and t keep training
             for layer in self.layers:
                 layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
         if stage == "pruning":
@@ -173,8 +165,7 @@ class QASSO(torch.optim.Optimizer):
     # ---- stage mechanics -----------------------------------------------------------------
     def _keep_positive(self) -> None:
         for layer in self.layers:
-            layer.quantizer.q_m.clamp_(min=1e-8)
-            layer.quantizer.d.clamp_(min=1e-12)
+            layer.quantizer.clamp_()
 
     def _project_bits(self) -> None:
         """d <- clip(d, d(b_u current), d(b_l)) for EVERY quantizer: after each step
@@ -187,8 +178,7 @@ class QASSO(torch.optim.Optimizer):
 
     def _freeze_bits(self) -> None:
         for layer in self.layers:
-            frozen = layer.bits().round().clamp(layer.low, layer.high)
-            layer.quantizer.frozen_bits = frozen.reshape(layer.quantizer.d.shape)
+            layer.quantizer.freeze_bits(layer.bits().round().clamp(layer.low, layer.high))
         self.frozen = True
 
     def _budget(self, s: dict[int, float]) -> int:
@@ -273,7 +263,7 @@ class QASSO(torch.optim.Optimizer):
                 s.param.index_copy_(s.axis, s.index, s.view() - gamma * s.view(q))
         return skip
 
-    def _quant_terms(self, layer: QuantLayer, w: torch.Tensor):
+    def _quant_terms(self, layer: QuantTarget, w: torch.Tensor):
         """(clipped values c, rounding residual r, quantized values Q) of weight w."""
         q = layer.quantizer
         d = layer.broadcast(q.d.detach(), w.shape)
@@ -315,8 +305,7 @@ class QASSO(torch.optim.Optimizer):
         self.frozen = extra["frozen"]
         if self.frozen:
             for layer, bits in zip(self.layers, extra["frozen_bits"]):
-                layer.quantizer.frozen_bits = torch.tensor(bits, dtype=layer.quantizer.d.dtype).reshape(
-                    layer.quantizer.d.shape)
+                layer.quantizer.freeze_bits(torch.tensor(bits, dtype=layer.quantizer.d.dtype))
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -45,7 +45,7 @@ class GroupView:
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def norm(self) -> float:
-        return float(torch.sqrt(sum(s.view().float().pow(2).sum() for s in self.slices))) if self.slices else 0.0
+        return float(torch.sqrt(sum(s.view().detach().float().pow(2).sum() for s in self.slices))) if self.slices else 0.0
 
     def numel(self) -> int:
         return sum(s.index.numel() * s.param.numel() // s.param.shape[s.axis] for s in self.slices)

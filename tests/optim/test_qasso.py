@@ -5,25 +5,21 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.graph import from_proto
-from geta_onnx.optim import QASSO, QuantLayer, StagePlan, bits_of, step_for_bits
+from geta_onnx.optim import QASSO, QuantTarget, StagePlan
+from geta_onnx.quant.quantizer import Quantizer, bits_of, d_of_bits
 from geta_onnx.optim.selection import allowed_removals
 from geta_onnx.qadg import analyze
 from tests.qadg import models
 
 
-class FakeQuantizer(nn.Module):
-    """Just the learnable scalars of a GETA quantizer (the optimizer's view of one)."""
-
-    def __init__(self, q_m: float, bits: float, signed: bool = True):
-        super().__init__()
-        self.signed, self.axis, self.frozen_bits = signed, None, None
-        self.q_m = nn.Parameter(torch.tensor(q_m))
-        self.d = nn.Parameter(step_for_bits(torch.tensor(float(bits)), self.q_m.detach(), torch.tensor(1.0), signed))
-        self.t = torch.tensor(1.0)
+def FakeQuantizer(q_m: float, bits: float, signed: bool = True) -> Quantizer:
+    """A GETA quantizer outside the forward path: the optimizer only sees its scalars."""
+    q = Quantizer("weight" if signed else "act", signed=signed)
+    q.set_range(q_m, bits)
+    return q
 
 
 def _setup(sparsity=0.5, unit=1, steps=60, base="sgd"):
@@ -34,10 +30,10 @@ def _setup(sparsity=0.5, unit=1, steps=60, base="sgd"):
     for i, name in enumerate(["stem.w", "b1a.w", "b1b.w", "b2a.w", "b2b.w", "b2s.w", "fc.w"]):
         q = FakeQuantizer(float(module.parameter(name).detach().abs().max()), 16)
         module.add_module(f"fq{i}", q)
-        layers.append(QuantLayer(f"fq{i}", q, name, 4, 8, 16))
+        layers.append(QuantTarget(f"fq{i}", q, name, 4, 8, 16))
     act = FakeQuantizer(3.0, 16, signed=False)
     module.add_module("fq_act", act)
-    layers.append(QuantLayer("fq_act", act, None, 4, 8, 16))
+    layers.append(QuantTarget("fq_act", act, None, 4, 8, 16))
     stages = StagePlan.from_fractions(steps, pruning_periods=3, projection_periods=4)
     opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
                 group_divisible=unit)
@@ -124,4 +120,4 @@ def test_bit_formula_round_trip():
     q_m, t = torch.tensor(2.5), torch.tensor(1.0)
     for signed in (True, False):
         for b in (2.0, 4.0, 8.0, 16.0):
-            assert abs(float(bits_of(step_for_bits(torch.tensor(b), q_m, t, signed), q_m, t, signed)) - b) < 1e-5
+            assert abs(float(bits_of(d_of_bits(torch.tensor(b), q_m, t, signed), q_m, t, signed)) - b) < 1e-5

@@ -1,0 +1,102 @@
+"""QuantPlan: where attach_quantizers put quantizers, for the optimizer, BOPs and export.
+
+A LAYER is a Conv / ConvTranspose / Gemm / MatMul whose weight is a trainable
+initializer (directly, or behind one Transpose as the legacy exporter writes W^T): the
+candidates for quantization, whether quantized or kept in float (skip_first, skip_last,
+exclude). A SITE is one quantized input of one layer. Several sites may share one
+quantizer: the q, k and v projections reading one activation tensor, or ops sharing a
+weight.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from torch import nn
+
+from ..errors import GetaError
+
+
+@dataclass(frozen=True)
+class QuantSite:
+    node: str  # ONNX node name of the layer
+    op_type: str
+    kind: str  # "weight" | "act"
+    tensor: str  # weight: the initializer; act: the activation tensor the node reads
+    input_index: int  # the node input that is quantized
+    quantizer: str  # qualified module name, e.g. "quantizers.w_conv1_weight"
+    signed: bool
+    macs: int | None  # MACs per sample of the node (graph.stats.op_cost); None: unknown shapes
+    # weights only (None for activations):
+    axis: int | None = None  # output-channel axis of the tensor the quantizer sees (the node's input)
+    init_axis: int | None = None  # the same axis in the initializer's own layout (differs behind a Transpose)
+    per_channel: bool = False  # one (d, q_m) per channel along `axis`
+    transpose: str | None = None  # the Transpose node between initializer and layer, if any
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    node: str
+    op_type: str
+    weight: str  # the weight initializer
+    weight_shape: tuple[int, ...]  # in the initializer's layout
+    out_axis: int | None  # output-channel axis of the initializer (None: a 1-D MatMul weight)
+    macs: int | None
+    weight_quantizer: str | None  # qualified name; None when kept in float
+    act_quantizer: str | None
+    skipped: str = ""  # why the layer stays in float: "skip_first", "skip_last", "exclude", or ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QuantPlan:
+    sites: list[QuantSite]
+    layers: list[QuantLayer]
+    # the module the quantizers live on (set by attach_quantizers); not part of equality / repr
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def bind(self, module: nn.Module) -> "QuantPlan":
+        """The same plan for another module with the same quantizers (e.g. a deep copy)."""
+        return replace(self, module=module)
+
+    # ---- sites ---------------------------------------------------------------------
+    def weight_sites(self) -> list[QuantSite]:
+        return [s for s in self.sites if s.kind == "weight"]
+
+    def act_sites(self) -> list[QuantSite]:
+        return [s for s in self.sites if s.kind == "act"]
+
+    def sites_of(self, node: str) -> list[QuantSite]:
+        """The sites of ONNX node `node` (weight first); [] when it is not quantized."""
+        return sorted((s for s in self.sites if s.node == node), key=lambda s: s.kind != "weight")
+
+    def layer(self, node: str) -> QuantLayer:
+        for layer in self.layers:
+            if layer.node == node:
+                return layer
+        raise KeyError(f"node '{node}' is not a weighted layer of this plan")
+
+    # ---- quantizer modules ---------------------------------------------------------------
+    def quantizer(self, name: str):
+        """The Quantizer module with qualified name `name`."""
+        if self.module is None:
+            raise GetaError("this QuantPlan is not bound to a module (attach_quantizers binds it)")
+        return self.module.get_submodule(name)
+
+    def quantizers(self, kind: str | None = None) -> dict:
+        """Unique quantizers in site order, qualified name -> Quantizer (optionally one kind)."""
+        names = dict.fromkeys(s.quantizer for s in self.sites if kind is None or s.kind == kind)
+        return {n: self.quantizer(n) for n in names}
+
+    def weight_quantizers(self) -> dict:
+        return self.quantizers("weight")
+
+    def act_quantizers(self) -> dict:
+        return self.quantizers("act")
+
+    def to_dict(self) -> dict:
+        return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers]}

@@ -1,0 +1,237 @@
+"""The GETA quantizer (geta-algorithm.md section 1): bit-width formulas, the autograd
+Function and the `Quantizer` module that holds one tensor's learnable d, q_m (and t).
+
+    u    = min(|x|, q_m) ** t                 unsigned: u = clip(x, 0, q_m) ** t
+    Q(x) = sign(x) * d * round(u / d)         unsigned: Q(x) = d * round(u / d)
+    b    = log2(q_m**t / d + 1) + 1           unsigned: log2(q_m**t / d + 1)  (no sign bit)
+    d(b) = q_m**t / (2**(b-1) - 1)            unsigned: q_m**t / (2**b - 1)
+
+Gradients (straight-through estimator for round):
+    dQ/dx   = 1 where |x| < q_m, else 0       FIX: masked with q_m, not a fixed +-2
+                                              (unsigned: 1 where 0 <= x < q_m)
+    dQ/dd   = sign(x) * (round(u/d) - u/d)
+    dQ/dq_m = sign(x) * t * q_m**(t-1) where |x| >= q_m, else 0
+    dQ/dt   = sign(x) * u * ln(min(|x|, q_m)), 0 where min(|x|, q_m) = 0 (the limit of u ln u)
+round() is torch.round: half to even, as ONNX QuantizeLinear rounds, so the exported
+model lands on the same grid.
+
+Parameterisation: d and q_m are stored as raw values, not logs, because QASSO projects d
+onto [d(b_u), d(b_l)] and sets it in closed form; both are direct on the raw value.
+Positivity: the Function uses max(d, D_FLOOR) and max(q_m, Q_FLOOR) but hands the gradient
+to the raw parameter unchanged (a straight-through clamp), so a value pushed below its
+floor is never stuck with a zero gradient; `Quantizer.clamp_()` projects the stored
+values for an optimizer that wants them in range. The floors are far below any real
+range: d(32 bits) of q_m = Q_FLOOR is still ~5e-18 > D_FLOOR.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import GetaError
+
+D_FLOOR = 1e-20
+Q_FLOOR = 1e-8
+KINDS = ("weight", "act")
+
+
+# ---------------------------------------------------------------------------- formulas
+def bits_of(d, q_m, t=1.0, signed: bool = True) -> torch.Tensor:
+    """Bit width b(d, q_m, t); broadcasts over per-channel values."""
+    d, q_m, t = (torch.as_tensor(v, dtype=torch.float64 if not torch.is_tensor(v) else None) for v in (d, q_m, t))
+    b = torch.log2(q_m.clamp_min(Q_FLOOR) ** t / d.clamp_min(D_FLOOR) + 1)
+    return b + 1 if signed else b
+
+
+def d_of_bits(bits, q_m, t=1.0, signed: bool = True) -> torch.Tensor:
+    """Step size d(b) giving `bits` bits at range q_m (the inverse of bits_of)."""
+    bits, q_m, t = (torch.as_tensor(v, dtype=torch.float64 if not torch.is_tensor(v) else None) for v in (bits, q_m, t))
+    if float(bits.min()) < (2 if signed else 1):
+        raise GetaError(f"a {'signed' if signed else 'unsigned'} quantizer needs at least "
+                        f"{2 if signed else 1} bits, got {float(bits.min())}")
+    return _d_of_bits(bits, q_m, t, signed)
+
+
+def _d_of_bits(bits, q_m, t, signed: bool) -> torch.Tensor:
+    """d_of_bits without the range check (no host sync inside forward)."""
+    levels = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1  # largest |round(u / d)|
+    return q_m.clamp_min(Q_FLOOR) ** t / levels
+
+
+# ---------------------------------------------------------------------------- autograd
+class GetaQuantize(torch.autograd.Function):
+    """Q(x) with the gradients of the module docstring.
+
+    x: any shape; d, q_m: broadcastable to x (a scalar, or (1, C, 1, 1)-like for per-channel);
+    t: a scalar tensor. Only x, d, q_m, t are saved: the backward recomputes u (cheap) instead
+    of keeping four x-sized intermediates alive."""
+
+    @staticmethod
+    def forward(ctx, x, d, q_m, t, signed: bool):
+        ctx.signed = signed
+        ctx.save_for_backward(x, d, q_m, t)
+        _, _, c, u, z = _parts(x, d, q_m, t, signed)
+        mag = d.clamp_min(D_FLOOR) * torch.round(z)
+        return torch.sign(x) * mag if signed else mag
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, d, q_m, t = ctx.saved_tensors
+        s, a, c, u, z = _parts(x, d, q_m, t, ctx.signed)
+        q = q_m.clamp_min(Q_FLOOR)
+        gx = gd = gq = gt = None
+        gs = grad * s if ctx.signed else grad  # the sign factor every parameter gradient has
+        if ctx.needs_input_grad[0]:
+            inside = a < q if ctx.signed else (x >= 0) & (x < q)
+            gx = grad * inside
+        if ctx.needs_input_grad[1]:
+            gd = (gs * (torch.round(z) - z)).sum_to_size(d.shape)
+        if ctx.needs_input_grad[2]:
+            gq = (gs * (a >= q) * (t * q ** (t - 1))).sum_to_size(q_m.shape)
+        if ctx.needs_input_grad[3]:
+            log_c = torch.where(c > 0, torch.log(c.clamp_min(torch.finfo(c.dtype).tiny)), torch.zeros_like(c))
+            gt = (gs * u * log_c).sum_to_size(t.shape)
+        return gx, gd, gq, gt, None
+
+
+def _parts(x, d, q_m, t, signed: bool):
+    """sign, magnitude a, clipped magnitude c = min(a, q_m), u = c**t and z = u / d."""
+    s = torch.sign(x) if signed else None
+    a = x.abs() if signed else x.clamp_min(0)
+    c = torch.minimum(a, q_m.clamp_min(Q_FLOOR))
+    u = c ** t
+    return s, a, c, u, u / d.clamp_min(D_FLOOR)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient times `scale` (LSQ). A Function rather than the
+    (p - p*g).detach() + p*g trick, which can move the forward value by an ulp."""
+
+    @staticmethod
+    def forward(ctx, p, scale):
+        ctx.save_for_backward(scale)
+        return p.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+# ---------------------------------------------------------------------------- module
+class Quantizer(nn.Module):
+    """One quantized tensor: parameters `d`, `q_m` (shape () per tensor, (C,) per channel
+    along `axis`) and `t` (a buffer = 1, or a parameter when learned).
+
+    enabled=False makes forward the identity (fp32 evaluation, calibration).
+    frozen_bits (None or a tensor shaped like d) is the cool-down stage: forward re-derives
+    d = d(frozen_bits, q_m, t) every call, so q_m and t keep training at a fixed width.
+    """
+
+    def __init__(self, kind: str, *, signed: bool = True, channels: int | None = None, axis: int | None = None,
+                 bit_range: tuple[int, int] = (4, 8), learn_t: bool = False, grad_scale: bool = True):
+        super().__init__()
+        if kind not in KINDS:
+            raise GetaError(f"quantizer kind must be one of {KINDS}, got '{kind}'")
+        if (channels is None) != (axis is None):
+            raise GetaError("a per-channel quantizer needs both `channels` and `axis`")
+        self.kind, self.signed, self.axis = kind, signed, axis
+        self.bit_range = tuple(bit_range)
+        self.grad_scale = grad_scale
+        self.enabled = True
+        self.calibrated = kind == "weight"  # activation ranges come from data (calibrate.py)
+        shape = () if channels is None else (channels,)
+        self.d = nn.Parameter(torch.ones(shape))
+        self.q_m = nn.Parameter(torch.ones(shape))
+        if learn_t:
+            self.t = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("t", torch.ones(()))
+        self.register_buffer("frozen_bits", None)
+
+    @property
+    def learn_t(self) -> bool:
+        return isinstance(self.t, nn.Parameter)
+
+    # ---- bit width ---------------------------------------------------------------
+    def bits(self) -> torch.Tensor:
+        """Current bit width (frozen bits in cool-down), detached; shape of d."""
+        if self.frozen_bits is not None:
+            return self.frozen_bits.detach().clone()
+        with torch.no_grad():
+            return bits_of(self.d, self.q_m, self.t, self.signed)
+
+    @torch.no_grad()
+    def set_bits(self, bits) -> None:
+        """d <- d(bits) at the current q_m and t (a number, or one value per channel)."""
+        self.d.copy_(d_of_bits(torch.as_tensor(bits, dtype=self.d.dtype), self.q_m, self.t, self.signed)
+                     .expand_as(self.d))
+
+    @torch.no_grad()
+    def set_range(self, q_m, bits) -> None:
+        """q_m <- q_m (floored at Q_FLOOR), then d <- d(bits)."""
+        self.q_m.copy_(torch.as_tensor(q_m, dtype=self.q_m.dtype).clamp_min(Q_FLOOR).expand_as(self.q_m))
+        self.set_bits(bits)
+
+    @torch.no_grad()
+    def freeze_bits(self, bits=None) -> None:
+        """Enter cool-down at `bits` (default: round(current bits))."""
+        value = torch.round(self.bits()) if bits is None else torch.as_tensor(bits, dtype=self.d.dtype)
+        value = value.to(self.d).expand_as(self.d).clone()
+        d = d_of_bits(value, self.q_m, self.t, self.signed)  # checks the width before any state changes
+        self.frozen_bits = value
+        self.d.copy_(d)  # the stored d stays consistent for readers and export
+
+    def unfreeze(self) -> None:
+        self.frozen_bits = None
+
+    def effective_d(self) -> torch.Tensor:
+        """The step size forward uses (differentiable in q_m, t when frozen)."""
+        if self.frozen_bits is not None:
+            return _d_of_bits(self.frozen_bits, self.q_m, self.t, self.signed)
+        return self.d.clamp_min(D_FLOOR)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project the stored d and q_m onto their floors (after an optimizer step)."""
+        self.d.clamp_(min=D_FLOOR)
+        self.q_m.clamp_(min=Q_FLOOR)
+
+    # ---- forward ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if x.dtype in (torch.float16, torch.bfloat16):  # D_FLOOR and 2^b levels need float32
+            return self.forward(x.float()).to(x.dtype)
+        q_m, d = self.q_m, self.d
+        if self.grad_scale and x.numel() and torch.is_grad_enabled():
+            # LSQ: 1 / sqrt(elements per (d, q_m) * levels); levels = q_m^t / d, the largest |round(u/d)|
+            with torch.no_grad():
+                per = x.numel() // (1 if self.axis is None else x.shape[self.axis])
+                levels = (q_m.clamp_min(Q_FLOOR) ** self.t / self.effective_d()).clamp_min(1.0)
+                scale = torch.rsqrt(per * levels)
+            q_m = _ScaleGrad.apply(q_m, scale)
+            d = _ScaleGrad.apply(d, scale)
+        if self.frozen_bits is not None:  # cool-down: d follows q_m (and t) at the frozen width
+            d = _d_of_bits(self.frozen_bits, q_m, self.t, self.signed)
+        return GetaQuantize.apply(x, self._view(d, x), self._view(q_m, x), self.t.to(x.dtype), self.signed)
+
+    def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """p as x's dtype, shaped (1, ..., C, ..., 1) along `axis` for per-channel."""
+        p = p.to(x.dtype)
+        if self.axis is None:
+            return p
+        if x.dim() <= self.axis or x.shape[self.axis] != p.numel():
+            raise GetaError(f"per-channel quantizer with {p.numel()} channels on axis {self.axis} "
+                            f"got a tensor of shape {tuple(x.shape)}")
+        return p.reshape([-1 if i == self.axis else 1 for i in range(x.dim())])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # frozen_bits is a None buffer outside cool-down (absent from state_dict): follow the checkpoint
+        self.frozen_bits = torch.empty_like(self.d.detach()) if prefix + "frozen_bits" in state_dict else None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        where = "per-tensor" if self.axis is None else f"per-channel axis={self.axis} C={self.d.numel()}"
+        sign = "signed" if self.signed else "unsigned"
+        return f"{self.kind}, {sign}, {where}, bits={list(self.bit_range)}, enabled={self.enabled}"

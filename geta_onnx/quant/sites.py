@@ -1,0 +1,220 @@
+"""attach_quantizers: put GETA quantizers into a bridged module (an fx graph rewrite).
+
+Requires: `module` is `bridge.to_torch(model)` and has no quantizers yet.
+Ensures:
+- every LAYER (Conv / ConvTranspose / Gemm / MatMul whose weight is a trainable
+  initializer, directly or behind one Transpose) not kept in float reads its weight
+  through a weight quantizer, and its activation input through an activation quantizer;
+- one activation quantizer per activation TENSOR (q, k, v projections reading one
+  tensor share it) and one weight quantizer per weight tensor;
+- quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>");
+- only the layer's own input edge is rewired: other readers of the tensor (a residual
+  Add, a graph output) still see the float value, and with every quantizer disabled the
+  module computes exactly (bitwise) the original function.
+
+The rewrite: each ONNX node is one `call_module` fx node (module.node_modules), whose
+positional args are the node's inputs; for an input to quantize, a call_module of the
+quantizer is inserted right after the fx node producing it (a get_attr of the weight, the
+Transpose, or the activation's producer) and the layer's arg is pointed at it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import onnx
+import torch
+from torch import fx, nn
+
+from ..bridge.builder import OnnxModule
+from ..config import QuantConfig
+from ..errors import GetaError
+from ..graph.model import OnnxModel
+from ..graph.stats import op_cost
+from .nonneg import nonnegative_tensors
+from .plan import QuantLayer, QuantPlan, QuantSite
+from .quantizer import Quantizer
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A quantization candidate found in the ONNX graph."""
+
+    node: onnx.NodeProto
+    w_slot: int  # node input holding the weight
+    act_slot: int | None  # node input holding the activation (None: a constant / parameter there)
+    weight: str  # the initializer
+    transpose: onnx.NodeProto | None  # Transpose(initializer) feeding w_slot, if any
+    axis: int | None  # output-channel axis of the node's weight input (None: 1-D MatMul weight)
+    init_axis: int | None  # that axis in the initializer's layout
+
+
+def find_layers(model: OnnxModel, trainable: frozenset[str]) -> list[Layer]:
+    """Quantization candidates in topological order."""
+    layers = []
+    for node in model.nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in LAYER_OPS:
+            continue
+        slots = (1,) if node.op_type in ("Conv", "ConvTranspose") else (1, 0)  # prefer x @ W over W @ x
+        for w_slot in slots:
+            found = _weight_source(model, node, w_slot, trainable)
+            if found is None:
+                continue
+            weight, transpose = found
+            act_slot = 0 if node.op_type in ("Conv", "ConvTranspose") else 1 - w_slot
+            if act_slot >= len(node.input) or not node.input[act_slot] or model.is_initializer(node.input[act_slot]):
+                act_slot = None
+            axis, init_axis = _channel_axes(model, node, w_slot, weight, transpose)
+            layers.append(Layer(node, w_slot, act_slot, weight, transpose, axis, init_axis))
+            break
+    return layers
+
+
+def _weight_source(model: OnnxModel, node, slot: int, trainable) -> tuple[str, onnx.NodeProto | None] | None:
+    if slot >= len(node.input) or not node.input[slot]:
+        return None
+    name = node.input[slot]
+    if name in trainable:
+        return name, None
+    producer = model.producer(name)
+    if producer is not None and producer.op_type == "Transpose" and producer.input[0] in trainable:
+        return producer.input[0], producer
+    return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _channel_axes(model: OnnxModel, node, w_slot: int, weight: str, transpose) -> tuple[int | None, int | None]:
+    """(axis on the node's weight input, axis on the initializer) of the output channels.
+    Conv W (M, C/g, k...) 0; ConvTranspose W (C, M/g, k...) 1; Gemm B 1 (transB=0) or 0;
+    Gemm A 0 (transA=0) or 1; MatMul B (..., K, N) the last; MatMul A (..., M, K) the second last."""
+    rank = len(model.initializers[weight].dims)
+    op = node.op_type
+    if op == "Conv":
+        axis = 0
+    elif op == "ConvTranspose":
+        axis = 1
+    elif op == "Gemm":
+        axis = (0 if _attr(node, "transB", 0) else 1) if w_slot == 1 else (1 if _attr(node, "transA", 0) else 0)
+    else:
+        axis = None if rank < 2 else (rank - 1 if w_slot == 1 else rank - 2)
+    if axis is None or transpose is None:
+        return axis, axis
+    perm = list(_attr(transpose, "perm", None) or reversed(range(rank)))
+    return axis, int(perm[axis])  # output dim i of a Transpose is its input dim perm[i]
+
+
+def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig) -> QuantPlan:
+    """Insert quantizers into `module` (in place) following `config`; returns the plan."""
+    if "quantizers" in module._modules:
+        raise GetaError("the module already has quantizers; attach them to a fresh bridge.to_torch(model)")
+    trainable = frozenset(n for q, n in module.initializer_of.items() if q.startswith("params."))
+    layers = find_layers(model, trainable)
+    skipped = _skip_reasons(layers, config)
+    nonneg = nonnegative_tensors(model, trainable)
+    fx_of = {n.target: n for n in module.graph.nodes if n.op == "call_module"}
+    module.add_module("quantizers", nn.Module())
+    names = _Names()
+    made: dict[tuple, fx.Node] = {}  # (kind, source fx node, axis) -> quantizer fx node (sharing)
+    sites, records = [], []
+    for layer in layers:
+        node = layer.node
+        macs = op_cost(model, node).macs
+        reason = skipped.get(node.name, "")
+        w_name = a_name = None
+        if not reason:
+            call = fx_of[module.node_modules[node.name]]
+            w_name = _quantize_weight(module, layer, call, config, names, made)
+            sites.append(QuantSite(node.name, node.op_type, "weight", layer.weight, layer.w_slot, w_name, True, macs,
+                                   layer.axis, layer.init_axis, config.per_channel and layer.axis is not None,
+                                   layer.transpose.name if layer.transpose is not None else None))
+            if config.quantize_activations and layer.act_slot is not None:
+                tensor = node.input[layer.act_slot]
+                signed = tensor not in nonneg
+                a_name = _quantize_act(module, layer, call, tensor, signed, config, names, made)
+                sites.append(QuantSite(node.name, node.op_type, "act", tensor, layer.act_slot, a_name, signed, macs))
+        shape = tuple(int(d) for d in model.initializers[layer.weight].dims)
+        records.append(QuantLayer(node.name, node.op_type, layer.weight, shape, layer.init_axis, macs,
+                                  w_name, a_name, reason))
+    module.graph.lint()
+    module.recompile()
+    return QuantPlan(sites, records, module=module)
+
+
+def _skip_reasons(layers: list[Layer], config: QuantConfig) -> dict[str, str]:
+    reasons = {}
+    for layer in layers:
+        if any(fnmatchcase(layer.node.name, p) for p in config.exclude):
+            reasons[layer.node.name] = "exclude"
+    if layers and config.skip_first:
+        reasons.setdefault(layers[0].node.name, "skip_first")
+    if layers and config.skip_last:
+        reasons.setdefault(layers[-1].node.name, "skip_last")
+    return reasons
+
+
+def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, names, made) -> str:
+    """Weight quantizer between the weight (get_attr or Transpose) and the layer; q_m = max|W|
+    per tensor or per output channel, d = d(weight_bits_start)."""
+    src = call.args[layer.w_slot]
+    per_channel = config.per_channel and layer.axis is not None
+    key = ("weight", src, layer.axis if per_channel else None)
+    if key not in made:
+        w = module.parameter(layer.weight).detach()  # initializer layout
+        if per_channel:
+            q_m = w.abs().amax(dim=[i for i in range(w.dim()) if i != layer.init_axis])  # (C,)
+            q = Quantizer("weight", channels=q_m.numel(), axis=layer.axis, bit_range=config.weight_bits,
+                          learn_t=config.learn_t, grad_scale=config.grad_scale)
+        else:
+            q_m = w.abs().max()
+            q = Quantizer("weight", bit_range=config.weight_bits, learn_t=config.learn_t,
+                          grad_scale=config.grad_scale)
+        q.to(w.device).set_range(q_m, config.weight_bits_start)
+        made[key] = _insert(module, src, names.get("w_", layer.weight), q)
+    call.update_arg(layer.w_slot, made[key])
+    return made[key].target
+
+
+def _quantize_act(module, layer: Layer, call: fx.Node, tensor: str, signed: bool, config: QuantConfig,
+                  names, made) -> str:
+    """Activation quantizer on the layer's activation input, shared per tensor. Its range is a
+    placeholder (q_m = 1) until calibrate() sets it from data."""
+    src = call.args[layer.act_slot]
+    key = ("act", src, None)
+    if key not in made:
+        q = Quantizer("act", signed=signed, bit_range=config.act_bits, learn_t=config.learn_t,
+                      grad_scale=config.grad_scale)
+        q.set_range(1.0, config.act_bits_start)
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        made[key] = _insert(module, src, names.get("a_", tensor), q.to(device))
+    call.update_arg(layer.act_slot, made[key])
+    return made[key].target
+
+
+def _insert(module, src: fx.Node, name: str, quantizer: Quantizer) -> fx.Node:
+    module.quantizers.add_module(name, quantizer)
+    with module.graph.inserting_after(src):
+        return module.graph.call_module(f"quantizers.{name}", (src,))
+
+
+class _Names:
+    """Unique Python identifiers for quantizer names."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def get(self, prefix: str, name: str) -> str:
+        base = prefix + re.sub(r"\W", "_", name).strip("_")
+        safe, k = base, 1
+        while safe in self._used:
+            safe, k = f"{base}_{k}", k + 1
+        self._used.add(safe)
+        return safe
