@@ -25,6 +25,7 @@ class QuantConfig:
     act_bits_start: int = 16
     per_channel: bool = False  # weights: one (d, q_m) per output channel instead of per tensor
     learn_t: bool = False  # learn the exponent t (default t = 1, the linear quantizer)
+    grad_scale: bool = True  # LSQ-style scaling of the d and q_m gradients by 1 / sqrt(numel * levels)
     quantize_activations: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
@@ -40,6 +41,88 @@ class QuantConfig:
         _check(self.act_bits_start >= self.act_bits[1], "act_bits_start", "must be >= the upper activation bit bound")
         _check(0 < self.calibration_percentile <= 100, "calibration_percentile", "must be in (0, 100]")
         _check(self.calibration_batches >= 1, "calibration_batches", "must be >= 1")
+
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a data spec becomes batches (geta_onnx.train.data)."""
+
+    batch_size: int = 64
+    eval_batch_size: int = 0  # 0: same as batch_size
+    scale: str = "auto"  # auto: uint8 / 255, other dtypes as they are; none; unit: train min-max to [0, 1]
+    mean: tuple[float, ...] = ()  # per channel, subtracted after scaling; () = none
+    std: tuple[float, ...] = ()  # per channel, divides after the mean
+    resize: bool = False  # bilinear resize of images to the model's static spatial size
+    val_split: float = 0.1  # held-out fraction when the spec has no eval split (0: no eval)
+    limit: int = 0  # use only this many (seeded random) training samples; 0 = all
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 0, "eval_batch_size", "must be >= 0 (0: same as batch_size)")
+        _check(self.scale in ("auto", "none", "unit"), "scale", f"expected auto, none or unit, got '{self.scale}'")
+        _check(len(self.std) in (0, len(self.mean)), "std", "give as many values as 'mean' (or none)")
+        _check(all(s > 0 for s in self.std), "std", "values must be > 0")
+        _check(0.0 <= self.val_split < 1.0, "val_split", f"must be in [0, 1), got {self.val_split}")
+        _check(self.limit >= 0, "limit", "must be >= 0 (0: use every sample)")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Training length and the GETA stage boundaries as fractions of the total steps
+    (geta-algorithm.md section 3): warm-up [0, S_b), projection [S_b, S_p) whose B periods
+    span K_b steps, joint pruning [S_p, S_p + K_p) in P periods, cool-down after."""
+
+    epochs: int = 0  # 0: chosen from min_steps / max_epochs and the data size
+    steps: int = 0  # > 0: total optimizer steps (overrides epochs)
+    min_steps: int = 2000  # automatic length: enough epochs for at least this many steps...
+    max_epochs: int = 100  # ...but never more epochs than this
+    warmup: float = 0.1  # S_b / total
+    projection: float = 0.2  # K_b / total
+    projection_periods: int = 5  # B
+    pruning_start: float = 0.3  # S_p / total
+    pruning: float = 0.4  # K_p / total
+    pruning_periods: int = 5  # P
+
+    def __post_init__(self):
+        _check(self.epochs >= 0 and self.steps >= 0, "epochs", "epochs and steps must be >= 0 (0: automatic)")
+        _check(self.min_steps >= 1 and self.max_epochs >= 1, "min_steps", "min_steps and max_epochs must be >= 1")
+        for name in ("warmup", "projection", "pruning_start", "pruning"):
+            _check(0.0 <= getattr(self, name) <= 1.0, name, "is a fraction of the total steps, in [0, 1]")
+        _check(self.projection_periods >= 0 and self.pruning_periods >= 0, "pruning_periods", "periods must be >= 0")
+        _check(self.warmup + self.projection <= self.pruning_start + 1e-9, "pruning_start",
+               f"must be >= warmup + projection ({self.warmup + self.projection:g}): pruning starts after projection")
+        _check(self.pruning_start + self.pruning <= 1.0 + 1e-9, "pruning", "pruning_start + pruning must be <= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop and its loss (geta_onnx.train.loop / losses)."""
+
+    device: str = "cpu"  # cpu, cuda or cuda:N
+    seed: int = 0  # shuffling, held-out split, limit and torch / numpy / random
+    loss: str = "auto"  # auto (task with labels, else distillation), task, kd, task+kd
+    kd: str = "auto"  # distillation flavour: auto (kl for class logits, else mse), kl, mse
+    temperature: float = 2.0  # KL softening T (the loss is scaled by T^2)
+    alpha: float = 0.5  # task+kd: alpha * task + (1 - alpha) * kd
+    output: int = 0  # which model output the loss reads
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device",
+               f"expected cpu, cuda or cuda:N, got '{self.device}'")
+        _check(self.loss in ("auto", "task", "kd", "task+kd"), "loss",
+               f"expected auto, task, kd or task+kd, got '{self.loss}'")
+        _check(self.kd in ("auto", "kl", "mse"), "kd", f"expected auto, kl or mse, got '{self.kd}'")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        _check(self.output >= 0, "output", "is an output index, >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
 
 
 def to_dict(config) -> dict:
@@ -64,4 +147,4 @@ def from_dict(cls, data: dict, *, section: str = ""):
         raise ConfigError(f"{section or cls.__name__}: {e}") from None
 
 
-__all__ = ["QuantConfig", "field", "from_dict", "to_dict"]
+__all__ = ["DataConfig", "QuantConfig", "ScheduleConfig", "TrainConfig", "field", "from_dict", "to_dict"]
