@@ -1,7 +1,6 @@
 """QASSO: the GETA optimizer, its importance scores, group selection and stages."""
 from .importance import ImportanceWeights
 from .qasso import QASSO, QuantTarget
-from .stages import StagePlan
 from .targets import quant_targets
 
-__all__ = ["QASSO", "ImportanceWeights", "QuantTarget", "StagePlan", "quant_targets"]
+__all__ = ["QASSO", "ImportanceWeights", "QuantTarget", "quant_targets"]

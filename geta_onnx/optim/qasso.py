@@ -2,7 +2,7 @@
 
 It trains the bridged module's weights and its quantizers' (d, q_m, t) under two
 white-box constraints: exactly K pruning groups are zero at the end, and every quantized
-tensor's bit width lies in [b_l, b_u]. Stages (StagePlan): warm-up; projection (the
+tensor's bit width lies in [b_l, b_u]. Stages (train.schedule.Schedule): warm-up; projection (the
 upper bit bound shrinks over B periods, d projected per layer after every step);
 pruning (P periods: score, pick the redundant set R, forget it progressively while
 choosing d so the step stays a descent direction, commit R to exact zero); cool-down
@@ -24,7 +24,7 @@ from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import plan
 from .slices import GroupView, ZeroMasks, group_views
-from .stages import StagePlan
+from ..train.schedule import Schedule
 
 ETA, ZETA = 0.999, 0.9
 
@@ -65,7 +65,7 @@ class QuantTarget:
 
 
 class QASSO(torch.optim.Optimizer):
-    def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantTarget], stages: StagePlan, *,
+    def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantTarget], stages: Schedule, *,
                  lr: float, lr_quant: float = 1e-3, base: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
@@ -114,9 +114,16 @@ class QASSO(torch.optim.Optimizer):
         return sum(vals) / len(vals) if vals else 32.0
 
     def upper_bits(self, layer: QuantTarget, step: int | None = None) -> float:
-        """b_u of the running projection period: start - j * reduction, never below b_u or b_l."""
-        j = self.stages.projection_period(self.step_count if step is None else step)
-        reduction = self.bit_reduction or (layer.start - layer.high) / self.stages.projection_periods
+        """b_u of the running projection period: start - j * reduction after j reductions
+        (one per period, B in all), never below b_u or b_l (FIX: B periods, B reductions)."""
+        info = self.stages.stage(self.step_count if step is None else step)
+        periods = self.stages.projection_periods
+        if info.name == "warmup":
+            return layer.start
+        if periods == 0:  # no projection periods: the final bound at once
+            return max(layer.high, layer.low)
+        j = min(info.period + 1, periods) if info.name == "projection" else periods
+        reduction = self.bit_reduction or (layer.start - layer.high) / periods
         return max(layer.high, layer.low, layer.start - j * reduction)
 
     # ---- the step -----------------------------------------------------------------------
@@ -127,7 +134,8 @@ class QASSO(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         k = self.step_count
-        stage = self.stages.stage(k)
+        info = self.stages.stage(k)
+        stage = info.name
         ghat: dict[int, torch.Tensor] = {}
         for group in self.param_groups:
             for p in group["params"]:
@@ -137,11 +145,10 @@ class QASSO(torch.optim.Optimizer):
             self._freeze_bits()
         skip_d: set[int] = set()
         if stage == "pruning":
-            period, tau = self.stages.pruning_period(k)
-            if period != self.period:
-                self._start_period(period, ghat)
+            if info.period != self.period:
+                self._start_period(info.period, ghat)
             if self.redundant:
-                skip_d = self._forget(ghat, self.stages.period_steps(period), tau)
+                skip_d = self._forget(ghat, info.period_steps, info.step_in_period)
         for group in self.param_groups:
             for p in group["params"]:
                 if id(p) not in ghat or id(p) in skip_d or (self.frozen and id(p) in self._d_params):
@@ -154,10 +161,8 @@ class QASSO(torch.optim.Optimizer):
         if self.frozen:  # cool-down: d follows the frozen bits as q_m and t keep training
             for layer in self.layers:
                 layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
-        if stage == "pruning":
-            period, tau = self.stages.pruning_period(k)
-            if tau == self.stages.period_steps(period) - 1:
-                self._commit()
+        if stage == "pruning" and info.step_in_period == info.period_steps - 1:
+            self._commit()
         self.masks.apply()
         self.step_count += 1
         return loss

@@ -8,7 +8,9 @@ import torch
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.graph import from_proto
-from geta_onnx.optim import QASSO, QuantTarget, StagePlan
+from geta_onnx.config import ScheduleConfig
+from geta_onnx.optim import QASSO, QuantTarget
+from geta_onnx.train.schedule import Schedule
 from geta_onnx.quant.quantizer import Quantizer, bits_of, d_of_bits
 from geta_onnx.optim.selection import allowed_removals
 from geta_onnx.qadg import analyze
@@ -34,7 +36,7 @@ def _setup(sparsity=0.5, unit=1, steps=60, base="sgd"):
     act = FakeQuantizer(3.0, 16, signed=False)
     module.add_module("fq_act", act)
     layers.append(QuantTarget("fq_act", act, None, 4, 8, 16))
-    stages = StagePlan.from_fractions(steps, pruning_periods=3, projection_periods=4)
+    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=4, pruning_periods=3))
     opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
                 group_divisible=unit)
     return module, opt, layers, stages
@@ -59,7 +61,7 @@ def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base):
     total = 60
 
     def check(k):
-        stage = stages.stage(k)
+        stage = stages.stage(k).name
         for layer in layers:
             b = float(layer.bits())
             if stage in ("projection", "pruning"):

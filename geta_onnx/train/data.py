@@ -1,0 +1,158 @@
+"""Data specs -> seeded train / eval DataLoaders fitted to the model's inputs.
+
+    data = load_data("idx:/usr/share/datasets/fashion-mnist", DataConfig(batch_size=128), model=onnx_model)
+    for inputs, target in data.train: ...   # inputs: tuple, one (N, ...) tensor per model input
+
+Specs (readers.py): npz:FILE[:XKEY,YKEY], idx:DIR, folder:DIR, py:MODULE:FUNCTION.
+Fitting raw samples to the model input: transforms.py; samplers and batch layouts: batching.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from ..errors import DataError
+from .batching import ArrayDataset, make_loader, set_epoch, split_batch
+from .readers import Arrays, Loaders, read
+from .transforms import InputSpec, fmt_shape, matches, plan
+
+__all__ = ["Data", "load_data", "model_inputs", "set_epoch", "split_batch"]
+
+
+@dataclass
+class Data:
+    """Train / eval loaders and what the loss and the report need to know about them."""
+
+    train: DataLoader
+    eval: DataLoader | None
+    has_labels: bool
+    num_classes: int | None  # integer labels: max label + 1 (folder: number of class folders)
+    sample_shape: tuple[int, ...]  # one sample of the first input, as fed to the model (no batch axis)
+    spec: str
+    n_train: int | None = None  # samples (None: unknown, py: loaders)
+    n_eval: int | None = None
+    classes: list[str] | None = None
+
+    def shard(self, rank: int, world: int, seed: int = 0) -> Data:
+        """This rank's share for data-parallel training: DistributedSampler over our own
+        datasets (same number of batches on every rank), every world-th batch of a py: loader."""
+        from .distributed import shard_loader
+
+        train = shard_loader(self.train, rank, world, seed=seed, train=True)
+        eval_ = None if self.eval is None else shard_loader(self.eval, rank, world, train=False)
+        return dataclasses.replace(self, train=train, eval=eval_)
+
+
+def model_inputs(model) -> list[InputSpec]:
+    """InputSpecs of an OnnxModel's graph inputs (shape without the batch axis)."""
+    specs = []
+    for vi in model.inputs:
+        info = model.info(vi.name)
+        shape = tuple(info.shape[1:]) if info is not None and info.shape else None
+        specs.append(InputSpec(vi.name, shape, info.np_dtype if info is not None else np.dtype(np.float32)))
+    return specs
+
+
+def load_data(spec: str, config: DataConfig = DataConfig(), *, model=None, seed: int = 0) -> Data:
+    """Read `spec`, fit it to `model` (an OnnxModel; None: no shape check) and batch it."""
+    wants = model_inputs(model) if model is not None else None
+    names = [w.name for w in wants] if wants else ["x"]
+    size, gray = _image_hints(wants, config)
+    src = read(spec, names, seed=seed, batch_size=config.batch_size, image_size=size, gray=gray)
+    if isinstance(src, Loaders):
+        return _from_loaders(spec, src, names, wants)
+    return _from_arrays(spec, src, names, wants, config, seed)
+
+
+def _image_hints(wants, config):
+    """(H, W) to resize folder images to and whether to read them gray, from a (C, H, W) input."""
+    if not wants or wants[0].shape is None or len(wants[0].shape) != 3:
+        return None, None
+    c, h, w = wants[0].shape
+    size = (h, w) if config.resize and isinstance(h, int) and isinstance(w, int) else None
+    return size, (True if c == 1 else False if c == 3 else None)
+
+
+def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfig, seed: int) -> Data:
+    if len(src.train_x) != len(names):
+        raise DataError(f"data spec '{spec}': the model has {len(names)} inputs ({', '.join(names)}); store one "
+                        "array per input in the npz file, named like the inputs")
+    keys = names if len(names) > 1 else ["x"]  # readers key multi-input arrays by input name
+    xs = [src.train_x[k] for k in keys]
+    transforms = []
+    for i, (x, k) in enumerate(zip(xs, keys)):
+        want = wants[i] if wants else None
+        vr = _value_range(x) if cfg.scale == "unit" else None
+        transforms.append(plan(f"data spec '{spec}' ({k})", tuple(x.shape[1:]), x.dtype, want, cfg,
+                               channels_last=src.channels_last, value_range=vr))
+    rng = np.random.default_rng(seed)
+    n = len(xs[0])
+    train_idx = np.arange(n)
+    if cfg.limit and cfg.limit < n:  # a seeded random subset (folders are sorted by class)
+        train_idx = np.sort(rng.permutation(n)[:cfg.limit])
+    eval_xs, eval_y, eval_idx = None, None, None
+    if src.eval_x is not None:
+        eval_xs, eval_y = [src.eval_x[k] for k in keys], src.eval_y
+        for ex, x, k in zip(eval_xs, xs, keys):  # one transform plan serves both splits
+            if tuple(ex.shape[1:]) != tuple(x.shape[1:]):
+                raise DataError(f"data spec '{spec}': eval samples of '{k}' have shape {tuple(ex.shape[1:])}, "
+                                f"train samples {tuple(x.shape[1:])}")
+        m = len(eval_xs[0])
+        eval_idx = np.sort(rng.permutation(m)[:cfg.limit]) if cfg.limit and cfg.limit < m else np.arange(m)
+    elif cfg.val_split > 0:  # hold out a seeded fraction of the training samples
+        n_val = int(round(len(train_idx) * cfg.val_split))
+        if 0 < n_val < len(train_idx):
+            perm = rng.permutation(train_idx)
+            train_idx, eval_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+            eval_xs, eval_y = xs, src.train_y
+    y = src.train_y
+    train = ArrayDataset(xs, y, train_idx, transforms)
+    eval_ = ArrayDataset(eval_xs, eval_y, eval_idx, transforms) if eval_xs is not None else None
+    num_classes = len(src.classes) if src.classes else _num_classes(spec, y, eval_y)
+    bs = cfg.batch_size
+    return Data(
+        train=make_loader(train, bs, shuffle=cfg.shuffle, seed=seed, drop_last=cfg.drop_last,
+                          num_workers=cfg.num_workers),
+        eval=make_loader(eval_, cfg.eval_batch_size or bs, shuffle=False, seed=seed, num_workers=cfg.num_workers)
+        if eval_ is not None else None,
+        has_labels=y is not None, num_classes=num_classes, sample_shape=transforms[0].out_shape, spec=spec,
+        n_train=len(train), n_eval=len(eval_) if eval_ is not None else 0, classes=src.classes)
+
+
+def _value_range(x) -> tuple[float, float]:
+    if not isinstance(x, np.ndarray):  # lazy images: uint8
+        return 0.0, 255.0
+    return float(x.min()), float(x.max())
+
+
+def _num_classes(spec: str, *labels) -> int | None:
+    ys = [y for y in labels if y is not None]
+    if not ys or ys[0].dtype.kind not in "iu" or ys[0].ndim != 1:
+        return None
+    if min(int(y.min()) for y in ys if len(y)) < 0:
+        raise DataError(f"data spec '{spec}': labels must be class indices >= 0; found negative labels")
+    return max(int(y.max()) for y in ys if len(y)) + 1
+
+
+def _from_loaders(spec: str, src: Loaders, names: list[str], wants) -> Data:
+    """py: loaders are used as they are; one batch is read to learn the shapes and check them."""
+    try:
+        first = next(iter(src.train))
+    except StopIteration:
+        raise DataError(f"data spec '{spec}': the train loader yields no batches") from None
+    inputs, target = split_batch(first, names, spec)
+    for i, x in enumerate(inputs):
+        want = wants[i] if wants else None
+        if want is not None and want.shape is not None:
+            if not matches(tuple(x.shape[1:]), want.shape):
+                raise DataError(f"data spec '{spec}': batches of shape {fmt_shape(tuple(x.shape[1:]))} cannot "
+                                f"feed model input '{want.name}' of shape {fmt_shape(want.shape)}; "
+                                "fix the shapes in the loader")
+    dataset = getattr(src.train, "dataset", None)
+    n_train = len(dataset) if hasattr(dataset, "__len__") else None
+    return Data(train=src.train, eval=src.eval, has_labels=target is not None, num_classes=src.num_classes,
+                sample_shape=tuple(inputs[0].shape[1:]), spec=spec, n_train=n_train)

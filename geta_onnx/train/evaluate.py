@@ -1,0 +1,53 @@
+"""The loop's default evaluation: mean loss, plus accuracy with labels or top-1 agreement with
+the teacher without them. Sums are all-reduced, so a sharded eval set gives the same numbers
+as one process would."""
+from __future__ import annotations
+
+import torch
+
+from .batching import split_batch
+from .distributed import all_reduce_sum
+from .losses import Loss, looks_like_logits, pick
+
+
+def _to(x, device):
+    return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+
+
+@torch.no_grad()
+def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, input_names: list[str],
+             output: int = 0) -> dict[str, float]:
+    """{"loss": mean loss per sample, "accuracy": fraction of correct labels (integer labels),
+    "agreement": fraction of top-1 matches with the teacher (distillation of class logits)}.
+    Leaves the module in eval mode."""
+    module.eval()
+    ours = isinstance(loss_fn, Loss)
+    teacher = ours and loss_fn.uses_teacher
+    needs_labels = ours and loss_fn.mode != "kd"
+    loss_sum = samples = correct = labelled = agree = compared = 0.0
+    for batch in loader:
+        inputs, target = split_batch(batch, input_names, "eval data")
+        inputs, target = tuple(_to(x, device) for x in inputs), _to(target, device)
+        outputs = module(*inputs)
+        out = pick(outputs, output)
+        n = inputs[0].shape[0]
+        t_out = loss_fn.teacher_output(inputs) if teacher else None
+        if target is not None or not needs_labels:  # eval data without labels: no task loss
+            loss = loss_fn(outputs, target, inputs, teacher_out=t_out) if ours else loss_fn(outputs, target, inputs)
+            loss_sum, samples = loss_sum + float(loss) * n, samples + n
+        if target is not None and not target.is_floating_point() and out.dim() >= 2:
+            hits = out.argmax(1) == target.reshape(out.argmax(1).shape)  # (N, ...) per position
+            correct, labelled = correct + float(hits.sum()), labelled + hits.numel()
+        if t_out is not None and looks_like_logits(t_out):
+            same = out.argmax(1) == t_out.argmax(1)
+            agree, compared = agree + float(same.sum()), compared + same.numel()
+    loss_sum, samples, correct, labelled, agree, compared = all_reduce_sum(
+        [loss_sum, samples, correct, labelled, agree, compared], device)
+    metrics = {}
+    if samples:
+        metrics["loss"] = loss_sum / samples
+    if labelled:
+        metrics["accuracy"] = correct / labelled
+    if compared:
+        metrics["agreement"] = agree / compared
+    return metrics

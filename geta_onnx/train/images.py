@@ -1,0 +1,103 @@
+"""folder:DIR, one sub-folder of images per class (ImageFolder layout), read lazily with Pillow.
+
+    DIR/<class>/*.png                     everything is training data
+    DIR/train/<class>/*, DIR/val/<class>/*   (val may also be valid, validation or test)
+Images are decoded per batch, never all at once, so a large folder costs no memory up front.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .readers import _IMAGE_EXTS, Arrays
+
+_EVAL_DIRS = ("val", "valid", "validation", "test")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("folder: data specs need Pillow to decode images; run `pip install pillow`") from None
+    return Image
+
+
+class ImageFiles:
+    """A lazy (N, H, W, C) uint8 array over image files: indexing with a list of rows decodes
+    those images. All images must have one size unless `size` (H, W) resizes them on read."""
+
+    def __init__(self, paths: list[Path], *, size: tuple[int, int] | None, gray: bool):
+        self.paths, self.gray = paths, gray
+        self.resize = size is not None  # else: every image must match the first one
+        Image = _pil()
+        if size is None:
+            with Image.open(paths[0]) as im:
+                size = (im.height, im.width)
+        self.size = size
+        self.shape = (len(paths), size[0], size[1], 1 if gray else 3)
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        Image = _pil()
+        out = np.empty((len(rows),) + self.shape[1:], np.uint8)  # (B, H, W, C)
+        for i, r in enumerate(np.asarray(rows).reshape(-1)):
+            path = self.paths[int(r)]
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("L" if self.gray else "RGB")
+                    if (im.height, im.width) != self.size:
+                        if not self.resize:
+                            raise DataError(f"folder: '{path}' is {im.height}x{im.width}, other images are "
+                                            f"{self.size[0]}x{self.size[1]}; resize them or set resize = true")
+                        im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                    out[i] = np.asarray(im).reshape(self.shape[1:])
+            except OSError as e:
+                raise DataError(f"folder: cannot decode image '{path}' ({e})") from None
+        return out
+
+
+def read_folder(rest: str, *, image_size: tuple[int, int] | None, gray: bool | None) -> Arrays:
+    """image_size: resize every image to (H, W); gray: force 1 (True) or 3 (False) channels,
+    None = 1 channel only if the first image is grayscale."""
+    root = Path(rest)
+    if not root.is_dir():
+        raise DataError(f"folder:{rest}: no such directory")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    eval_root = next((root / d for d in _EVAL_DIRS if train_root != root and (root / d).is_dir()), None)
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"folder:{rest}: no class sub-folders in '{train_root}'; put the images of each class "
+                        "in a folder named after the class")
+    train_files, train_y = _list(train_root, classes, rest)
+    if not train_files:
+        raise DataError(f"folder:{rest}: no image files ({', '.join(sorted(_IMAGE_EXTS))}) under '{train_root}'")
+    _pil()
+    if gray is None:
+        with _pil().open(train_files[0]) as im:
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    x = ImageFiles(train_files, size=image_size, gray=gray)
+    eval_x = eval_y = None
+    if eval_root is not None:
+        extra = sorted(p.name for p in eval_root.iterdir() if p.is_dir() and p.name not in classes)
+        if extra:
+            raise DataError(f"folder:{rest}: '{eval_root}' has classes missing from '{train_root}': {', '.join(extra)}")
+        files, eval_y = _list(eval_root, classes, rest)
+        eval_x = {"x": ImageFiles(files, size=image_size, gray=gray)} if files else None
+        eval_y = eval_y if files else None
+    return Arrays({"x": x}, train_y, eval_x, eval_y, classes=classes, channels_last=True)
+
+
+def _list(folder: Path, classes: list[str], rest: str) -> tuple[list[Path], np.ndarray]:
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        if not (folder / name).is_dir():
+            continue
+        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_EXTS and p.is_file())
+        files += found
+        labels += [label] * len(found)
+    return files, np.asarray(labels, dtype=np.int64)

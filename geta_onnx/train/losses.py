@@ -1,0 +1,150 @@
+"""Training losses: the task loss with labels, distillation from the original model, or both.
+
+Every loss is called as loss(outputs, target, inputs) -> scalar tensor, where `outputs` is what
+the student module returned (a tensor or a tuple of them), `target` the batch's labels (or
+None) and `inputs` the tuple fed to the student (the teacher reads the same inputs).
+
+The teacher is the original fp32 bridged model, frozen: eval mode, requires_grad False, run
+under torch.no_grad(), so compressing the student never moves it.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, DataError
+
+
+def pick(outputs, index: int) -> torch.Tensor:
+    """Output `index` of a module that returns one tensor or a tuple."""
+    if isinstance(outputs, torch.Tensor):
+        if index != 0:
+            raise ConfigError(f"option 'output': the model has 1 output, index {index} does not exist")
+        return outputs
+    if index >= len(outputs):
+        raise ConfigError(f"option 'output': the model has {len(outputs)} outputs, index {index} does not exist")
+    return outputs[index]
+
+
+def _class_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C) or (N, C, d1, ...) -> (N * d1 * ..., C): one row of class scores per position."""
+    return logits if logits.dim() == 2 else logits.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
+def check_labels(output: torch.Tensor, target: torch.Tensor) -> None:
+    """Integer labels must index the output's classes (axis 1); else a DataError, not torch's
+    device-side assert. Costs a sync, so Loss runs it on its first batch only."""
+    if target.is_floating_point() or output.dim() < 2 or target.numel() == 0:
+        return
+    lo, hi = int(target.min()), int(target.max())
+    if lo < 0 or hi >= output.shape[1]:
+        raise DataError(f"labels run from {lo} to {hi} but the model output has {output.shape[1]} classes "
+                        f"(shape {tuple(output.shape)}); check the data or choose another output with 'output'")
+
+
+def task_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for integer labels ((N,) or (N, d1, ...) with logits (N, C, d1, ...)),
+    MSE for float targets (regression)."""
+    if target.is_floating_point():
+        return F.mse_loss(output, target.to(output.dtype).reshape(output.shape))
+    if output.dim() < 2:
+        raise DataError(f"integer labels need class logits of shape (N, C, ...); the model output has shape "
+                        f"{tuple(output.shape)}; use float targets or loss = kd")
+    return F.cross_entropy(output, target.long())
+
+
+def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton distillation: KL(softmax(t / T) || softmax(s / T)) * T^2, averaged over rows
+    (the T^2 keeps gradient magnitudes comparable across temperatures)."""
+    s = F.log_softmax(_class_rows(student).float() / temperature, dim=-1)
+    t = F.log_softmax(_class_rows(teacher).float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def looks_like_logits(output: torch.Tensor) -> bool:
+    """Class scores: (N, C) with C >= 2. Embeddings (N, T, D) and scalars are regressed (MSE)."""
+    return output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2
+
+
+def is_probabilities(output: torch.Tensor) -> bool:
+    """A model that ends in Softmax: rows >= 0 that sum to 1 (their log is then a logit vector)."""
+    rows = _class_rows(output)
+    return bool((rows >= 0).all()) and torch.allclose(rows.sum(-1), torch.ones((), dtype=rows.dtype), atol=1e-3)
+
+
+class Loss:
+    """mode: "task" (labels), "kd" (teacher), "task+kd" (alpha * task + (1 - alpha) * kd).
+    kd: "kl" | "mse" | "auto" (decided once, on the first teacher output: KL for class
+    logits, MSE otherwise). output: which model output both losses read."""
+
+    def __init__(self, mode: str = "task", *, teacher: nn.Module | None = None, kd: str = "auto",
+                 temperature: float = 2.0, alpha: float = 0.5, output: int = 0):
+        if mode not in ("task", "kd", "task+kd"):
+            raise ConfigError(f"option 'loss': expected task, kd or task+kd, got '{mode}'")
+        if mode != "task" and teacher is None:
+            raise ConfigError(f"option 'loss': '{mode}' needs a teacher model")
+        self.mode, self.kd, self.temperature, self.alpha, self.output = mode, kd, temperature, alpha, output
+        self.teacher = teacher
+        self._probs: bool | None = None  # the outputs are softmax probabilities (decided once)
+        self._labels_checked = False
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.mode != "task"
+
+    def to(self, device) -> Loss:
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
+    def teacher_output(self, inputs) -> torch.Tensor:
+        with torch.no_grad():
+            return pick(self.teacher(*inputs), self.output)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.kd == "auto":
+            self.kd = "kl" if looks_like_logits(teacher) else "mse"
+        if self.kd == "kl":
+            if self._probs is None:
+                self._probs = is_probabilities(teacher)
+            if self._probs:
+                student, teacher = student.clamp_min(1e-12).log(), teacher.clamp_min(1e-12).log()
+            return kl_distill(student, teacher, self.temperature)
+        return F.mse_loss(student, teacher)
+
+    def __call__(self, outputs, target, inputs, teacher_out: torch.Tensor | None = None) -> torch.Tensor:
+        """teacher_out: the teacher's output for `inputs` when the caller has it already."""
+        out = pick(outputs, self.output)
+        if self.uses_teacher and teacher_out is None:
+            teacher_out = self.teacher_output(inputs)
+        if self.mode == "kd":
+            return self.distill(out, teacher_out)
+        if target is None:
+            raise DataError("loss 'task' needs labels but the batch has none; use loss = kd (distillation)")
+        if not self._labels_checked:
+            check_labels(out, target)
+            self._labels_checked = True
+        task = task_loss(out, target)
+        if self.mode == "task":
+            return task
+        return self.alpha * task + (1 - self.alpha) * self.distill(out, teacher_out)
+
+
+def make_loss(mode: str = "auto", *, has_labels: bool, module: nn.Module | None = None,
+              teacher: nn.Module | None = None, **kw) -> Loss:
+    """mode "auto": the task loss when the data has labels, distillation otherwise. The teacher
+    defaults to a frozen deep copy of `module` taken now (before any training step)."""
+    if mode == "auto":
+        mode = "task" if has_labels else "kd"
+    if mode != "task" and teacher is None:
+        if module is None:
+            raise ConfigError(f"option 'loss': '{mode}' needs the original model as teacher")
+        teacher = copy.deepcopy(module)
+    if mode != "kd" and not has_labels:
+        raise ConfigError(f"option 'loss': '{mode}' needs labels and the data has none; use loss = kd")
+    return Loss(mode, teacher=teacher, **kw)
