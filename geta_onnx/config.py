@@ -125,6 +125,52 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
 
 
+@dataclass(frozen=True)
+class PruneConfig:
+    """The pruning budget: exactly round(target_sparsity x prunable groups) groups removed
+    (kept widths rounded to `group_divisible`), or a target relative BOPs."""
+
+    target_sparsity: float | None = 0.5
+    target_bops: float | None = None  # relative BOPs (compressed / fp32 32x32); overrides target_sparsity
+    group_divisible: int = 16  # kept channels per layer: a multiple of this (heads are whole anyway)
+    importance: tuple[float, float, float, float, float] = (0.2, 0.2, 0.2, 0.2, 0.2)
+    # magnitude, avg magnitude, cosine, first- and second-order Taylor
+
+    def __post_init__(self):
+        if self.target_bops is not None:
+            _check(0 < self.target_bops <= 1, "target_bops", f"a fraction in (0, 1], got {self.target_bops}")
+        elif self.target_sparsity is not None:
+            _check(0 <= self.target_sparsity < 1, "target_sparsity", f"a fraction in [0, 1), got {self.target_sparsity}")
+        else:
+            raise ConfigError("give a budget: option 'target_sparsity' or 'target_bops'")
+        _check(self.group_divisible >= 1, "group_divisible", "must be >= 1")
+        _check(len(self.importance) == 5 and all(w >= 0 for w in self.importance), "importance",
+               "five non-negative weights: magnitude, avg_magnitude, cosine, taylor_first, taylor_second")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """QASSO's base optimizer and learning rates (geta-algorithm.md: Adam 1e-3 for small
+    CNNs, SGD 0.1 + cosine for ResNets, AdamW 3e-5 for BERT-like models; lr_quant 1e-3)."""
+
+    optimizer: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3
+    lr_quant: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # constant | cosine | linear
+    bit_reduction: float = 0.0  # bits per projection period; 0: (start - b_u) / B
+
+    def __post_init__(self):
+        _check(self.optimizer in ("sgd", "adam", "adamw"), "optimizer", f"expected sgd, adam or adamw, got '{self.optimizer}'")
+        _check(self.lr > 0 and self.lr_quant > 0, "lr", "learning rates must be > 0")
+        _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.lr_schedule in ("constant", "cosine", "linear"), "lr_schedule",
+               f"expected constant, cosine or linear, got '{self.lr_schedule}'")
+        _check(self.bit_reduction >= 0, "bit_reduction", "must be >= 0 (0: automatic)")
+
+
 def to_dict(config) -> dict:
     return asdict(config)
 
@@ -147,4 +193,5 @@ def from_dict(cls, data: dict, *, section: str = ""):
         raise ConfigError(f"{section or cls.__name__}: {e}") from None
 
 
-__all__ = ["DataConfig", "QuantConfig", "ScheduleConfig", "TrainConfig", "field", "from_dict", "to_dict"]
+__all__ = ["DataConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig", "TrainConfig", "field",
+           "from_dict", "to_dict"]

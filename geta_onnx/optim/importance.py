@@ -1,6 +1,11 @@
 """Importance scores of pruning groups (geta-algorithm.md section 3): a weighted sum of
-five criteria, each normalised to [0, 1] by its maximum over the scored groups. Low
-scores are redundant.
+five criteria, each normalised to [0, 1] by its maximum over the groups of the same
+cluster (layer). Low scores are redundant.
+
+Per-cluster normalisation: with one global maximum a layer whose groups are all small in
+absolute terms (the first conv: few weights per channel) lost 31 of its 32 channels on a
+digits CNN and the accuracy collapsed; relative to its own layer, a channel's score says
+how dispensable it is there, and the global ranking then spreads the removals.
 
     magnitude        ||x_g||
     avg_magnitude    ||x_g|| / n_g
@@ -46,10 +51,15 @@ def criteria(view: GroupView, ghat: dict[int, torch.Tensor]) -> dict[str, float]
 
 
 def scores(views: list[GroupView], ghat: dict[int, torch.Tensor], weights: ImportanceWeights) -> dict[int, float]:
-    """{group id: score}; every criterion is divided by its maximum over `views`."""
+    """{group id: score}; every criterion is divided by its maximum over the group's cluster."""
     raw = {v.id: criteria(v, ghat) for v in views}
-    top = {c: max((r[c] for r in raw.values()), default=0.0) for c in CRITERIA}
+    top: dict[tuple, dict[str, float]] = {}
+    for v in views:
+        cluster = top.setdefault(v.cluster, dict.fromkeys(CRITERIA, 0.0))
+        for c in CRITERIA:
+            cluster[c] = max(cluster[c], raw[v.id][c])
     out = {}
-    for gid, r in raw.items():
-        out[gid] = sum(getattr(weights, c) * (r[c] / top[c] if top[c] > 0 else 0.0) for c in CRITERIA)
+    for v in views:
+        r, t = raw[v.id], top[v.cluster]
+        out[v.id] = sum(getattr(weights, c) * (r[c] / t[c] if t[c] > 0 else 0.0) for c in CRITERIA)
     return out

@@ -1,0 +1,103 @@
+"""One GETA training run on an ONNX model: bridge, quantizers, calibration, QADG groups,
+QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX comes after.
+
+    result = run_geta(load_model("model.onnx"), load_data("idx:DIR", model=...), prune=PruneConfig(0.5))
+    result.removed_groups, result.bits, result.relative_bops
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .bridge import OnnxModule, to_torch
+from .config import OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig
+from .graph.model import OnnxModel
+from .optim import QASSO, ImportanceWeights, quant_targets
+from .qadg import QADG, analyze
+from .quant.bops import kept_from_groups, relative_bops
+from .quant.calibrate import calibrate
+from .quant.plan import QuantPlan
+from .quant.sites import attach_quantizers
+from .train import Data, Schedule, TrainResult, lr_scheduler, make_loss, split_batch, train
+
+
+@dataclass
+class GetaResult:
+    module: OnnxModule  # trained, quantizers attached, removed groups exactly zero
+    plan: QuantPlan
+    qadg: QADG
+    optimizer: QASSO
+    train: TrainResult
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def removed_groups(self) -> set[int]:
+        return set(self.optimizer.zeroed)
+
+    @property
+    def bits(self) -> dict[str, float]:
+        """Frozen (or current) bit width per quantizer (mean over channels)."""
+        return {name: float(q.bits().float().mean()) for name, q in self.plan.quantizers().items()}
+
+    @property
+    def relative_bops(self) -> float:
+        removed = [self.qadg.group(g) for g in self.optimizer.zeroed]
+        return relative_bops(self.plan, kept=kept_from_groups(self.plan, removed), rounded=True)
+
+
+class _Progress:
+    """Progress-bar fields: stage, group sparsity, mean weight / activation bits."""
+
+    def __init__(self, optimizer: QASSO, schedule: Schedule):
+        self.opt, self.schedule = optimizer, schedule
+
+    def after_step(self, step: int, loss) -> dict:
+        if step % 10:
+            return {}
+        return {"sparsity": f"{self.opt.group_sparsity():.0%}", "wbits": f"{self.opt.mean_bits('weight'):.1f}",
+                "abits": f"{self.opt.mean_bits('act'):.1f}"}
+
+
+def _calibration_batches(module: OnnxModule, data: Data, n: int):
+    for k, batch in enumerate(data.train):
+        if k >= n:
+            return
+        inputs, _ = split_batch(batch, module.input_names, f"data '{data.spec}'")
+        yield tuple(inputs)
+
+
+def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig(), prune: PruneConfig = PruneConfig(),
+             optim: OptimConfig = OptimConfig(), schedule: ScheduleConfig = ScheduleConfig(),
+             train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False) -> GetaResult:
+    """Train `model` once with QASSO under the pruning budget and bit ranges."""
+    torch.manual_seed(train_config.seed)
+    module = to_torch(model)
+    # the teacher (distillation) is the fp32 original: copied before any quantizer exists
+    loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,
+                     temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output)
+    plan = attach_quantizers(module, model, quant)
+    calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
+    qadg = analyze(model)
+    sched = Schedule.from_config(len(data.train), schedule)
+    bops_fn = None
+    if prune.target_bops is not None:
+        bops_fn = lambda removed: relative_bops(  # noqa: E731
+            plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
+    opt = QASSO(module, qadg, quant_targets(plan, quant), sched, lr=optim.lr, lr_quant=optim.lr_quant,
+                base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                target_sparsity=None if prune.target_bops is not None else prune.target_sparsity,
+                target_bops=prune.target_bops, bops_fn=bops_fn, bit_reduction=optim.bit_reduction or None,
+                group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance))
+    lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
+    result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
+                   checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt, sched)],
+                   progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
+                   output=train_config.output)
+    out = GetaResult(module, plan, qadg, opt, result)
+    out.metrics = {
+        "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,
+        "target_groups": opt.target_groups, "prunable_groups": len(opt.views),
+        "relative_bops": out.relative_bops, "target_bops": prune.target_bops, **result.metrics,
+    }
+    return out
