@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geta_onnx.bridge import to_torch  # noqa: E402
-from geta_onnx.config import QuantConfig, ScheduleConfig  # noqa: E402
+from geta_onnx.config import QuantConfig  # noqa: E402
 from geta_onnx.graph import from_proto  # noqa: E402
 from geta_onnx.optim import QASSO, quant_targets  # noqa: E402
 from geta_onnx.qadg import analyze  # noqa: E402

@@ -17,7 +17,6 @@ import operator
 import re
 
 import numpy as np
-import onnx
 import torch
 from torch import fx, nn
 

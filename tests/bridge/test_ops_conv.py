@@ -8,24 +8,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
-from torch import nn
 
 from geta_onnx.errors import ConversionError
 from tests.helpers import assert_gradcheck, assert_parity, bridge_outputs, make_model, rng
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
-
-class _Keep(nn.Module):
-    """Carries input_names through helpers.assert_gradcheck's deepcopy (fx's
-    GraphModule.__deepcopy__ drops OnnxModule's extra attributes)."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.input_names = module, list(module.input_names)
-
-    def forward(self, *args):
-        return self.module(*args)
 
 
 def _conv_model(op, x, w, b=None, opset=11, **attrs):
@@ -39,7 +27,7 @@ def _check(op, x, w, b=None, opset=11, gradcheck=False, **attrs):
     module = assert_parity(model, {"x": x}, **TOL)
     assert sorted(module.initializer_of[q] for q, _ in module.named_parameters()) == (["b", "w"] if b is not None else ["w"])
     if gradcheck:
-        assert_gradcheck(_Keep(module), {"x": x})
+        assert_gradcheck(module, {"x": x})
     return module
 
 
@@ -177,4 +165,4 @@ def test_gemm_both_inputs_and_gradcheck():
     feeds = {"a": r.standard_normal((3, 4)), "b": r.standard_normal((5, 4)), "c": r.standard_normal((3, 5))}
     node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=0.7, beta=1.5, transB=1)
     module = assert_parity(make_model([node], feeds, ["y"], opset=13), feeds, **TOL)
-    assert_gradcheck(_Keep(module), feeds)
+    assert_gradcheck(module, feeds)

@@ -16,17 +16,6 @@ from tests.helpers import assert_gradcheck, assert_gradients, assert_parity, bri
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-class _Keep(nn.Module):
-    """Carries input_names through helpers.assert_gradcheck's deepcopy (fx's
-    GraphModule.__deepcopy__ drops OnnxModule's extra attributes)."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.input_names = module, list(module.input_names)
-
-    def forward(self, *args):
-        return self.module(*args)
-
 
 def _typed_model(node, x, outputs, inits, opset, check=True):
     """A one-node model whose output types are declared by hand: onnx shape inference
@@ -45,7 +34,7 @@ def _typed_model(node, x, outputs, inits, opset, check=True):
 def _parity(model, x, gradcheck=False, tol=TOL):
     module = assert_parity(model, {"x": x}, **tol)
     if gradcheck:
-        assert_gradcheck(_Keep(module), {"x": x})
+        assert_gradcheck(module, {"x": x})
     return module
 
 
@@ -227,7 +216,7 @@ def test_group_norm(opset, groups, shape):
     np.testing.assert_allclose(got, want, **TOL)
     assert_gradients(module, {"x": x})
     if shape == (2, 6, 5) and groups == 2:
-        assert_gradcheck(_Keep(module), {"x": x})
+        assert_gradcheck(module, {"x": x})
 
 
 def test_group_norm_channels_must_split():

@@ -7,22 +7,10 @@ count_include_pad counts pads versus the cells ceil_mode adds past them."""
 import numpy as np
 import pytest
 from onnx import helper
-from torch import nn
 
 from geta_onnx.errors import ConversionError
 from tests.helpers import assert_gradcheck, assert_parity, bridge_outputs, make_model, rng
 
-
-class _Keep(nn.Module):
-    """Carries input_names through helpers.assert_gradcheck's deepcopy (fx's
-    GraphModule.__deepcopy__ drops OnnxModule's extra attributes)."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.input_names = module, list(module.input_names)
-
-    def forward(self, *args):
-        return self.module(*args)
 
 
 def _x(shape, dtype=np.float32, seed=0):
@@ -34,7 +22,7 @@ def _check(op, x, opset=19, outputs=("y",), gradcheck=False, **attrs):
     tol = dict(rtol=2e-3) if x.dtype == np.float16 else {}
     module = assert_parity(model, {"x": x}, **tol)
     if gradcheck:
-        assert_gradcheck(_Keep(module), {"x": x})
+        assert_gradcheck(module, {"x": x})
     return module
 
 
