@@ -123,3 +123,39 @@ def test_bit_formula_round_trip():
     for signed in (True, False):
         for b in (2.0, 4.0, 8.0, 16.0):
             assert abs(float(bits_of(d_of_bits(torch.tensor(b), q_m, t, signed), q_m, t, signed)) - b) < 1e-5
+
+
+def test_bops_budget_is_met():
+    """A target relative BOPs instead of a sparsity: QASSO picks K so the final model
+    (frozen bits, removed groups) lands at or under the target."""
+    from geta_onnx.config import QuantConfig
+    from geta_onnx.optim import quant_targets
+    from geta_onnx.quant.bops import kept_from_groups, relative_bops
+    from geta_onnx.quant.calibrate import calibrate
+    from geta_onnx.quant.sites import attach_quantizers
+
+    proto, _ = models.resnet2()
+    model = from_proto(proto)
+    qadg = analyze(model)
+    module = to_torch(model)
+    config = QuantConfig(weight_bits=(4, 8), act_bits=(4, 8))
+    plan = attach_quantizers(module, model, config)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    calibrate(module, plan, [(x,)], config)
+
+    def bops(removed):
+        return relative_bops(plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
+
+    stages = Schedule.from_config(60, ScheduleConfig(steps=60, projection_periods=4, pruning_periods=3))
+    target = 0.012
+    opt = QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
+                target_bops=target, bops_fn=bops, group_divisible=1)
+    for _ in range(60):
+        opt.zero_grad()
+        module(x).square().mean().backward()
+        opt.step()
+    final = relative_bops(plan, kept=kept_from_groups(plan, [qadg.group(g) for g in opt.zeroed]), rounded=True)
+    assert 0 < len(opt.zeroed) == opt.planned < len(opt.views)
+    assert final <= target, (final, target)
+    assert bops(set()) > target  # the budget really needed pruning
