@@ -1,0 +1,91 @@
+"""Run settings from a config file (TOML or YAML) and command-line overrides.
+
+A file has one section per config dataclass, with the same keys:
+
+    [prune]                 # PruneConfig
+    target_sparsity = 0.5
+    [quant]                 # QuantConfig
+    weight_bits = [4, 8]
+    [optim]                 # OptimConfig
+    [schedule]              # ScheduleConfig
+    [train]                 # TrainConfig
+    [data]                  # DataConfig
+
+Unknown sections or keys are errors that name the key (and suggest the closest one).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DataConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig, from_dict
+from .errors import ConfigError
+
+SECTIONS = {"quant": QuantConfig, "prune": PruneConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
+            "train": TrainConfig, "data": DataConfig}
+
+
+@dataclass(frozen=True)
+class Settings:
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def override(self, section: str, **values) -> "Settings":
+        """A copy with `values` set in `section` (None values are ignored)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        current = dataclasses.asdict(getattr(self, section))
+        current.update(values)
+        return dataclasses.replace(self, **{section: from_dict(SECTIONS[section], current, section=section)})
+
+
+def read_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".toml", ".tml"):
+            import tomllib
+
+            return tomllib.loads(text)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file '{path}': expected sections (a mapping) at the top level")
+            return data
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any parse error: one line naming the file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file '{path}': {first}") from None
+    raise ConfigError(f"config file '{path}': use a .toml or .yaml file")
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    if path is None:
+        return Settings()
+    data = read_file(path)
+    parts = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            import difflib
+
+            near = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; sections: {', '.join(SECTIONS)}"
+            raise ConfigError(f"config file '{path}': unknown section '{section}'{hint}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file '{path}': section '{section}' must hold keys")
+        parts[section] = from_dict(SECTIONS[section], values, section=section)
+    return Settings(**parts)

@@ -1,0 +1,61 @@
+"""`geta-onnx train`: options, config files, outputs and clear errors."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from geta_onnx.cli import main
+from tests.e2e.digits import write_problem
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    return write_problem(tmp_path_factory.mktemp("cli"))
+
+
+def test_train_writes_checkpoint_and_summary(problem, tmp_path):
+    model, npz, _ = problem
+    config = tmp_path / "run.toml"
+    config.write_text('[quant]\nact_bits = [6, 8]\n[schedule]\nsteps = 160\n[data]\nbatch_size = 32\n')
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(model), "--data", f"npz:{npz}", "-o", str(out),
+                                       "--config", str(config), "--target-sparsity", "0.25", "--weight-bits", "4:8",
+                                       "--group-divisible", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "checkpoint.safetensors").is_file()
+    assert summary["settings"]["quant"]["act_bits"] == [6, 8]  # from the file
+    assert summary["settings"]["prune"]["target_sparsity"] == 0.25  # from the command line
+    assert summary["removed_groups"] == summary["target_groups"] == round(0.25 * summary["prunable_groups"])
+    assert all(4 <= b <= 8 for b in summary["bits"].values())
+    assert "groups removed" in result.output
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[prune]\ntarget_sparsty = 0.5\n", "did you mean 'target_sparsity'"),
+    ("[pruning]\n", "did you mean 'prune'"),
+    ("[quant]\nweight_bits = [8, 4]\n", "weight_bits"),
+    ("[prune\n", "run.toml"),
+])
+def test_bad_config_is_one_clear_line(problem, tmp_path, text, fragment):
+    model, npz, _ = problem
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(main, ["train", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "o"),
+                                       "--config", str(config)])
+    assert result.exit_code == 1 and fragment in result.output and "Traceback" not in result.output
+
+
+def test_bad_option_value_is_a_usage_error(problem, tmp_path):
+    model, npz, _ = problem
+    result = CliRunner().invoke(main, ["train", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "o"),
+                                       "--weight-bits", "four"])
+    assert result.exit_code == 2 and "LOW:HIGH" in result.output
+
+
+def test_bad_data_spec_names_it(problem, tmp_path):
+    model, _, _ = problem
+    result = CliRunner().invoke(main, ["train", str(model), "--data", "npz:/no/such.npz", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "/no/such.npz" in result.output
