@@ -183,5 +183,118 @@ def train(model: str, out_dir: str, **options) -> None:
         distributed.clean_exit()
 
 
+def _parse_batches(values: tuple[str, ...]) -> list[int]:
+    """--batch 1 --batch 32 or --batch 1,32 -> [1, 32]."""
+    batches = []
+    for v in values:
+        for part in v.split(","):
+            try:
+                b = int(part)
+            except ValueError:
+                raise click.BadParameter(f"'{v}': expected batch sizes like 1 or 1,32", param_hint="--batch") from None
+            if b < 1:
+                raise click.BadParameter(f"'{v}': batch sizes must be >= 1", param_hint="--batch")
+            batches.append(b)
+    return list(dict.fromkeys(batches))
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--batch", "batches", multiple=True, default=("1",), show_default=True, metavar="N[,N..]",
+              help="Batch sizes (repeatable or comma list, e.g. 1,32).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="onnxruntime intra-op threads.")
+@click.option("--repeats", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed runs per model and batch.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
+              help="Fix an input's dims (the first dim is set by --batch); other symbolic dims are 128.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@_friendly_errors
+def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repeats: int, warmup: int,
+          shapes: tuple[str, ...], json_path: str | None) -> None:
+    """onnxruntime latency (p50 / p90 ms per batch) and size of MODELS, measured interleaved;
+    speedup and size are relative to the first model."""
+    from pathlib import Path
+
+    from .bench import measure_latency
+    from .io import write_text_atomic
+
+    sizes = _parse_batches(batches)
+    results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup,
+                              shapes=_parse_shapes(shapes))
+    width = max(len(Path(r["model"]).name) for r in results)
+    click.echo(f"{'model':<{width}}  {'size MB':>8}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'speedup':>7}")
+    for r in results:
+        for b, lat in r["latency_ms"].items():
+            click.echo(f"{Path(r['model']).name:<{width}}  {r['size_bytes'] / 1e6:>8.2f}  {b:>5}  {lat['p50']:>9.3f}  "
+                       f"{lat['p90']:>9.3f}  {r['speedup'][b]:>6.2f}x")
+    click.echo(f"onnxruntime, {threads} intra-op thread(s), {repeats} repeats after {warmup} warm-up runs")
+    if json_path:
+        doc = {"threads": threads, "repeats": repeats, "warmup": warmup, "batches": sizes, "models": results}
+        write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--data", "data_spec", required=True, metavar="SPEC",
+              help="npz:FILE | idx:DIR | folder:DIR | py:MODULE:FUNCTION (its eval split, else its train split).")
+@click.option("--reference", type=click.Path(dir_okay=False), help="Measure agreement / fidelity with this model.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Use a seeded subset of N samples (0: all).")
+@click.option("--output", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which model output to score.")
+@click.option("--metric", type=click.Choice(["auto", "agreement", "cosine", "mse"]), default="auto", show_default=True,
+              help="Fidelity metric with --reference (auto: agreement for class scores, cosine for embeddings).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@_friendly_errors
+def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, limit: int, output: int, metric: str,
+          threads: int, json_path: str | None) -> None:
+    """Accuracy of MODEL in onnxruntime on --data, or its agreement with --reference."""
+    from .bench import evaluate_onnx
+    from .bench.session import read_model
+    from .config import DataConfig
+    from .io import write_text_atomic
+    from .train import load_data
+
+    # val_split=0: without an eval split the whole train split is scored, not a held-out slice
+    config = DataConfig(batch_size=batch_size, val_split=0.0, shuffle=False, limit=limit)
+    data = load_data(data_spec, config, model=read_model(model))
+    r = evaluate_onnx(model, data, reference=reference, output=output, metric=metric, limit=limit, threads=threads)
+    click.echo(f"{r['metric']}: {r['value']:.4f}  ({r['samples']} samples of the {r['split']} split, output {output})")
+    for k in ("accuracy", "reference_accuracy", "agreement", "cosine", "mse", "max_abs"):
+        if k in r and k != r["metric"]:
+            click.echo(f"  {k}: {r[k]:.6g}")
+    if json_path:
+        write_text_atomic(json_path, json.dumps(r, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.argument("report_path", metavar="REPORT")
+@click.option("--max-accuracy-drop", type=float, required=True,
+              help="Largest allowed accuracy drop as a fraction (0.01 = 1 point).")
+@click.option("--min-speedup", type=float, required=True, help="Smallest allowed original / compressed latency.")
+@click.option("--max-relative-bops", type=float, help="Largest allowed compressed / original BOPs.")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="Check the speedup at this batch only (default: every batch in the report).")
+@_friendly_errors
+def gate(report_path: str, max_accuracy_drop: float, min_speedup: float, max_relative_bops: float | None,
+         batch: int | None) -> None:
+    """Exit 1 when the compression REPORT misses a budget (the CI accuracy-latency gate)."""
+    from .bench import check_budgets, read_report
+
+    report = read_report(report_path)
+    checks = check_budgets(report, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
+                           max_relative_bops=max_relative_bops, batch=batch, label=report_path)
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<{width}}  {c.shown}")
+    if not all(c.passed for c in checks):
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,61 @@
+"""`geta-onnx eval`: accuracy with labels, fidelity to a reference, clear errors."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from geta_onnx.cli import main
+
+
+def test_eval_accuracy_on_eval_split(digits, tmp_path):
+    model, npz, fp32_acc = digits
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{npz}", "--batch-size", "50",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert r["metric"] == "accuracy" and r["split"] == "eval" and r["samples"] == 360
+    assert r["value"] == pytest.approx(fp32_acc, abs=1e-6)  # onnxruntime agrees with the torch model it came from
+    assert "accuracy: " in result.output
+
+
+def test_eval_reference_same_model(digits, tmp_path):
+    model, npz, _ = digits
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{npz}", "--reference", str(model),
+                                       "--limit", "100", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert r["metric"] == "agreement" and r["value"] == 1.0 and r["samples"] == 100
+    assert r["cosine"] == pytest.approx(1.0) and r["mse"] == 0.0 and r["max_abs"] == 0.0
+    assert r["accuracy"] == r["reference_accuracy"]  # labels present: both accuracies reported too
+
+
+def test_eval_without_labels(digits, tmp_path):
+    model, npz, _ = digits
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, x=np.load(npz)["x"][:40])  # no eval split, no labels: the train split is used
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{unlabelled}"])
+    assert result.exit_code == 1 and "no labels" in result.output and "--reference" in result.output
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{unlabelled}", "--reference", str(model),
+                                       "--metric", "cosine"])
+    assert result.exit_code == 0, result.output
+    assert "cosine: 1.0000  (40 samples of the train split" in result.output
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--output", "2"], 1, "index 2 does not exist"),
+    (["--metric", "bleu"], 2, "--metric"),
+    (["--batch-size", "0"], 2, "--batch-size"),
+])
+def test_eval_option_errors(digits, args, code, fragment):
+    model, npz, _ = digits
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{npz}", *args])
+    assert result.exit_code == code and fragment in result.output
+
+
+def test_eval_bad_data_spec(digits, tmp_path):
+    model, _, _ = digits
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{tmp_path / 'missing.npz'}"])
+    assert result.exit_code == 1 and "missing.npz" in result.output and "Traceback" not in result.output
