@@ -1,0 +1,84 @@
+"""Export a GETA result as a QDQ ONNX model: the ORIGINAL graph with the trained weights,
+the removed groups cut out, BatchNorm folded, and Q/DQ nodes at the learned steps.
+
+    proto = export_onnx(result, model, profile="ort")     # or "tensorrt"
+    fusion_report(proto)                                  # what onnxruntime fuses
+    save(proto, "model.geta.onnx", source=model)          # atomic; never over the input
+
+Passes (each a module stating what it requires and ensures):
+    writeback.write_back      trained values + pruning, LayerQ integers / steps
+    bnfold.fold_batchnorm     Conv + BN -> Conv, integers kept, BN in per-channel scales
+    opset (here)              opset 21 when an INT4 MatMul weight is emitted
+    qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights
+Nothing is re-exported from PyTorch and nothing but `save` writes files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from ..errors import GetaError
+from ..graph.model import OnnxModel
+from ..io import write_bytes_atomic
+from .bnfold import fold_batchnorm
+from .params import LayerQ
+from .qdq import PROFILES, insert_qdq
+from .report import fusion_report, optimized_graph
+from .writeback import write_back
+
+INT4_OPSET = 21
+
+
+def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = True) -> onnx.ModelProto:
+    """The deployable QDQ model of `result` (a GetaResult trained from `model`).
+
+    int4 (profile "ort" only): MatMul weights of <= 4 learned bits as INT4 (opset 21, needs
+    the graph to convert to opset 21; otherwise they stay in the int8 container)."""
+    if profile not in PROFILES:
+        raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
+    proto, layers = write_back(result, model)
+    proto = fold_batchnorm(proto, layers)
+    use_int4 = int4 and profile == "ort" and any(_int4_candidate(la) for la in layers)
+    if use_int4:
+        upgraded = upgrade_opset(proto, INT4_OPSET)
+        use_int4 = upgraded is not None
+        proto = upgraded if upgraded is not None else proto
+    proto = insert_qdq(proto, layers, profile, int4=use_int4)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise GetaError(f"{model.label}: the exported model fails the ONNX checker: {e}") from None
+    return proto
+
+
+def _int4_candidate(la: LayerQ) -> bool:
+    return la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
+
+
+def upgrade_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto | None:
+    """The model at default-domain opset `version` (onnx.version_converter), or None when
+    it cannot be converted (the caller then keeps the int8 container)."""
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if current >= version:
+        return proto
+    try:
+        out = onnx.version_converter.convert_version(proto, version)
+        out.ir_version = max(out.ir_version, 10)  # INT4 tensors need IR 10
+        onnx.checker.check_model(out, full_check=True)
+        return out
+    except Exception:  # noqa: BLE001 - the converter raises various errors; int8 fallback
+        return None
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike, *, source: OnnxModel | str | os.PathLike | None = None) -> None:
+    """Write `proto` atomically; refuses to write over the source model file."""
+    src = source.path if isinstance(source, OnnxModel) else source
+    if src is not None and Path(src).exists() and Path(path).exists() and Path(path).samefile(src):
+        raise GetaError(f"refusing to overwrite the input model '{src}': choose another output path")
+    write_bytes_atomic(path, proto.SerializeToString())
+
+
+__all__ = ["export_onnx", "fusion_report", "optimized_graph", "save", "upgrade_opset", "fold_batchnorm",
+           "insert_qdq", "write_back"]

@@ -1,0 +1,135 @@
+"""Read the learned quantization out of a trained GETA module, as integers and scales.
+
+Requires: `plan` bound to the trained module (quantizers attached, any t = 1), `cuts`
+from `pruning_cuts` (the channels physical pruning removes).
+Ensures, per weighted layer of the plan:
+- `WeightQ`: the fake-quant integers k = sign(W) * round(min(|W|, q_m) / d) of the
+  weight AS THE LAYER READS IT (behind a Transpose: the transposed layout), computed with
+  the quantizer's own float32 tensors, so k * d equals the fake-quant value bitwise; the
+  pruned channels are already removed (ints and per-channel scales);
+- `ActQ`: the activation quantizer's step d and its largest level round(q_m / d).
+Quantizers whose levels exceed the 8-bit container (learned bits > 8) are reported with
+`fits = False`; the exporter keeps those in float (fake-quant values for weights).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import GetaError
+from ..qadg.analysis import QADG
+from ..quant.plan import QuantPlan, QuantSite
+from ..quant.quantizer import D_FLOOR, Q_FLOOR, Quantizer
+
+
+@dataclass
+class WeightQ:
+    ints: np.ndarray  # int64, the layer's weight-input layout, pruned
+    scale: np.ndarray  # float32, shape () per tensor or (C,) per channel along `axis`
+    axis: int | None  # channel axis of `ints` when per channel (after BN folding always set)
+    levels: int  # largest |k| the quantizer allows: 2^(b-1) - 1 for b bits
+
+    @property
+    def fits(self) -> bool:  # representable in int8 ([-127, 127])
+        return self.levels <= 127
+
+    def dequantized(self) -> np.ndarray:
+        return (self.ints * self._scale_view()).astype(np.float32)
+
+    def _scale_view(self) -> np.ndarray:
+        if self.axis is None or self.scale.ndim == 0:
+            return self.scale
+        shape = [1] * self.ints.ndim
+        shape[self.axis] = -1
+        return self.scale.reshape(shape)
+
+
+@dataclass
+class ActQ:
+    tensor: str
+    scale: float  # d
+    signed: bool
+    levels: int  # largest level round(q_m / d): 2^(b-1) - 1 signed, 2^b - 1 unsigned
+
+    @property
+    def fits(self) -> bool:  # uint8 with zero point 128 (signed) or 0 (unsigned)
+        return self.levels <= (127 if self.signed else 255)
+
+
+@dataclass
+class LayerQ:
+    node: str
+    op_type: str
+    w_slot: int
+    weight: str  # the initializer (its own layout)
+    transpose: str | None  # Transpose node between initializer and layer
+    wq: WeightQ
+    act: ActQ | None
+    act_slot: int | None
+    bias: np.ndarray | None = field(default=None)  # float bias after BN folding (set by fold_batchnorm)
+
+
+def pruning_cuts(qadg: QADG, removed) -> dict[str, dict[int, list[int]]]:
+    """initializer -> axis -> sorted removed indices (what prune_model deletes)."""
+    cut: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for gid in removed:
+        for m in qadg.group(gid).members:
+            cut[m.tensor][m.axis].update(m.indices)
+    return {t: {a: sorted(i) for a, i in axes.items()} for t, axes in cut.items()}
+
+
+def _check_uniform(name: str, q: Quantizer) -> None:
+    if float((q.t - 1).abs().max()) > 0:
+        raise GetaError(f"quantizer '{name}' learned exponent t = {float(q.t):g} != 1: a non-uniform grid "
+                        "cannot be expressed with QuantizeLinear / DequantizeLinear; train with learn_t off")
+
+
+@torch.no_grad()
+def _integers(q: Quantizer, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, d) with Q(w) = k * d exactly as Quantizer.forward computes it (t = 1)."""
+    d = q._view(q.effective_d().clamp_min(D_FLOOR), w)
+    q_m = q._view(q.q_m.detach(), w).clamp_min(Q_FLOOR)
+    z = torch.minimum(w.abs(), q_m) / d
+    return torch.sign(w) * torch.round(z), d
+
+
+@torch.no_grad()
+def weight_q(plan: QuantPlan, site: QuantSite, weight: torch.Tensor, perm: list[int] | None,
+             cuts: dict[int, list[int]]) -> tuple[WeightQ, np.ndarray]:
+    """(WeightQ pruned, fake-quant values unpruned in the initializer layout)."""
+    q = plan.quantizer(site.quantizer)
+    _check_uniform(site.quantizer, q)
+    w = weight.detach().float()
+    if perm is not None:
+        w = w.permute(*perm)
+    k, d = _integers(q, w)
+    fake = (k * d)
+    if not torch.equal(fake, q(w)):  # the quantizer's own forward must agree bitwise
+        raise GetaError(f"quantizer '{site.quantizer}': integer read-back does not reproduce the fake-quant weight")
+    levels = int(torch.round(q.q_m.detach().clamp_min(Q_FLOOR) / q.effective_d().clamp_min(D_FLOOR)).max())
+    ints = k.cpu().numpy().astype(np.int64)
+    scale = q.effective_d().detach().float().cpu().numpy().astype(np.float32)
+    axis = site.axis if scale.ndim else None
+    for init_axis, idx in cuts.items():  # cuts are in the initializer's layout
+        node_axis = perm.index(init_axis) if perm is not None else init_axis
+        ints = np.delete(ints, idx, axis=node_axis)
+        if axis is not None and node_axis == axis:
+            scale = np.delete(scale, idx)
+    fake_init = fake.cpu().numpy()
+    if perm is not None:
+        fake_init = np.transpose(fake_init, np.argsort(perm))
+    return WeightQ(ints, scale, axis, levels), fake_init
+
+
+@torch.no_grad()
+def act_q(plan: QuantPlan, site: QuantSite) -> ActQ:
+    q = plan.quantizer(site.quantizer)
+    _check_uniform(site.quantizer, q)
+    d = q.effective_d().detach().float().clamp_min(D_FLOOR)
+    if d.numel() != 1:
+        raise GetaError(f"activation quantizer '{site.quantizer}' is per channel; only per-tensor activations export")
+    levels = int(torch.round(q.q_m.detach().clamp_min(Q_FLOOR) / d))
+    return ActQ(site.tensor, float(d), bool(q.signed), levels)

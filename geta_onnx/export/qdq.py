@@ -1,0 +1,139 @@
+"""Pass 3: QuantizeLinear / DequantizeLinear with the learned steps, per profile.
+
+Requires: the float proto after write_back / fold_batchnorm, its LayerQ list (weights in
+the layer's input layout, per-channel scales on `axis`), the profile.
+Ensures:
+- one Q -> DQ pair per quantized activation tensor, and EVERY consumer of the tensor
+  (also a residual Add, not only the layer the quantizer belongs to) reads the DQ output:
+  onnxruntime fuses `DQ -> op -> Q` only when all consumers of the op output are Q nodes;
+  a graph output stays the float tensor (its producer then cannot fuse);
+- each quantized layer reads its weight as DQ(integer initializer, scale, zero point 0),
+  the integers being exactly the fake-quant integers (a b-bit layer uses [-(2^(b-1)-1),
+  2^(b-1)-1] inside the container); a Transpose between initializer and layer is folded
+  into the stored integers (the Transpose node then dies);
+- profile "ort": activations uint8, zero point 0 for unsigned quantizers (levels
+  [0, 2^b - 1]) and 128 for signed ones (levels [-(2^(b-1)-1), 2^(b-1)-1] + 128 stay in
+  [1, 255]); weights int8, or INT4 with a blocked DQ (opset 21) for MatMul weights of 4 bits
+  or fewer when `int4` is on (onnxruntime turns DQ(int4) -> MatMul into MatMulNBits, but
+  only when the activation input is NOT a DQ: those layers read the float activation, so
+  they differ from the fake-quant model by the activation rounding, <= d_a / 2 per element);
+  Conv / Gemm bias as int32 with scale = input scale * weight scale (per channel when the
+  weight is), zero point 0;
+- profile "tensorrt": every zero point 0, activations and weights int8; an unsigned 8-bit
+  activation (levels up to 255) is re-gridded to step q_m / 127 (TensorRT has no uint8:
+  one bit of resolution is lost there); biases stay float (TensorRT quantizes them itself).
+Activations whose quantizer does not fit the 8-bit container (learned bits > 8) stay float.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import GetaError
+from .graphutil import Graph
+from .params import ActQ, LayerQ, WeightQ
+
+PROFILES = ("ort", "tensorrt")
+INT4_BLOCK = 32  # block size of the int4 DQ (MatMulNBits wants a power of two >= 16)
+
+
+def act_params(a: ActQ, profile: str) -> tuple[np.float32, np.ndarray] | None:
+    """(scale, zero point scalar of the container dtype), or None when it stays float."""
+    if not a.fits:
+        return None
+    if profile == "ort":
+        return np.float32(a.scale), np.array(128 if a.signed else 0, dtype=np.uint8)
+    step = a.scale if a.levels <= 127 else a.scale * a.levels / 127
+    return np.float32(step), np.array(0, dtype=np.int8)
+
+
+def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4: bool = False) -> onnx.ModelProto:
+    if profile not in PROFILES:
+        raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
+    g = Graph(proto)
+    act_scale: dict[str, np.float32] = {}
+    for la in layers:
+        if la.act is None or la.act.tensor in act_scale:
+            continue
+        params = act_params(la.act, profile)
+        if params is not None:
+            act_scale[la.act.tensor] = params[0]
+            _quantize_tensor(g, la.act.tensor, *params)
+    nodes = {n.name: n for n in g.nodes}
+    weights: dict[tuple, str] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
+    for la in layers:
+        node = nodes[la.node]
+        use_int4 = int4 and profile == "ort" and la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
+        key = (la.weight, la.transpose, la.node if la.bias is not None else "", use_int4)
+        if key not in weights:
+            weights[key] = (_int4_weight if use_int4 else _int8_weight)(g, la.wq, f"{la.node}_weight")
+        node.input[la.w_slot] = weights[key]
+        if use_int4 and la.act is not None:
+            # DQ(x) -> MatMul blocks onnxruntime's MatMulNBits fusion (measured): the int4 layer
+            # reads the float activation (weight-only quantization; MatMulNBits quantizes A itself)
+            node.input[la.act_slot] = la.act.tensor
+        x_scale = act_scale.get(la.act.tensor) if la.act is not None else None
+        if profile == "ort" and x_scale is not None and not use_int4:
+            _int32_bias(g, node, la, x_scale)
+    return g.finish()
+
+
+def _quantize_tensor(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
+    consumers = g.consumers(tensor)
+    s = g.add_init(f"{tensor}_scale", np.asarray(scale, dtype=np.float32))
+    z = g.add_init(f"{tensor}_zero_point", zp)
+    q = g.add_node("QuantizeLinear", [tensor, s, z], f"{tensor}_QuantizeLinear")
+    dq = g.add_node("DequantizeLinear", [q, s, z], f"{tensor}_DequantizeLinear")
+    for node in consumers:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = dq
+
+
+def _int8_weight(g: Graph, wq: WeightQ, base: str) -> str:
+    if np.abs(wq.ints).max(initial=0) > 127:
+        raise GetaError(f"{base}: integers outside [-127, 127]; this is a bug in the export")
+    w = g.add_init(f"{base}_quantized", wq.ints.astype(np.int8))
+    s = g.add_init(f"{base}_scale", wq.scale.astype(np.float32))
+    z = g.add_init(f"{base}_zero_point", np.zeros(wq.scale.shape, dtype=np.int8))
+    attrs = {"axis": int(wq.axis)} if wq.scale.ndim and wq.axis is not None else {}
+    return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", **attrs)
+
+
+def _int4_weight(g: Graph, wq: WeightQ, base: str) -> str:
+    """B [K, N] as INT4 with a blocked DQ along K (axis 0, block INT4_BLOCK): the per-tensor or
+    per-column scale repeated over the ceil(K / block) blocks, shape [ceil(K/block), N]."""
+    k, n = wq.ints.shape
+    blocks = -(-k // INT4_BLOCK)
+    scale = np.broadcast_to(wq.scale.astype(np.float32).reshape(1, -1) if wq.scale.ndim else wq.scale,
+                            (blocks, n)).astype(np.float32)
+    ints = helper.make_tensor("w", onnx.TensorProto.INT4, wq.ints.shape, wq.ints.astype(np.int8).flatten().tolist())
+    zeros = helper.make_tensor("z", onnx.TensorProto.INT4, scale.shape, [0] * scale.size)
+    w = g.add_init(f"{base}_int4", None, tensor=ints)
+    s = g.add_init(f"{base}_scale", scale)
+    z = g.add_init(f"{base}_zero_point", None, tensor=zeros)
+    return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", axis=0, block_size=INT4_BLOCK)
+
+
+def _int32_bias(g: Graph, node: onnx.NodeProto, la: LayerQ, x_scale: np.float32) -> None:
+    """Conv input 2 / Gemm C (beta = 1, 1-D of the output width) as DQ(int32)."""
+    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+        return
+    if node.op_type == "Gemm" and (g.attr(node, "beta", 1.0) != 1.0 or g.attr(node, "alpha", 1.0) != 1.0):
+        return
+    bias = la.bias if la.bias is not None else g.const_or_none(node.input[2])
+    out_axis = 0 if node.op_type == "Conv" or g.attr(node, "transB", 0) else 1  # W (M, ...), B (N, K) / (K, N)
+    width = la.wq.ints.shape[out_axis]
+    if bias is None or bias.ndim != 1 or bias.shape[0] != width:
+        return
+    w_scale = la.wq.scale.astype(np.float32)
+    b_scale = (np.float32(x_scale) * w_scale).astype(np.float32)  # () or (width,)
+    q = np.round(bias.astype(np.float64) / b_scale.astype(np.float64))
+    if np.abs(q).max(initial=0) >= 2 ** 31 - 1:
+        return  # the bias does not fit int32 at this scale: keep it float
+    b = g.add_init(f"{node.name}_bias_quantized", q.astype(np.int32))
+    s = g.add_init(f"{node.name}_bias_scale", b_scale)
+    z = g.add_init(f"{node.name}_bias_zero_point", np.zeros(b_scale.shape, dtype=np.int32))
+    attrs = {"axis": 0} if b_scale.ndim else {}
+    node.input[2] = g.add_node("DequantizeLinear", [b, s, z], f"{node.name}_bias_DequantizeLinear", **attrs)

@@ -1,0 +1,183 @@
+"""export_onnx on a trained GETA result: the digits CNN (Conv + BN + Relu x 3, Gemm head),
+120 QASSO steps at 25 % group sparsity, weight / activation bits in [4, 8].
+
+Checks: full_check; onnxruntime loads it; every quantized activation equals the fake-quant
+one within one level and the logits within one input step of the head pushed through its
+weights (helpers.output_tolerance); the int8 weights are the fake-quant integers (times the
+sign of the folded BN factor) with scale |a_c| d; int32 biases with scale = input scale x
+weight scale; zero points per profile; the TensorRT structural rules; what onnxruntime
+fuses; the input file is never modified and `save` refuses to overwrite it.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from geta_onnx.bridge.parity import ort_session, run_onnxruntime
+from geta_onnx.config import DataConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig
+from geta_onnx.errors import GetaError
+from geta_onnx.export import export_onnx, fusion_report, save
+from geta_onnx.export.params import act_q, pruning_cuts
+from geta_onnx.geta import run_geta
+from geta_onnx.graph import load_model
+from geta_onnx.train import load_data
+from tests.e2e.digits import write_problem
+from tests.export.helpers import check_tensorrt_rules, dq_input, fake_quant, initializer, output_tolerance, producers
+
+HEAD = "/head/Gemm"
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    onnx_path, npz, _ = write_problem(tmp_path_factory.mktemp("digits"))
+    digest = _sha(onnx_path)
+    model = load_model(onnx_path)
+    data = load_data(f"npz:{npz}", DataConfig(batch_size=32), model=model, seed=0)
+    result = run_geta(model, data, quant=QuantConfig(weight_bits=(4, 8), act_bits=(4, 8)),
+                      prune=PruneConfig(target_sparsity=0.25, group_divisible=1), schedule=ScheduleConfig(steps=120),
+                      train_config=TrainConfig(progress=False))
+    x = np.load(npz)["eval_x"][:64]
+    exported = {p: export_onnx(result, model, p) for p in ("ort", "tensorrt")}
+    return result, model, onnx_path, digest, x, exported
+
+
+def test_checker_and_onnxruntime_load(trained):
+    result, _, _, _, x, exported = trained
+    assert result.removed_groups
+    for proto in exported.values():
+        onnx.checker.check_model(proto, full_check=True)
+        assert ort_session(proto).run(None, {"image": x})[0].shape == (64, 10)
+
+
+def _kept(result, tensor: str, dim: int) -> np.ndarray:
+    """Kept channel indices of activation `tensor` on axis 1 (pruned channels are zero in the module)."""
+    t = result.qadg.tracked.get(tensor)
+    if t is None or 1 not in t.axes:
+        return np.arange(dim)
+    ids = t.ids if t.ids.ndim == 1 else t.ids.reshape(t.ids.shape[0], -1)[:, 0]
+    return np.nonzero(~np.isin(ids, sorted(result.removed_groups)))[0]
+
+
+def test_activations_within_one_level_and_logits_within_tolerance(trained):
+    result, _, _, _, x, exported = trained
+    proto = exported["ort"]
+    seen = {}
+    hooks = [q.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.detach().numpy()))
+             for n, q in result.plan.act_quantizers().items()]
+    want = fake_quant(result.module, {"image": x})
+    for h in hooks:
+        h.remove()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    sites = {s.quantizer: s for s in result.plan.act_sites()}
+    dq_of = {n.input[0][: -len("_QuantizeLinear_out")]: n.output[0] for n in proto.graph.node
+             if n.op_type == "DequantizeLinear" and n.input[0].endswith("_QuantizeLinear_out")}
+    names = [dq_of[sites[n].tensor] for n in seen]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(d, onnx.TensorProto.FLOAT, None) for d in names)
+    got = run_onnxruntime(probe, {"image": x})
+    for (name, ref), value in zip(seen.items(), got[1:]):
+        if ref.ndim == 4:
+            ref = ref[:, _kept(result, sites[name].tensor, ref.shape[1])]
+        if ref.shape != value.shape:  # Flatten of pruned channels: zero columns in the module
+            ref = ref[:, np.abs(ref).sum(0) > 0] if ref.shape[1] > value.shape[1] else ref
+        step = act_q(result.plan, sites[name]).scale
+        assert ref.shape == value.shape, name
+        assert np.abs(ref - value).max() <= step * (1 + 1e-4), name
+    diff = float(np.abs(got[0] - want).max())
+    assert diff <= output_tolerance(result, HEAD), (diff, output_tolerance(result, HEAD))
+
+
+def test_weights_are_the_fake_quant_integers(trained):
+    result, model, _, _, _, exported = trained
+    proto = exported["ort"]
+    nodes = {n.name: n for n in proto.graph.node}
+    values = result.module.initializer_values()
+    cuts = pruning_cuts(result.qadg, result.removed_groups)
+    for site in result.plan.weight_sites():
+        q = result.plan.quantizer(site.quantizer)
+        w = result.module.parameter(site.tensor).detach()
+        with torch.no_grad():
+            fq, d = q(w), q.effective_d()
+        k = torch.round(fq / d).numpy().astype(np.int64)
+        d = np.broadcast_to(d.numpy(), (k.shape[0],)) if site.op_type == "Conv" else d.numpy()
+        for axis, idx in cuts.get(site.tensor, {}).items():
+            k = np.delete(k, idx, axis=axis)
+            d = np.delete(d, idx) if axis == 0 and site.op_type == "Conv" else d
+        dq = dq_input(proto, nodes[site.node], 1)
+        ints, scale = initializer(proto, dq.input[0]), initializer(proto, dq.input[1])
+        assert ints.dtype == np.int8
+        if site.op_type == "Conv":  # BN folded: ints = sign(a) k, scale = |a| d
+            bn = next(n for n in model.nodes if n.op_type == "BatchNormalization" and n.input[0] == site.node.replace(
+                "/Conv", "/Conv_output_0"))
+            gamma, _, _, var = (values[bn.input[i]] for i in range(1, 5))
+            keep = _kept_out(cuts, bn.input[1], gamma.shape[0])
+            a = (gamma / np.sqrt(var + 1e-5))[keep].astype(np.float64)
+            np.testing.assert_array_equal(ints.astype(np.int64) * np.sign(a).reshape(-1, 1, 1, 1), k)
+            np.testing.assert_allclose(scale, np.abs(a) * d, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(ints.astype(np.int64), k)
+            assert scale == pytest.approx(float(d))
+
+
+def _kept_out(cuts, tensor: str, n: int) -> np.ndarray:
+    return np.setdiff1d(np.arange(n), cuts.get(tensor, {}).get(0, []))
+
+
+def test_int32_bias_with_product_scale(trained):
+    result, _, _, _, _, exported = trained
+    proto = exported["ort"]
+    prod = producers(proto)
+    checked = 0
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        bias, x, w = dq_input(proto, n, 2), dq_input(proto, n, 0), dq_input(proto, n, 1)
+        assert bias is not None, n.name
+        ints, scale, zp = (initializer(proto, bias.input[i]) for i in range(3))
+        assert ints.dtype == np.int32 and zp.dtype == np.int32 and not zp.any()
+        x_scale, w_scale = initializer(proto, x.input[1]), initializer(proto, w.input[1])
+        np.testing.assert_array_equal(scale, (x_scale * w_scale).astype(np.float32))
+        assert prod[x.input[0]].op_type == "QuantizeLinear"
+        checked += 1
+    assert checked == 4
+
+
+def test_zero_points_per_profile(trained):
+    result, _, _, _, _, exported = trained
+    signed = {s.tensor: s.signed for s in result.plan.act_sites()}
+    for n in exported["ort"].graph.node:
+        if n.op_type == "QuantizeLinear":
+            zp = initializer(exported["ort"], n.input[2])
+            assert zp.dtype == np.uint8 and int(zp) == (128 if signed[n.input[0]] else 0), n.name
+        if n.op_type == "DequantizeLinear" and initializer(exported["ort"], n.input[0]) is not None:
+            zp = initializer(exported["ort"], n.input[2])
+            assert zp.dtype in (np.int8, np.int32) and not zp.any()
+    quantized = {s.node for s in result.plan.weight_sites()}
+    check_tensorrt_rules(exported["tensorrt"], quantized)
+
+
+def test_fusion_ort_profile(trained):
+    """Conv 1, 2 and the head fuse. Conv 3 cannot: its output reaches the head's Q only through
+    Relu -> GlobalAveragePool -> Flatten, and no fake-quant quantizer sits on its output (the
+    fusion needs `Conv -> [Relu] -> Q`; a Q there would need a range the training never learned)."""
+    report = fusion_report(trained[5]["ort"])
+    assert report["fused"] == {"QLinearConv": 2, "QGemm": 1}
+    assert report["float_nodes"] == ["/features/features.7/Conv"]
+
+
+def test_input_model_never_modified(trained, tmp_path):
+    result, model, onnx_path, digest, _, exported = trained
+    assert _sha(onnx_path) == digest
+    with pytest.raises(GetaError, match="refusing to overwrite"):
+        save(exported["ort"], onnx_path, source=model)
+    out = tmp_path / "digits.geta.onnx"
+    save(exported["ort"], out, source=model)
+    assert onnx.load(str(out)) == exported["ort"] and _sha(onnx_path) == digest

@@ -1,0 +1,76 @@
+"""export_onnx on zoo models without training (bridge + quantizers + calibration, weight bits
+cycling 8 / 6 / 4 so both the int8 container and the INT4 MatMul path are exercised).
+
+Per model: full_check (inside export_onnx), onnxruntime runs it, the logits match the
+fake-quant module within one input step of the last layer pushed through its weights
+(helpers.output_tolerance), the TensorRT structural rules hold, and onnxruntime's CPU
+optimiser fuses exactly the expected layers (ort profile). What stays float, and why:
+- resnet: the second conv of each block and the shortcut convs end in the residual Add;
+  `Conv -> Add` has no Q after the conv (the fake-quant model learned no range for conv
+  outputs or the Add), and QLinearConv needs `DQ -> Conv -> Q`;
+- mobilenetv2: the same for the projection convs before the residual Add, the convs before
+  HardSwish (Conv -> HardSwish -> Q is not absorbed: only Relu / Clip are) and the head conv
+  (-> GlobalAveragePool);
+- vit: the patch Conv (-> Reshape / Transpose / Concat with the class token, no Q);
+- bert / vit: the attention MatMuls q k^T and p v are no weighted layers (never quantized).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geta_onnx.bridge.parity import run_onnxruntime
+from geta_onnx.export import export_onnx, fusion_report
+from geta_onnx.graph import load_model
+from samples.zoo import ZOO
+from tests.export.helpers import check_tensorrt_rules, fake_quant, output_tolerance, untrained_result
+from tests.zoo_cache import zoo_path
+
+# (model, exporter) -> (fused kernels in the ort profile, number of float weighted ops left)
+EXPECTED = {
+    ("resnet", "legacy"): ({"QLinearConv": 4, "QGemm": 1}, 5),
+    ("mobilenetv2", "legacy"): ({"QLinearConv": 7, "QGemm": 1}, 9),
+    ("bert", "legacy"): ({"QGemm": 2, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 4),
+    ("bert", "dynamo"): ({"QGemm": 2, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 4),
+    ("vit", "legacy"): ({"QGemm": 1, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 5),
+}
+
+
+@pytest.mark.parametrize("name,exporter", list(EXPECTED), ids=[f"{m}-{e}" for m, e in EXPECTED])
+def test_zoo_export(name, exporter):
+    model = load_model(zoo_path(name, exporter))
+    entry = ZOO[name]
+    result = untrained_result(model, entry)
+    feeds = {k: v.numpy() for k, v in entry.example_inputs(4, seed=100).items()}
+    want = fake_quant(result.module, feeds)
+    tol = output_tolerance(result, result.plan.layers[-1].node)
+    quantized = {s.node for s in result.plan.weight_sites()}
+    for profile in ("ort", "tensorrt"):
+        proto = export_onnx(result, model, profile)
+        got = run_onnxruntime(proto, feeds)[0]
+        assert got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= tol, (profile, float(np.abs(got - want).max()), tol)
+        if profile == "tensorrt":
+            check_tensorrt_rules(proto, quantized)
+            continue
+        report = fusion_report(proto)
+        fused, n_float = EXPECTED[(name, exporter)]
+        assert report["fused"] == fused, report
+        assert len(report["float_nodes"]) == n_float, report
+        if "MatMulNBits" in fused:
+            assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
+
+
+def test_per_channel_weights_and_tensorrt_scales():
+    """Per-channel weight quantizers (axis 0 for Conv, the output axis of Gemm / MatMul):
+    1-D scales of the channel count, and the same parity."""
+    model = load_model(zoo_path("resnet", "legacy"))
+    entry = ZOO["resnet"]
+    result = untrained_result(model, entry, bits=(8,), per_channel=True)
+    feeds = {k: v.numpy() for k, v in entry.example_inputs(4, seed=100).items()}
+    want = fake_quant(result.module, feeds)
+    for profile in ("ort", "tensorrt"):
+        proto = export_onnx(result, model, profile)
+        got = run_onnxruntime(proto, feeds)[0]
+        assert float(np.abs(got - want).max()) <= output_tolerance(result, result.plan.layers[-1].node)
+    check_tensorrt_rules(proto, {s.node for s in result.plan.weight_sites()})
