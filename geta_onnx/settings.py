@@ -55,7 +55,10 @@ def read_file(path: str | Path) -> dict:
     text = path.read_text()
     try:
         if path.suffix.lower() in (".toml", ".tml"):
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             return tomllib.loads(text)
         if path.suffix.lower() in (".yaml", ".yml"):

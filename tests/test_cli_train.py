@@ -59,3 +59,12 @@ def test_bad_data_spec_names_it(problem, tmp_path):
     model, _, _ = problem
     result = CliRunner().invoke(main, ["train", str(model), "--data", "npz:/no/such.npz", "-o", str(tmp_path / "o")])
     assert result.exit_code == 1 and "/no/such.npz" in result.output
+
+
+def test_yaml_settings_file(tmp_path):
+    from geta_onnx.settings import load_settings
+
+    path = tmp_path / "run.yaml"
+    path.write_text("prune:\n  target_sparsity: 0.3\nquant:\n  weight_bits: [3, 6]\n")
+    s = load_settings(path)
+    assert s.prune.target_sparsity == 0.3 and s.quant.weight_bits == (3, 6)
