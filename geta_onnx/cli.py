@@ -49,7 +49,7 @@ def main() -> None:
               help="Fix an input's dims for MAC counts (symbolic dims count as 1 otherwise).")
 @_friendly_errors
 def inspect(model: str, json_path: str | None, shapes: tuple[str, ...]) -> None:
-    """Opset, op histogram, parameters, MACs and unsupported ops of MODEL."""
+    """Opset, op histogram, parameters, MACs, unsupported ops and pruning groups of MODEL."""
     from .inspect import inspect_model, render_text
     from .io import write_text_atomic
 
