@@ -20,6 +20,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geta_onnx.config import DataConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig  # noqa: E402
+from geta_onnx.bridge import to_torch  # noqa: E402
 from geta_onnx.geta import run_geta  # noqa: E402
 from geta_onnx.graph import load_model  # noqa: E402
 from geta_onnx.train import load_data  # noqa: E402
@@ -89,29 +90,37 @@ def main() -> None:
     p.add_argument("--geta-epochs", type=int, default=6)
     p.add_argument("--out", default="runs/fmnist")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fp32-onnx", help="reuse a trained fp32 export of an earlier run instead of training again")
+    p.add_argument("--loss", default="auto", help="auto (task), task+kd (with distillation from the fp32 model), kd")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = ResNetFM(a.width)
-    path = out / "resnet_fmnist.onnx"
-    export(model, path)  # untrained: only so the data is fitted to the model's input (N, 1, 28, 28)
-    data = load_data(DATA, DataConfig(batch_size=128, val_split=0.0), model=load_model(path), seed=0)
-    start = time.perf_counter()
-    fp32_acc = train_fp32(model, data, a.fp32_epochs)
-    fp32_s = time.perf_counter() - start
-    print(f"fp32: top-1 {fp32_acc:.4f} after {a.fp32_epochs} epochs ({fp32_s:.0f} s)", flush=True)
-    export(model, path)
-    onnx_model = load_model(path)
+    path = Path(a.fp32_onnx) if a.fp32_onnx else out / "resnet_fmnist.onnx"
+    if a.fp32_onnx:
+        onnx_model = load_model(path)
+        data = load_data(DATA, DataConfig(batch_size=128, val_split=0.0), model=onnx_model, seed=0)
+        fp32_acc, fp32_s = accuracy(to_torch(onnx_model), data.eval), 0.0
+    else:
+        model = ResNetFM(a.width)
+        export(model, path)  # untrained: only so the data is fitted to the model's input (N, 1, 28, 28)
+        data = load_data(DATA, DataConfig(batch_size=128, val_split=0.0), model=load_model(path), seed=0)
+        start = time.perf_counter()
+        fp32_acc = train_fp32(model, data, a.fp32_epochs)
+        fp32_s = time.perf_counter() - start
+        export(model, path)
+        onnx_model = load_model(path)
+    print(f"fp32: top-1 {fp32_acc:.4f} ({fp32_s:.0f} s)", flush=True)
     start = time.perf_counter()
     result = run_geta(onnx_model, data, quant=QuantConfig(weight_bits=(4, 8), act_bits=(4, 8)),
                       prune=PruneConfig(target_sparsity=0.5, group_divisible=8),
                       optim=OptimConfig(optimizer="adam", lr=1e-3),
-                      schedule=ScheduleConfig(epochs=a.geta_epochs), train_config=TrainConfig(progress=False))
+                      schedule=ScheduleConfig(epochs=a.geta_epochs),
+                      train_config=TrainConfig(progress=False, loss=a.loss))
     geta_s = time.perf_counter() - start
     report = {
-        "width": a.width, "fp32_accuracy": fp32_acc, "fp32_epochs": a.fp32_epochs, "fp32_seconds": fp32_s,
+        "width": a.width, "loss": a.loss, "fp32_accuracy": fp32_acc, "fp32_epochs": a.fp32_epochs, "fp32_seconds": fp32_s,
         "compressed_accuracy": result.metrics.get("accuracy"), "geta_epochs": a.geta_epochs, "geta_seconds": geta_s,
         "relative_bops": result.relative_bops, "group_sparsity": result.metrics["group_sparsity"],
         "removed_groups": result.metrics["removed_groups"], "prunable_groups": result.metrics["prunable_groups"],
