@@ -28,7 +28,7 @@ def test_loads_a_valid_model(tmp_path):
     assert path.read_bytes() == before  # loading never writes
 
 
-def _expect(path, *fragments):
+def assert_refused(path, *fragments):
     with pytest.raises(ModelLoadError) as e:
         load_model(path)
     msg = str(e.value)
@@ -40,21 +40,21 @@ def _expect(path, *fragments):
 
 
 def test_missing_file(tmp_path):
-    _expect(tmp_path / "nope.onnx", "no such file")
+    assert_refused(tmp_path / "nope.onnx", "no such file")
 
 
 def test_directory(tmp_path):
-    _expect(tmp_path, "directory")
+    assert_refused(tmp_path, "directory")
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.onnx").write_bytes(b"")
-    _expect(tmp_path / "e.onnx", "empty")
+    assert_refused(tmp_path / "e.onnx", "empty")
 
 
 def test_not_an_onnx_file(tmp_path):
     (tmp_path / "x.onnx").write_text("this is not a protobuf, just some text\n" * 10)
-    _expect(tmp_path / "x.onnx", "not a valid ONNX")
+    assert_refused(tmp_path / "x.onnx", "not a valid ONNX")
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
@@ -62,7 +62,7 @@ def test_truncated_file(tmp_path, keep):
     data = _tiny().SerializeToString()
     path = tmp_path / "t.onnx"
     path.write_bytes(data[: int(len(data) * keep)])
-    _expect(path, "ONNX")
+    assert_refused(path, "ONNX")
 
 
 @pytest.mark.parametrize("opset", [9, 22])
@@ -71,7 +71,7 @@ def test_unsupported_opset(tmp_path, opset):
     m.opset_import[0].version = opset
     path = tmp_path / "o.onnx"
     onnx.save(m, path)
-    _expect(path, f"opset {opset}", "version_converter")
+    assert_refused(path, f"opset {opset}", "version_converter")
 
 
 def _external(tmp_path, location):
@@ -98,7 +98,7 @@ def test_external_data_loads(tmp_path):
 
 def test_external_data_missing(tmp_path):
     path, _ = _external(tmp_path, "weights.bin")
-    _expect(path, "weights.bin", "missing")
+    assert_refused(path, "weights.bin", "missing")
 
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd"])
@@ -107,7 +107,7 @@ def test_external_data_outside_folder_refused(tmp_path, location):
     sub.mkdir()
     path, raw = _external(sub, location)
     (tmp_path / "outside.bin").write_bytes(raw)
-    _expect(path, "outside the model's folder")
+    assert_refused(path, "outside the model's folder")
 
 
 def test_checker_failure(tmp_path):
@@ -115,4 +115,4 @@ def test_checker_failure(tmp_path):
     m.graph.node[0].input[1] = "undefined_tensor"
     path = tmp_path / "bad.onnx"
     path.write_bytes(m.SerializeToString())
-    _expect(path, "checker")
+    assert_refused(path, "checker")
