@@ -49,8 +49,8 @@ class GetaResult:
 class _Progress:
     """Progress-bar fields: stage, group sparsity, mean weight / activation bits."""
 
-    def __init__(self, optimizer: QASSO, schedule: Schedule):
-        self.opt, self.schedule = optimizer, schedule
+    def __init__(self, optimizer: QASSO):
+        self.opt = optimizer
 
     def after_step(self, step: int, loss) -> dict:
         if step % 10:
@@ -91,7 +91,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                 group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance))
     lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
-                   checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt, sched)],
+                   checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],
                    progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
                    output=train_config.output)
     out = GetaResult(module, plan, qadg, opt, result)

@@ -7,7 +7,6 @@ never zeroed.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -88,13 +87,3 @@ class ZeroMasks:
     def apply(self) -> None:
         for p, mask in self.masks.values():
             p.mul_(mask)
-
-    def by_param(self) -> dict[int, torch.Tensor]:
-        return {k: m for k, (_, m) in self.masks.items()}
-
-
-def clusters(views: list[GroupView]) -> dict[tuple[str, ...], list[GroupView]]:
-    out: dict[tuple[str, ...], list[GroupView]] = defaultdict(list)
-    for v in views:
-        out[v.cluster].append(v)
-    return dict(out)

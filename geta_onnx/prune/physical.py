@@ -118,6 +118,14 @@ class _Editor:
         getattr(self, f"_fix_{fix.kind}")(node, fix)
 
     def _fix_reshape(self, node: onnx.NodeProto, fix: Fixup) -> None:
+        self._fix_target(node, literal_above=0)  # 0 (copy) and -1 (infer) entries stay
+
+    def _fix_expand(self, node: onnx.NodeProto, fix: Fixup) -> None:
+        self._fix_target(node, literal_above=1)  # 1 (broadcast) entries stay
+
+    def _fix_target(self, node: onnx.NodeProto, literal_above: int) -> None:
+        """Set the channel-axis entries of a Reshape / Expand target (input 1) to the
+        pruned sizes: a constant target is rewritten, a run-time one patched."""
         sizes = self.kept_sizes(node.output[0])
         old = self.model.shape(node.output[0])
         target = self.const(node, 1)
@@ -125,13 +133,15 @@ class _Editor:
             # computed at run time: it may read a pruned width elsewhere (Shape(x)[2])
             self.patch_runtime_shape(node, 1, sizes, tuple(old))
             return
-        if not sizes or all(old[a] == n for a, n in sizes.items()):
+        if target is None or not sizes or all(old[a] == n for a, n in sizes.items()):
             return
         new = np.array(target, dtype=np.int64).copy()
+        offset = len(old) - len(new)  # Expand broadcasts right-aligned; a Reshape target has full rank
         for a, n in sizes.items():
-            if new[a] > 0:
-                new[a] = n
-        self.set_const_input(node, 1, new, "shape")
+            if a - offset >= 0 and new[a - offset] > literal_above:
+                new[a - offset] = n
+        if not np.array_equal(new, target):
+            self.set_const_input(node, 1, new, "shape")
 
     def patch_runtime_shape(self, node: onnx.NodeProto, i: int, sizes: dict[int, int], old: tuple) -> None:
         """A Reshape / Expand target computed at run time: set the entries of channel axes
@@ -207,23 +217,6 @@ class _Editor:
         del g.node[:]
         g.node.extend(nodes)
         self.nodes = {n.name: n for n in g.node}
-
-    def _fix_expand(self, node: onnx.NodeProto, fix: Fixup) -> None:
-        sizes = self.kept_sizes(node.output[0])
-        old = self.model.shape(node.output[0])
-        shape = self.const(node, 1)
-        if shape is None and sizes and self.remove:
-            self.patch_runtime_shape(node, 1, sizes, tuple(old))
-            return
-        if not sizes or all(old[a] == n for a, n in sizes.items()):
-            return
-        new = np.array(shape, dtype=np.int64).copy()
-        offset = len(self.model.shape(node.output[0]) or new) - len(new)
-        for a, n in sizes.items():
-            if a - offset >= 0 and new[a - offset] > 1:
-                new[a - offset] = n
-        if not np.array_equal(new, shape):
-            self.set_const_input(node, 1, new, "shape")
 
     def _fix_split(self, node: onnx.NodeProto, fix: Fixup) -> None:
         t = self.qadg.tracked[node.input[0]]

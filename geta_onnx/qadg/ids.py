@@ -72,20 +72,5 @@ class Tracked:
             shape[a] = n
         return self.ids.reshape(shape)
 
-    def along(self, axis: int) -> np.ndarray:
-        """For a single-axis map on `axis`: the 1-D id list, else raises ValueError."""
-        if self.axes != (axis,):
-            raise ValueError(f"channels on axes {self.axes}, expected only axis {axis}")
-        return self.ids
-
     def with_zero_ok(self, ok: bool) -> "Tracked":
         return Tracked(self.axes, self.ids, self.rank, ok)
-
-
-def from_full(full: np.ndarray, axes: tuple[int, ...], zero_ok: bool = True) -> Tracked | None:
-    """The compact Tracked of an id array broadcastable to a tensor, keeping `axes`."""
-    axes = tuple(sorted(axes))
-    if not axes:
-        return None
-    index = tuple(slice(None) if a in axes else 0 for a in range(full.ndim))
-    return Tracked(axes, np.ascontiguousarray(full[index]), full.ndim, zero_ok)

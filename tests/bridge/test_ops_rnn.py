@@ -17,7 +17,7 @@ from onnx import helper
 from geta_onnx.bridge import registry, run_bridge, run_onnxruntime, to_torch
 from geta_onnx.errors import ConversionError
 from geta_onnx.graph import from_proto
-from tests.helpers import assert_parity, make_model, rng
+from tests.helpers import assert_gradcheck, assert_parity, make_model, rng
 
 T, B, I, H = 4, 3, 5, 6  # sequence, batch, input, hidden
 DIRECTIONS = ["forward", "reverse", "bidirectional"]
@@ -61,27 +61,6 @@ def _rnn_model(op, *, direction="forward", opset=14, bias=True, h0=False, c0=Fal
     node = helper.make_node(op, names, list(outputs), hidden_size=h, direction=direction, **attrs)
     return make_model([node], feeds, [o for o in outputs if o], inits, opset=opset), feeds
 
-
-def _gradcheck(module, feeds):
-    """float64 torch.autograd.gradcheck of a bridged module on its float inputs.
-
-    tests.helpers.assert_gradcheck deep-copies the module, and deepcopy of an fx
-    GraphModule drops OnnxModule's attributes (input_names ...), so this converts the
-    module in place instead."""
-    module = module.double().eval()
-    args = [torch.from_numpy(np.array(feeds[n])) for n in module.input_names]
-    idx = [k for k, a in enumerate(args) if a.is_floating_point()]
-    for k in idx:
-        args[k] = args[k].double().requires_grad_(True)
-
-    def f(*floats):
-        full = list(args)
-        for k, t in zip(idx, floats):
-            full[k] = t
-        out = module(*full)
-        return out if isinstance(out, tuple) else (out,)
-
-    assert torch.autograd.gradcheck(f, tuple(args[k] for k in idx), atol=1e-5, rtol=1e-3, eps=1e-6)
 
 
 def _rnn_of(module):
@@ -220,12 +199,12 @@ def test_gradcheck_float64(op, fused):
     model, feeds = _rnn_model(op, direction="bidirectional", sizes=(3, 2, 2, 2), h0=True, **extra)
     module = to_torch(from_proto(model))
     _rnn_of(module).fused = fused  # the loop path is checked on the same node
-    _gradcheck(module, feeds)
+    assert_gradcheck(module, feeds)
 
 
 def test_gradcheck_masked_lengths():
     model, feeds = _rnn_model("GRU", direction="bidirectional", sizes=(3, 3, 2, 2), lens=[3, 1, 2], h0=True)
-    _gradcheck(to_torch(from_proto(model)), feeds)
+    assert_gradcheck(to_torch(from_proto(model)), feeds)
 
 
 # ---- models exported from torch.nn ---------------------------------------------------------------

@@ -48,10 +48,4 @@ def broadcast_full(an: Analysis, names: list[str], out_rank: int) -> list[np.nda
     return fulls
 
 
-def tracked_from(full: np.ndarray, axes: tuple[int, ...], zero_ok: bool) -> Tracked | None:
-    from ..ids import from_full
-
-    return from_full(full, axes, zero_ok)
-
-
-__all__ = ["FIXED", "Tracked", "attr", "axis_of", "broadcast_full", "const", "passthrough", "stop", "tracked_from"]
+__all__ = ["FIXED", "Tracked", "attr", "axis_of", "broadcast_full", "const", "passthrough", "stop"]
