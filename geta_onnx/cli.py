@@ -183,6 +183,48 @@ def train(model: str, out_dir: str, **options) -> None:
         distributed.clean_exit()
 
 
+@main.command()
+@click.argument("model")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Output model (.onnx); its report, plots and run folder are written beside it.")
+@training_options
+@click.option("--profile", type=click.Choice(["ort", "tensorrt"]), help="QDQ export profile (default ort).")
+@click.option("--batch", "batches", multiple=True, metavar="N[,N..]", help="Latency batch sizes (default 1,32).")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads of the latency check (default 2).")
+@click.option("--eval-limit", type=click.IntRange(min=0), help="Score at most N eval samples (default: all).")
+@click.option("--no-plots", is_flag=True, help="Do not write the PNG plots.")
+@_friendly_errors
+def compress(model: str, out_path: str, profile: str | None, batches: tuple[str, ...], threads: int | None,
+             eval_limit: int | None, no_plots: bool, **options) -> None:
+    """Compress MODEL in one GETA training run on --data: structured pruning + mixed-precision
+    quantization, exported as a QDQ ONNX file and validated in onnxruntime.
+
+    Writes OUT.onnx, OUT.report.json, OUT.report.md, OUT.layers.png, OUT.summary.png and the
+    resumable checkpoint folder OUT.run/. Never overwrites MODEL."""
+    from .compress import compress as run_compress
+    from .train import distributed
+
+    settings = settings_from_options(options).override(
+        "export", profile=profile, batches=tuple(_parse_batches(batches)) if batches else None, threads=threads,
+        eval_limit=eval_limit, plots=False if no_plots else None)
+    report = run_compress(model, options["data_spec"], out_path, settings, resume=options["resume"], log=click.echo)
+    if report is not None:
+        click.echo(_headline(report))
+    if distributed.launched():
+        distributed.clean_exit()
+
+
+def _headline(report: dict) -> str:
+    if "accuracy" in report:
+        a = report["accuracy"]
+        quality = f"accuracy {a['original']:.2%} -> {a['compressed']:.2%}"
+    else:
+        quality = f"{report['fidelity']['metric']} {report['fidelity']['value']:.4f}"
+    speed = ", ".join(f"{v:.2f}x at batch {b}" for b, v in report["speedup"].items())
+    return (f"{quality}; speedup {speed}; relative BOPs {report['relative_bops']:.4f}; "
+            f"{report['groups']['removed']} of {report['groups']['prunable']} groups removed")
+
+
 def _parse_batches(values: tuple[str, ...]) -> list[int]:
     """--batch 1 --batch 32 or --batch 1,32 -> [1, 32]."""
     batches = []

@@ -171,6 +171,26 @@ class OptimConfig:
         _check(self.bit_reduction >= 0, "bit_reduction", "must be >= 0 (0: automatic)")
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `compress` does after training: the QDQ profile and the onnxruntime validation."""
+
+    profile: str = "ort"  # ort (uint8 activations, INT4 MatMul weights) or tensorrt (symmetric int8)
+    batches: tuple[int, ...] = (1, 32)  # latency batch sizes of the report
+    threads: int = 2  # onnxruntime intra-op threads of the latency measurement
+    repeats: int = 30  # timed runs per model and batch (median reported)
+    eval_limit: int = 0  # score at most this many eval samples (0: the whole eval split)
+    plots: bool = True  # write the PNG plots beside the report
+
+    def __post_init__(self):
+        _check(self.profile in ("ort", "tensorrt"), "profile", f"expected ort or tensorrt, got '{self.profile}'")
+        _check(len(self.batches) > 0 and all(int(b) >= 1 for b in self.batches), "batches",
+               f"batch sizes >= 1, e.g. [1, 32]; got {list(self.batches)}")
+        _check(self.threads >= 1, "threads", "must be >= 1")
+        _check(self.repeats >= 1, "repeats", "must be >= 1")
+        _check(self.eval_limit >= 0, "eval_limit", "must be >= 0 (0: every eval sample)")
+
+
 def to_dict(config) -> dict:
     return asdict(config)
 
@@ -193,5 +213,5 @@ def from_dict(cls, data: dict, *, section: str = ""):
         raise ConfigError(f"{section or cls.__name__}: {e}") from None
 
 
-__all__ = ["DataConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig", "TrainConfig", "field",
-           "from_dict", "to_dict"]
+__all__ = ["DataConfig", "ExportConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig",
+           "TrainConfig", "field", "from_dict", "to_dict"]

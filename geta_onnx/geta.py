@@ -42,8 +42,33 @@ class GetaResult:
 
     @property
     def relative_bops(self) -> float:
-        removed = [self.qadg.group(g) for g in self.optimizer.zeroed]
-        return relative_bops(self.plan, kept=kept_from_groups(self.plan, removed), rounded=True)
+        return relative_bops(self.plan, kept=self._kept(), rounded=True)
+
+    def layers(self) -> list[dict]:
+        """Per weighted layer: kept / total output channels and the deployed (rounded) bit
+        widths, weight bits averaged over the kept channels; None = kept in float."""
+        kept = self._kept()
+        rows = []
+        for layer in self.plan.layers:
+            keep = kept[layer.node]
+            total = layer.weight_shape[layer.out_axis] if layer.out_axis is not None else 1
+            channels = len(keep.out_channels) if keep.out_channels is not None else total
+            rows.append({"name": layer.node, "op_type": layer.op_type, "kept": channels, "total": total,
+                         "weight_bits": self._deployed_bits(layer.weight_quantizer, keep.out_channels),
+                         "act_bits": self._deployed_bits(layer.act_quantizer, None),
+                         "macs": layer.macs or 0, "kept_macs": round((layer.macs or 0) * keep.kept_in * keep.kept_out)})
+        return rows
+
+    def _kept(self):
+        return kept_from_groups(self.plan, [self.qadg.group(g) for g in self.optimizer.zeroed])
+
+    def _deployed_bits(self, name: str | None, channels) -> float | None:
+        if name is None or not self.plan.quantizer(name).enabled:
+            return None
+        bits = self.plan.quantizer(name).bits().detach().round().reshape(-1)
+        if channels is not None and bits.numel() > 1:
+            bits = bits[list(channels)]
+        return float(bits.float().mean())
 
 
 class _Progress:

@@ -10,6 +10,7 @@ A file has one section per config dataclass, with the same keys:
     [schedule]              # ScheduleConfig
     [train]                 # TrainConfig
     [data]                  # DataConfig
+    [export]                # ExportConfig (compress: profile, latency batches, plots)
 
 Unknown sections or keys are errors that name the key (and suggest the closest one).
 """
@@ -19,11 +20,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DataConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig, from_dict
+from .config import (DataConfig, ExportConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig,
+                     from_dict)
 from .errors import ConfigError
 
 SECTIONS = {"quant": QuantConfig, "prune": PruneConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
-            "train": TrainConfig, "data": DataConfig}
+            "train": TrainConfig, "data": DataConfig,
+            "export": ExportConfig}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Settings:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -1,0 +1,101 @@
+"""render_markdown: the compression report (bench/report.py schema, as compress writes it)
+as a Markdown page for people: the headline table, fused ops, per-layer table, plots,
+versions and the wall time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def render_markdown(report: dict, plots=None) -> str:
+    """`plots`: an object with `layers_png` / `summary_png` paths to link (None: no plots)."""
+    model = report.get("model", {})
+    lines = ["# geta-onnx compression report", ""]
+    if model:
+        lines += [f"`{model.get('original')}` → `{model.get('compressed')}` (profile `{report.get('profile', '?')}`, "
+                  f"onnxruntime, {report.get('threads', '?')} thread(s))", ""]
+    lines += ["| | original | compressed | change |", "|---|---:|---:|---:|"]
+    lines += _quality_rows(report)
+    for b, ratio in report["speedup"].items():
+        o, c = report["latency_ms"]["original"][b], report["latency_ms"]["compressed"][b]
+        lines.append(f"| latency, batch {b} (p50 ms) | {o:.3f} | {c:.3f} | **{ratio:.2f}x faster** |")
+    for key, label, fmt in (("macs", "MACs per sample", _millions), ("size_bytes", "file size", _megabytes)):
+        if key in report:
+            o, c = report[key]["original"], report[key]["compressed"]
+            lines.append(f"| {label} | {fmt(o)} | {fmt(c)} | {c / o:.1%} of the original |" if o else
+                         f"| {label} | {fmt(o)} | {fmt(c)} | |")
+    if "relative_bops" in report:
+        target = f" (target {report['target_bops']})" if report.get("target_bops") else ""
+        lines.append(f"| relative BOPs | 1 | {report['relative_bops']:.4f}{target} | |")
+    if "groups" in report:
+        g = report["groups"]
+        share = f"{g['removed']} of {g['prunable']} ({report['group_sparsity']:.1%})"
+        lines.append(f"| pruning groups removed | | {share} | |")
+    lines.append("")
+    lines += _fusion_lines(report.get("fused_ops"))
+    if report.get("layers"):
+        lines += _layer_table(report["layers"])
+    if plots is not None:
+        lines += ["## Plots", "", f"![kept channels and bits per layer]({Path(plots.layers_png).name})", "",
+                  f"![quality and latency before and after]({Path(plots.summary_png).name})", ""]
+    lines += _footer(report)
+    return "\n".join(lines) + "\n"
+
+
+def _quality_rows(report: dict) -> list[str]:
+    rows = []
+    split = report.get("quality_split", {})
+    where = f" ({split['split']} split, {split['samples']} samples)" if split else ""
+    if "accuracy" in report:
+        o, c = report["accuracy"]["original"], report["accuracy"]["compressed"]
+        rows.append(f"| top-1 accuracy{where} | {o:.2%} | {c:.2%} | {100 * (c - o):+.2f} points |")
+    if "fidelity" in report:
+        f = report["fidelity"]
+        rows.append(f"| {f['metric']} with the original{where} | 1 | {f['value']:.4f} | |")
+    return rows
+
+
+def _fusion_lines(fusion: dict | None) -> list[str]:
+    if not fusion:
+        return []
+    fused = ", ".join(f"{op} {n}" for op, n in fusion["fused"].items()) or "none"
+    left = ", ".join(f"{op} {n}" for op, n in fusion["float"].items()) or "none"
+    lines = [f"onnxruntime integer kernels: {fused}; weighted ops left in float: {left}."]
+    if fusion.get("float_nodes"):
+        names = ", ".join(f"`{n}`" for n in fusion["float_nodes"][:12])
+        more = f" and {len(fusion['float_nodes']) - 12} more" if len(fusion["float_nodes"]) > 12 else ""
+        lines.append(f"Float weighted ops: {names}{more}.")
+    return lines + [""]
+
+
+def _layer_table(layers: list[dict]) -> list[str]:
+    lines = ["## Layers", "", "| layer | op | channels kept | weight bits | activation bits | MACs kept |",
+             "|---|---|---:|---:|---:|---:|"]
+    for la in layers:
+        macs = f"{la['kept_macs'] / la['macs']:.0%}" if la.get("macs") else "?"
+        lines.append(f"| `{la['name']}` | {la['op_type']} | {la['kept']} / {la['total']} | {_bits(la['weight_bits'])} "
+                     f"| {_bits(la['act_bits'])} | {macs} |")
+    return lines + [""]
+
+
+def _footer(report: dict) -> list[str]:
+    lines = []
+    if "wall_time_s" in report:
+        w = report["wall_time_s"]
+        lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in w.items()) + ".")
+    if "versions" in report:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")
+    if "bops_convention" in report:
+        lines.append(f"BOPs: {report['bops_convention']}.")
+    return lines
+
+
+def _bits(b) -> str:
+    return "float" if b is None else f"{b:g}"
+
+
+def _millions(n) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _megabytes(n) -> str:
+    return f"{n / 1e6:.3f} MB"

@@ -1,0 +1,198 @@
+"""`geta-onnx compress`: the whole job in one call. Train the model once with GETA, export
+the pruned QDQ model, validate it in onnxruntime against the original, write the report.
+
+    report = compress("model.onnx", "npz:data.npz", "small.onnx", Settings())
+
+Files, each written atomically and never over the input model:
+    small.onnx            the pruned, mixed-precision QDQ model (export/)
+    small.report.json     bench/report.py's schema + MACs, sizes, layers, fused ops, versions, settings
+    small.report.md       the same for people (bench/render.py)
+    small.layers.png      kept channels and bits per layer (bench/plots.py)
+    small.summary.png     quality and latency before / after
+    small.run/            the training checkpoint (`--resume` continues from it)
+
+Quality is measured in onnxruntime on the data's eval split (the spec's own, else the
+held-out `val_split` of the training samples): top-1 of both models with integer labels,
+else the fidelity of the compressed model to the original (agreement / cosine / mse).
+Latency: both models interleaved (bench/latency.py) at the data's per-sample shape.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, GetaError
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    model: Path
+    report_json: Path
+    report_md: Path
+    layers_png: Path
+    summary_png: Path
+    run_dir: Path
+
+    @classmethod
+    def beside(cls, out: str | os.PathLike, source: str | os.PathLike) -> "OutputPaths":
+        """The files of output model `out`; refuses an output that is the input model."""
+        out = Path(out)
+        if out.suffix.lower() != ".onnx":
+            raise ConfigError(f"option '-o': '{out}' should end in .onnx (the report and plots go beside it)")
+        if out.exists() and out.is_dir():
+            raise ConfigError(f"option '-o': '{out}' is a directory; give the output model's file name")
+        src = Path(source)
+        if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
+            raise ConfigError(f"option '-o': '{out}' is the input model; choose another output path "
+                              "(compress never overwrites its input)")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise ConfigError(f"option '-o': '{out.parent}' is a file, not a folder")
+        stem = out.with_suffix("")
+        return cls(out, Path(f"{stem}.report.json"), Path(f"{stem}.report.md"), Path(f"{stem}.layers.png"),
+                   Path(f"{stem}.summary.png"), Path(f"{stem}.run"))
+
+
+def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.PathLike,
+             settings: Settings = Settings(), *, resume: bool = False, log=print) -> dict | None:
+    """Run the job; returns the report (None on the non-main ranks of a torchrun launch)."""
+    from .export import export_onnx, save
+    from .geta import run_geta
+    from .graph import load_model
+    from .train import distributed, load_data
+
+    paths = OutputPaths.beside(out_path, model_path)
+    paths.model.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    loaded = load_model(model_path)
+    data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
+    result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
+                      schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
+                      resume=resume)
+    t_train = time.perf_counter()
+    if not distributed.info().is_main:
+        return None
+    proto = export_onnx(result, loaded, settings.export.profile)
+    save(proto, paths.model, source=model_path)
+    t_export = time.perf_counter()
+    log(f"wrote {paths.model}; validating in onnxruntime")
+    names = [vi.name for vi in loaded.inputs]
+    checks = validate(model_path, paths.model, proto, data, names, settings, output=settings.train.output)
+    report = _report(model_path, paths, data_spec, settings, result, checks,
+                     wall={"train": t_train - t0, "export": t_export - t_train,
+                           "validate": time.perf_counter() - t_export})
+    _write_outputs(report, paths, settings.export.plots, log)
+    return report
+
+
+def validate(original: str | os.PathLike, compressed: str | os.PathLike, proto, data, input_names: list[str],
+             settings: Settings, *, output: int = 0) -> dict:
+    """Quality, latency, MACs, size and fusion of `compressed` (whose ModelProto is `proto`)
+    next to `original`; `input_names` are the models' graph inputs."""
+    from .bench import evaluate_onnx, measure_latency
+    from .bench.report import latency_p50
+    from .export import fusion_report
+    from .graph import load_model
+    from .graph.stats import model_stats
+
+    ex = settings.export
+    quality = evaluate_onnx(compressed, data, reference=original, output=output, limit=ex.eval_limit,
+                            threads=ex.threads)
+    lat = measure_latency([original, compressed], list(ex.batches), threads=ex.threads, repeats=ex.repeats,
+                          shapes=_sample_shapes(data, input_names))
+    return {"quality": quality, "latency": [latency_p50(r) for r in lat], "latency_full": lat,
+            "fusion": fusion_report(proto), "macs": [model_stats(load_model(p)).macs for p in (original, compressed)],
+            "size_bytes": [Path(p).stat().st_size for p in (original, compressed)]}
+
+
+def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Each input's dims as the data gives them (e.g. a transformer's sequence length)."""
+    from .train.batching import split_batch
+
+    loader = data.eval if data.eval is not None else data.train
+    inputs, _ = split_batch(next(iter(loader)), names, f"data spec '{data.spec}'")
+    return {name: tuple(int(d) for d in x.shape) for name, x in zip(names, inputs)}
+
+
+def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, result, checks: dict,
+            wall: dict) -> dict:
+    from .bench import build_report
+
+    q = checks["quality"]
+    quality = {}
+    if "accuracy" in q and "reference_accuracy" in q:
+        quality.update(accuracy_original=q["reference_accuracy"], accuracy_compressed=q["accuracy"])
+    if "metric" in q and q["metric"] in ("agreement", "cosine", "mse", "max_abs"):
+        quality["fidelity"] = (q["metric"], q["value"])
+    m = result.metrics
+    return build_report(
+        original=str(model_path), compressed=str(paths.model), **quality,
+        latency_original=checks["latency"][0], latency_compressed=checks["latency"][1],
+        relative_bops=result.relative_bops,
+        quality_split={"split": q["split"], "samples": q["samples"],
+                       **{k: q[k] for k in ("agreement", "cosine", "mse", "max_abs") if k in q}},
+        latency_p90_ms={side: {b: v["p90"] for b, v in r["latency_ms"].items()}
+                        for side, r in zip(("original", "compressed"), checks["latency_full"])},
+        macs={"original": checks["macs"][0], "compressed": checks["macs"][1]},
+        size_bytes={"original": checks["size_bytes"][0], "compressed": checks["size_bytes"][1]},
+        group_sparsity=m["group_sparsity"],
+        groups={"removed": m["removed_groups"], "prunable": m["prunable_groups"], "target": m["target_groups"]},
+        target_bops=m.get("target_bops"),
+        layers=result.layers(),
+        fused_ops=checks["fusion"],
+        profile=settings.export.profile,
+        threads=settings.export.threads,
+        wall_time_s={**{k: round(v, 2) for k, v in wall.items()}, "total": round(sum(wall.values()), 2)},
+        training={"steps": result.train.steps, "history": result.train.history},
+        data=data_spec,
+        settings=settings.to_dict(),
+        versions=versions(),
+        bops_convention="relative BOPs = sum(MACs x weight bits x activation bits) / the fp32 original's "
+                        "(32 x 32 bits) over the Conv / Gemm / MatMul layers with weights",
+    )
+
+
+def versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    from . import __version__
+
+    return {"geta_onnx": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_name()})"}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _write_outputs(report: dict, paths: OutputPaths, plots: bool, log) -> None:
+    from .bench.render import render_markdown
+    from .io import write_text_atomic
+
+    write_text_atomic(paths.report_json, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(paths.report_md, render_markdown(report, plots=paths if plots else None))
+    written = [paths.report_json, paths.report_md]
+    if plots:
+        from .bench.plots import plot_layers, plot_summary
+
+        try:
+            plot_layers(report, paths.layers_png)
+            plot_summary(report, paths.summary_png)
+            written += [paths.layers_png, paths.summary_png]
+        except ImportError:
+            raise GetaError("the plots need matplotlib: pip install matplotlib, or pass --no-plots") from None
+    log("wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,103 @@
+"""`geta-onnx compress`: one run end to end on the digits problem (train, export, validate,
+report, plots), then the gate on its report, and the refusals that protect the input."""
+import hashlib
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from geta_onnx.bench import read_report
+from geta_onnx.cli import main
+from tests.e2e.digits import write_problem
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = ("accuracy", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity", "layers",
+               "fused_ops", "versions", "settings", "wall_time_s")
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(model, npz, out dir, report, CLI output, input digest before the run)."""
+    folder = tmp_path_factory.mktemp("compress")
+    model, npz, _ = write_problem(folder)
+    digest = _sha(model)
+    config = folder / "run.yaml"  # YAML here, TOML in test_cli_train: both reach the same settings
+    config.write_text("schedule:\n  steps: 160\ndata:\n  batch_size: 32\nexport:\n  repeats: 5\n")
+    out = folder / "out" / "small.onnx"  # the folder does not exist yet: compress creates it
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out),
+                                       "--config", str(config), "--target-sparsity", "0.25", "--group-divisible", "8",
+                                       "--weight-bits", "4:8", "--batch", "1,8", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return model, npz, out, json.loads(out.with_suffix(".report.json").read_text()), result.output, digest
+
+
+def test_outputs_written_and_input_untouched(run):
+    model, _, out, _, output, digest = run
+    stem = out.with_suffix("")
+    for suffix in (".report.json", ".report.md", ".layers.png", ".summary.png"):
+        path = stem.parent / (stem.name + suffix)
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (stem.parent / (stem.name + ".run") / "checkpoint.safetensors").is_file()
+    assert _sha(model) == digest
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert "accuracy" in output and "speedup" in output and "groups removed" in output
+    assert not list(out.parent.glob("*.tmp*"))  # atomic writes leave nothing behind
+
+
+def test_report_schema_and_contents(run):
+    _, _, out, report, _, _ = run
+    read_report(out.with_suffix(".report.json"))  # validates the schema
+    for key in REPORT_KEYS:
+        assert key in report, key
+    assert set(report["latency_ms"]["original"]) == set(report["speedup"]) == {"1", "8"}
+    assert 0 <= report["accuracy"]["compressed"] <= 1 and report["accuracy"]["original"] > 0.9
+    assert report["macs"]["compressed"] < report["macs"]["original"]
+    assert report["size_bytes"]["compressed"] < report["size_bytes"]["original"]
+    assert report["groups"]["removed"] == report["groups"]["target"] > 0
+    assert 0 < report["relative_bops"] < 64 / 1024  # pruned and at most 8 x 8 bits
+    assert report["settings"]["export"]["repeats"] == 5 and report["settings"]["schedule"]["steps"] == 160
+    for layer in report["layers"]:
+        assert 0 < layer["kept"] <= layer["total"]
+        assert layer["kept"] == layer["total"] or layer["kept"] % 8 == 0
+        assert layer["weight_bits"] is None or 4 <= layer["weight_bits"] <= 8
+        assert layer["act_bits"] is None or 4 <= layer["act_bits"] <= 8
+    assert sum(report["fused_ops"]["fused"].values()) >= 1
+
+
+def test_markdown_links_plots_and_names_layers(run):
+    _, _, out, report, _, _ = run
+    md = out.with_suffix(".report.md").read_text()
+    assert "small.layers.png" in md and "small.summary.png" in md
+    assert all(f"`{la['name']}`" in md for la in report["layers"])
+
+
+@pytest.mark.parametrize("budget, code", [(("--max-accuracy-drop", "0.5", "--min-speedup", "0.01"), 0),
+                                          (("--max-accuracy-drop", "0.5", "--min-speedup", "1000"), 1)])
+def test_gate_reads_the_report(run, budget, code):
+    _, _, out, _, _, _ = run
+    result = CliRunner().invoke(main, ["gate", str(out.with_suffix(".report.json")), *budget])
+    assert result.exit_code == code, result.output
+
+
+@pytest.mark.parametrize("out_name, fragment", [("same", "input model"), ("small.txt", "should end in .onnx")])
+def test_refuses_bad_outputs(run, tmp_path, out_name, fragment):
+    model, npz, _, _, _, digest = run
+    out = model if out_name == "same" else tmp_path / out_name
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "2"])
+    assert result.exit_code == 1 and fragment in result.output, result.output
+    assert _sha(model) == digest
+
+
+def test_bad_export_option_in_config(run, tmp_path):
+    model, npz, _, _, _, _ = run
+    config = tmp_path / "bad.toml"
+    config.write_text('[export]\nprofile = "tensor-rt"\n')
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "x.onnx"),
+                                       "--config", str(config)])
+    assert result.exit_code == 1 and "profile" in result.output and "tensorrt" in result.output, result.output
