@@ -27,6 +27,10 @@ class QuantConfig:
     learn_t: bool = False  # learn the exponent t (default t = 1, the linear quantizer)
     grad_scale: bool = True  # LSQ-style scaling of the d and q_m gradients by 1 / sqrt(numel * levels)
     quantize_activations: bool = True
+    # an activation quantizer on each quantized conv's output (after its BN / Relu / Clip) that
+    # no layer quantizes (residual Add inputs, global pooling inputs): onnxruntime fuses
+    # DQ -> Conv -> Q into QLinearConv only with that Q, and TensorRT wants residual inputs quantized
+    quantize_outputs: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float

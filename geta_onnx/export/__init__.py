@@ -38,14 +38,14 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
     the graph to convert to opset 21; otherwise they stay in the int8 container)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
-    proto, layers = write_back(result, model)
+    proto, layers, outputs = write_back(result, model)
     proto = fold_batchnorm(proto, layers)
     use_int4 = int4 and profile == "ort" and any(_int4_candidate(la) for la in layers)
     if use_int4:
         upgraded = upgrade_opset(proto, INT4_OPSET)
         use_int4 = upgraded is not None
         proto = upgraded if upgraded is not None else proto
-    proto = insert_qdq(proto, layers, profile, int4=use_int4)
+    proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

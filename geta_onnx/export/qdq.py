@@ -48,18 +48,20 @@ def act_params(a: ActQ, profile: str) -> tuple[np.float32, np.ndarray] | None:
     return np.float32(step), np.array(0, dtype=np.int8)
 
 
-def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4: bool = False) -> onnx.ModelProto:
+def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4: bool = False,
+               outputs: list[ActQ] = ()) -> onnx.ModelProto:
+    """`outputs`: the output quantizers (conv outputs no layer reads directly)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
     g = Graph(proto)
     act_scale: dict[str, np.float32] = {}
-    for la in layers:
-        if la.act is None or la.act.tensor in act_scale:
+    for a in [la.act for la in layers if la.act is not None] + list(outputs):
+        if a.tensor in act_scale:
             continue
-        params = act_params(la.act, profile)
+        params = act_params(a, profile)
         if params is not None:
-            act_scale[la.act.tensor] = params[0]
-            _quantize_tensor(g, la.act.tensor, *params)
+            act_scale[a.tensor] = params[0]
+            _quantize_tensor(g, a.tensor, *params)
     nodes = {n.name: n for n in g.nodes}
     weights: dict[tuple, str] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:

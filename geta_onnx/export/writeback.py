@@ -4,7 +4,8 @@ Requires: a GetaResult (module trained, quantizers attached, removed groups exac
 and the OnnxModel it was trained from (same node and initializer names).
 Ensures: a new float ModelProto (the input model is never modified) holding the trained
 values of every parameter and BatchNorm statistic, without the removed groups; plus one
-LayerQ per quantized layer (integers, scales, activation steps; geta_onnx.export.params).
+LayerQ per quantized layer (integers, scales, activation steps; geta_onnx.export.params)
+and one ActQ per output quantizer (a conv output no layer reads directly).
 Weights of layers that stay float because their learned bits exceed 8 are written as
 their fake-quant values, so the float graph computes what the fake-quant model does.
 """
@@ -14,7 +15,7 @@ import onnx
 
 from ..graph.model import OnnxModel
 from ..prune.physical import prune_model
-from .params import LayerQ, act_q, pruning_cuts, weight_q
+from .params import ActQ, LayerQ, act_q, pruning_cuts, weight_q
 
 
 def _perm(model: OnnxModel, transpose: str | None, rank: int) -> list[int] | None:
@@ -27,8 +28,8 @@ def _perm(model: OnnxModel, transpose: str | None, rank: int) -> list[int] | Non
     return list(reversed(range(rank)))
 
 
-def write_back(result, model: OnnxModel) -> tuple[onnx.ModelProto, list[LayerQ]]:
-    """(pruned float proto with trained values, quantized layers in plan order)."""
+def write_back(result, model: OnnxModel) -> tuple[onnx.ModelProto, list[LayerQ], list[ActQ]]:
+    """(pruned float proto with trained values, quantized layers in plan order, output quantizers)."""
     module, plan = result.module, result.plan
     removed = sorted(result.removed_groups)
     cuts = pruning_cuts(result.qadg, removed)
@@ -46,4 +47,4 @@ def write_back(result, model: OnnxModel) -> tuple[onnx.ModelProto, list[LayerQ]]
         layers.append(LayerQ(site.node, site.op_type, site.input_index, site.tensor, site.transpose, wq,
                              act_q(plan, a) if a is not None else None, a.input_index if a is not None else None))
     proto = prune_model(result.qadg, removed, values=values)
-    return proto, layers
+    return proto, layers, [act_q(plan, s) for s in plan.output_sites()]

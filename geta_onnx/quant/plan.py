@@ -20,9 +20,9 @@ from ..errors import GetaError
 class QuantSite:
     node: str  # ONNX node name of the layer
     op_type: str
-    kind: str  # "weight" | "act"
-    tensor: str  # weight: the initializer; act: the activation tensor the node reads
-    input_index: int  # the node input that is quantized
+    kind: str  # "weight" | "act" | "output"
+    tensor: str  # weight: the initializer; act: the activation tensor the node reads; output: see below
+    input_index: int  # the node input that is quantized (-1 for an output site)
     quantizer: str  # qualified module name, e.g. "quantizers.w_conv1_weight"
     signed: bool
     macs: int | None  # MACs per sample of the node (graph.stats.op_cost); None: unknown shapes
@@ -70,6 +70,11 @@ class QuantPlan:
     def act_sites(self) -> list[QuantSite]:
         return [s for s in self.sites if s.kind == "act"]
 
+    def output_sites(self) -> list[QuantSite]:
+        """Activation quantizers on a conv's output that no layer reads directly (residual
+        Add / pooling inputs): `node` is the conv, `tensor` the quantized tensor."""
+        return [s for s in self.sites if s.kind == "output"]
+
     def sites_of(self, node: str) -> list[QuantSite]:
         """The sites of ONNX node `node` (weight first); [] when it is not quantized."""
         return sorted((s for s in self.sites if s.node == node), key=lambda s: s.kind != "weight")
@@ -87,16 +92,18 @@ class QuantPlan:
             raise GetaError("this QuantPlan is not bound to a module (attach_quantizers binds it)")
         return self.module.get_submodule(name)
 
-    def quantizers(self, kind: str | None = None) -> dict:
-        """Unique quantizers in site order, qualified name -> Quantizer (optionally one kind)."""
-        names = dict.fromkeys(s.quantizer for s in self.sites if kind is None or s.kind == kind)
+    def quantizers(self, kind: str | tuple[str, ...] | None = None) -> dict:
+        """Unique quantizers in site order, qualified name -> Quantizer (optionally of some kinds)."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+        names = dict.fromkeys(s.quantizer for s in self.sites if kinds is None or s.kind in kinds)
         return {n: self.quantizer(n) for n in names}
 
     def weight_quantizers(self) -> dict:
         return self.quantizers("weight")
 
     def act_quantizers(self) -> dict:
-        return self.quantizers("act")
+        """Every activation quantizer: layer inputs and conv outputs."""
+        return self.quantizers(("act", "output"))
 
     def to_dict(self) -> dict:
         return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers]}

@@ -7,10 +7,15 @@ Ensures:
   through a weight quantizer, and its activation input through an activation quantizer;
 - one activation quantizer per activation TENSOR (q, k, v projections reading one
   tensor share it) and one weight quantizer per weight tensor;
-- quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>");
-- only the layer's own input edge is rewired: other readers of the tensor (a residual
-  Add, a graph output) still see the float value, and with every quantizer disabled the
-  module computes exactly (bitwise) the original function.
+- with `quantize_outputs`, one more activation quantizer on each quantized conv's output
+  (followed through BatchNormalization / Relu / Clip, which the export folds or fuses)
+  when no layer quantizes that tensor: a residual Add input, a global pooling input.
+  onnxruntime turns DQ -> Conv -> Q into QLinearConv only with that Q;
+- quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>", "o_<tensor>");
+- EVERY reader of a quantized activation tensor (a residual Add too) reads the quantized
+  value, as in the exported QDQ graph where all consumers read the DQ output; a graph
+  output keeps the float value. With every quantizer disabled the module computes exactly
+  (bitwise) the original function.
 
 The rewrite: each ONNX node is one `call_module` fx node (module.node_modules), whose
 positional args are the node's inputs; for an input to quantize, a call_module of the
@@ -123,7 +128,7 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig)
     fx_of = {n.target: n for n in module.graph.nodes if n.op == "call_module"}
     module.add_module("quantizers", nn.Module())
     names = _Names()
-    made: dict[tuple, fx.Node] = {}  # (kind, source fx node, axis) -> quantizer fx node (sharing)
+    made: dict[tuple, fx.Node] = {}  # weights: (source fx node, axis) -> quantizer fx node (sharing)
     sites, records = [], []
     for layer in layers:
         node = layer.node
@@ -139,11 +144,17 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig)
             if config.quantize_activations and layer.act_slot is not None:
                 tensor = node.input[layer.act_slot]
                 signed = tensor not in nonneg
-                a_name = _quantize_act(module, layer, call, tensor, signed, config, names, made)
+                a_name = _quantize_act(module, layer, call, tensor, signed, config, names)
                 sites.append(QuantSite(node.name, node.op_type, "act", tensor, layer.act_slot, a_name, signed, macs))
         shape = tuple(int(d) for d in model.initializers[layer.weight].dims)
         records.append(QuantLayer(node.name, node.op_type, layer.weight, shape, layer.init_axis, macs,
                                   w_name, a_name, reason))
+    if config.quantize_activations and config.quantize_outputs:
+        quantized = {s.tensor for s in sites if s.kind == "act"}
+        for layer, tensor in fusion_outputs(model, layers, skipped, quantized):
+            signed = tensor not in nonneg
+            name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
+            sites.append(QuantSite(layer.node.name, layer.node.op_type, "output", tensor, -1, name, signed, None))
     module.graph.lint()
     module.recompile()
     return QuantPlan(sites, records, module=module)
@@ -166,7 +177,7 @@ def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, n
     per tensor or per output channel, d = d(weight_bits_start)."""
     src = call.args[layer.w_slot]
     per_channel = config.per_channel and layer.axis is not None
-    key = ("weight", src, layer.axis if per_channel else None)
+    key = (src, layer.axis if per_channel else None)
     if key not in made:
         w = module.parameter(layer.weight).detach()  # initializer layout
         if per_channel:
@@ -184,25 +195,66 @@ def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, n
 
 
 def _quantize_act(module, layer: Layer, call: fx.Node, tensor: str, signed: bool, config: QuantConfig,
-                  names, made) -> str:
+                  names) -> str:
     """Activation quantizer on the layer's activation input, shared per tensor. Its range is a
     placeholder (q_m = 1) until calibrate() sets it from data."""
     src = call.args[layer.act_slot]
-    key = ("act", src, None)
-    if key not in made:
-        q = Quantizer("act", signed=signed, bit_range=config.act_bits, learn_t=config.learn_t,
-                      grad_scale=config.grad_scale)
-        q.set_range(1.0, config.act_bits_start)
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
-        made[key] = _insert(module, src, names.get("a_", tensor), q.to(device))
-    call.update_arg(layer.act_slot, made[key])
-    return made[key].target
+    if src.op == "call_module" and src.target.startswith("quantizers."):
+        return src.target  # another layer quantized this tensor already: every reader reads it
+    q = Quantizer("act", signed=signed, bit_range=config.act_bits, learn_t=config.learn_t,
+                  grad_scale=config.grad_scale)
+    q.set_range(1.0, config.act_bits_start)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    return _insert(module, src, names.get("a_", tensor), q.to(device)).target
+
+
+ABSORBED = ("BatchNormalization", "Relu", "Clip")  # after a conv: folded (BN) or fused (Relu, Clip) by the export
+
+
+def fusion_outputs(model: OnnxModel, layers: list[Layer], skipped: dict[str, str],
+                   quantized: set[str]) -> list[tuple[Layer, str]]:
+    """(conv layer, tensor) pairs needing an output quantizer: the output of a quantized Conv /
+    ConvTranspose, followed through a single-reader chain of ABSORBED ops, when it is read by
+    some op, is no graph output and no layer quantizes it already."""
+    found, seen = [], set()
+    for layer in layers:
+        if layer.node.op_type not in ("Conv", "ConvTranspose") or layer.node.name in skipped or layer.act_slot is None:
+            continue
+        tensor = layer.node.output[0]
+        while tensor not in model.output_names:
+            readers = model.consumers(tensor)
+            if len(readers) != 1 or readers[0][0].op_type not in ABSORBED:
+                break
+            tensor = readers[0][0].output[0]
+        if tensor in quantized or tensor in seen or tensor in model.output_names or not model.consumers(tensor):
+            continue
+        seen.add(tensor)
+        found.append((layer, tensor))
+    return found
+
+
+def _quantize_output(module, model: OnnxModel, tensor: str, signed: bool, config: QuantConfig, names,
+                     fx_of: dict) -> str:
+    """Activation quantizer on `tensor` for all its readers; calibrated like the others."""
+    reader, slot = model.consumers(tensor)[0]
+    src = fx_of[module.node_modules[reader.name]].args[slot]  # the fx node that is `tensor`
+    q = Quantizer("act", signed=signed, bit_range=config.act_bits, learn_t=config.learn_t,
+                  grad_scale=config.grad_scale)
+    q.set_range(1.0, config.act_bits_start)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    return _insert(module, src, names.get("o_", tensor), q.to(device)).target
 
 
 def _insert(module, src: fx.Node, name: str, quantizer: Quantizer) -> fx.Node:
+    """The quantizer right after `src`. An activation quantizer is read by every reader of
+    `src` except graph outputs (as the export's DQ); a weight quantizer only by the layer
+    the caller points at it (a shared weight gets one quantizer per reading layout)."""
     module.quantizers.add_module(name, quantizer)
     with module.graph.inserting_after(src):
-        return module.graph.call_module(f"quantizers.{name}", (src,))
+        node = module.graph.call_module(f"quantizers.{name}", (src,))
+    if quantizer.kind == "act":
+        src.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node and user.op != "output")
+    return node
 
 
 class _Names:

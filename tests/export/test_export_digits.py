@@ -77,7 +77,7 @@ def test_activations_stay_within_a_level_and_logits_within_tolerance(trained):
         h.remove()
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
-    sites = {s.quantizer: s for s in result.plan.act_sites()}
+    sites = {s.quantizer: s for s in result.plan.act_sites() + result.plan.output_sites()}
     dq_of = {n.input[0][: -len("_QuantizeLinear_out")]: n.output[0] for n in proto.graph.node
              if n.op_type == "DequantizeLinear" and n.input[0].endswith("_QuantizeLinear_out")}
     names = [dq_of[sites[n].tensor] for n in seen]
@@ -92,9 +92,13 @@ def test_activations_stay_within_a_level_and_logits_within_tolerance(trained):
         step = act_q(result.plan, sites[name]).scale
         assert ref.shape == value.shape, name
         # one-level differences come from the int32 bias rounding onnxruntime needs for fusion and
-        # can compound by a level per layer downstream: nearly all elements stay within one step
+        # can compound by a level per layer downstream: nearly all elements stay within one step.
+        # An output quantizer sits on a conv OUTPUT (after BN scaling), where one-level input
+        # differences summed over the 3x3xC receptive field show up as a few output levels
+        # (measured on the last conv: 2 % of elements beyond one level, at most 4)
         levels = np.abs(ref - value) / step
-        assert float((levels > 1 + 1e-4).mean()) <= 0.01 and float(levels.max()) <= 3 + 1e-4, (name, levels.max())
+        share, most = (0.01, 3) if sites[name].kind == "act" else (0.04, 6)
+        assert float((levels > 1 + 1e-4).mean()) <= share and float(levels.max()) <= most + 1e-4, (name, levels.max())
         worst = max(worst, float(levels.max()))
     # the tolerance is one input step of the last layer through its weights; k steps -> k times it
     diff = float(np.abs(got[0] - want).max())
@@ -158,7 +162,7 @@ def test_int32_bias_with_product_scale(trained):
 
 def test_zero_points_per_profile(trained):
     result, _, _, _, _, exported = trained
-    signed = {s.tensor: s.signed for s in result.plan.act_sites()}
+    signed = {s.tensor: s.signed for s in result.plan.act_sites() + result.plan.output_sites()}
     for n in exported["ort"].graph.node:
         if n.op_type == "QuantizeLinear":
             zp = initializer(exported["ort"], n.input[2])
@@ -171,12 +175,11 @@ def test_zero_points_per_profile(trained):
 
 
 def test_fusion_ort_profile(trained):
-    """Conv 1, 2 and the head fuse. Conv 3 cannot: its output reaches the head's Q only through
-    Relu -> GlobalAveragePool -> Flatten, and no fake-quant quantizer sits on its output (the
-    fusion needs `Conv -> [Relu] -> Q`; a Q there would need a range the training never learned)."""
+    """Every layer fuses: conv 1 and 2 (their Relu outputs feed the next layer's Q), conv 3
+    through its output quantizer (Relu -> Q before GlobalAveragePool) and the head."""
     report = fusion_report(trained[5]["ort"])
-    assert report["fused"] == {"QLinearConv": 2, "QGemm": 1}
-    assert report["float_nodes"] == ["/features/features.7/Conv"]
+    assert report["fused"] == {"QLinearConv": 3, "QGemm": 1}
+    assert report["float_nodes"] == []
 
 
 def test_input_model_never_modified(trained, tmp_path):

@@ -4,15 +4,11 @@ cycling 8 / 6 / 4 so both the int8 container and the INT4 MatMul path are exerci
 Per model: full_check (inside export_onnx), onnxruntime runs it, the logits match the
 fake-quant module within one input step of the last layer pushed through its weights
 (helpers.output_tolerance), the TensorRT structural rules hold, and onnxruntime's CPU
-optimiser fuses exactly the expected layers (ort profile). What stays float, and why:
-- resnet: the second conv of each block and the shortcut convs end in the residual Add;
-  `Conv -> Add` has no Q after the conv (the fake-quant model learned no range for conv
-  outputs or the Add), and QLinearConv needs `DQ -> Conv -> Q`;
-- mobilenetv2: the same for the projection convs before the residual Add, the convs before
-  HardSwish (Conv -> HardSwish -> Q is not absorbed: only Relu / Clip are) and the head conv
-  (-> GlobalAveragePool);
-- vit: the patch Conv (-> Reshape / Transpose / Concat with the class token, no Q);
-- bert / vit: the attention MatMuls q k^T and p v are no weighted layers (never quantized).
+optimiser fuses exactly the expected layers (ort profile). Every Conv / Gemm / weight
+MatMul fuses: convs whose output no layer reads directly (before the residual Add, before
+HardSwish or global pooling, vit's patch conv before Reshape) get there through their
+output quantizers (quant.sites.fusion_outputs). What stays float is no weighted layer: the
+attention MatMuls q k^T and p v of bert / vit (activation x activation, never quantized).
 """
 from __future__ import annotations
 
@@ -28,11 +24,11 @@ from tests.zoo_cache import zoo_path
 
 # (model, exporter) -> (fused kernels in the ort profile, number of float weighted ops left)
 EXPECTED = {
-    ("resnet", "legacy"): ({"QLinearConv": 4, "QGemm": 1}, 5),
-    ("mobilenetv2", "legacy"): ({"QLinearConv": 7, "QGemm": 1}, 9),
+    ("resnet", "legacy"): ({"QLinearConv": 9, "QGemm": 1}, 0),
+    ("mobilenetv2", "legacy"): ({"QLinearConv": 16, "QGemm": 1}, 0),
     ("bert", "legacy"): ({"QGemm": 2, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 4),
     ("bert", "dynamo"): ({"QGemm": 2, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 4),
-    ("vit", "legacy"): ({"QGemm": 1, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 5),
+    ("vit", "legacy"): ({"QLinearConv": 1, "QGemm": 1, "MatMulIntegerToFloat": 8, "MatMulNBits": 4}, 4),
 }
 
 

@@ -13,6 +13,7 @@ from geta_onnx.config import QuantConfig
 from geta_onnx.errors import GetaError
 from geta_onnx.graph import from_proto
 from geta_onnx.quant import attach_quantizers
+from geta_onnx.quant.calibrate import calibrate
 from geta_onnx.quant.nonneg import nonnegative_tensors
 from tests.helpers import make_model, rng
 
@@ -115,6 +116,9 @@ def test_disabled_is_bitwise_fp32_and_gradients_flow(build, per_channel):
         assert torch.equal(a, b)
     for q in plan.quantizers().values():
         q.enabled = True
+    # data ranges: uncalibrated placeholders (q_m = 1 everywhere) would give an output quantizer
+    # and the activation quantizer after it the same grid, where d gets no gradient
+    calibrate(module, plan, [(torch.from_numpy(x),)], QuantConfig())
     module.train()
     outs = module(torch.from_numpy(x))
     gen = torch.Generator().manual_seed(0)
@@ -127,7 +131,7 @@ def test_disabled_is_bitwise_fp32_and_gradients_flow(build, per_channel):
             assert bool((p.grad != 0).all()), name  # max|W| sits on the boundary: q_m gets its gradient
 
 
-def test_attention_sharing_axes_and_float_readers():
+def test_attention_sharing_axes_and_readers():
     _, module, plan = _attach(_attention_like()[0], per_channel=True)
     acts = plan.act_quantizers()
     assert list(acts) == ["quantizers.a_x", "quantizers.a_o"]  # q, k, v share one; g1, g2 share one
@@ -142,7 +146,8 @@ def test_attention_sharing_axes_and_float_readers():
     assert q.d.shape == (4,) and torch.equal(q.q_m.detach(), wq.abs().amax(dim=1))  # per output row of W
     assert torch.allclose(q.bits(), torch.full((4,), 16.0), atol=1e-3)  # d = d(weight_bits_start)
     neg = next(n for n in module.graph.nodes if n.op == "call_module" and n.target == module.node_modules["residual"])
-    assert neg.args[0].op == "placeholder"  # the residual reader still sees the float x
+    assert neg.args[0].target == "quantizers.a_x"  # every reader sees the quantized x, as in the QDQ export
+    assert not plan.output_sites()  # no conv: no output quantizers
 
 
 def test_conv_transpose_per_channel_axis():
@@ -214,3 +219,20 @@ def test_nonnegative_analysis():
     known = nonnegative_tensors(model, trainable={"w"})
     outs = {"sm", "smr", "hs", "hs2", "neg", "r", "res", "mx", "rw", "x"}
     assert known & outs == {"sm", "smr", "hs", "hs2", "r", "mx"}  # a trainable factor may turn negative
+
+
+def test_output_quantizers_on_conv_outputs_no_layer_reads():
+    """_cnn: c2's output a3 fans out to two Clips and c4's output a7 goes into a Concat: both
+    get an output quantizer read by every reader; c6's output runs through a Sigmoid (not
+    absorbed into QLinearConv) so a12 is quantized; c3's a5 and c5's a10 are graph outputs:
+    none. quantize_outputs=False: no output sites at all."""
+    _, module, plan = _attach(_cnn()[0])
+    outs = {s.tensor: s for s in plan.output_sites()}
+    assert set(outs) == {"a3", "a7", "a12"}
+    assert (outs["a7"].node, outs["a7"].input_index, outs["a7"].signed) == ("c4", -1, True)
+    assert set(plan.act_quantizers()) >= {s.quantizer for s in outs.values()}
+    readers = [n for n in module.graph.nodes if n.op == "call_module" and n.target in
+               (module.node_modules["clip06"], module.node_modules["clip11"])]
+    assert [r.args[0].target for r in readers] == ["quantizers.o_a3"] * 2
+    _, _, plan = _attach(_cnn()[0], quantize_outputs=False)
+    assert not plan.output_sites()

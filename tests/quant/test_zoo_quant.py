@@ -21,11 +21,15 @@ from geta_onnx.quant import attach_quantizers, calibrate, relative_bops
 from samples.zoo import ZOO
 from tests.zoo_cache import zoo_path
 
-# model -> (layers = weight sites, unique activation quantizers, unsigned activation sites)
+# model -> (layers = weight sites, unique activation quantizers incl. conv outputs, unsigned activation sites)
 EXPECTED = {
-    "resnet": (10, 8, 9),  # 9 conv + fc; block convs 1 and shortcuts share their input; all but the stem after Relu
+    # 9 conv + fc; block convs 1 and shortcuts share their input; all but the stem after Relu;
+    # + 5 outputs: the 3 second convs and 2 shortcut convs end in the residual Add
+    "resnet": (10, 8 + 5, 9),
     "bert": (14, 10, 0),  # 2 x (q, k, v share; proj; inter; out) + pooler + classifier; nothing provably >= 0
-    "mobilenetv2": (17, 17, 5),  # 16 conv + fc; ReLU6 = Clip(0, 6) inputs unsigned, HardSwish signed
+    # 16 conv + fc; ReLU6 = Clip(0, 6) inputs unsigned, HardSwish signed; + 9 outputs: convs
+    # before HardSwish, before the residual Adds, before the global pooling
+    "mobilenetv2": (17, 17 + 9, 5),
 }
 CASES = [(m, e) for m in EXPECTED for e in ("legacy", "dynamo")]
 
