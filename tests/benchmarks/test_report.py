@@ -1,0 +1,48 @@
+"""The benchmark page and plot (tools/benchmarks/report.py) from a hand-made result."""
+from __future__ import annotations
+
+import tomllib
+
+from tools.benchmarks import report
+from tools.benchmarks.rows import _toml
+
+
+def _row(id_, kind, quality, b1, b32, seconds=0.0):
+    return {"id": id_, "label": id_, "kind": kind, "path": f"{id_}.onnx", "seconds": seconds,
+            "quality": {"metric": "accuracy", "value": quality, "percent": True}, "relative_bops": 0.5,
+            "macs": 2_000_000, "size_bytes": 150_000, "latency_ms": {"1": b1, "32": b32},
+            "speedup": {"1": 1.0 / b1, "32": 10.0 / b32}, "fusion": {"int8": 3, "float": 0, "detail": {}}}
+
+
+def _result(quick=True):
+    return {"model": "fmnist", "title": "tiny", "quick": quick, "quality_label": "top-1", "command": "python x",
+            "environment": report.environment(2), "notes": ["a note"], "skipped": [],
+            "latency": {"batches": [1, 32], "threads": 2, "repeats": 10, "warmup": 2, "statistic": "median"},
+            "settings": {"epochs": 1, "lr": 1e-3, "batch_size": 32, "finetune_loss": "task", "calibration_samples": 64,
+                         "unit": 16},
+            "rows": [_row("fp32", "fp32", 0.90, 1.0, 10.0), _row("ptq", "int8", 0.89, 0.5, 3.0, 2.0),
+                     {**_row("geta-30", "geta", 0.91, 0.4, 2.5, 100.0), "command": "geta-onnx compress m.onnx"}]}
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    # (latency, quality): the second is dominated by the third (slower and worse)
+    pts = [(1.0, 0.90), (0.6, 0.85), (0.5, 0.89), (0.4, 0.80)]
+    assert report.pareto_front(pts) == [3, 2, 0]
+
+
+def test_page_and_plot(tmp_path):
+    result = _result()
+    text = report.render({"fmnist": result}, "benchmarks")
+    assert "| fp32 | 90.00% |" in text and "Smoke run" in text
+    assert "![quality vs latency](benchmarks/fmnist_pareto.png)" in text
+    assert "geta-onnx compress m.onnx" in text
+    assert "Not run yet: `python tools/benchmarks/run.py crepe`" in text
+    png = tmp_path / "p.png"
+    report.pareto_png(result, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_toml_round_trips():
+    sections = {"data": {"resize": True, "mean": (0.485, 0.456, 0.406), "limit": 100}, "train": {"kd": "mse"}}
+    back = tomllib.loads(_toml(sections))
+    assert back == {"data": {"resize": True, "mean": [0.485, 0.456, 0.406], "limit": 100}, "train": {"kd": "mse"}}

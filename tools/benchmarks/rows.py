@@ -1,0 +1,141 @@
+"""The rows of one benchmark, each made and timed on its own:
+
+    fp32            the original
+    ptq             onnxruntime static int8 PTQ of the original
+    l1-S            L1 structured pruning to the MACs of geta-onnx at budget S, fine-tuned
+                    the same epochs (fp32; shown so pruning and quantization can be told apart)
+    l1-S+ptq        ... then int8 PTQ: the multi-stage pipeline
+    geta-S          `geta-onnx compress --target-sparsity S` (one run: pruning + mixed-precision QAT)
+
+A row is a dict: {"id", "label", "path", "kind", "seconds" (wall time of the compression
+itself, 0 for fp32), "details" (what the step returned), "command" (geta rows)}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import baselines
+from .models import Bench
+
+
+def row(id_: str, label: str, path: Path, kind: str, seconds: float = 0.0, **extra) -> dict:
+    return {"id": id_, "label": label, "path": str(path), "kind": kind, "seconds": seconds, **extra}
+
+
+def fp32_row(bench: Bench) -> dict:
+    return row("fp32", "fp32 original", bench.model, "fp32")
+
+
+def ptq_row(bench: Bench, work: Path) -> dict:
+    out = work / "ptq_int8.onnx"
+    info = baselines.ptq_int8(bench.model, bench.calibration, out, op_types=bench.ptq_op_types)
+    return row("ptq", "int8 PTQ (onnxruntime)", out, "int8", info["seconds"], details=info)
+
+
+def geta_command(bench: Bench, work: Path, sparsity: float) -> tuple[list[str], Path]:
+    """The exact `geta-onnx compress` command of one budget (and its output model)."""
+    out = work / f"geta_{round(sparsity * 100)}.onnx"
+    exe = Path(sys.executable).with_name("geta-onnx")
+    cmd = [str(exe) if exe.exists() else "geta-onnx", "compress", str(bench.model), "--data", bench.data_spec,
+           "-o", str(out), "--target-sparsity", f"{sparsity:g}", "--epochs", str(bench.epochs), "--no-progress",
+           "--batch-size", str(bench.batch_size)]
+    if bench.geta_lr is not None:
+        cmd += ["--lr", f"{bench.geta_lr:g}"]
+    if bench.geta_config:
+        config = work / "geta_config.toml"
+        config.write_text(_toml(bench.geta_config))
+        cmd += ["--config", str(config)]
+    return cmd, out
+
+
+def geta_row(bench: Bench, work: Path, sparsity: float, log=print, reuse: bool = False) -> dict:
+    """Run geta-onnx compress as a subprocess (as a user would) and read its report.
+    reuse: keep an earlier run's output when it was made by the very same command."""
+    cmd, out = geta_command(bench, work, sparsity)
+    stamp = out.with_suffix(".cmd.json")
+    report_path = out.with_suffix(".report.json")
+    if reuse and stamp.is_file() and report_path.is_file() and json.loads(stamp.read_text())["command"] == cmd:
+        log("  reusing the output of the same command: " + str(out))
+        total = json.loads(stamp.read_text())["seconds"]
+    else:
+        log("$ " + shlex.join(cmd))
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        total = time.perf_counter() - start
+        (work / f"geta_{round(sparsity * 100)}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise RuntimeError(f"geta-onnx compress failed (exit {proc.returncode}):\n{tail}")
+        stamp.write_text(json.dumps({"command": cmd, "seconds": total}))
+    report = json.loads(report_path.read_text())
+    return row(f"geta-{round(sparsity * 100)}", f"geta-onnx {sparsity:.0%} groups", out, "geta",
+               compression_seconds(report, total), command=_display(cmd), command_seconds=total,
+               report=_report_summary(report))
+
+
+def compression_seconds(report: dict, fallback: float) -> float:
+    """Training + export seconds of a geta-onnx report (its own validation excluded, as the
+    other rows' measurements are); wall_time_s is a number or {"train", "export", ...}."""
+    wall = report.get("wall_time_s")
+    if isinstance(wall, dict):
+        return float(wall.get("train", 0.0)) + float(wall.get("export", 0.0)) or float(wall.get("total", fallback))
+    return float(wall) if wall else fallback
+
+
+def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, unit: int = 16) -> list[dict]:
+    """L1 prune to target_macs, fine-tune bench.epochs, then int8 PTQ: two rows (fp32 and int8),
+    the int8 row timed over all three steps. `tag` names the files and rows (file-safe),
+    `what` says in words where the target comes from."""
+    pruned, tuned, int8 = (work / f"l1_{tag}{s}.onnx" for s in ("_pruned", "_ft", "_ft_int8"))
+    prune = baselines.l1_prune(bench.model, target_macs, pruned, unit=unit)
+    teacher = bench.model if bench.finetune_loss != "task" else None
+    tune = baselines.finetune(pruned, bench.data, bench.epochs, bench.lr, tuned, loss=bench.finetune_loss,
+                              teacher_path=teacher, output=bench.output)
+    quant = baselines.ptq_int8(tuned, bench.calibration, int8, op_types=bench.ptq_op_types)
+    steps = prune["seconds"] + tune["seconds"]
+    details = {"prune": prune, "finetune": tune}
+    return [row(f"l1-{tag}", f"L1 prune + FT (fp32), {what}", tuned, "l1", steps, details=details),
+            row(f"l1-{tag}+ptq", f"L1 prune + FT + int8 PTQ, {what}", int8, "l1-int8",
+                steps + quant["seconds"], details={**details, "ptq": quant})]
+
+
+def _report_summary(report: dict) -> dict:
+    keys = ("accuracy", "fidelity", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity",
+            "wall_time_s", "groups")
+    return {k: report[k] for k in keys if k in report}
+
+
+def _display(cmd: list[str]) -> str:
+    """The command as a reader would type it: paths relative to the repo, `geta-onnx` bare."""
+    root = Path(__file__).resolve().parents[2]
+
+    def rel(part: str) -> str:
+        scheme, sep, rest = part.partition(":")
+        if sep and scheme in ("npz", "idx", "folder"):
+            return f"{scheme}:{rel(rest)}"
+        p = Path(part)
+        return str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else part
+
+    return shlex.join(["geta-onnx"] + [rel(p) for p in cmd[1:]])
+
+
+def _toml(sections: dict) -> str:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (list, tuple)):
+                v = "[" + ", ".join(repr(float(x)) if isinstance(x, float) else str(x) for x in v) + "]"
+            elif isinstance(v, str):
+                v = json.dumps(v)
+            lines.append(f"{k} = {v}")
+        lines.append("")
+    return "\n".join(lines)
