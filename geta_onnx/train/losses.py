@@ -65,8 +65,17 @@ def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
 
 
 def looks_like_logits(output: torch.Tensor) -> bool:
-    """Class scores: (N, C) with C >= 2. Embeddings (N, T, D) and scalars are regressed (MSE)."""
-    return output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2
+    """Class scores: (N, C) with C >= 2, unless the rows are unit vectors (a normalised
+    sentence / image embedding) or independent probabilities in [0, 1] that do not sum to 1
+    (sigmoid outputs, e.g. CREPE's pitch bins): those, embeddings (N, T, D) and scalars are
+    regressed (MSE). A softmax output (rows summing to 1) counts as class scores."""
+    if not (output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2):
+        return False
+    rows = output.detach().float()
+    if torch.allclose(rows.norm(dim=1), torch.ones(()), atol=1e-3):
+        return False
+    in_unit = bool(((rows >= 0) & (rows <= 1)).all())
+    return not in_unit or torch.allclose(rows.sum(1), torch.ones(()), atol=1e-3)
 
 
 def is_probabilities(output: torch.Tensor) -> bool:
