@@ -1,0 +1,1 @@
+"""The bundled digits sample (make.py builds it)."""
