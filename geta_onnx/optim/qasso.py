@@ -7,6 +7,11 @@ upper bit bound shrinks over B periods, d projected per layer after every step);
 pruning (P periods: score, pick the redundant set R, forget it progressively while
 choosing d so the step stays a descent direction, commit R to exact zero); cool-down
 (bits frozen, d re-derived from them, pruned groups kept at zero).
+
+The forgetting rule sets the d of R's quantized weights. Per tensor (GETA) that is the whole
+layer's d, so every layer holding a group of R leaves the pruning stage at the width the
+rule chose (b_l whenever cos(r, g) >= 0); with per-channel weight quantizers it is only the
+d of R's output channels, which go to zero anyway, and the kept channels keep their learned d.
 """
 from __future__ import annotations
 
@@ -64,6 +69,32 @@ class QuantTarget:
         return value.reshape(view)
 
 
+@dataclass
+class _DEntries:
+    """Entries of one quantizer's d that a forgetting step sets: the whole (per-tensor) d, or
+    the listed channels of a per-channel d. dot and gg, shape (n,) with n = 1 or the number of
+    channels: <r, g> and ||g||^2 over the entries of R each d entry quantizes (float64)."""
+
+    layer: QuantTarget
+    channels: torch.Tensor | None  # (n,) int64 indices into a per-channel d; None: per tensor
+    dot: torch.Tensor
+    gg: torch.Tensor
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d(b_u), d(b_l)) of these entries, shape (n,)."""
+        lo, hi = (self.layer.d_for(b).double().reshape(-1) for b in (self.layer.high, self.layer.low))
+        if self.channels is None:  # a per-tensor d: one value
+            return lo.max().reshape(1), hi.min().reshape(1)
+        return lo[self.channels], hi[self.channels]
+
+    def set(self, d: torch.Tensor) -> None:
+        param = self.layer.quantizer.d
+        if self.channels is None:
+            param.fill_(float(d[0]))
+        else:
+            param.index_copy_(0, self.channels, d.to(param.dtype))
+
+
 class QASSO(torch.optim.Optimizer):
     def __init__(self, module: OnnxModule, qadg: QADG, layers: list[QuantTarget], stages: Schedule, *,
                  lr: float, lr_quant: float = 1e-3, base: str = "sgd", momentum: float = 0.9,
@@ -105,6 +136,12 @@ class QASSO(torch.optim.Optimizer):
         """K requested by the sparsity budget (before unit rounding)."""
         return round((self.target_sparsity or 0.0) * len(self.views))
 
+    @property
+    def structure_version(self) -> int:
+        """Changes exactly when a commit zeroes groups: the training loop then evaluates with
+        re-estimated BatchNorm statistics (train.loop.refreshed_batchnorm)."""
+        return len(self.zeroed)
+
     def group_sparsity(self) -> float:
         return len(self.zeroed) / len(self.views) if self.views else 0.0
 
@@ -143,18 +180,20 @@ class QASSO(torch.optim.Optimizer):
                     ghat[id(p)] = base_opt.direction(p, self.state[p], group, self.base)
         if stage == "cooldown" and not self.frozen:
             self._freeze_bits()
-        skip_d: set[int] = set()
+        pins = []  # d entries set by the forgetting rule: they override this step's update of d
         if stage == "pruning":
             if info.period != self.period:
                 self._start_period(info.period, ghat)
             if self.redundant:
-                skip_d = self._forget(ghat, info.period_steps, info.step_in_period)
+                pins = self._forget(ghat, info.period_steps, info.step_in_period)
         for group in self.param_groups:
             for p in group["params"]:
-                if id(p) not in ghat or id(p) in skip_d or (self.frozen and id(p) in self._d_params):
+                if id(p) not in ghat or (self.frozen and id(p) in self._d_params):
                     continue
                 base_opt.decoupled_decay(p, group, self.base)
                 p.add_(ghat[id(p)], alpha=-group["lr"])
+        for entries, d in pins:
+            entries.set(d)
         self._keep_positive()
         if stage in ("projection", "pruning"):
             self._project_bits()
@@ -210,63 +249,91 @@ class QASSO(torch.optim.Optimizer):
         self.redundant = todo[:max(0, upto - len(self.zeroed))]
         self.period = period
 
-    def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> set[int]:
-        """One step of progressive forgetting on R; returns the d parameters it set."""
+    def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> list[tuple[_DEntries, torch.Tensor]]:
+        """One step of progressive forgetting on R: choose gamma and the d entries of R's
+        quantized weights, then x_R <- x_R - gamma * Q(x)_R. Returns the d entries it set
+        (the caller keeps them through this step's base update)."""
         lr = self.param_groups[0]["lr"]
         views = [self._by_id[g] for g in self.redundant]
-        full = {}  # per weight tensor: clipped values c, residual r, quantized values Q
-        for v in views:
-            for s in v.slices:
-                if s.name in self._weight_layer and s.name not in full:
-                    full[s.name] = self._quant_terms(self._weight_layer[s.name], s.param)
-        c, r, g = [], {}, []
-        for v in views:
-            for s in v.slices:
-                grad = ghat.get(id(s.param))
-                gs = s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel())
-                cs = s.view(full[s.name][0]).reshape(-1) if s.name in full else s.view().reshape(-1)
-                c.append(cs)
-                g.append(gs)
-                if s.name in full:
-                    r.setdefault(s.name, ([], []))
-                    r[s.name][0].append(s.view(full[s.name][1]).reshape(-1))
-                    r[s.name][1].append(gs)
-        c, g = torch.cat(c).double(), torch.cat(g).double()
+        params = {s.name: s.param for v in views for s in v.slices}
+        terms = {name: self._quant_terms(self._weight_layer[name], p)  # per quantized weight: (c, r, Q)
+                 for name, p in params.items() if name in self._weight_layer}
+        c, g = self._flat_cg(views, terms, ghat)
         cos_cg = _cos(c, g)
         if cos_cg >= 0:
             gamma = 1.0 / max(steps - tau, 1)
         else:
             gamma = -(1 - ETA) * lr * float(g.norm()) / (cos_cg * float(c.norm()))
-        d_new = {}
-        for _ in range(64):  # shrink gamma until every layer's d allows the descent (d >= d(b_u))
-            ok = True
-            for name, (rs, gs) in r.items():
-                layer = self._weight_layer[name]
-                rv, gv = torch.cat(rs).double(), torch.cat(gs).double()
-                d_lo = float(layer.d_for(layer.high).max())
-                d_hi = float(layer.d_for(layer.low).min())
-                cos_rg = _cos(rv, gv)
-                if cos_rg >= 0 or float(rv.norm()) == 0:
-                    d = d_hi
-                else:
-                    d = -ZETA * ETA * lr * float(gv.norm()) / (gamma * cos_rg * float(rv.norm()))
-                    if d < d_lo:
-                        ok = False
-                d_new[name] = min(d, d_hi)
-            if ok:
+        entries = self._d_entries(views, terms, ghat)
+        for _ in range(64):  # shrink gamma until every d allows the descent (d >= d(b_u))
+            chosen = [self._descent_d(e, gamma, lr) for e in entries]
+            if all(ok for _, ok in chosen):
                 break
             gamma *= 0.8
-        skip = set()
-        for name, d in d_new.items():
-            layer = self._weight_layer[name]
-            layer.quantizer.d.fill_(d)
-            skip.add(id(layer.quantizer.d))
-            full[name] = self._quant_terms(layer, next(s.param for v in views for s in v.slices if s.name == name))
+        pins = [(e, d) for e, (d, _) in zip(entries, chosen)]
+        for e, d in pins:
+            e.set(d)
+        terms.update({e.layer.weight: self._quant_terms(e.layer, params[e.layer.weight]) for e, _ in pins})
         for v in views:  # x_R <- x_R - gamma * Q(x)_R
             for s in v.slices:
-                q = full[s.name][2] if s.name in full else s.param
+                q = terms[s.name][2] if s.name in terms else s.param
                 s.param.index_copy_(s.axis, s.index, s.view() - gamma * s.view(q))
-        return skip
+        return pins
+
+    @staticmethod
+    def _flat_cg(views: list[GroupView], terms: dict, ghat: dict[int, torch.Tensor]):
+        """R's clipped values c (raw values for unquantized tensors) and processed gradient g,
+        each flattened to one float64 vector over every slice of R."""
+        c, g = [], []
+        for v in views:
+            for s in v.slices:
+                grad = ghat.get(id(s.param))
+                g.append(s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel()))
+                c.append(s.view(terms[s.name][0] if s.name in terms else None).reshape(-1))
+        return torch.cat(c).double(), torch.cat(g).double()
+
+    def _d_entries(self, views: list[GroupView], terms: dict, ghat: dict[int, torch.Tensor]) -> list[_DEntries]:
+        """The d entries the forgetting rule sets, with <r, g> and ||g||^2 over the R entries
+        each one quantizes. Per-tensor weight: its one d, over every slice of R in it (all of
+        the layer's channels then share R's d). Per-channel weight: only the d of R's OUTPUT
+        channels (slices on the quantizer's axis), one per channel: those channels go to zero,
+        every other channel keeps its learned d (R on a layer's input axis sets none)."""
+        acc: dict[str, list] = {}  # weight name -> [channel index tensors, <r, g> parts, ||g||^2 parts]
+        for v in views:
+            for s in v.slices:
+                layer = self._weight_layer.get(s.name)
+                if layer is None or (layer.axis is not None and s.axis != layer.axis):
+                    continue
+                grad = ghat.get(id(s.param))
+                gs = s.view(grad).double() if grad is not None else torch.zeros(s.view().shape, dtype=torch.float64)
+                rs = s.view(terms[s.name][1]).double()
+                if layer.axis is None:  # one row: the whole slice
+                    rows_r, rows_g = rs.reshape(1, -1), gs.reshape(1, -1)
+                else:  # (channels of R, entries per channel)
+                    rows_r, rows_g = (t.movedim(s.axis, 0).reshape(s.index.numel(), -1) for t in (rs, gs))
+                parts = acc.setdefault(s.name, [[], [], []])
+                parts[0].append(s.index)
+                parts[1].append((rows_r * rows_g).sum(1))
+                parts[2].append(rows_g.pow(2).sum(1))
+        out = []
+        for name, (index, dot, gg) in acc.items():
+            layer = self._weight_layer[name]
+            if layer.axis is None:
+                out.append(_DEntries(layer, None, torch.cat(dot).sum().reshape(1), torch.cat(gg).sum().reshape(1)))
+            else:
+                out.append(_DEntries(layer, torch.cat(index), torch.cat(dot), torch.cat(gg)))
+        return out
+
+    @staticmethod
+    def _descent_d(e: _DEntries, gamma: float, lr: float) -> tuple[torch.Tensor, bool]:
+        """d per entry so that the forgetting step stays a descent direction: d(b_l) where
+        cos(r, g) >= 0; else d = -zeta * eta * alpha * ||g|| / (gamma * cos(r, g) * ||r||)
+        = -zeta * eta * alpha * ||g||^2 / (gamma * <r, g>), capped at d(b_l). ok: every
+        entry is >= d(b_u) before the cap (else the caller shrinks gamma)."""
+        lo, hi = e.bounds()
+        negative = e.dot < 0
+        d = torch.where(negative, -ZETA * ETA * lr * e.gg / (gamma * torch.where(negative, e.dot, -1.0)), hi)
+        return torch.minimum(d, hi), bool((d >= lo).all())
 
     def _quant_terms(self, layer: QuantTarget, w: torch.Tensor):
         """(clipped values c, rounding residual r, quantized values Q) of weight w."""

@@ -17,22 +17,28 @@ from geta_onnx.qadg import analyze
 from tests.qadg import models
 
 
-def FakeQuantizer(q_m: float, bits: float, signed: bool = True) -> Quantizer:
-    """A GETA quantizer outside the forward path: the optimizer only sees its scalars."""
-    q = Quantizer("weight" if signed else "act", signed=signed)
+def FakeQuantizer(q_m, bits: float, signed: bool = True) -> Quantizer:
+    """A GETA quantizer outside the forward path: the optimizer only sees its scalars.
+    q_m a number (per tensor) or a (C,) tensor (per channel along axis 0)."""
+    q_m = torch.as_tensor(q_m)
+    channels = q_m.numel() if q_m.dim() else None
+    q = Quantizer("weight" if signed else "act", signed=signed, channels=channels, axis=0 if channels else None)
     q.set_range(q_m, bits)
     return q
 
 
-def _setup(sparsity=0.5, unit=1, steps=60, base="sgd"):
+def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
+    """resnet2 with a weight quantizer per conv / Gemm (per tensor, or per output channel:
+    axis 0 of every weight here) and one activation quantizer."""
     model = from_proto(models.resnet2()[0])
     qadg = analyze(model)
     module = to_torch(model)
     layers = []
     for i, name in enumerate(["stem.w", "b1a.w", "b1b.w", "b2a.w", "b2b.w", "b2s.w", "fc.w"]):
-        q = FakeQuantizer(float(module.parameter(name).detach().abs().max()), 16)
+        w = module.parameter(name).detach().abs()
+        q = FakeQuantizer(w.flatten(1).amax(1) if per_channel else float(w.max()), 16)
         module.add_module(f"fq{i}", q)
-        layers.append(QuantTarget(f"fq{i}", q, name, 4, 8, 16))
+        layers.append(QuantTarget(f"fq{i}", q, name, 4, 8, 16, axis=0 if per_channel else None))
     act = FakeQuantizer(3.0, 16, signed=False)
     module.add_module("fq_act", act)
     layers.append(QuantTarget("fq_act", act, None, 4, 8, 16))
@@ -55,17 +61,19 @@ def _run(module, opt, layers, stages, steps, start=0, check=None):
             check(k)
 
 
-@pytest.mark.parametrize("base", ["sgd", "adam", "adamw"])
-def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base):
-    module, opt, layers, stages = _setup(base=base)
+@pytest.mark.parametrize("base,per_channel", [("sgd", False), ("adam", False), ("adamw", False), ("sgd", True),
+                                              ("adam", True)])
+def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base, per_channel):
+    module, opt, layers, stages = _setup(base=base, per_channel=per_channel)
     total = 60
 
     def check(k):
         stage = stages.stage(k).name
         for layer in layers:
-            b = float(layer.bits())
+            b = layer.bits()
             if stage in ("projection", "pruning"):
-                assert layer.low - 1e-4 <= b <= opt.upper_bits(layer, k) + 1e-4, (k, stage, b)
+                assert layer.low - 1e-4 <= float(b.min()) and float(b.max()) <= opt.upper_bits(layer, k) + 1e-4, \
+                    (k, stage, b)
         if stage == "cooldown":
             assert len(opt.zeroed) == opt.planned
 
@@ -74,9 +82,44 @@ def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base):
     assert len(zero) == opt.planned == opt.target_groups == round(0.5 * len(opt.views))
     assert {v.id for v in zero} == opt.zeroed
     for layer in layers:
-        fb = float(layer.quantizer.frozen_bits)
-        assert layer.low <= fb <= layer.high and fb == round(fb)
-        assert abs(float(layer.bits()) - fb) < 1e-4  # d follows the frozen bits
+        fb = layer.quantizer.frozen_bits
+        assert layer.low <= float(fb.min()) and float(fb.max()) <= layer.high and torch.equal(fb, fb.round())
+        assert float((layer.bits() - fb).abs().max()) < 1e-4  # d follows the frozen bits
+
+
+def test_per_channel_forgetting_sets_only_the_d_of_Rs_output_channels():
+    """Per-channel weights: a forgetting step sets d only on the output channels of R (they go
+    to zero); every other channel's d takes the ordinary step (SGD on the quantizer group:
+    d - lr_quant * grad, projected onto [d(b_u), d(b_l)])."""
+    module, opt, layers, stages = _setup(per_channel=True)
+    start = stages.pruning_start
+    _run(module, opt, layers, stages, start + 1)  # the first pruning step picks R
+    assert stages.stage(start + 1).name == "pruning" and opt.redundant
+    out_channels = {}  # weight -> R's output channels (axis 0 here)
+    for gid in opt.redundant:
+        for s in opt._by_id[gid].slices:
+            if s.axis == 0:
+                out_channels.setdefault(s.name, set()).update(s.index.tolist())
+    gen = torch.Generator().manual_seed(1)
+    opt.zero_grad()
+    (module(torch.randn(4, 3, 8, 8, generator=gen)).square().mean()
+     + sum((layer.quantizer.d * torch.randn(layer.quantizer.d.shape, generator=gen)).sum() for layer in layers)).backward()
+    before = {layer.weight: (layer.quantizer.d.detach().clone(), layer.quantizer.d.grad.clone()) for layer in layers
+              if layer.weight}
+    opt.step()
+    set_by_rule = 0
+    for layer in layers[:-1]:
+        d0, grad = before[layer.weight]
+        q = layer.quantizer
+        lo, hi = layer.d_for(opt.upper_bits(layer)), layer.d_for(layer.low)
+        ordinary = torch.maximum(torch.minimum(d0 - 1e-3 * grad, hi), lo)
+        mine = sorted(out_channels.get(layer.weight, ()))
+        others = [c for c in range(q.d.numel()) if c not in out_channels.get(layer.weight, ())]
+        assert torch.allclose(q.d.detach()[others], ordinary[others], rtol=1e-6, atol=0), layer.weight
+        set_by_rule += int(not torch.allclose(q.d.detach()[mine], ordinary[mine], rtol=1e-6, atol=0))
+        b = layer.bits()[mine]
+        assert bool((b >= layer.low - 1e-4).all() and (b <= opt.upper_bits(layer) + 1e-4).all())
+    assert set_by_rule > 0  # R's channels do follow the forgetting rule, not the ordinary step
 
 
 def test_kept_channel_counts_are_multiples_of_the_unit():

@@ -43,12 +43,16 @@ class TinyTokens(nn.Module):
         return self.proj(self.emb(ids))
 
 
-def export(net: nn.Module, example: torch.Tensor, path: Path, *, train_mode: bool = False) -> Path:
-    """Legacy exporter, dynamic batch; train_mode keeps BatchNorm unfused (trainable)."""
+def export(net: nn.Module, example: torch.Tensor, path: Path, *, train_mode: bool = False,
+           preserve: bool = False) -> Path:
+    """Legacy exporter, dynamic batch; train_mode keeps BatchNorm unfused (trainable);
+    preserve keeps it unfused as an inference node (eval uses the running statistics)."""
     torch.manual_seed(SEED)
     for p in net.parameters():  # random weights: the exporter would merge identical initializers
         nn.init.normal_(p, std=0.3)
-    mode = torch.onnx.TrainingMode.TRAINING if train_mode else torch.onnx.TrainingMode.EVAL
+    mode = (torch.onnx.TrainingMode.PRESERVE if preserve else
+            torch.onnx.TrainingMode.TRAINING if train_mode else torch.onnx.TrainingMode.EVAL)
+    train_mode = train_mode or preserve
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net.eval(), (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
@@ -59,6 +63,11 @@ def export(net: nn.Module, example: torch.Tensor, path: Path, *, train_mode: boo
 
 def cnn_model(folder: Path) -> Path:
     return export(TinyCNN(), torch.randn(2, 1, 8, 8), folder / "cnn.onnx", train_mode=True)
+
+
+def eval_bn_model(folder: Path) -> Path:
+    """TinyCNN whose BatchNorm evaluates with its running statistics (training_mode=0)."""
+    return export(TinyCNN(), torch.randn(2, 1, 8, 8), folder / "cnn_eval_bn.onnx", preserve=True)
 
 
 def token_model(folder: Path) -> Path:

@@ -153,3 +153,64 @@ def test_progress_bar_shows_rate_stage_and_hook_fields(cnn_path, blob_spec, caps
     assert "acc=" in err and "eval_loss=" in err
     train(module, data, opt, loss_fn=loss, steps=2, progress=False)
     assert capsys.readouterr().err == ""
+
+
+class Pruning(torch.optim.Adam):
+    """An optimizer that reports a structural change (like QASSO's commit) after `at` steps."""
+
+    def __init__(self, params, at):
+        super().__init__(params, lr=0.02)
+        self.at, self.steps = at, 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
+
+    @property
+    def structure_version(self):
+        return int(self.steps >= self.at)
+
+
+def _running_mean(module):
+    """The bridged TinyCNN's one BatchNorm running mean (a buffer of module.state)."""
+    return next(b for n, b in module.named_buffers() if "mean" in n)
+
+
+def _running_var(module):
+    return next(b for n, b in module.named_buffers() if "var" in n)
+
+
+def test_refreshed_batchnorm_is_a_copy_with_fresh_statistics(cnn_path, blob_spec):
+    from geta_onnx.train.loop import refreshed_batchnorm
+
+    module, data, _, _ = _setup(cnn_path, blob_spec)
+    _running_mean(module).fill_(5.0)  # stale statistics
+    rng = torch.get_rng_state()
+    fresh = refreshed_batchnorm(module, data.train, module.input_names, "cpu", batches=3)
+    assert torch.equal(torch.get_rng_state(), rng)  # the training RNG stream is untouched
+    assert float(_running_mean(module).min()) == 5.0 and module.training  # the original is untouched
+    assert not fresh.training and float(_running_mean(fresh).abs().max()) < 5.0
+
+
+@pytest.mark.parametrize("at,refreshed", [(1, True), (10_000, False)])
+def test_evaluation_after_a_structural_change_uses_refreshed_statistics(tmp_path, blob_spec, at, refreshed):
+    from geta_onnx.train.evaluate import evaluate
+    from geta_onnx.train.data import set_epoch
+    from geta_onnx.train.loop import refreshed_batchnorm
+    from tests.train.models import eval_bn_model
+
+    module, data, _, loss = _setup(eval_bn_model(tmp_path), blob_spec)
+    opt = Pruning(module.parameters(), at)
+
+    class Spoil:  # stale running statistics at the end of the epoch
+        def after_step(self, step, loss):
+            _running_var(module).fill_(100.0)
+
+    result = train(module, data, opt, loss_fn=loss, epochs=1, hooks=[Spoil()], progress=False)
+    names = module.input_names
+    set_epoch(data.train, 1)  # the loop's refresh read the batches of the pass after epoch 0
+    stale = evaluate(module, data.eval, loss, device=torch.device("cpu"), input_names=names)
+    fresh = evaluate(refreshed_batchnorm(module, data.train, names, "cpu"), data.eval, loss,
+                     device=torch.device("cpu"), input_names=names)
+    assert stale["loss"] != fresh["loss"]
+    assert result.metrics["loss"] == (fresh if refreshed else stale)["loss"]

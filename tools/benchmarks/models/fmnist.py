@@ -1,4 +1,4 @@
-"""Fashion-MNIST ResNet-style CNN (tools/fmnist_geta.py's ResNetFM, widths 32 / 64 / 128),
+"""Fashion-MNIST ResNet-style CNN (samples/fashion_mnist's ResNetFM, widths 32 / 64 / 128),
 trained here in fp32 (Adam + one-cycle), scored by top-1 on the 10k test set."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ QUICK = {"width": 32, "fp32_epochs": 2, "epochs": 1, "limit": 2000, "calibration
 
 
 def prepare(work: Path, quick: bool) -> Bench:
-    from tools.fmnist_geta import ResNetFM, export, train_fp32
+    from samples.fashion_mnist import ResNetFM, export, train_fp32
 
     s = QUICK if quick else FULL
     path = work / "fmnist_fp32.onnx"
