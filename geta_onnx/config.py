@@ -164,6 +164,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"  # constant | cosine | linear
     bit_reduction: float = 0.0  # bits per projection period; 0: (start - b_u) / B
+    forget: str = "spec"  # forget rate when cos(c, g) < 0: spec or budget (optim.qasso.forget_rate)
 
     def __post_init__(self):
         _check(self.optimizer in ("sgd", "adam", "adamw"), "optimizer", f"expected sgd, adam or adamw, got '{self.optimizer}'")
@@ -173,6 +174,7 @@ class OptimConfig:
         _check(self.lr_schedule in ("constant", "cosine", "linear"), "lr_schedule",
                f"expected constant, cosine or linear, got '{self.lr_schedule}'")
         _check(self.bit_reduction >= 0, "bit_reduction", "must be >= 0 (0: automatic)")
+        _check(self.forget in ("spec", "budget"), "forget", f"expected spec or budget, got '{self.forget}'")
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                 base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
                 target_sparsity=None if prune.target_bops is not None else prune.target_sparsity,
                 target_bops=prune.target_bops, bops_fn=bops_fn, bit_reduction=optim.bit_reduction or None,
-                group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance))
+                group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
+                forget=optim.forget)
     lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
                    checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],

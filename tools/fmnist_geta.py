@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/fmnist")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fp32-onnx", help="reuse a trained fp32 export of an earlier run instead of training again")
+    p.add_argument("--forget", default="spec", choices=["spec", "budget"],
+                   help="forget rate when cos(c, g) < 0 (geta_onnx.optim.qasso.forget_rate)")
     p.add_argument("--loss", default="auto", help="auto (task), task+kd (with distillation from the fp32 model), kd")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -87,12 +89,12 @@ def main() -> None:
     result = run_geta(onnx_model, data, quant=QuantConfig(weight_bits=(4, 8), act_bits=(4, 8),
                                                           per_channel=a.per_channel),
                       prune=PruneConfig(target_sparsity=0.5, group_divisible=8),
-                      optim=OptimConfig(optimizer="adam", lr=1e-3),
+                      optim=OptimConfig(optimizer="adam", lr=1e-3, forget=a.forget),
                       schedule=ScheduleConfig(epochs=a.geta_epochs),
                       train_config=TrainConfig(progress=False, loss=a.loss))
     geta_s = time.perf_counter() - start
     report = {
-        "fp32_onnx": str(path), "width": a.width, "loss": a.loss, "per_channel": a.per_channel,
+        "fp32_onnx": str(path), "width": a.width, "loss": a.loss, "per_channel": a.per_channel, "forget": a.forget,
         "fp32_accuracy": fp32_acc, "fp32_epochs": a.fp32_epochs, "fp32_seconds": fp32_s,
         "compressed_accuracy": result.metrics.get("accuracy"), "geta_epochs": a.geta_epochs, "geta_seconds": geta_s,
         "relative_bops": result.relative_bops, "group_sparsity": result.metrics["group_sparsity"],

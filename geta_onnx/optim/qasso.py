@@ -101,7 +101,10 @@ class QASSO(torch.optim.Optimizer):
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
-                 importance: ImportanceWeights = ImportanceWeights()):
+                 importance: ImportanceWeights = ImportanceWeights(), forget: str = "spec"):
+        if forget not in FORGET_RULES:
+            raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
+        self.forget = forget
         if target_sparsity is None and target_bops is None:
             raise ConfigError("give a budget: option 'target_sparsity' or 'target_bops'")
         if target_sparsity is not None and not 0 <= target_sparsity < 1:
@@ -259,11 +262,7 @@ class QASSO(torch.optim.Optimizer):
         terms = {name: self._quant_terms(self._weight_layer[name], p)  # per quantized weight: (c, r, Q)
                  for name, p in params.items() if name in self._weight_layer}
         c, g = self._flat_cg(views, terms, ghat)
-        cos_cg = _cos(c, g)
-        if cos_cg >= 0:
-            gamma = 1.0 / max(steps - tau, 1)
-        else:
-            gamma = -(1 - ETA) * lr * float(g.norm()) / (cos_cg * float(c.norm()))
+        gamma = forget_rate(_cos(c, g), lr * float(g.norm()), float(c.norm()), max(steps - tau, 1), self.forget)
         entries = self._d_entries(views, terms, ghat)
         for _ in range(64):  # shrink gamma until every d allows the descent (d >= d(b_u))
             chosen = [self._descent_d(e, gamma, lr) for e in entries]
@@ -378,6 +377,26 @@ class QASSO(torch.optim.Optimizer):
         if self.frozen:
             for layer, bits in zip(self.layers, extra["frozen_bits"]):
                 layer.quantizer.freeze_bits(torch.tensor(bits, dtype=layer.quantizer.d.dtype))
+
+
+FORGET_RULES = ("spec", "budget")
+
+
+def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int, rule: str = "spec") -> float:
+    """The forget rate gamma of one step (geta-algorithm.md section 3). step_norm = alpha ||g||.
+
+    cos(c, g) >= 0: 1 / (T - tau), so R reaches zero at the period's end. cos(c, g) < 0: the
+    step alpha g + gamma c stays a descent direction while gamma < bound = alpha ||g|| /
+    (|cos| ||c||). "spec" takes (1 - eta) bound, 0.1 % of that budget: with Adam directions
+    (alpha ||g|| small, cos slightly negative on most steps) R keeps 67-97 % of its norm until
+    the commit zeroes it (docs/measurements.md). "budget" takes min(1 / (T - tau), eta bound):
+    the same descent guarantee, progressive forgetting whenever the budget allows it."""
+    if cos_cg >= 0:
+        return 1.0 / steps_left
+    bound = step_norm / (-cos_cg * c_norm) if c_norm > 0 else math.inf
+    if rule == "spec":
+        return (1 - ETA) * bound
+    return min(1.0 / steps_left, ETA * bound)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

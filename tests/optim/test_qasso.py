@@ -61,10 +61,13 @@ def _run(module, opt, layers, stages, steps, start=0, check=None):
             check(k)
 
 
-@pytest.mark.parametrize("base,per_channel", [("sgd", False), ("adam", False), ("adamw", False), ("sgd", True),
-                                              ("adam", True)])
-def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base, per_channel):
+@pytest.mark.parametrize("base,per_channel,forget", [("sgd", False, "spec"), ("adam", False, "spec"),
+                                                     ("adamw", False, "spec"), ("sgd", True, "spec"),
+                                                     ("adam", True, "spec"), ("adam", False, "budget"),
+                                                     ("adam", True, "budget")])
+def test_bits_stay_in_bounds_and_exactly_k_groups_are_zero(base, per_channel, forget):
     module, opt, layers, stages = _setup(base=base, per_channel=per_channel)
+    opt.forget = forget
     total = 60
 
     def check(k):
@@ -202,3 +205,27 @@ def test_bops_budget_is_met():
     assert 0 < len(opt.zeroed) == opt.planned < len(opt.views)
     assert final <= target, (final, target)
     assert bops(set()) > target  # the budget really needed pruning
+
+
+@pytest.mark.parametrize("cos_cg", [-0.9, -0.05, -0.011])
+def test_forget_rate_keeps_descent_and_budget_forgets_faster(cos_cg):
+    """alpha g + gamma c is a descent direction iff alpha ||g||^2 + gamma <c, g> > 0, i.e.
+    gamma < alpha ||g|| / (|cos| ||c||). Both rules stay inside; "budget" uses the room up
+    to the progressive rate 1 / (T - tau); cos >= 0 gives 1 / (T - tau) for both."""
+    from geta_onnx.optim.qasso import ETA, forget_rate
+
+    step_norm, c_norm, left = 1e-3 * 30.0, 1.5, 100  # alpha ||g|| with Adam-like |g_i| ~ 1, n = 900
+    bound = step_norm / (-cos_cg * c_norm)
+    spec, budget = (forget_rate(cos_cg, step_norm, c_norm, left, rule) for rule in ("spec", "budget"))
+    assert spec == pytest.approx((1 - ETA) * bound)
+    assert spec <= budget < bound
+    assert budget == pytest.approx(min(1 / left, ETA * bound))
+    assert forget_rate(0.2, step_norm, c_norm, left, "spec") == forget_rate(0.2, step_norm, c_norm, left, "budget") == 1 / left
+
+
+def test_unknown_forget_rule_is_a_clear_error():
+    from geta_onnx.config import OptimConfig
+    from geta_onnx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="forget"):
+        OptimConfig(forget="fast")
