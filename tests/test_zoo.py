@@ -87,7 +87,7 @@ def zoo_model(zoo_file):
     return get
 
 
-def _assert_parity(name, exporter, zoo_model):
+def assert_zoo_parity(name, exporter, zoo_model):
     entry = ZOO[name]
     proto, model = zoo_model(name, exporter)
     module = to_torch(model)
@@ -100,7 +100,7 @@ def _assert_parity(name, exporter, zoo_model):
     return module
 
 
-def _assert_gradients(name, module):
+def assert_zoo_gradients(name, module):
     params = dict(module.named_parameters())
     assert len(module.initializer_of) > 0 and params, f"{name}: no parameters mapped to initializers"
     unmapped = [q for q in params if q not in module.initializer_of]
@@ -127,13 +127,13 @@ def _known(cases, known=KNOWN_BRIDGE_ISSUES):
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_parity(case, zoo_model):
-    _assert_parity(*case, zoo_model)
+    assert_zoo_parity(*case, zoo_model)
 
 
 @pytest.mark.parametrize("case", _known(CASES, KNOWN_NO_GRADIENT), ids=_id)
 def test_gradients_reach_every_parameter(case, zoo_model):
     name, exporter = case
-    _assert_gradients(name, to_torch(zoo_model(name, exporter)[1]))
+    assert_zoo_gradients(name, to_torch(zoo_model(name, exporter)[1]))
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
@@ -176,11 +176,11 @@ def test_training_matches_pytorch(case, zoo_model):
 def test_folded_export(case, zoo_model):
     """BN-folded exports: parity and gradients (folded Conv weights are new initializers)."""
     name, exporter = case
-    module = _assert_parity(name, exporter, zoo_model)
+    module = assert_zoo_parity(name, exporter, zoo_model)
     proto = zoo_model(name, exporter)[0]
     unfolded = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization" and _foldable(proto, n)]
     assert not unfolded, f"{name}.{exporter}: BatchNormalization left after a Conv: {unfolded}"
-    _assert_gradients(name, module)
+    assert_zoo_gradients(name, module)
 
 
 def _foldable(proto: onnx.ModelProto, node: onnx.NodeProto) -> bool:

@@ -200,7 +200,7 @@ def test_clip_runtime_bounds():
     check("Clip", feeds, inputs=["x", "lo"], opset=13)
 
 
-def exact(proto, feeds, *, legacy=False):
+def assert_exact(proto, feeds, *, legacy=False):
     """Outputs equal to onnxruntime's bit for bit, NaN where it has NaN (assert_parity's
     tolerance scales with the largest reference value, which is NaN then). `legacy`:
     opsets < 11 are refused by the loader, but the converters are registered for every
@@ -217,7 +217,7 @@ def exact(proto, feeds, *, legacy=False):
 def test_clip_opset6_attributes(attrs):
     x = rng(11).uniform(-1, 1, (2, 5)).astype(np.float32)
     node = helper.make_node("Clip", ["x"], ["y"], name="clip", **attrs)
-    exact(make_model([node], {"x": x}, ["y"], opset=10), {"x": x}, legacy=True)
+    assert_exact(make_model([node], {"x": x}, ["y"], opset=10), {"x": x}, legacy=True)
 
 
 def test_clip_rejects_non_scalar_bounds():
@@ -244,7 +244,7 @@ def test_min_max_integers_and_nan(op):
     a, b = np.array([1, -5, 7], np.int64), np.array([[0], [9]], np.int64)
     check(op, {"a": a, "b": b}, opset=13)
     nan = {"a": np.array([1.0, np.nan, 2.0], np.float32), "b": np.array([np.nan, 1.0, 3.0], np.float32)}
-    exact(make_model([helper.make_node(op, ["a", "b"], ["y"])], nan, ["y"], opset=13), nan)  # NaN from either side
+    assert_exact(make_model([helper.make_node(op, ["a", "b"], ["y"])], nan, ["y"], opset=13), nan)  # NaN from either side
 
 
 # ---- Cast / CastLike ----------------------------------------------------------------------
@@ -280,7 +280,7 @@ def test_cast_low_precision_round_trip(to, saturate):
     x = np.array([0.1, 1.7, 300, -500, 1e6, -np.inf, np.inf, np.nan, 3.3e-3, -0.02], np.float32)
     attrs = {"to": to} if to == T.BFLOAT16 else {"to": to, "saturate": saturate}
     nodes = [helper.make_node("Cast", ["x"], ["c"], **attrs), helper.make_node("Cast", ["c"], ["y"], to=T.FLOAT)]
-    exact(make_model(nodes, {"x": x}, ["y"], opset=19), {"x": x})
+    assert_exact(make_model(nodes, {"x": x}, ["y"], opset=19), {"x": x})
 
 
 @pytest.mark.parametrize("opset, to", [(19, None), (21, T.INT4), (21, T.UINT4), (13, T.STRING)])
@@ -306,7 +306,7 @@ def test_cast_like_float8_saturates():
     x = np.array([1.0, 500.0, -1e5, np.nan, 0.3], np.float32)
     nodes = [helper.make_node("Cast", ["x"], ["f8"], to=T.FLOAT8E4M3FN),
              helper.make_node("CastLike", ["x", "f8"], ["c"]), helper.make_node("Cast", ["c"], ["y"], to=T.FLOAT)]
-    exact(make_model(nodes, {"x": x}, ["y"], opset=19), {"x": x})
+    assert_exact(make_model(nodes, {"x": x}, ["y"], opset=19), {"x": x})
 
 
 # ---- uint16 / uint32 / uint64 (torch implements little beyond casts for them) ---------------------

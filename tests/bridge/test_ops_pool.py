@@ -17,7 +17,7 @@ def _x(shape, dtype=np.float32, seed=0):
     return rng(seed).standard_normal(shape).astype(dtype)
 
 
-def _check(op, x, opset=19, outputs=("y",), gradcheck=False, **attrs):
+def assert_pool_parity(op, x, opset=19, outputs=("y",), gradcheck=False, **attrs):
     model = make_model([helper.make_node(op, ["x"], list(outputs), **attrs)], {"x": x}, list(outputs), opset=opset)
     tol = dict(rtol=2e-3) if x.dtype == np.float16 else {}
     module = assert_parity(model, {"x": x}, **tol)
@@ -54,57 +54,57 @@ DILATED = {
 @pytest.mark.parametrize("case", list(WINDOWS) + list(DILATED))
 def test_max_pool(case):
     shape, attrs = {**WINDOWS, **DILATED}[case]
-    _check("MaxPool", _x(shape), **attrs)
+    assert_pool_parity("MaxPool", _x(shape), **attrs)
 
 
 @pytest.mark.parametrize("case", list(WINDOWS) + list(DILATED))
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 def test_average_pool(case, count_include_pad):
     shape, attrs = {**WINDOWS, **DILATED}[case]
-    _check("AveragePool", _x(shape), count_include_pad=count_include_pad, **attrs)
+    assert_pool_parity("AveragePool", _x(shape), count_include_pad=count_include_pad, **attrs)
 
 
 @pytest.mark.parametrize("opset", [11, 12, 18, 21])
 def test_max_pool_opsets(opset):  # since_versions 11 and 12 (int8 / uint8) in range
-    _check("MaxPool", _x((1, 2, 7, 7)), opset=opset, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0], ceil_mode=1)
+    assert_pool_parity("MaxPool", _x((1, 2, 7, 7)), opset=opset, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0], ceil_mode=1)
 
 
 @pytest.mark.parametrize("opset", [11, 18, 19, 21])
 def test_average_pool_opsets(opset):  # since_versions 11 and 19 (dilations) in range
-    _check("AveragePool", _x((1, 2, 7, 7)), opset=opset, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0],
+    assert_pool_parity("AveragePool", _x((1, 2, 7, 7)), opset=opset, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 0],
            ceil_mode=1, count_include_pad=1)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])
 def test_max_pool_int8(dtype):
     x = rng().integers(0, 100, (1, 2, 6, 7)).astype(dtype)
-    _check("MaxPool", x, opset=12, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 2, 1, 0])
+    assert_pool_parity("MaxPool", x, opset=12, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 2, 1, 0])
 
 
 @pytest.mark.parametrize("op,dtype", [("MaxPool", np.float64), ("MaxPool", np.float16), ("AveragePool", np.float16)])
 def test_pool_dtypes(op, dtype):  # onnxruntime has no float64 AveragePool
-    _check(op, _x((1, 2, 6, 7), dtype), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 2, 1, 0], ceil_mode=1)
+    assert_pool_parity(op, _x((1, 2, 6, 7), dtype), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 2, 1, 0], ceil_mode=1)
 
 
 @pytest.mark.parametrize("storage_order", [0, 1])
 @pytest.mark.parametrize("case", ["k3s2p1", "asym_pads", "ceil_asym", "1d", "3d"])
 def test_max_pool_indices(case, storage_order):
     shape, attrs = WINDOWS[case]
-    _check("MaxPool", _x(shape), opset=12, outputs=("y", "i"), storage_order=storage_order, **attrs)
+    assert_pool_parity("MaxPool", _x(shape), opset=12, outputs=("y", "i"), storage_order=storage_order, **attrs)
 
 
 def test_max_pool_indices_dilated():
     shape, attrs = DILATED["dilated_ceil"]
-    _check("MaxPool", _x(shape), opset=12, outputs=("y", "i"), **attrs)
+    assert_pool_parity("MaxPool", _x(shape), opset=12, outputs=("y", "i"), **attrs)
 
 
 def test_pool_gradcheck():  # float64 finite differences through the explicit-padding paths
     x = _x((1, 2, 5, 4), seed=1)
     attrs = dict(kernel_shape=[2, 3], strides=[2, 1], pads=[1, 0, 0, 2], ceil_mode=1)
-    _check("MaxPool", x, gradcheck=True, **attrs)
-    _check("AveragePool", x, gradcheck=True, count_include_pad=1, **attrs)
-    _check("AveragePool", x, gradcheck=True, kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 0, 1])
-    _check("LpPool", x, opset=18, gradcheck=True, kernel_shape=[2, 2], strides=[2, 1], pads=[1, 0, 0, 1])
+    assert_pool_parity("MaxPool", x, gradcheck=True, **attrs)
+    assert_pool_parity("AveragePool", x, gradcheck=True, count_include_pad=1, **attrs)
+    assert_pool_parity("AveragePool", x, gradcheck=True, kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 0, 1])
+    assert_pool_parity("LpPool", x, opset=18, gradcheck=True, kernel_shape=[2, 2], strides=[2, 1], pads=[1, 0, 0, 1])
 
 
 @pytest.mark.parametrize("opset,attrs", [
@@ -114,17 +114,17 @@ def test_pool_gradcheck():  # float64 finite differences through the explicit-pa
     (18, dict(kernel_shape=[2, 2], dilations=[2, 2], auto_pad="SAME_UPPER")),
 ])
 def test_lp_pool(opset, attrs):
-    _check("LpPool", _x((1, 2, 7, 6)), opset=opset, **attrs)
+    assert_pool_parity("LpPool", _x((1, 2, 7, 6)), opset=opset, **attrs)
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 4, 2)])
 def test_global_pools(op, shape):
-    _check(op, _x(shape), opset=11, gradcheck=shape == (2, 3, 5))
+    assert_pool_parity(op, _x(shape), opset=11, gradcheck=shape == (2, 3, 5))
 
 
 def test_global_lp_pool_p3():
-    _check("GlobalLpPool", _x((2, 3, 4, 5)), opset=11, p=3)
+    assert_pool_parity("GlobalLpPool", _x((2, 3, 4, 5)), opset=11, p=3)
 
 
 def test_five_d_window_is_refused():

@@ -25,7 +25,7 @@ def npz(tmp_path):
     return path, x, y
 
 
-def _one_line_error(spec, match, **kw):
+def assert_one_line_error(spec, match, **kw):
     with pytest.raises(DataError, match=match) as e:
         load_data(spec, **kw)
     assert "\n" not in str(e.value)
@@ -124,9 +124,9 @@ def test_idx_gz_and_plain_with_t10k_eval(tmp_path, cnn):
 def test_idx_truncated_and_bad_magic(tmp_path):
     raw = (write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 3, 3), np.uint8), gz=False)).read_bytes()
     (tmp_path / "train-images-idx3-ubyte").write_bytes(raw[:-5])
-    _one_line_error(f"idx:{tmp_path}", "train-images-idx3-ubyte.*truncated")
+    assert_one_line_error(f"idx:{tmp_path}", "train-images-idx3-ubyte.*truncated")
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x12\x34" + raw[2:])
-    _one_line_error(f"idx:{tmp_path}", "not an IDX file")
+    assert_one_line_error(f"idx:{tmp_path}", "not an IDX file")
 
 
 # ---- folder ----------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_folder_train_val_resized_to_model(tmp_path, cnn):
     assert (data.n_train, data.n_eval, data.num_classes, data.classes) == (6, 4, 2, ["cat", "dog"])
     xb, yb = _all(data.eval)
     assert xb.shape == (4, 1, 8, 8) and 0 <= xb.min() and xb.max() <= 1 and sorted(yb.tolist()) == [0, 0, 1, 1]
-    msg = _one_line_error(f"folder:{tmp_path}", r"\(N, 1, 10, 10\).*\(N, 1, 8, 8\).*resize", model=cnn[0])
+    msg = assert_one_line_error(f"folder:{tmp_path}", r"\(N, 1, 10, 10\).*\(N, 1, 8, 8\).*resize", model=cnn[0])
     assert "folder:" in msg
     plain = load_data(f"folder:{tmp_path / 'train'}")  # no model: RGB, channels first
     assert plain.sample_shape == (3, 10, 10)
@@ -158,7 +158,7 @@ def test_folder_without_pillow_says_pip_install(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "0.png").write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
-    _one_line_error(f"folder:{tmp_path}", "pip install pillow")
+    assert_one_line_error(f"folder:{tmp_path}", "pip install pillow")
 
 
 # ---- py ---------------------------------------------------------------------------------------------
@@ -177,23 +177,23 @@ def test_py_module_file_tuple_and_dict(tmp_path, cnn):
     assert data.has_labels and len(data.train) == 3 and data.sample_shape == (1, 8, 8) and data.n_train == 12
     d = load_data(f"py:{tmp_path / 'mydata.py'}:as_dict", model=cnn[0])
     assert (d.has_labels, d.num_classes, d.eval) == (False, 7, None)
-    _one_line_error(f"py:{tmp_path / 'mydata.py'}:wrong_shape", r"\(N, 1, 9, 9\).*\(N, 1, 8, 8\)", model=cnn[0])
-    _one_line_error(f"py:{tmp_path / 'mydata.py'}:nope", "has no function 'nope'")
-    _one_line_error("py:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'")
+    assert_one_line_error(f"py:{tmp_path / 'mydata.py'}:wrong_shape", r"\(N, 1, 9, 9\).*\(N, 1, 8, 8\)", model=cnn[0])
+    assert_one_line_error(f"py:{tmp_path / 'mydata.py'}:nope", "has no function 'nope'")
+    assert_one_line_error("py:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'")
 
 
 # ---- errors and batches ------------------------------------------------------------------------------
 def test_bad_specs_name_the_culprit(tmp_path, npz, cnn):
     path = npz[0]
-    _one_line_error("zip:foo", "unknown scheme 'zip'.*npz:FILE")
-    _one_line_error(f"npz:{tmp_path / 'missing.npz'}", "missing.npz")
-    _one_line_error(f"npz:{path}:img", r"no array 'img' \(the file has: x, y\)")
+    assert_one_line_error("zip:foo", "unknown scheme 'zip'.*npz:FILE")
+    assert_one_line_error(f"npz:{tmp_path / 'missing.npz'}", "missing.npz")
+    assert_one_line_error(f"npz:{path}:img", r"no array 'img' \(the file has: x, y\)")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    _one_line_error(f"npz:{tmp_path / 'junk.npz'}", "junk.npz: cannot read")
-    _one_line_error(f"idx:{tmp_path}", "no train-images-idx3-ubyte")
+    assert_one_line_error(f"npz:{tmp_path / 'junk.npz'}", "junk.npz: cannot read")
+    assert_one_line_error(f"idx:{tmp_path}", "no train-images-idx3-ubyte")
     np.savez(tmp_path / "f.npz", x=np.zeros((4, 5), np.float32))
     model, _ = cnn
-    _one_line_error(f"npz:{tmp_path / 'f.npz'}", r"f.npz.*\(N, 5\).*'x'.*\(N, 1, 8, 8\)", model=model)
+    assert_one_line_error(f"npz:{tmp_path / 'f.npz'}", r"f.npz.*\(N, 5\).*'x'.*\(N, 1, 8, 8\)", model=model)
 
 
 def test_split_batch_layouts():
