@@ -166,10 +166,11 @@ def versions() -> dict:
 
     return {"geta_onnx": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({_cpu_name()})"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()})"}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 
 from samples.fashion_mnist import DATA, ResNetFM, export, train_fp32
+from samples.pipeline import compress_and_gate
 
 CONFIG = Path(__file__).with_name("compress.toml")
 
@@ -44,17 +44,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     model = Path(a.fp32_onnx) if a.fp32_onnx else fp32_model(out, a.width, a.fp32_epochs)
-    small = out / "resnet_geta.onnx"
-    compress = ["geta-onnx", "compress", str(model), "--data", DATA, "-o", str(small), "--config", a.config,
-                "--device", a.device, "--no-progress", *extra]
-    gate = ["geta-onnx", "gate", str(small.with_suffix(".report.json")), "--max-accuracy-drop", "0.01",
-            "--min-speedup", "4"]
-    for cmd in (compress, gate):
-        print("$ " + " ".join(cmd), flush=True)
-        code = subprocess.call(cmd)
-        if code:
-            return code
-    return 0
+    return compress_and_gate(model, DATA, out / "resnet_geta.onnx", a.config, ["--device", a.device, *extra],
+                             max_accuracy_drop=0.01, min_speedup=4)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 from samples.minilm import write_corpus
+from samples.pipeline import compress_and_gate
 
 CONFIG = Path(__file__).with_name("compress.toml")
 
@@ -26,17 +26,8 @@ def main() -> int:
     npz = out / "minilm_text.npz"
     available = write_corpus(npz, a.train, a.held_out)
     print(f"{available} sentences available; wrote {npz} ({a.train} training, {a.held_out} held out)", flush=True)
-    small = out / "minilm_geta.onnx"
-    compress = ["geta-onnx", "compress", str(model), "--data", f"npz:{npz}", "-o", str(small), "--config", a.config,
-                "--no-progress", *extra]
-    gate = ["geta-onnx", "gate", str(small.with_suffix(".report.json")), "--max-accuracy-drop", "0.02",
-            "--min-speedup", "2"]
-    for cmd in (compress, gate):
-        print("$ " + " ".join(cmd), flush=True)
-        code = subprocess.call(cmd)
-        if code:
-            return code
-    return 0
+    return compress_and_gate(model, f"npz:{npz}", out / "minilm_geta.onnx", a.config, extra,
+                             max_accuracy_drop=0.02, min_speedup=2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -31,28 +30,14 @@ COLORS = {"fp32": "black", "int8": "tab:blue", "l1": "tab:gray", "l1-int8": "tab
 
 # --------------------------------------------------------------------------- environment
 def environment(threads: int) -> dict:
-    """CPU model, thread count and library versions of this run."""
-    import numpy
-    import onnx
-    import onnxruntime
-    import torch
+    """CPU model, thread count and library versions of this run (those of compress's report)."""
+    from geta_onnx.compress import cpu_name, versions
 
-    import geta_onnx
-
-    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-            "numpy": numpy.__version__, "geta_onnx": getattr(geta_onnx, "__version__", "?"),
+    v = versions()
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": threads, "python": v["python"],
+            "onnxruntime": v["onnxruntime"], "onnx": v["onnx"], "torch": v["torch"], "numpy": v["numpy"],
+            "geta_onnx": v["geta_onnx"],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------- plot
