@@ -80,8 +80,7 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     save(proto, paths.model, source=model_path)
     t_export = time.perf_counter()
     log(f"wrote {paths.model}; validating in onnxruntime")
-    names = [vi.name for vi in loaded.inputs]
-    checks = validate(model_path, paths.model, proto, data, names, settings, output=settings.train.output)
+    checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output)
     report = _report(model_path, paths, data_spec, settings, result, checks,
                      wall={"train": t_train - t0, "export": t_export - t_train,
                            "validate": time.perf_counter() - t_export})
@@ -89,24 +88,24 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     return report
 
 
-def validate(original: str | os.PathLike, compressed: str | os.PathLike, proto, data, input_names: list[str],
-             settings: Settings, *, output: int = 0) -> dict:
+def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0) -> dict:
     """Quality, latency, MACs, size and fusion of `compressed` (whose ModelProto is `proto`)
-    next to `original`; `input_names` are the models' graph inputs."""
+    next to `original` (the loaded OnnxModel it was trained from)."""
     from .bench import evaluate_onnx, measure_latency
     from .bench.report import latency_p50
     from .export import fusion_report
-    from .graph import load_model
+    from .graph import from_proto
     from .graph.stats import model_stats
 
     ex = settings.export
-    quality = evaluate_onnx(compressed, data, reference=original, output=output, limit=ex.eval_limit,
+    paths = [original.path, compressed]
+    quality = evaluate_onnx(compressed, data, reference=original.path, output=output, limit=ex.eval_limit,
                             threads=ex.threads)
-    lat = measure_latency([original, compressed], list(ex.batches), threads=ex.threads, repeats=ex.repeats,
-                          shapes=_sample_shapes(data, input_names))
+    lat = measure_latency(paths, list(ex.batches), threads=ex.threads, repeats=ex.repeats,
+                          shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
     return {"quality": quality, "latency": [latency_p50(r) for r in lat], "latency_full": lat,
-            "fusion": fusion_report(proto), "macs": [model_stats(load_model(p)).macs for p in (original, compressed)],
-            "size_bytes": [Path(p).stat().st_size for p in (original, compressed)]}
+            "fusion": fusion_report(proto), "macs": [model_stats(m).macs for m in (original, from_proto(proto))],
+            "size_bytes": [Path(p).stat().st_size for p in paths]}
 
 
 def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
