@@ -46,7 +46,8 @@ class GetaResult:
 
     def layers(self) -> list[dict]:
         """Per weighted layer: kept / total output channels and the deployed (rounded) bit
-        widths, weight bits averaged over the kept channels; None = kept in float."""
+        widths, weight bits averaged over the kept channels; None = kept in float (float_reason:
+        skip_first, skip_last, exclude or thin, as QuantLayer.skipped)."""
         kept = self._kept()
         rows = []
         for layer in self.plan.layers:
@@ -56,7 +57,8 @@ class GetaResult:
             rows.append({"name": layer.node, "op_type": layer.op_type, "kept": channels, "total": total,
                          "weight_bits": self._deployed_bits(layer.weight_quantizer, keep.out_channels),
                          "act_bits": self._deployed_bits(layer.act_quantizer, None),
-                         "macs": layer.macs or 0, "kept_macs": round((layer.macs or 0) * keep.kept_in * keep.kept_out)})
+                         "macs": layer.macs or 0, "kept_macs": round((layer.macs or 0) * keep.kept_in * keep.kept_out),
+                         "float_reason": layer.skipped or None})  # why a float layer stays float
         return rows
 
     def _kept(self):

@@ -67,6 +67,9 @@ def test_report_schema_and_contents(run):
         assert layer["kept"] == layer["total"] or layer["kept"] % 8 == 0
         assert layer["weight_bits"] is None or 4 <= layer["weight_bits"] <= 8
         assert layer["act_bits"] is None or 4 <= layer["act_bits"] <= 8
+        assert (layer["weight_bits"] is None) == (layer["float_reason"] is not None)
+    # the stem reads the 1-channel image: kept float (quant.sites.is_thin_conv), everything else quantized
+    assert [la["float_reason"] for la in report["layers"]] == ["thin", None, None, None]
     assert sum(report["fused_ops"]["fused"].values()) >= 1
 
 
@@ -75,6 +78,7 @@ def test_markdown_links_plots_and_names_layers(run):
     md = out.with_suffix(".report.md").read_text()
     assert "small.layers.png" in md and "small.summary.png" in md
     assert all(f"`{la['name']}`" in md for la in report["layers"])
+    assert "float (thin)" in md
 
 
 @pytest.mark.parametrize("budget, code", [(("--max-accuracy-drop", "0.5", "--min-speedup", "0.01"), 0),

@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/fmnist")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fp32-onnx", help="reuse a trained fp32 export of an earlier run instead of training again")
-    p.add_argument("--forget", default="spec", choices=["spec", "budget"],
+    p.add_argument("--forget", default="budget", choices=["spec", "budget"],
                    help="forget rate when cos(c, g) < 0 (geta_onnx.optim.qasso.forget_rate)")
     p.add_argument("--loss", default="auto", help="auto (task), task+kd (with distillation from the fp32 model), kd")
     a = p.parse_args()

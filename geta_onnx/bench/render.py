@@ -72,7 +72,8 @@ def _layer_table(layers: list[dict]) -> list[str]:
              "|---|---|---:|---:|---:|---:|"]
     for la in layers:
         macs = f"{la['kept_macs'] / la['macs']:.0%}" if la.get("macs") else "?"
-        lines.append(f"| `{la['name']}` | {la['op_type']} | {la['kept']} / {la['total']} | {_bits(la['weight_bits'])} "
+        wbits = _bits(la["weight_bits"]) + (f" ({la['float_reason']})" if la.get("float_reason") else "")
+        lines.append(f"| `{la['name']}` | {la['op_type']} | {la['kept']} / {la['total']} | {wbits} "
                      f"| {_bits(la['act_bits'])} | {macs} |")
     return lines + [""]
 

@@ -101,7 +101,7 @@ class QASSO(torch.optim.Optimizer):
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
-                 importance: ImportanceWeights = ImportanceWeights(), forget: str = "spec"):
+                 importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget"):
         if forget not in FORGET_RULES:
             raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
         self.forget = forget
@@ -390,7 +390,8 @@ def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int,
     (|cos| ||c||). "spec" takes (1 - eta) bound, 0.1 % of that budget: with Adam directions
     (alpha ||g|| small, cos slightly negative on most steps) R keeps 67-97 % of its norm until
     the commit zeroes it (docs/measurements.md). "budget" takes min(1 / (T - tau), eta bound):
-    the same descent guarantee, progressive forgetting whenever the budget allows it."""
+    the same descent guarantee, progressive forgetting whenever the budget allows it (the
+    default: 88.88 vs 88.30 % on the Fashion-MNIST ResNet, docs/measurements.md)."""
     if cos_cg >= 0:
         return 1.0 / steps_left
     bound = step_norm / (-cos_cg * c_norm) if c_norm > 0 else math.inf

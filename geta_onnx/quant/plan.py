@@ -3,7 +3,7 @@
 A LAYER is a Conv / ConvTranspose / Gemm / MatMul whose weight is a trainable
 initializer (directly, or behind one Transpose as the legacy exporter writes W^T): the
 candidates for quantization, whether quantized or kept in float (skip_first, skip_last,
-exclude). A SITE is one quantized input of one layer. Several sites may share one
+exclude, thin stems). A SITE is one quantized input of one layer. Several sites may share one
 quantizer: the q, k and v projections reading one activation tensor, or ops sharing a
 weight.
 """
@@ -46,7 +46,7 @@ class QuantLayer:
     macs: int | None
     weight_quantizer: str | None  # qualified name; None when kept in float
     act_quantizer: str | None
-    skipped: str = ""  # why the layer stays in float: "skip_first", "skip_last", "exclude", or ""
+    skipped: str = ""  # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", or ""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -53,7 +53,9 @@ def _model():
     x = rng(3).standard_normal((2, 3, 4, 4)).astype(np.float32)
     model = from_proto(make_model(nodes, {"x": x}, ["y"], {"w1": w1, "w2": w2}))
     module = to_torch(model)
-    return module, attach_quantizers(module, model, QuantConfig(act_bits=(4, 6), act_bits_start=6))
+    # float_thin_convs off: c1 (3 input channels, 1x1) is a thin stem and would stay float
+    return module, attach_quantizers(module, model, QuantConfig(act_bits=(4, 6), act_bits_start=6,
+                                                                float_thin_convs=False))
 
 
 def _data(k, scale=50.0):

@@ -47,7 +47,7 @@ def _run(module, inputs):
 
 @pytest.mark.parametrize("name,exporter", CASES, ids=[f"{m}-{e}" for m, e in CASES])
 def test_zoo_quantizers(name, exporter):
-    model, module, plan = _setup(name, exporter, weight_bits_start=8, act_bits_start=8)
+    model, module, plan = _setup(name, exporter, weight_bits_start=8, act_bits_start=8, float_thin_convs=False)
     layers, acts, unsigned = EXPECTED[name]
     assert len(plan.weight_sites()) == len(plan.weight_quantizers()) == len(plan.layers) == layers
     assert len(plan.act_quantizers()) == acts
