@@ -261,3 +261,35 @@ def test_half_precision_inputs_compute_in_float32():
     y = q(x)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
     assert torch.equal(y, q(x.float()).half())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_linear_path_is_bitwise_the_general_one_at_t_1(signed, per_channel):
+    """t=None (the fused path of a quantizer whose t is not learned) equals the general path
+    with t = 1 exactly: output and the x, d, q_m gradients, boundaries and zeros included."""
+    gen = _gen(7)
+    x = 2 * torch.randn(4, 3, 5, 5, generator=gen)
+    q = (torch.rand(3, generator=gen) + 0.5).reshape(1, 3, 1, 1) if per_channel else torch.tensor(0.9)
+    d = q / 7 if signed else q / 15
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 0.5])
+    x[1, :, 0, 0] = q.reshape(-1)  # exactly at q_m
+    x[1, :, 0, 1] = -q.reshape(-1)
+    w = torch.randn(x.shape, generator=gen)
+    got = []
+    for t in (None, torch.tensor(1.0)):
+        xs, ds, qs = (v.clone().requires_grad_(True) for v in (x, d, q))
+        y = GetaQuantize.apply(xs, ds, qs, t, signed)
+        (y * w).sum().backward()
+        got.append((y.detach(), xs.grad, ds.grad, qs.grad))
+    for fast, general in zip(*got):
+        assert torch.equal(fast, general)
+
+
+def test_quantizer_module_uses_the_linear_path_unless_t_is_learned():
+    x = torch.randn(64, generator=_gen(3))
+    fixed, learned = Quantizer("weight"), Quantizer("weight", learn_t=True)
+    for q in (fixed, learned):
+        q.set_range(2.0, 4)
+    assert torch.equal(fixed(x), learned(x))  # t = 1 in both
+    assert not fixed.learn_t and learned.learn_t
