@@ -258,9 +258,8 @@ class QASSO(torch.optim.Optimizer):
         (the caller keeps them through this step's base update)."""
         lr = self.param_groups[0]["lr"]
         views = [self._by_id[g] for g in self.redundant]
-        params = {s.name: s.param for v in views for s in v.slices}
-        terms = {name: self._quant_terms(self._weight_layer[name], p)  # per quantized weight: (c, r, Q)
-                 for name, p in params.items() if name in self._weight_layer}
+        quantized = [s for v in views for s in v.slices if s.name in self._weight_layer]
+        terms = {id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized}  # (c, r, Q) of R
         c, g = self._flat_cg(views, terms, ghat)
         gamma = forget_rate(_cos(c, g), lr * float(g.norm()), float(c.norm()), max(steps - tau, 1), self.forget)
         entries = self._d_entries(views, terms, ghat)
@@ -272,11 +271,12 @@ class QASSO(torch.optim.Optimizer):
         pins = [(e, d) for e, (d, _) in zip(entries, chosen)]
         for e, d in pins:
             e.set(d)
-        terms.update({e.layer.weight: self._quant_terms(e.layer, params[e.layer.weight]) for e, _ in pins})
+        pinned = {e.layer.weight for e, _ in pins}  # their d changed: Q(x) follows
+        terms.update({id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized if s.name in pinned})
         for v in views:  # x_R <- x_R - gamma * Q(x)_R
             for s in v.slices:
-                q = terms[s.name][2] if s.name in terms else s.param
-                s.param.index_copy_(s.axis, s.index, s.view() - gamma * s.view(q))
+                q = terms[id(s)][2] if id(s) in terms else s.view()
+                s.param.index_copy_(s.axis, s.index, s.view() - gamma * q)
         return pins
 
     @staticmethod
@@ -288,7 +288,7 @@ class QASSO(torch.optim.Optimizer):
             for s in v.slices:
                 grad = ghat.get(id(s.param))
                 g.append(s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel()))
-                c.append(s.view(terms[s.name][0] if s.name in terms else None).reshape(-1))
+                c.append((terms[id(s)][0] if id(s) in terms else s.view()).reshape(-1))
         return torch.cat(c).double(), torch.cat(g).double()
 
     def _d_entries(self, views: list[GroupView], terms: dict, ghat: dict[int, torch.Tensor]) -> list[_DEntries]:
@@ -305,7 +305,7 @@ class QASSO(torch.optim.Optimizer):
                     continue
                 grad = ghat.get(id(s.param))
                 gs = s.view(grad).double() if grad is not None else torch.zeros(s.view().shape, dtype=torch.float64)
-                rs = s.view(terms[s.name][1]).double()
+                rs = terms[id(s)][1].double()
                 if layer.axis is None:  # one row: the whole slice
                     rows_r, rows_g = rs.reshape(1, -1), gs.reshape(1, -1)
                 else:  # (channels of R, entries per channel)
@@ -334,12 +334,18 @@ class QASSO(torch.optim.Optimizer):
         d = torch.where(negative, -ZETA * ETA * lr * e.gg / (gamma * torch.where(negative, e.dot, -1.0)), hi)
         return torch.minimum(d, hi), bool((d >= lo).all())
 
-    def _quant_terms(self, layer: QuantTarget, w: torch.Tensor):
-        """(clipped values c, rounding residual r, quantized values Q) of weight w."""
-        q = layer.quantizer
-        d = layer.broadcast(q.d.detach(), w.shape)
-        q_m = layer.broadcast(q.q_m.detach(), w.shape)
-        t = layer.broadcast(layer.t().detach(), w.shape)
+    @staticmethod
+    def _quant_terms(layer: QuantTarget, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(clipped values c, rounding residual r, quantized values Q) of the weight slice s
+        (optim.slices.Slice of the layer's weight), shaped like s.view(): only R's entries
+        are computed, not the whole tensor (a transformer's R touches a few rows of each)."""
+        q, w = layer.quantizer, s.view()
+
+        def sliced(value: torch.Tensor) -> torch.Tensor:  # d / q_m / t broadcast over the slice
+            b = layer.broadcast(value.detach(), s.param.shape)
+            return b.index_select(s.axis, s.index) if b.dim() and b.shape[s.axis] > 1 else b
+
+        d, q_m, t = sliced(q.d), sliced(q.q_m), sliced(layer.t())
         u = torch.minimum(w.abs(), q_m).pow(t)
         sign = torch.sign(w)
         return sign * u, sign * (torch.round(u / d) - u / d), sign * d * torch.round(u / d)
