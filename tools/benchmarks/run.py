@@ -3,6 +3,9 @@
     python tools/benchmarks/run.py fmnist                 # the real run -> docs/benchmarks.md
     python tools/benchmarks/run.py fmnist --quick         # smoke run: tiny data, 1 epoch
     python tools/benchmarks/run.py fmnist --skip-geta     # baselines only (L1 to --l1-macs)
+    python tools/benchmarks/run.py fmnist --fp32-onnx F --geta-onnx G --epochs 5
+        # an fp32 model and a geta-onnx compress output made elsewhere (G.report.json beside G):
+        # the baselines are made for them (L1 to G's MACs, fine-tuned --epochs) and all rows measured
 
 Models: fmnist | mobilenetv2 | minilm | crepe. Work files (ONNX models, logs) go to
 --out/MODEL/. The results go to --out/MODEL.json; a real run (no --quick) also writes
@@ -41,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unit", type=int, default=16, help="L1 kept widths: multiples of this (default 16)")
     p.add_argument("--reuse", action="store_true", help="keep geta-onnx outputs made by the same command earlier")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads (default 2)")
+    p.add_argument("--fp32-onnx", help="fmnist: this trained fp32 model instead of training one")
+    p.add_argument("--geta-onnx", help="comma-separated geta-onnx compress outputs made earlier (their .report.json "
+                                        "beside them) as the geta rows, instead of --budgets")
+    p.add_argument("--epochs", type=int, help="fmnist: fine-tuning (and compress) epochs instead of the default")
     p.add_argument("--repeats", type=int, help="latency repeats per model and batch (default 50, --quick 10)")
     return p.parse_args(argv)
 
@@ -53,13 +60,18 @@ def main(argv=None) -> None:
     out = Path(a.out) if a.out else ROOT / "runs" / ("benchmarks-quick" if a.quick else "benchmarks")
     work = out / a.model
     work.mkdir(parents=True, exist_ok=True)
-    budgets = [float(x) for x in a.budgets.split(",")]
+    given = [Path(g) for g in a.geta_onnx.split(",")] if a.geta_onnx else []
+    budgets = [_given_sparsity(g) for g in given] if given else [float(x) for x in a.budgets.split(",")]
     fractions = [float(x) for x in a.l1_macs.split(",")]
     fractions = fractions * len(budgets) if len(fractions) == 1 else fractions
     started = time.perf_counter()
 
     log(f"[{a.model}] preparing the fp32 original and the data in {work}")
-    bench = prepare(a.model, work, a.quick)
+    bench = prepare(a.model, work, a.quick, fp32=a.fp32_onnx, epochs=a.epochs)
+    if given:
+        bench.notes.append("geta-onnx rows: compress outputs given with --geta-onnx ("
+                           + ", ".join(f"`{g}`" for g in given) + "), made by the command in docs/measurements.md; "
+                           "their settings are in each row's report")
     base_macs = macs_of(bench.model)
     table, skipped, done = [rows.fp32_row(bench)], [], set()
     log("[ptq] onnxruntime static int8")
@@ -70,7 +82,8 @@ def main(argv=None) -> None:
         if not a.skip_geta:
             log(f"[geta-{round(s * 100)}] geta-onnx compress, target sparsity {s:g}")
             try:
-                geta = rows.geta_row(bench, work, s, log=log, reuse=a.reuse)
+                geta = (rows.given_geta_row(given[budgets.index(s)]) if given
+                        else rows.geta_row(bench, work, s, log=log, reuse=a.reuse))
                 target = int(geta["report"]["macs"]["compressed"])
                 tag, what = f"{round(s * 100)}", f"MACs of geta {s:.0%}"
             except (RuntimeError, OSError, KeyError, ValueError) as e:
@@ -101,6 +114,15 @@ def main(argv=None) -> None:
     }
     publish(result, out, a.quick)
     print_table(result)
+
+
+def _given_sparsity(path: Path) -> float:
+    """The group sparsity a geta-onnx compress output reached (its report's groups)."""
+    report = path.with_suffix(".report.json")
+    if not report.is_file():
+        raise SystemExit(f"--geta-onnx {path}: no {report.name} beside it (give a geta-onnx compress output)")
+    groups = json.loads(report.read_text())["groups"]
+    return groups["removed"] / groups["prunable"]
 
 
 def publish(result: dict, out: Path, quick: bool) -> None:

@@ -40,10 +40,14 @@ class Bench:
     prep: dict = field(default_factory=dict)  # how the original was made (fp32 training time, ...)
 
 
-def prepare(name: str, work: Path, quick: bool) -> Bench:
+def prepare(name: str, work: Path, quick: bool, **given) -> Bench:
+    """given: fp32= / epochs= overrides, for the models whose prepare() takes them (fmnist)."""
     if name not in NAMES:
         raise SystemExit(f"unknown benchmark model '{name}'; choose one of {', '.join(NAMES)}")
-    return importlib.import_module(f"tools.benchmarks.models.{name}").prepare(work, quick)
+    given = {k: v for k, v in given.items() if v}
+    if given and name != "fmnist":
+        raise SystemExit(f"--fp32-onnx / --epochs are supported for the fmnist benchmark only, not '{name}'")
+    return importlib.import_module(f"tools.benchmarks.models.{name}").prepare(work, quick, **given)
 
 
 def calibration_batches(data, samples: int, names: list[str]) -> list[dict[str, np.ndarray]]:

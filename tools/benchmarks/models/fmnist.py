@@ -19,11 +19,13 @@ FULL = {"width": 32, "fp32_epochs": 8, "epochs": 6, "limit": 0, "calibration": 2
 QUICK = {"width": 32, "fp32_epochs": 2, "epochs": 1, "limit": 2000, "calibration": 64, "batch": 32}
 
 
-def prepare(work: Path, quick: bool) -> Bench:
+def prepare(work: Path, quick: bool, fp32: Path | None = None, epochs: int | None = None) -> Bench:
+    """fp32: a trained ResNetFM ONNX to use instead of training one here (e.g. the output of
+    `python -m samples.fashion_mnist`); epochs: fine-tuning / compress epochs instead of 6."""
     from samples.fashion_mnist import ResNetFM, export, train_fp32
 
-    s = QUICK if quick else FULL
-    path = work / "fmnist_fp32.onnx"
+    s = dict(QUICK if quick else FULL, **({"epochs": epochs} if epochs else {}))
+    path = Path(fp32) if fp32 else work / "fmnist_fp32.onnx"
     cfg = DataConfig(batch_size=s["batch"], val_split=0.0, limit=s["limit"])
 
     def make() -> dict:
@@ -36,7 +38,7 @@ def prepare(work: Path, quick: bool) -> Bench:
         export(net, path)
         return {"fp32_train_seconds": time.perf_counter() - start, "fp32_torch_top1": acc, **s}
 
-    prep = cached(work, {"model": "fmnist", **s}, make)
+    prep = {"fp32_onnx": str(path), "provided": True, **s} if fp32 else cached(work, {"model": "fmnist", **s}, make)
     data = load_data(DATA, cfg, model=load_model(path), seed=0)
     return Bench(
         name="fmnist", title=f"Fashion-MNIST ResNet-style CNN (widths {s['width']}/{2 * s['width']}/{4 * s['width']})",
@@ -48,6 +50,7 @@ def prepare(work: Path, quick: bool) -> Bench:
         latency_shapes=None,
         notes=[f"data `{DATA}` (Debian package dataset-fashion-mnist): {data.n_train} training images"
                f"{' (seeded subset)' if s['limit'] else ''}, quality = top-1 on {data.n_eval} test images",
+               f"fp32 original: `{path.name}` given with --fp32-onnx (trained elsewhere)" if fp32 else
                f"fp32 original: ResNetFM trained {s['fp32_epochs']} epochs (Adam 2e-3, one-cycle, batch {s['batch']}), "
                "exported with BatchNorm kept"],
         prep=prep)
