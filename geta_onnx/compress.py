@@ -81,8 +81,10 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     t_export = time.perf_counter()
     log(f"wrote {paths.model}; validating in onnxruntime")
     checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output)
+    # a --resume run trains only the epochs left: count the checkpointed epochs' time too
+    epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
     report = _report(model_path, paths, data_spec, settings, result, checks,
-                     wall={"train": t_train - t0, "export": t_export - t_train,
+                     wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                            "validate": time.perf_counter() - t_export})
     _write_outputs(report, paths, settings.export.plots, log)
     return report

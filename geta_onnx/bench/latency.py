@@ -4,10 +4,15 @@
                               repeats=50, warmup=5)
     results[1]["latency_ms"]["32"]["p50"], results[1]["speedup"]["32"]
 
-Models are timed round-robin within every repeat (model A, B, C, then A, B, C, ...), with
-the starting model rotated per repeat, so a noisy neighbour or a frequency change on this
-shared machine slows every model alike instead of whichever happened to run then.
-Latencies are wall-clock milliseconds per batch (one session.run call).
+Models are timed round-robin in blocks: model A runs a block of consecutive timed runs, then
+B, then C, then A again, ... (BLOCK_ROUNDS blocks per model, the starting model rotated per
+round), so a noisy neighbour or a frequency change on this shared machine slows every model
+alike instead of whichever happened to run then. Blocks, not single runs: with onnxruntime's
+default thread spinning, a session's idle pool threads keep spinning for a while after its
+run and take a core from the next session's run. Alternating run by run measured the
+Fashion-MNIST ResNet at batch 32 on 2 cores as 23.0 ms (fp32) / 6.4 ms (compressed), each one
+alone 10.3 / 1.6 ms: a 2-4x error, larger for the smaller model. Each block starts with
+untimed runs for at least SETTLE_S seconds (and SETTLE runs). Latencies are wall-clock milliseconds per batch (one session.run call).
 """
 from __future__ import annotations
 
@@ -57,18 +62,29 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
     return results
 
 
+BLOCK_ROUNDS = 5  # blocks of timed runs per model
+SETTLE, SETTLE_S = 2, 0.1  # untimed runs / seconds opening each block: other sessions stop spinning
+
+
 def _interleaved(paths, sessions, feeds, repeats: int, warmup: int) -> np.ndarray:
     n = len(sessions)
     for i, (s, f) in enumerate(zip(sessions, feeds)):  # warm-up: allocations, kernel choice, caches
         for _ in range(max(warmup, 1)):  # at least one run: a failing model fails before timing starts
             _run(paths[i], s, f)
     times = np.zeros((n, repeats))
-    for rep in range(repeats):
+    rounds = min(BLOCK_ROUNDS, repeats)
+    bounds = np.linspace(0, repeats, rounds + 1).astype(int)  # repeats split into `rounds` blocks
+    for r in range(rounds):
         for k in range(n):
-            i = (rep + k) % n  # rotate who goes first: no model always runs right after a cold gap
-            start = time.perf_counter()
-            sessions[i].run(None, feeds[i])
-            times[i, rep] = time.perf_counter() - start
+            i = (r + k) % n  # rotate who goes first: no model always runs right after a cold gap
+            settled, start = 0, time.perf_counter()
+            while n > 1 and (settled < SETTLE or time.perf_counter() - start < SETTLE_S):
+                sessions[i].run(None, feeds[i])
+                settled += 1
+            for rep in range(bounds[r], bounds[r + 1]):
+                start = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                times[i, rep] = time.perf_counter() - start
     return times
 
 

@@ -57,3 +57,35 @@ def test_bench_usage_errors(resnet_pair, args):
 def test_bench_missing_model(tmp_path):
     result = CliRunner().invoke(main, ["bench", str(tmp_path / "nope.onnx")])
     assert result.exit_code == 1 and "nope.onnx" in result.output and "Traceback" not in result.output
+
+
+class _Recorder:
+    """A stand-in session: records which model ran, each run taking `seconds`."""
+
+    def __init__(self, name: str, log: list, seconds: float):
+        self.name, self.log, self.seconds = name, log, seconds
+
+    def run(self, outputs, feeds):
+        import time
+
+        time.sleep(self.seconds)
+        self.log.append(self.name)
+
+
+def test_models_run_in_settled_blocks_not_alternately():
+    """Each model's timed runs come in BLOCK_ROUNDS consecutive blocks, each opened by untimed
+    runs covering SETTLE_S (another session's threads stop spinning), the first model of a
+    round rotating; every model gets exactly `repeats` timings."""
+    from geta_onnx.bench import latency
+
+    log: list[str] = []
+    sessions = [_Recorder("A", log, 0.01), _Recorder("B", log, 0.01)]
+    times = latency._interleaved(["a.onnx", "b.onnx"], sessions, [{}, {}], repeats=10, warmup=1)
+    assert times.shape == (2, 10) and (times > 0).all()
+    runs = log[2:]  # after one warm-up run each
+    switches = sum(1 for x, y in zip(runs, runs[1:]) if x != y)
+    # rounds A B | B A | A B | ...: the rotation joins the blocks at the round borders
+    assert switches == latency.BLOCK_ROUNDS
+    settle = max(latency.SETTLE, int(latency.SETTLE_S / 0.01))
+    assert len(runs) >= 2 * (10 + latency.BLOCK_ROUNDS * settle)
+    assert runs[0] == "A" and runs[-1] in ("A", "B")
