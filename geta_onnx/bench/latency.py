@@ -7,12 +7,14 @@
 Models are timed round-robin in blocks: model A runs a block of consecutive timed runs, then
 B, then C, then A again, ... (BLOCK_ROUNDS blocks per model, the starting model rotated per
 round), so a noisy neighbour or a frequency change on this shared machine slows every model
-alike instead of whichever happened to run then. Blocks, not single runs: with onnxruntime's
-default thread spinning, a session's idle pool threads keep spinning for a while after its
-run and take a core from the next session's run. Alternating run by run measured the
+alike instead of whichever happened to run then. ONE session is alive at a time: each block
+opens its model's session, warms it up, times it and closes it. With onnxruntime's default
+thread spinning, the pool threads of the other live sessions spin and take cores from the
+session being timed: alternating run by run over two live sessions measured the
 Fashion-MNIST ResNet at batch 32 on 2 cores as 23.0 ms (fp32) / 6.4 ms (compressed), each one
-alone 10.3 / 1.6 ms: a 2-4x error, larger for the smaller model. Each block starts with
-untimed runs for at least SETTLE_S seconds (and SETTLE runs). Latencies are wall-clock milliseconds per batch (one session.run call).
+alone 10.3 / 1.6 ms (a 2-4x error, larger for the smaller model); blocks over five live
+sessions still doubled some rows on a second call. One live session is also how a model is
+deployed. Latencies are wall-clock milliseconds per batch (one session.run call).
 """
 from __future__ import annotations
 
@@ -46,11 +48,10 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
     if warmup < 0:
         raise ConfigError(f"option '--warmup': must be >= 0, got {warmup}")
     models = [read_model(p) for p in paths]
-    sessions = [open_session(p, threads) for p in paths]
     results = [{"model": str(p), "size_bytes": model_size(p), "latency_ms": {}, "speedup": {}} for p in paths]
     for batch in dict.fromkeys(batches):  # unique, in the order asked
         feeds = [bench_feeds(m, batch, shapes, seq=seq, seed=seed) for m in models]
-        times = _interleaved(paths, sessions, feeds, repeats, warmup)  # (models, repeats) seconds
+        times = _blocks(paths, threads, feeds, repeats, warmup)  # (models, repeats) seconds
         for r, t in zip(results, times):
             ms = t * 1e3
             r["latency_ms"][str(batch)] = {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
@@ -63,28 +64,27 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
 
 
 BLOCK_ROUNDS = 5  # blocks of timed runs per model
-SETTLE, SETTLE_S = 2, 0.1  # untimed runs / seconds opening each block: other sessions stop spinning
 
 
-def _interleaved(paths, sessions, feeds, repeats: int, warmup: int) -> np.ndarray:
-    n = len(sessions)
-    for i, (s, f) in enumerate(zip(sessions, feeds)):  # warm-up: allocations, kernel choice, caches
-        for _ in range(max(warmup, 1)):  # at least one run: a failing model fails before timing starts
-            _run(paths[i], s, f)
+def _blocks(paths, threads: int, feeds, repeats: int, warmup: int) -> np.ndarray:
+    """(models, repeats) seconds: per round, each model (rotating who goes first) opens a
+    session, runs `warmup` untimed runs (allocations, kernel choice, caches; at least one, so a
+    failing model fails before timing), times its block, and closes the session."""
+    n = len(paths)
     times = np.zeros((n, repeats))
     rounds = min(BLOCK_ROUNDS, repeats)
     bounds = np.linspace(0, repeats, rounds + 1).astype(int)  # repeats split into `rounds` blocks
     for r in range(rounds):
         for k in range(n):
             i = (r + k) % n  # rotate who goes first: no model always runs right after a cold gap
-            settled, start = 0, time.perf_counter()
-            while n > 1 and (settled < SETTLE or time.perf_counter() - start < SETTLE_S):
-                sessions[i].run(None, feeds[i])
-                settled += 1
+            session = open_session(paths[i], threads)
+            for _ in range(max(warmup, 1)):
+                _run(paths[i], session, feeds[i])
             for rep in range(bounds[r], bounds[r + 1]):
                 start = time.perf_counter()
-                sessions[i].run(None, feeds[i])
+                session.run(None, feeds[i])
                 times[i, rep] = time.perf_counter() - start
+            del session  # its threads go with it: only the next block's session is alive
     return times
 
 

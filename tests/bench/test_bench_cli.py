@@ -60,32 +60,33 @@ def test_bench_missing_model(tmp_path):
 
 
 class _Recorder:
-    """A stand-in session: records which model ran, each run taking `seconds`."""
+    """A stand-in session: records which model ran and which sessions are alive."""
 
-    def __init__(self, name: str, log: list, seconds: float):
-        self.name, self.log, self.seconds = name, log, seconds
+    alive: set = set()
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+        _Recorder.alive.add(id(self))
 
     def run(self, outputs, feeds):
-        import time
-
-        time.sleep(self.seconds)
+        assert _Recorder.alive == {id(self)}  # one live session while timing
         self.log.append(self.name)
 
+    def __del__(self):
+        _Recorder.alive.discard(id(self))
 
-def test_models_run_in_settled_blocks_not_alternately():
-    """Each model's timed runs come in BLOCK_ROUNDS consecutive blocks, each opened by untimed
-    runs covering SETTLE_S (another session's threads stop spinning), the first model of a
-    round rotating; every model gets exactly `repeats` timings."""
+
+def test_models_run_in_blocks_one_live_session_at_a_time(monkeypatch):
+    """Each model's timed runs come in BLOCK_ROUNDS consecutive blocks, each in a session of
+    its own opened for the block (warm-up runs first) and closed after it, the first model of
+    a round rotating; every model gets exactly `repeats` timings."""
     from geta_onnx.bench import latency
 
     log: list[str] = []
-    sessions = [_Recorder("A", log, 0.01), _Recorder("B", log, 0.01)]
-    times = latency._interleaved(["a.onnx", "b.onnx"], sessions, [{}, {}], repeats=10, warmup=1)
-    assert times.shape == (2, 10) and (times > 0).all()
-    runs = log[2:]  # after one warm-up run each
-    switches = sum(1 for x, y in zip(runs, runs[1:]) if x != y)
-    # rounds A B | B A | A B | ...: the rotation joins the blocks at the round borders
-    assert switches == latency.BLOCK_ROUNDS
-    settle = max(latency.SETTLE, int(latency.SETTLE_S / 0.01))
-    assert len(runs) >= 2 * (10 + latency.BLOCK_ROUNDS * settle)
-    assert runs[0] == "A" and runs[-1] in ("A", "B")
+    monkeypatch.setattr(latency, "open_session", lambda path, threads: _Recorder(str(path), log))
+    times = latency._blocks(["A", "B"], 2, [{}, {}], repeats=10, warmup=1)
+    assert times.shape == (2, 10)
+    assert log.count("A") == log.count("B") == 10 + latency.BLOCK_ROUNDS  # timed + one warm-up per block
+    switches = sum(1 for x, y in zip(log, log[1:]) if x != y)
+    assert switches == latency.BLOCK_ROUNDS  # rounds A B | B A | A B ...: blocks join at round borders
+    assert log[0] == "A" and not _Recorder.alive

@@ -8,7 +8,8 @@
   graph are kept beside them as `relative_bops_graph`.
 - onnxruntime's fusion: integer kernels vs weighted ops left in float (deployment.md)
 - file size and latency: ONE geta_onnx.bench.measure_latency call over all rows, which
-  times the models interleaved so a noisy neighbour slows every row alike.
+  times the models in rotating blocks (one live session at a time) so a noisy neighbour
+  slows every row alike.
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def measure(rows: list[dict], bench: Bench, *, batches=(1, 32), threads: int = 2
         if ptq is not None:
             r["speedup_vs_ptq"] = {b: ptq["latency_ms"][b]["p50"] / v["p50"] for b, v in res["latency_ms"].items()}
     return {"batches": list(batches), "threads": threads, "repeats": repeats, "warmup": warmup,
-            "statistic": "median (p50) of the repeats", "seq": bench.seq, "shapes": bench.latency_shapes}
+            "statistic": "median (p50) of the repeats", "seq": bench.seq, "shapes": bench.latency_shapes,
+            "method": "rotating blocks of runs, one live session at a time"}
 
 
 def _plain(d: dict) -> dict:

@@ -131,7 +131,8 @@ def model_section(result: dict, png: str) -> str:
     out += [table(result), "", f"![quality vs latency]({png})", "",
             f"- run: `{result['command']}` on {env['date']}; {env['cpu']} ({env['cpus']} CPUs), onnxruntime "
             f"{env['onnxruntime']} with {lat['threads']} intra-op threads; latency = {lat['statistic']} of "
-            f"{lat['repeats']} runs after {lat['warmup']} warm-up runs, all rows timed interleaved in one call",
+            f"{lat['repeats']} runs after {lat['warmup']} warm-up runs, all rows timed in one call ("
+            f"{lat.get('method', 'interleaved')})",
             f"- libraries: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, torch {env['torch']}, "
             f"numpy {env['numpy']}, geta-onnx {env['geta_onnx']}, Python {env['python']}",
             f"- compression epochs (geta-onnx and the L1 fine-tuning alike): {s['epochs']}; fine-tuning: Adam "
@@ -139,6 +140,8 @@ def model_section(result: dict, png: str) -> str:
             f"{s['calibration_samples']} training samples, op types: {s.get('ptq_op_types') or 'all'}; L1 kept widths: "
             f"multiples of {s['unit']}"]
     out += [f"- {n}" for n in result.get("notes", [])]
+    if result.get("findings"):  # MODEL.findings.md beside the JSON: what the numbers mean, written by hand
+        out += ["", "### Findings", "", result["findings"].strip()]
     geta = [r for r in result["rows"] if r["kind"] == "geta"]
     if geta:
         out += ["", "geta-onnx commands (exactly as run):", "", "```bash"] + [r["command"] for r in geta] + ["```"]
@@ -171,7 +174,7 @@ Columns: quality (the model's metric, measured in onnxruntime on held-out data);
 (MACs x weight bits x activation bits over the fp32 original at 32 x 32 bits, weighted layers
 only; geta-onnx rows from its report, which knows the learned bit widths); MACs per sample
 (symbolic dims count 1); file size; onnxruntime CPU latency at batch 1 and 32 (median; all rows
-of a model timed interleaved in one `geta_onnx.bench.measure_latency` call); speedup against the
+of a model timed in one `geta_onnx.bench.measure_latency` call: rotating blocks, one live session at a time); speedup against the
 fp32 original; integer kernels onnxruntime fused vs weighted ops left in float; wall-clock time
 of the compression itself (PTQ: pre-processing + calibration; L1 rows: pruning + fine-tuning
 (+ PTQ); geta-onnx: training + export as its report gives it).
@@ -199,6 +202,9 @@ def load_results(folder: Path) -> dict[str, dict]:
         f = folder / f"{name}.json"
         if f.is_file():
             out[name] = json.loads(f.read_text())
+            findings = folder / f"{name}.findings.md"
+            if findings.is_file():
+                out[name]["findings"] = findings.read_text()
     return out
 
 
