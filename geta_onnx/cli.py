@@ -255,8 +255,8 @@ def _parse_batches(values: tuple[str, ...]) -> list[int]:
 @_friendly_errors
 def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repeats: int, warmup: int,
           shapes: tuple[str, ...], json_path: str | None) -> None:
-    """onnxruntime latency (p50 / p90 ms per batch) and size of MODELS, measured interleaved;
-    speedup and size are relative to the first model."""
+    """onnxruntime latency (p50 / p90 ms per batch) and size of MODELS, measured in rotating
+    blocks (one live session at a time); speedup and size are relative to the first model."""
     from pathlib import Path
 
     from .bench import measure_latency

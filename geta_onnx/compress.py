@@ -14,7 +14,8 @@ Files, each written atomically and never over the input model:
 Quality is measured in onnxruntime on the data's eval split (the spec's own, else the
 held-out `val_split` of the training samples): top-1 of both models with integer labels,
 else the fidelity of the compressed model to the original (agreement / cosine / mse).
-Latency: both models interleaved (bench/latency.py) at the data's per-sample shape.
+Latency: both models in rotating blocks, one live session at a time (bench/latency.py), at
+the data's per-sample shape.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""onnxruntime latency of one or more models, measured interleaved.
+"""onnxruntime latency of one or more models, measured in rotating blocks, one live session at a time.
 
     results = measure_latency(["model.onnx", "model.int8.onnx"], batches=[1, 32], threads=2,
                               repeats=50, warmup=5)

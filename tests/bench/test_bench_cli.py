@@ -1,4 +1,4 @@
-"""`geta-onnx bench`: interleaved onnxruntime latency, sizes and ratios (never absolute speed)."""
+"""`geta-onnx bench`: onnxruntime latency in rotating blocks, sizes and ratios (never absolute speed)."""
 import json
 
 import pytest

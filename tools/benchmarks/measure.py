@@ -95,7 +95,7 @@ def measure(rows: list[dict], bench: Bench, *, batches=(1, 32), threads: int = 2
         r["relative_bops_graph"] = relative_bops(path, base)
         r["relative_bops"] = float(report.get("relative_bops", r["relative_bops_graph"]))
         r["fusion"] = fusion(path)
-    log(f"  latency: {len(rows)} models interleaved, batches {list(batches)}, {threads} threads, {repeats} repeats")
+    log(f"  latency: {len(rows)} models in rotating blocks, batches {list(batches)}, {threads} threads, {repeats} repeats")
     results = measure_latency([r["path"] for r in rows], list(batches), threads=threads, repeats=repeats,
                               warmup=warmup, shapes=bench.latency_shapes, seq=bench.seq)
     ptq = next((res for r, res in zip(rows, results) if r["id"] == "ptq"), None)
