@@ -6,7 +6,9 @@ run, then `geta-onnx gate`, end to end.
     python -m samples.fashion_mnist --out runs/fmnist --fp32-onnx runs/fmnist/resnet_fp32.onnx   # reuse
 
 The compress settings are samples/fashion_mnist/compress.toml; the gate budgets are the
-issue's: accuracy drop <= 1 point, speedup >= 4x at batch 1 and 32.
+issue's: accuracy drop <= 1 point, speedup >= 4x at batch 1 and 32. Measured on 2 cores with
+`--fp32-epochs 3 --epochs 5` (about an hour): 91.90 % -> 91.20 %, 4.1x / 6.5x at batch 1 / 32,
+the gate passes (docs/measurements.md).
 """
 from __future__ import annotations
 
