@@ -22,7 +22,7 @@ def _conv_model(op, x, w, b=None, opset=11, **attrs):
     return make_model([node], {"x": x}, ["y"], inits, opset=opset)
 
 
-def _check(op, x, w, b=None, opset=11, gradcheck=False, **attrs):
+def assert_conv_parity(op, x, w, b=None, opset=11, gradcheck=False, **attrs):
     model = _conv_model(op, x, w, b, opset, **attrs)
     module = assert_parity(model, {"x": x}, **TOL)
     assert sorted(module.initializer_of[q] for q, _ in module.named_parameters()) == (["b", "w"] if b is not None else ["w"])
@@ -59,16 +59,16 @@ CONV = {
 @pytest.mark.parametrize("case", list(CONV))
 def test_conv(case):
     x_shape, w_shape, bias, attrs = CONV[case]
-    _check("Conv", *_arrays(x_shape, w_shape, bias), **attrs)
+    assert_conv_parity("Conv", *_arrays(x_shape, w_shape, bias), **attrs)
 
 
 @pytest.mark.parametrize("opset", [11, 21])
 def test_conv_opsets(opset):
-    _check("Conv", *_arrays((1, 2, 6, 5), (3, 2, 3, 3), 3), opset=opset, pads=[1, 0, 0, 1])
+    assert_conv_parity("Conv", *_arrays((1, 2, 6, 5), (3, 2, 3, 3), 3), opset=opset, pads=[1, 0, 0, 1])
 
 
 def test_conv_gradcheck():  # in float64 (onnxruntime has no float64 Conv: parity in float32)
-    _check("Conv", *_arrays((1, 2, 5, 4), (2, 2, 2, 3), 2), gradcheck=True, pads=[1, 0, 0, 2], strides=[2, 1])
+    assert_conv_parity("Conv", *_arrays((1, 2, 5, 4), (2, 2, 2, 3), 2), gradcheck=True, pads=[1, 0, 0, 2], strides=[2, 1])
 
 
 def test_conv_same_with_dilation_follows_the_spec():
@@ -110,18 +110,18 @@ CONV_T = {
 @pytest.mark.parametrize("case", list(CONV_T))
 def test_conv_transpose(case):
     x_shape, w_shape, bias, attrs = CONV_T[case]
-    _check("ConvTranspose", *_arrays(x_shape, w_shape, bias), **attrs)
+    assert_conv_parity("ConvTranspose", *_arrays(x_shape, w_shape, bias), **attrs)
 
 
 @pytest.mark.parametrize("opset", [11, 21])
 def test_conv_transpose_opsets(opset):
-    _check("ConvTranspose", *_arrays((1, 3, 4, 5), (3, 2, 3, 3), 2), opset=opset, strides=[2, 2], pads=[0, 1, 1, 0])
+    assert_conv_parity("ConvTranspose", *_arrays((1, 3, 4, 5), (3, 2, 3, 3), 2), opset=opset, strides=[2, 2], pads=[0, 1, 1, 0])
 
 
 @pytest.mark.parametrize("attrs", [dict(strides=[2, 1], pads=[1, 0, 0, 1], output_padding=[1, 0]),
                                    dict(strides=[2, 2], pads=[1, 1, 1, 1])])
 def test_conv_transpose_gradcheck(attrs):  # in float64, as test_conv_gradcheck
-    _check("ConvTranspose", *_arrays((1, 2, 3, 3), (2, 2, 2, 3), 2), gradcheck=True, **attrs)
+    assert_conv_parity("ConvTranspose", *_arrays((1, 2, 3, 3), (2, 2, 2, 3), 2), gradcheck=True, **attrs)
 
 
 def test_conv_transpose_full_output_shape():

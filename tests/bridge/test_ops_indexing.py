@@ -11,7 +11,7 @@ import torch
 from onnx import helper
 
 from geta_onnx.bridge import run_onnxruntime
-from tests.bridge.test_ops_shape import legacy_parity, typed_model
+from tests.bridge.test_ops_shape import assert_legacy_parity, typed_model
 from tests.helpers import assert_parity, bridge_outputs, make_model, rng
 
 EXACT = dict(atol=0.0, rtol=0.0)
@@ -139,7 +139,7 @@ def test_slice_legacy_attributes():
     x = rand(4, 5)
     nodes = [node("Slice", ["x"], ["y"], starts=[1, -2], ends=[100, -1], axes=[0, 1]),
              node("Slice", ["x"], ["z"], starts=[1], ends=[3])]
-    legacy_parity(make_model(nodes, {"x": x}, ["y", "z"], opset=9), {"x": x})
+    assert_legacy_parity(make_model(nodes, {"x": x}, ["y", "z"], opset=9), {"x": x})
 
 
 # ---- TopK -------------------------------------------------------------------------------------
@@ -168,8 +168,8 @@ def test_topk_runtime_k_and_unsorted():
 
 def test_topk_legacy_opsets():
     x = distinct(3, 5)
-    legacy_parity(make_model([node("TopK", ["x"], ["v", "i"], k=2)], {"x": x}, ["v", "i"], opset=9), {"x": x})
-    legacy_parity(make_model([node("TopK", ["x", "k"], ["v", "i"], axis=0)], {"x": x}, ["v", "i"], {"k": ints(2)}, opset=10),
+    assert_legacy_parity(make_model([node("TopK", ["x"], ["v", "i"], k=2)], {"x": x}, ["v", "i"], opset=9), {"x": x})
+    assert_legacy_parity(make_model([node("TopK", ["x", "k"], ["v", "i"], axis=0)], {"x": x}, ["v", "i"], {"k": ints(2)}, opset=10),
                   {"x": x})
 
 

@@ -31,7 +31,7 @@ def _typed_model(node, x, outputs, inits, opset, check=True):
     return model
 
 
-def _parity(model, x, gradcheck=False, tol=TOL):
+def assert_bn_parity(model, x, gradcheck=False, tol=TOL):
     module = assert_parity(model, {"x": x}, **tol)
     if gradcheck:
         assert_gradcheck(module, {"x": x})
@@ -51,7 +51,7 @@ def _bn_arrays(c, dtype=np.float32, seed=0):
 def test_batch_norm_inference(opset, shape):
     x = rng().standard_normal(shape).astype(np.float32)
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3, momentum=0.8)
-    module = _parity(make_model([node], {"x": x}, ["y"], _bn_arrays(3), opset=opset), x, gradcheck=shape == (2, 3, 5))
+    module = assert_bn_parity(make_model([node], {"x": x}, ["y"], _bn_arrays(3), opset=opset), x, gradcheck=shape == (2, 3, 5))
     assert sorted(module.initializer_of[q] for q, _ in module.named_parameters()) == ["b", "s"]
     assert sorted(module.initializer_of[q] for q, _ in module.named_buffers() if q.startswith("state.")) == ["m", "v"]
 
@@ -59,7 +59,7 @@ def test_batch_norm_inference(opset, shape):
 def test_batch_norm_float64():
     x = rng().standard_normal((2, 3, 4)).astype(np.float64)
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
-    _parity(make_model([node], {"x": x}, ["y"], _bn_arrays(3, np.float64), opset=15), x)
+    assert_bn_parity(make_model([node], {"x": x}, ["y"], _bn_arrays(3, np.float64), opset=15), x)
 
 
 @pytest.mark.parametrize("opset", [14, 15])
@@ -69,7 +69,7 @@ def test_batch_norm_training_mode_outputs(opset):
     x = rng(1).standard_normal((4, 3, 2, 2)).astype(np.float32)
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1, momentum=0.7)
     inits = _bn_arrays(3)
-    module = _parity(make_model([node], {"x": x}, ["y", "rm", "rv"], inits, opset=opset), x)
+    module = assert_bn_parity(make_model([node], {"x": x}, ["y", "rm", "rv"], inits, opset=opset), x)
     np.testing.assert_array_equal(module.initializer_values()["m"], inits["m"])
     # in train mode the same outputs (from the statistics before the update), and the
     # buffers move as torch's would: momentum 1 - 0.7, unbiased variance
@@ -90,7 +90,7 @@ def test_batch_norm_saved_statistics_outputs():
     outs = ["y", "rm", "rv", "sm", "sv"]
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs, momentum=0.6)
     types = {"y": (np.float32, x.shape), **{k: (np.float32, (3,)) for k in outs[1:]}}
-    _parity(_typed_model(node, x, types, _bn_arrays(3), opset=12), x)
+    assert_bn_parity(_typed_model(node, x, types, _bn_arrays(3), opset=12), x)
 
 
 def test_batch_norm_stat_outputs_need_training_mode():
@@ -153,7 +153,7 @@ def test_instance_norm(opset, shape):
     x = r.standard_normal(shape).astype(np.float32)
     inits = {"s": r.standard_normal(3).astype(np.float32), "b": r.standard_normal(3).astype(np.float32)}
     node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)
-    _parity(make_model([node], {"x": x}, ["y"], inits, opset=opset), x, gradcheck=shape == (2, 3, 5))
+    assert_bn_parity(make_model([node], {"x": x}, ["y"], inits, opset=opset), x, gradcheck=shape == (2, 3, 5))
 
 
 # ---- LayerNormalization ---------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_layer_norm(axis, bias, outputs):
         inits["b"] = r.standard_normal(norm_shape).astype(np.float32)
     names = ["y", "mean", "inv_std"][:outputs]
     node = helper.make_node("LayerNormalization", ["x", "s"] + (["b"] if bias else []), names, axis=axis, epsilon=1e-3)
-    _parity(make_model([node], {"x": x}, names, inits, opset=17), x, gradcheck=axis == -2 and outputs == 1)
+    assert_bn_parity(make_model([node], {"x": x}, names, inits, opset=17), x, gradcheck=axis == -2 and outputs == 1)
 
 
 @pytest.mark.parametrize("opset", [17, 21])
@@ -179,7 +179,7 @@ def test_layer_norm_broadcast_scale(opset):  # scale / bias broadcast against X.
     x = r.standard_normal((2, 3, 4)).astype(np.float32)
     inits = {"s": r.standard_normal(4).astype(np.float32), "b": r.standard_normal((1, 4)).astype(np.float32)}
     node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=1)
-    _parity(make_model([node], {"x": x}, ["y"], inits, opset=opset), x)
+    assert_bn_parity(make_model([node], {"x": x}, ["y"], inits, opset=opset), x)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
@@ -191,7 +191,7 @@ def test_layer_norm_dtypes(dtype):
     inits = {"s": r.standard_normal(8).astype(dtype), "b": r.standard_normal(8).astype(dtype)}
     node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv_std"])
     tol = dict(atol=1e-3, rtol=5e-3) if dtype == np.float16 else TOL
-    _parity(make_model([node], {"x": x}, ["y", "mean", "inv_std"], inits, opset=17), x, tol=tol)
+    assert_bn_parity(make_model([node], {"x": x}, ["y", "mean", "inv_std"], inits, opset=17), x, tol=tol)
 
 
 # ---- GroupNormalization -----------------------------------------------------------------
@@ -254,7 +254,7 @@ def _lrn_spec(x, size, alpha=1e-4, beta=0.75, bias=1.0):
 def test_lrn(opset, size):
     x = rng(9).standard_normal((2, 6, 3, 3)).astype(np.float32)
     node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=0.3, beta=0.6, bias=1.5)
-    _parity(make_model([node], {"x": x}, ["y"], opset=opset), x, gradcheck=size == 3)
+    assert_bn_parity(make_model([node], {"x": x}, ["y"], opset=opset), x, gradcheck=size == 3)
 
 
 @pytest.mark.parametrize("size,shape", [(2, (2, 6, 3, 3)), (4, (2, 6, 3, 3)), (3, (2, 5, 7)), (4, (1, 4, 2, 2, 3))])

@@ -41,7 +41,7 @@ def _model(op, x, opset, axes=None, **attrs):
     return make_model([helper.make_node(op, inputs, ["y"], **attrs)], {"x": x}, ["y"], inits, opset=opset)
 
 
-def _check(op, x, opset, axes=None, gradcheck=False, exact=False, **attrs):
+def assert_reduce_parity(op, x, opset, axes=None, gradcheck=False, exact=False, **attrs):
     model = _model(op, x, opset, axes, **attrs)
     tol = dict(atol=0, rtol=0) if exact else dict(rtol=2e-3) if x.dtype == np.float16 else {}
     module = assert_parity(model, {"x": x}, grad=x.dtype.kind == "f", **tol)
@@ -55,7 +55,7 @@ def _check(op, x, opset, axes=None, gradcheck=False, exact=False, **attrs):
 @pytest.mark.parametrize("axes,keepdims", [([1], 1), ([-1, 0], 0), ([2, -3], 1), (None, 0), (None, 1)])
 def test_reduce(op, opset, axes, keepdims):
     x = _positive(op, rng().standard_normal((3, 4, 5)).astype(np.float32))
-    _check(op, x, opset, axes, keepdims=keepdims)
+    assert_reduce_parity(op, x, opset, axes, keepdims=keepdims)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -81,14 +81,14 @@ def test_noop_without_axes_input(op):
 @pytest.mark.parametrize("op", OPS)
 def test_gradcheck(op):  # float64 finite differences on a tiny tensor
     x = _positive(op, rng(3).standard_normal((2, 3, 2)))
-    _check(op, x, 18, [0, 2], gradcheck=True, keepdims=0)
+    assert_reduce_parity(op, x, 18, [0, 2], gradcheck=True, keepdims=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 @pytest.mark.parametrize("op", OPS)
 def test_float_dtypes(op, dtype):
     x = _positive(op, rng(4).standard_normal((3, 4)).astype(dtype))
-    _check(op, x, 13, [1], keepdims=0)
+    assert_reduce_parity(op, x, 13, [1], keepdims=0)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
@@ -101,14 +101,14 @@ def test_integers(op, dtype):
         x = np.abs(x) + 1
     if op == "ReduceProd":
         x = np.clip(x, -3, 3)
-    _check(op, x, 13, [1], keepdims=1, exact=True)
+    assert_reduce_parity(op, x, 13, [1], keepdims=1, exact=True)
 
 
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.bool_])
 def test_max_min_small_types(op, dtype):  # int8 / uint8 since 12, bool since 20
     x = rng(6).integers(0, 100, (3, 4)).astype(dtype) if dtype != np.bool_ else rng(6).random((3, 4)) > 0.6
-    _check(op, x, 20, [1], keepdims=0, exact=True)
+    assert_reduce_parity(op, x, 20, [1], keepdims=0, exact=True)
 
 
 def test_axes_must_be_constant():
@@ -125,6 +125,6 @@ def test_axes_must_be_constant():
 
 def test_axes_input_is_a_constant_buffer():
     x = rng().standard_normal((2, 3)).astype(np.float32)
-    module = _check("ReduceSum", x, 13, [1])
+    module = assert_reduce_parity("ReduceSum", x, 13, [1])
     assert module.tensor_of["axes"].startswith("consts.")
     assert not list(module.parameters())

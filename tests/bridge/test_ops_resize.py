@@ -17,7 +17,7 @@ from geta_onnx.bridge import run_bridge, run_onnxruntime, to_torch
 from geta_onnx.errors import ConversionError
 from geta_onnx.graph import OnnxModel, from_proto
 from geta_onnx.graph.normalize import name_nodes
-from tests.bridge.test_ops_shape import legacy_parity
+from tests.bridge.test_ops_shape import assert_legacy_parity
 from tests.helpers import assert_parity, make_model, rng
 
 EXACT = dict(atol=0.0, rtol=0.0)
@@ -85,7 +85,7 @@ def test_pad_reflect_gradcheck():
 
 def test_pad_legacy_attribute():
     x = rand(2, 3)
-    legacy_parity(make_model([node("Pad", ["x"], ["y"], pads=[1, 0, 0, 2], value=2.0)], {"x": x}, ["y"], opset=9), {"x": x})
+    assert_legacy_parity(make_model([node("Pad", ["x"], ["y"], pads=[1, 0, 0, 2], value=2.0)], {"x": x}, ["y"], opset=9), {"x": x})
 
 
 # ---- DepthToSpace / SpaceToDepth ------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_resize_legacy_opset_10():
     for mode in ("nearest", "linear"):
         m = make_model([node("Resize", ["x", "scales"], ["y"], mode=mode)], {"x": x}, ["y"],
                        {"scales": np.array([1, 1, 1.5, 0.6], F32)}, opset=10)
-        legacy_parity(m, {"x": x}, atol=1e-6)
+        assert_legacy_parity(m, {"x": x}, atol=1e-6)
 
 
 # ---- Upsample -----------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_upsample_opset_9(mode):
     x = rand(1, 2, 3, 4)
     m = make_model([node("Upsample", ["x", "scales"], ["y"], mode=mode)], {"x": x}, ["y"],
                    {"scales": np.array([1, 1, 2, 1.5], F32)}, opset=9)
-    legacy_parity(m, {"x": x}, atol=1e-6)
+    assert_legacy_parity(m, {"x": x}, atol=1e-6)
 
 
 @pytest.mark.parametrize("opset", [10, 11, 13, 21])
@@ -335,4 +335,4 @@ def test_pad_and_upsample_opset_1_forms():
 def test_upsample_opset_7_scales_attribute(mode):
     x = rand(1, 2, 3, 4)
     m = make_model([node("Upsample", ["x"], ["y"], mode=mode, scales=[1.0, 1.0, 2.0, 1.5])], {"x": x}, ["y"], opset=8)
-    legacy_parity(m, {"x": x}, atol=1e-6)
+    assert_legacy_parity(m, {"x": x}, atol=1e-6)

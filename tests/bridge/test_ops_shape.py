@@ -5,7 +5,7 @@ These ops only move or create values, so float outputs must match exactly (atol 
 gradients are checked by assert_parity wherever the output is float. Shape-like inputs are
 tested both as constants (baked at build time) and as runtime tensors (graph inputs, or
 computed by Shape -> Gather / Slice -> Concat), which the normaliser cannot fold.
-Opsets below 11 (which load_model refuses) are run through `legacy_parity`, which builds
+Opsets below 11 (which load_model refuses) are run through `assert_legacy_parity`, which builds
 the bridge from the raw proto without normalisation.
 """
 import numpy as np
@@ -35,7 +35,7 @@ def node(op, inputs, outputs, **attrs):
     return helper.make_node(op, inputs, outputs, **attrs)
 
 
-def legacy_parity(proto, feeds, atol=0.0):
+def assert_legacy_parity(proto, feeds, atol=0.0):
     """onnxruntime vs bridge for opsets < 11: no checker / normaliser on the bridge side."""
     want = run_onnxruntime(proto, feeds)
     module = to_torch(OnnxModel(name_nodes(proto))).eval()
@@ -98,7 +98,7 @@ def test_reshape_shape_as_graph_input():
 
 def test_reshape_legacy_opset():
     x = rand(2, 6)
-    legacy_parity(make_model([node("Reshape", ["x", "s"], ["y"])], {"x": x}, ["y"], {"s": ints(4, -1)}, opset=9), {"x": x})
+    assert_legacy_parity(make_model([node("Reshape", ["x", "s"], ["y"])], {"x": x}, ["y"], {"s": ints(4, -1)}, opset=9), {"x": x})
 
 
 @pytest.mark.parametrize("opset", [11, 13, 21])
@@ -153,7 +153,7 @@ def test_squeeze_unsqueeze_runtime_axes():
 def test_squeeze_unsqueeze_legacy_opset():
     x = rand(2, 1, 3)
     nodes = [node("Squeeze", ["x"], ["s"], axes=[1]), node("Unsqueeze", ["s"], ["y"], axes=[0, 2])]
-    legacy_parity(make_model(nodes, {"x": x}, ["y"], opset=9), {"x": x})
+    assert_legacy_parity(make_model(nodes, {"x": x}, ["y"], opset=9), {"x": x})
 
 
 # ---- Concat / Split -----------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_split_runtime_sizes_and_single_output():
 
 def test_split_legacy_opset():
     x = rand(6, 2)
-    legacy_parity(make_model([node("Split", ["x"], ["a", "b"], split=[2, 4])], {"x": x}, ["a", "b"], opset=9), {"x": x})
+    assert_legacy_parity(make_model([node("Split", ["x"], ["a", "b"], split=[2, 4])], {"x": x}, ["a", "b"], opset=9), {"x": x})
 
 
 # ---- Expand / Tile ----------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_dropout_legacy_mask_dtype():
     x = rand(2, 3)
     m = typed_model([node("Dropout", ["x"], ["y", "m"], ratio=0.2)], {"x": x}, {"y": (np.float32, 2), "m": (np.float32, 2)},
                     opset=9)
-    legacy_parity(m, {"x": x})
+    assert_legacy_parity(m, {"x": x})
 
 
 # ---- forms older than onnxruntime's opset 7 ----------------------------------------------------------
