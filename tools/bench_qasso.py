@@ -21,8 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geta_onnx.bridge import to_torch  # noqa: E402
-from geta_onnx.config import QuantConfig  # noqa: E402
-from geta_onnx.config import DataConfig  # noqa: E402
+from geta_onnx.config import DataConfig, QuantConfig  # noqa: E402
 from geta_onnx.graph import from_proto, load_model  # noqa: E402
 from geta_onnx.optim import QASSO, quant_targets  # noqa: E402
 from geta_onnx.qadg import analyze  # noqa: E402
@@ -31,9 +30,8 @@ from geta_onnx.train import Schedule, load_data, split_batch  # noqa: E402
 from samples import export_zoo, zoo  # noqa: E402
 
 
-def build(name: str, path: str | None = None):
-    """(model, bridged module with GETA quantizers, plan): a zoo model, or the ONNX file `path`."""
-    model = load_model(path) if path else from_proto(export_zoo.export(name, "legacy", io.BytesIO()))
+def build(model):
+    """(model, bridged module with GETA quantizers, plan) of an OnnxModel."""
     module = to_torch(model).train()
     plan = attach_quantizers(module, model, QuantConfig())
     return model, module, plan
@@ -61,15 +59,17 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.onnx:
-        data = load_data(a.data, DataConfig(batch_size=a.batch), model=load_model(a.onnx), seed=0)
-        args = list(split_batch(next(iter(data.train)), [i.name for i in load_model(a.onnx).inputs])[0])
+        onnx_model = load_model(a.onnx)
+        data = load_data(a.data, DataConfig(batch_size=a.batch), model=onnx_model, seed=0)
+        args = list(split_batch(next(iter(data.train)), [i.name for i in onnx_model.inputs])[0])
     else:
+        onnx_model = from_proto(export_zoo.export(a.model, "legacy", io.BytesIO()))
         args = list(zoo.get(a.model).example_inputs(batch=a.batch).values())
-    model, plain_module, _ = build(a.model, a.onnx)
+    model, plain_module, _ = build(onnx_model)
     adam = torch.optim.Adam(plain_module.parameters(), lr=1e-4)
     n = a.repeats
     total = 8 * n  # stages of n steps each at least: warm-up, projection, pruning (2n), cool-down
-    model, module, plan = build(a.model, a.onnx)
+    model, module, plan = build(onnx_model)
     sched = Schedule(total, total, warmup_steps=n, projection_steps=2 * n, projection_periods=2,
                      pruning_start=3 * n, pruning_steps=3 * n, pruning_periods=3)
     qasso = QASSO(module, analyze(model), quant_targets(plan, QuantConfig()), sched, lr=1e-4, base="adam",

@@ -79,11 +79,15 @@ def geta_row(bench: Bench, work: Path, sparsity: float, log=print, reuse: bool =
                report=_report_summary(report))
 
 
-def given_geta_row(out: Path) -> dict:
-    """A geta-onnx compress output made earlier (run.py --geta-onnx): its report gives the
-    sparsity, the settings and the compression time."""
-    report = json.loads(out.with_suffix(".report.json").read_text())
-    s = report["groups"]["removed"] / report["groups"]["prunable"]
+def group_sparsity(report: dict) -> float:
+    """The group sparsity a geta-onnx compress report reached."""
+    return report["groups"]["removed"] / report["groups"]["prunable"]
+
+
+def given_geta_row(out: Path, report: dict) -> dict:
+    """A geta-onnx compress output made earlier (run.py --geta-onnx) with its loaded report,
+    which gives the sparsity, the settings and the compression time."""
+    s = group_sparsity(report)
     return row(f"geta-{round(s * 100)}", f"geta-onnx {s:.0%} groups", out, "geta",
                compression_seconds(report, 0.0), command=f"geta-onnx compress (given: {out}; settings in its report)",
                report=_report_summary(report), settings=report.get("settings", {}))

@@ -60,8 +60,8 @@ def main(argv=None) -> None:
     out = Path(a.out) if a.out else ROOT / "runs" / ("benchmarks-quick" if a.quick else "benchmarks")
     work = out / a.model
     work.mkdir(parents=True, exist_ok=True)
-    given = [Path(g) for g in a.geta_onnx.split(",")] if a.geta_onnx else []
-    budgets = [_given_sparsity(g) for g in given] if given else [float(x) for x in a.budgets.split(",")]
+    given = [(Path(g), _given_report(Path(g))) for g in a.geta_onnx.split(",")] if a.geta_onnx else []
+    budgets = [rows.group_sparsity(r) for _, r in given] if given else [float(x) for x in a.budgets.split(",")]
     fractions = [float(x) for x in a.l1_macs.split(",")]
     fractions = fractions * len(budgets) if len(fractions) == 1 else fractions
     started = time.perf_counter()
@@ -70,19 +70,20 @@ def main(argv=None) -> None:
     bench = prepare(a.model, work, a.quick, fp32=a.fp32_onnx, epochs=a.epochs)
     if given:
         bench.notes.append("geta-onnx rows: compress outputs given with --geta-onnx ("
-                           + ", ".join(f"`{g}`" for g in given) + "), made by the command in docs/measurements.md; "
+                           + ", ".join(f"`{g}`" for g, _ in given) + "), made by the command in docs/measurements.md; "
                            "their settings are in each row's report")
     base_macs = macs_of(bench.model)
     table, skipped, done = [rows.fp32_row(bench)], [], set()
     log("[ptq] onnxruntime static int8")
     table.append(rows.ptq_row(bench, work))
-    for s, frac in zip(budgets, fractions):
+    for j, (s, frac) in enumerate(zip(budgets, fractions)):
         geta, target = None, int(frac * base_macs)
         tag, what = f"m{round(frac * 100)}", f"{frac:.0%} of the fp32 MACs"
         if not a.skip_geta:
-            log(f"[geta-{round(s * 100)}] geta-onnx compress, target sparsity {s:g}")
+            log(f"[geta-{round(s * 100)}] geta-onnx compress, " + (f"given: {given[j][0]}" if given
+                                                                     else f"target sparsity {s:g}"))
             try:
-                geta = (rows.given_geta_row(given[budgets.index(s)]) if given
+                geta = (rows.given_geta_row(*given[j]) if given
                         else rows.geta_row(bench, work, s, log=log, reuse=a.reuse))
                 target = int(geta["report"]["macs"]["compressed"])
                 tag, what = f"{round(s * 100)}", f"MACs of geta {s:.0%}"
@@ -116,13 +117,12 @@ def main(argv=None) -> None:
     print_table(result)
 
 
-def _given_sparsity(path: Path) -> float:
-    """The group sparsity a geta-onnx compress output reached (its report's groups)."""
+def _given_report(path: Path) -> dict:
+    """The report of a geta-onnx compress output given with --geta-onnx."""
     report = path.with_suffix(".report.json")
     if not report.is_file():
         raise SystemExit(f"--geta-onnx {path}: no {report.name} beside it (give a geta-onnx compress output)")
-    groups = json.loads(report.read_text())["groups"]
-    return groups["removed"] / groups["prunable"]
+    return json.loads(report.read_text())
 
 
 def publish(result: dict, out: Path, quick: bool) -> None:
