@@ -28,7 +28,7 @@ from ..quant.quantizer import bits_of, d_of_bits
 from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import plan
-from .slices import GroupView, ZeroMasks, group_views
+from .slices import GroupView, Slice, ZeroMasks, group_views, merge_slices
 from ..train.schedule import Schedule
 
 ETA, ZETA = 0.999, 0.9
@@ -257,12 +257,12 @@ class QASSO(torch.optim.Optimizer):
         quantized weights, then x_R <- x_R - gamma * Q(x)_R. Returns the d entries it set
         (the caller keeps them through this step's base update)."""
         lr = self.param_groups[0]["lr"]
-        views = [self._by_id[g] for g in self.redundant]
-        quantized = [s for v in views for s in v.slices if s.name in self._weight_layer]
+        slices = merge_slices([self._by_id[g] for g in self.redundant])  # one per (tensor, axis)
+        quantized = [s for s in slices if s.name in self._weight_layer]
         terms = {id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized}  # (c, r, Q) of R
-        c, g = self._flat_cg(views, terms, ghat)
+        c, g = self._flat_cg(slices, terms, ghat)
         gamma = forget_rate(_cos(c, g), lr * float(g.norm()), float(c.norm()), max(steps - tau, 1), self.forget)
-        entries = self._d_entries(views, terms, ghat)
+        entries = self._d_entries(slices, terms, ghat)
         for _ in range(64):  # shrink gamma until every d allows the descent (d >= d(b_u))
             chosen = [self._descent_d(e, gamma, lr) for e in entries]
             if all(ok for _, ok in chosen):
@@ -273,47 +273,44 @@ class QASSO(torch.optim.Optimizer):
             e.set(d)
         pinned = {e.layer.weight for e, _ in pins}  # their d changed: Q(x) follows
         terms.update({id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized if s.name in pinned})
-        for v in views:  # x_R <- x_R - gamma * Q(x)_R
-            for s in v.slices:
-                q = terms[id(s)][2] if id(s) in terms else s.view()
-                s.param.index_copy_(s.axis, s.index, s.view() - gamma * q)
+        for s in slices:  # x_R <- x_R - gamma * Q(x)_R
+            q = terms[id(s)][2] if id(s) in terms else s.view()
+            s.param.index_copy_(s.axis, s.index, s.view() - gamma * q)
         return pins
 
     @staticmethod
-    def _flat_cg(views: list[GroupView], terms: dict, ghat: dict[int, torch.Tensor]):
+    def _flat_cg(slices: list[Slice], terms: dict, ghat: dict[int, torch.Tensor]):
         """R's clipped values c (raw values for unquantized tensors) and processed gradient g,
         each flattened to one float64 vector over every slice of R."""
         c, g = [], []
-        for v in views:
-            for s in v.slices:
-                grad = ghat.get(id(s.param))
-                g.append(s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel()))
-                c.append((terms[id(s)][0] if id(s) in terms else s.view()).reshape(-1))
+        for s in slices:
+            grad = ghat.get(id(s.param))
+            g.append(s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel()))
+            c.append((terms[id(s)][0] if id(s) in terms else s.view()).reshape(-1))
         return torch.cat(c).double(), torch.cat(g).double()
 
-    def _d_entries(self, views: list[GroupView], terms: dict, ghat: dict[int, torch.Tensor]) -> list[_DEntries]:
+    def _d_entries(self, slices: list[Slice], terms: dict, ghat: dict[int, torch.Tensor]) -> list[_DEntries]:
         """The d entries the forgetting rule sets, with <r, g> and ||g||^2 over the R entries
         each one quantizes. Per-tensor weight: its one d, over every slice of R in it (all of
         the layer's channels then share R's d). Per-channel weight: only the d of R's OUTPUT
         channels (slices on the quantizer's axis), one per channel: those channels go to zero,
         every other channel keeps its learned d (R on a layer's input axis sets none)."""
         acc: dict[str, list] = {}  # weight name -> [channel index tensors, <r, g> parts, ||g||^2 parts]
-        for v in views:
-            for s in v.slices:
-                layer = self._weight_layer.get(s.name)
-                if layer is None or (layer.axis is not None and s.axis != layer.axis):
-                    continue
-                grad = ghat.get(id(s.param))
-                gs = s.view(grad).double() if grad is not None else torch.zeros(s.view().shape, dtype=torch.float64)
-                rs = terms[id(s)][1].double()
-                if layer.axis is None:  # one row: the whole slice
-                    rows_r, rows_g = rs.reshape(1, -1), gs.reshape(1, -1)
-                else:  # (channels of R, entries per channel)
-                    rows_r, rows_g = (t.movedim(s.axis, 0).reshape(s.index.numel(), -1) for t in (rs, gs))
-                parts = acc.setdefault(s.name, [[], [], []])
-                parts[0].append(s.index)
-                parts[1].append((rows_r * rows_g).sum(1))
-                parts[2].append(rows_g.pow(2).sum(1))
+        for s in slices:
+            layer = self._weight_layer.get(s.name)
+            if layer is None or (layer.axis is not None and s.axis != layer.axis):
+                continue
+            grad = ghat.get(id(s.param))
+            gs = s.view(grad).double() if grad is not None else torch.zeros(s.view().shape, dtype=torch.float64)
+            rs = terms[id(s)][1].double()
+            if layer.axis is None:  # one row: the whole slice
+                rows_r, rows_g = rs.reshape(1, -1), gs.reshape(1, -1)
+            else:  # (channels of R, entries per channel)
+                rows_r, rows_g = (t.movedim(s.axis, 0).reshape(s.index.numel(), -1) for t in (rs, gs))
+            parts = acc.setdefault(s.name, [[], [], []])
+            parts[0].append(s.index)
+            parts[1].append((rows_r * rows_g).sum(1))
+            parts[2].append(rows_g.pow(2).sum(1))
         out = []
         for name, (index, dot, gg) in acc.items():
             layer = self._weight_layer[name]

@@ -50,6 +50,18 @@ class GroupView:
         return sum(s.index.numel() * s.param.numel() // s.param.shape[s.axis] for s in self.slices)
 
 
+def merge_slices(views: list[GroupView]) -> list[Slice]:
+    """The slices of `views` merged per (tensor, axis), indices in view order: one
+    index_select / index_copy per tensor instead of one per group (a transformer's
+    redundant set holds hundreds of FFN channels, each a slice of the same two weights)."""
+    merged: dict[tuple[str, int], list[Slice]] = {}
+    for v in views:
+        for s in v.slices:
+            merged.setdefault((s.name, s.axis), []).append(s)
+    return [parts[0] if len(parts) == 1 else Slice(parts[0].param, name, axis, torch.cat([s.index for s in parts]))
+            for (name, axis), parts in merged.items()]
+
+
 def group_views(module: OnnxModule, groups: list[PruneGroup]) -> list[GroupView]:
     """Views of the prunable groups whose members include at least one parameter."""
     params = {name: module.parameter(name) for name in module.tensor_of

@@ -151,9 +151,12 @@ class _Editor:
         static, scale = {}, {}
         for a, n in sizes.items():
             if isinstance(old[a], int):
-                static[a] = n
-            else:
+                if n != old[a]:
+                    static[a] = n
+            elif n != t.ids.shape[t.axes.index(a)]:
                 scale[a] = (t.ids.shape[t.axes.index(a)], n)
+        if not static and not scale:  # this Reshape's channel axes kept every channel
+            return
         base = f"{node.name}__pruned_shape"
         src = node.input[i]
         node.input[i] = base  # edit the node first: inserting copies the graph's nodes
@@ -169,17 +172,22 @@ class _Editor:
             keep[a], new[a] = 0, n
         for a, (d, n) in scale.items():
             den[a], num[a] = d, n
-        names = {k: f"{dst}_{k}" for k in ("keep", "new", "den", "num", "one")}
-        g = self.proto.graph
-        for k, v in (("keep", keep), ("new", new), ("den", den), ("num", num), ("one", np.ones(1, np.int64))):
-            g.initializer.append(numpy_helper.from_array(v, names[k]))
-        nodes = [helper.make_node("Div", [src, names["den"]], [f"{dst}_per"], name=f"{dst}_div"),
-                 helper.make_node("Mul", [f"{dst}_per", names["num"]], [f"{dst}_scaled"], name=f"{dst}_scale"),
-                 helper.make_node("Less", [src, names["one"]], [f"{dst}_special"], name=f"{dst}_less"),
-                 helper.make_node("Where", [f"{dst}_special", src, f"{dst}_scaled"], [f"{dst}_sym"],
-                                  name=f"{dst}_where"),
-                 helper.make_node("Mul", [f"{dst}_sym", names["keep"]], [f"{dst}_kept"], name=f"{dst}_mul"),
+        consts = {"keep": keep, "new": new, **({"den": den, "num": num, "one": np.ones(1, np.int64)} if scale else {})}
+        names = {k: f"{dst}_{k}" for k in consts}
+        for k, v in consts.items():
+            self.proto.graph.initializer.append(numpy_helper.from_array(v, names[k]))
+        # static entries only: dst = src * keep + new (2 nodes; these run on every inference and
+        # cost tens of microseconds each in onnxruntime). Scaled entries also need
+        # where(src < 1, src, src / den * num), so -1 / 0 survive
+        nodes = [helper.make_node("Mul", [f"{dst}_sym" if scale else src, names["keep"]], [f"{dst}_kept"],
+                                  name=f"{dst}_mul"),
                  helper.make_node("Add", [f"{dst}_kept", names["new"]], [dst], name=f"{dst}_add")]
+        if scale:
+            nodes[:0] = [helper.make_node("Div", [src, names["den"]], [f"{dst}_per"], name=f"{dst}_div"),
+                         helper.make_node("Mul", [f"{dst}_per", names["num"]], [f"{dst}_scaled"], name=f"{dst}_scale"),
+                         helper.make_node("Less", [src, names["one"]], [f"{dst}_special"], name=f"{dst}_less"),
+                         helper.make_node("Where", [f"{dst}_special", src, f"{dst}_scaled"], [f"{dst}_sym"],
+                                          name=f"{dst}_where")]
         if after:
             self.insert_before(before, [before] + nodes, replace=True)
         else:
@@ -200,12 +208,26 @@ class _Editor:
                 period = t.ids.shape[t.axes.index(a)]
                 if sizes[a] != period:
                     scale[k] = (sizes[a], period)
-        if not static and not scale:
+        if not static and not scale or self._reads_only(node.output[0], set(static) | set(scale), len(positions)):
             return
         raw = f"{node.output[0]}__pruned"
         out = node.output[0]
         node.output[0] = raw
         self.rewrite_shape(node, raw, out, len(positions), static, scale, after=True)
+
+    def _reads_only(self, shape: str, changed: set[int], rank: int) -> bool:
+        """Every reader of the Shape output `shape` is a Gather of constant positions outside
+        `changed` (BERT's Shape(x)[0] / [1]: batch and sequence, never the pruned width), so
+        it needs no rewrite."""
+        if shape in {o.name for o in self.proto.graph.output}:
+            return False
+        for reader, i in self.model.consumers(shape):
+            index = self.const(reader, 1) if reader.op_type == "Gather" and i == 0 else None
+            if index is None or (_get_attr(reader, "axis") or 0) != 0:
+                return False
+            if {int(k) % rank for k in np.ravel(index)} & changed:
+                return False
+        return True
 
     def insert_before(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto], replace: bool = False) -> None:
         """Insert nodes before `node` (found by name). The graph's node list is rebuilt, so
