@@ -11,7 +11,7 @@ from onnx import helper
 from geta_onnx.bridge import to_torch
 from geta_onnx.errors import ConversionError
 from geta_onnx.graph import from_proto
-from tests.bridge.test_ops_math import check, parity
+from tests.bridge.test_ops_math import assert_model_parity, check
 from tests.helpers import make_model, rng
 
 SHAPE = (2, 3, 4)
@@ -104,4 +104,4 @@ def test_softmax_chain_gradients():
     x = normal(7, (2, 2, 3, 2))
     nodes = [helper.make_node("Softmax", ["x"], ["a"], axis=1), helper.make_node("LogSoftmax", ["a"], ["b"], axis=2),
              helper.make_node("Sigmoid", ["b"], ["y"])]
-    parity(make_model(nodes, {"x": x}, ["y"], opset=12), {"x": x}, gradcheck=True)
+    assert_model_parity(make_model(nodes, {"x": x}, ["y"], opset=12), {"x": x}, gradcheck=True)

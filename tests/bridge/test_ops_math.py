@@ -5,7 +5,7 @@ Tolerance: assert_parity's default (atol 1e-5 + rtol 1e-4 of the largest referen
 unless a case states otherwise; integer and bool outputs must match exactly (the
 tolerance is far below 1). Opsets are the schema versions that changed in 11..21.
 
-`check` / `parity` are shared with test_ops_activations, test_ops_logic, test_ops_matmul.
+`check` / `assert_model_parity` are shared with test_ops_activations, test_ops_logic, test_ops_matmul.
 """
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ class _KeepNames(nn.Module):
         return self.module(*args)
 
 
-def parity(proto, feeds, *, gradcheck=False, **kw):
+def assert_model_parity(proto, feeds, *, gradcheck=False, **kw):
     """helpers.assert_parity, with its float64 gradcheck run through _KeepNames."""
     module = helpers.assert_parity(proto, feeds, gradcheck=False, **kw)
     if gradcheck:
@@ -46,7 +46,7 @@ def check(op, feeds, *, inits=None, inputs=None, opset=17, attrs=None, **kw):
     inits = inits or {}
     inputs = list(feeds) + list(inits) if inputs is None else inputs
     node = helper.make_node(op, inputs, ["out"], **(attrs or {}))
-    return parity(make_model([node], feeds, ["out"], inits, opset=opset), feeds, **kw)
+    return assert_model_parity(make_model([node], feeds, ["out"], inits, opset=opset), feeds, **kw)
 
 
 def nonzero(r, shape, dtype=np.float32):
@@ -97,7 +97,7 @@ def test_added_bias_is_a_parameter_and_scalar_a_constant():
     x = r.standard_normal((2, 4)).astype(np.float32)
     nodes = [helper.make_node("Add", ["x", "bias"], ["t"]), helper.make_node("Mul", ["t", "scale"], ["y"])]
     inits = {"bias": r.standard_normal(4).astype(np.float32), "scale": np.array(0.5, np.float32)}
-    m = parity(make_model(nodes, {"x": x}, ["y"], inits), {"x": x})
+    m = assert_model_parity(make_model(nodes, {"x": x}, ["y"], inits), {"x": x})
     assert m.parameter("bias").shape == (4,)
     assert m.tensor_of["scale"].startswith("consts.")
 
