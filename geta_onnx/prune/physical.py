@@ -153,8 +153,8 @@ class _Editor:
             if isinstance(old[a], int):
                 if n != old[a]:
                     static[a] = n
-            elif n != t.ids.shape[t.axes.index(a)]:
-                scale[a] = (t.ids.shape[t.axes.index(a)], n)
+            elif n != (period := t.ids.shape[t.axes.index(a)]):
+                scale[a] = (period, n)
         if not static and not scale:  # this Reshape's channel axes kept every channel
             return
         base = f"{node.name}__pruned_shape"
@@ -219,7 +219,7 @@ class _Editor:
         """Every reader of the Shape output `shape` is a Gather of constant positions outside
         `changed` (BERT's Shape(x)[0] / [1]: batch and sequence, never the pruned width), so
         it needs no rewrite."""
-        if shape in {o.name for o in self.proto.graph.output}:
+        if shape in self.model.output_names:
             return False
         for reader, i in self.model.consumers(shape):
             index = self.const(reader, 1) if reader.op_type == "Gather" and i == 0 else None
