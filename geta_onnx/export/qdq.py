@@ -22,7 +22,8 @@ Ensures:
 - profile "tensorrt": every zero point 0, activations and weights int8; an unsigned 8-bit
   activation (levels up to 255) is re-gridded to step q_m / 127 (TensorRT has no uint8:
   one bit of resolution is lost there); biases stay float (TensorRT quantizes them itself).
-Activations whose quantizer does not fit the 8-bit container (learned bits > 8) stay float.
+Activations whose quantizer does not fit the 8-bit container (learned bits > 8) stay float;
+those below 8 bits get a Clip at their fake-quant clamp before the Q (act_clip).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
         params = act_params(a, profile)
         if params is not None:
             act_scale[a.tensor] = params[0]
-            _quantize_tensor(g, a.tensor, *params)
+            _quantize_tensor(g, a.tensor, *params, clip=act_clip(a, profile))
     nodes = {n.name: n for n in g.nodes}
     weights: dict[tuple, str] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:
@@ -81,11 +82,31 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
     return g.finish()
 
 
-def _quantize_tensor(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
+def act_clip(a: ActQ, profile: str) -> tuple[np.float32, np.float32] | None:
+    """The fake quantizer's clamp [lo, hi] when the container's Q would not reproduce it: a
+    b < 8-bit activation saturates at (2^b - 1) d unsigned / (2^(b-1) - 1) d signed, the
+    uint8 / int8 Q only at 255 / 127 steps. None at 8 bits (the Q's own saturation; a
+    signed uint8 one differs by one level at -128, within the export's one-step tolerance)."""
+    container = 255 if profile == "ort" and not a.signed else 127
+    if a.levels >= container:
+        return None
+    hi = np.float32(a.levels * a.scale)
+    return (np.float32(0.0) if not a.signed else -hi), hi
+
+
+def _quantize_tensor(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray,
+                     clip: tuple[np.float32, np.float32] | None = None) -> None:
+    """tensor -> [Clip(lo, hi) ->] Q -> DQ, read by every former consumer of tensor. The Clip
+    (sub-8-bit quantizers only) keeps the export equal to the fake quantizer; onnxruntime
+    then runs it in float and cannot fuse the producer into the Q (the consumers still fuse)."""
     consumers = g.consumers(tensor)
     s = g.add_init(f"{tensor}_scale", np.asarray(scale, dtype=np.float32))
     z = g.add_init(f"{tensor}_zero_point", zp)
-    q = g.add_node("QuantizeLinear", [tensor, s, z], f"{tensor}_QuantizeLinear")
+    source = tensor
+    if clip is not None:
+        lo, hi = (g.add_init(f"{tensor}_clip_{k}", np.asarray(v, dtype=np.float32)) for k, v in zip(("min", "max"), clip))
+        source = g.add_node("Clip", [tensor, lo, hi], f"{tensor}_Clip")
+    q = g.add_node("QuantizeLinear", [source, s, z], f"{tensor}_QuantizeLinear")
     dq = g.add_node("DequantizeLinear", [q, s, z], f"{tensor}_DequantizeLinear")
     for node in consumers:
         for i, name in enumerate(node.input):

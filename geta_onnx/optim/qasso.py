@@ -87,6 +87,11 @@ class _DEntries:
             return lo.max().reshape(1), hi.min().reshape(1)
         return lo[self.channels], hi[self.channels]
 
+    def get(self) -> torch.Tensor:
+        """The current d of these entries, shape (n,) (float64)."""
+        d = self.layer.quantizer.d.detach().double().reshape(-1)
+        return d[:1] if self.channels is None else d[self.channels]
+
     def set(self, d: torch.Tensor) -> None:
         param = self.layer.quantizer.d
         if self.channels is None:
@@ -183,7 +188,7 @@ class QASSO(torch.optim.Optimizer):
                     ghat[id(p)] = base_opt.direction(p, self.state[p], group, self.base)
         if stage == "cooldown" and not self.frozen:
             self._freeze_bits()
-        pins = []  # d entries set by the forgetting rule: they override this step's update of d
+        pins = []  # (d entries, cap) from the forgetting rule: applied after this step's update of d
         if stage == "pruning":
             if info.period != self.period:
                 self._start_period(info.period, ghat)
@@ -195,8 +200,8 @@ class QASSO(torch.optim.Optimizer):
                     continue
                 base_opt.decoupled_decay(p, group, self.base)
                 p.add_(ghat[id(p)], alpha=-group["lr"])
-        for entries, d in pins:
-            entries.set(d)
+        for entries, cap in pins:  # the descent rule bounds d from above; d keeps its own step below it
+            entries.set(torch.minimum(entries.get(), cap))
         self._keep_positive()
         if stage in ("projection", "pruning"):
             self._project_bits()
@@ -254,8 +259,15 @@ class QASSO(torch.optim.Optimizer):
 
     def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> list[tuple[_DEntries, torch.Tensor]]:
         """One step of progressive forgetting on R: choose gamma and the d entries of R's
-        quantized weights, then x_R <- x_R - gamma * Q(x)_R. Returns the d entries it set
-        (the caller keeps them through this step's base update)."""
+        quantized weights, then x_R <- x_R - gamma * Q(x)_R. Returns the d entries with the
+        cap the descent rule puts on them (the caller applies it after this step's base update).
+
+        The rule (geta-algorithm.md) is an upper bound: any d at or below it keeps the step a
+        descent direction (a finer step only shrinks the rounding term). We cap d there rather
+        than set it to the bound: setting it put a per-tensor layer at b_l (the coarsest step,
+        the bound wherever cos(r, g) >= 0) as soon as R touched any of its channels, and the
+        cool-down froze it there: CREPE's three layers next to pruned channels all ended at
+        4-bit weights, the benchmark's RPA 64.8 % (cap: see docs/measurements.md)."""
         lr = self.param_groups[0]["lr"]
         slices = merge_slices([self._by_id[g] for g in self.redundant])  # one per (tensor, axis)
         quantized = [s for s in slices if s.name in self._weight_layer]
@@ -269,8 +281,8 @@ class QASSO(torch.optim.Optimizer):
                 break
             gamma *= 0.8
         pins = [(e, d) for e, (d, _) in zip(entries, chosen)]
-        for e, d in pins:
-            e.set(d)
+        for e, cap in pins:
+            e.set(torch.minimum(e.get(), cap))
         pinned = {e.layer.weight for e, _ in pins}  # their d changed: Q(x) follows
         terms.update({id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized if s.name in pinned})
         for s in slices:  # x_R <- x_R - gamma * Q(x)_R

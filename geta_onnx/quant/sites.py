@@ -8,7 +8,8 @@ Ensures:
 - one activation quantizer per activation TENSOR (q, k, v projections reading one
   tensor share it) and one weight quantizer per weight tensor;
 - with `quantize_outputs`, one more activation quantizer on each quantized conv's output
-  (followed through BatchNormalization / Relu / Clip, which the export folds or fuses)
+  (followed through a BatchNormalization reading the conv, which the export folds, then Relu / Clip,
+  which onnxruntime absorbs before a Q)
   when no layer quantizes that tensor: a residual Add input, a global pooling input.
   onnxruntime turns DQ -> Conv -> Q into QLinearConv only with that Q;
 - quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>", "o_<tensor>");
@@ -165,11 +166,16 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig)
 # float Conv: measured on onnxruntime 1.32 (2 threads), 1->16 at 28x28 0.36x / 0.18x (batch 1 /
 # 32), 3->32 at 56x56 0.60x / 0.78x, 3->32 k5 0.53x / 0.88x, 4->32 0.64x at batch 32; while
 # 8->32 (depth 72) runs 1.7x / 2.3x faster and a ViT patch conv 3->192 k16 (depth 768) 2.4x / 2.8x.
+# A SINGLE input channel stays float at any depth: onnxruntime's float Conv has a direct kernel
+# for it while QLinearConv pays an im2col. Measured (tools/bench_conv_int8.py, batch 1 / 32):
+# CREPE's 1->128 k512 stride 4 0.94x / 0.83x, pruned to 1->48 0.41x / 0.35x, 1->128 k512
+# stride 512 0.79x / 0.75x; with two channels 2->128 k256 already 1.74x / 1.61x.
 THIN_CHANNELS, THIN_DEPTH = 8, 256
 
 
 def is_thin_conv(model: OnnxModel, layer: Layer) -> bool:
-    """A group-1 Conv with few input channels and a shallow reduction (a network's stem)."""
+    """A group-1 Conv with few input channels and a shallow reduction (a network's stem),
+    or with a single input channel (an audio front end)."""
     node = layer.node
     if node.op_type != "Conv" or _attr(node, "group", 1) != 1 or layer.transpose is not None:
         return False
@@ -179,7 +185,7 @@ def is_thin_conv(model: OnnxModel, layer: Layer) -> bool:
     area = 1
     for k in dims[2:]:
         area *= k
-    return dims[1] < THIN_CHANNELS and dims[1] * area < THIN_DEPTH
+    return dims[1] == 1 or (dims[1] < THIN_CHANNELS and dims[1] * area < THIN_DEPTH)
 
 
 def _skip_reasons(model: OnnxModel, layers: list[Layer], config: QuantConfig) -> dict[str, str]:
@@ -232,24 +238,30 @@ def _quantize_act(module, layer: Layer, call: fx.Node, tensor: str, signed: bool
     return _insert(module, src, names.get("a_", tensor), q.to(device)).target
 
 
-ABSORBED = ("BatchNormalization", "Relu", "Clip")  # after a conv: folded (BN) or fused (Relu, Clip) by the export
+# After a conv: the export folds a BatchNormalization that reads the conv output directly
+# (export.bnfold), and onnxruntime absorbs a Relu / Clip followed by Q. A BatchNormalization
+# after the activation (CREPE: Conv -> Relu -> BN) folds nowhere: quantizing its output would
+# leave Conv -> Relu -> BN -> Q, which onnxruntime runs as a float Conv.
+FOLDED_FIRST = ("BatchNormalization",)
+ABSORBED = ("Relu", "Clip")
 
 
 def fusion_outputs(model: OnnxModel, layers: list[Layer], skipped: dict[str, str],
                    quantized: set[str]) -> list[tuple[Layer, str]]:
     """(conv layer, tensor) pairs needing an output quantizer: the output of a quantized Conv /
-    ConvTranspose, followed through a single-reader chain of ABSORBED ops, when it is read by
-    some op, is no graph output and no layer quantizes it already."""
+    ConvTranspose, followed through a single-reader chain of ops the export folds or onnxruntime
+    absorbs (a FOLDED_FIRST op only as the conv's own reader, then ABSORBED ops), when it is
+    read by some op, is no graph output and no layer quantizes it already."""
     found, seen = [], set()
     for layer in layers:
         if layer.node.op_type not in ("Conv", "ConvTranspose") or layer.node.name in skipped or layer.act_slot is None:
             continue
-        tensor = layer.node.output[0]
+        tensor, absorbed = layer.node.output[0], FOLDED_FIRST + ABSORBED
         while tensor not in model.output_names:
             readers = model.consumers(tensor)
-            if len(readers) != 1 or readers[0][0].op_type not in ABSORBED:
+            if len(readers) != 1 or readers[0][0].op_type not in absorbed:
                 break
-            tensor = readers[0][0].output[0]
+            tensor, absorbed = readers[0][0].output[0], ABSORBED
         if tensor in quantized or tensor in seen or tensor in model.output_names or not model.consumers(tensor):
             continue
         seen.add(tensor)

@@ -78,6 +78,24 @@ def looks_like_logits(output: torch.Tensor) -> bool:
     return not in_unit or torch.allclose(rows.sum(1), torch.ones(()), atol=1e-3)
 
 
+def looks_like_sigmoid(output: torch.Tensor) -> bool:
+    """Independent probabilities: (N, C) with C >= 2, every value in [0, 1], rows that neither
+    sum to 1 (softmax) nor have unit norm (embeddings): a multi-label sigmoid head such as
+    CREPE's 360 pitch bins. Distilled with binary cross-entropy, their training loss."""
+    if not (output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2):
+        return False
+    rows = output.detach().float()
+    return (bool(((rows >= 0) & (rows <= 1)).all()) and not looks_like_logits(rows)
+            and not torch.allclose(rows.norm(dim=1), torch.ones(()), atol=1e-3))
+
+
+def bce_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the student's probabilities against the teacher's as soft
+    targets, per element (the student clamped away from 0 and 1, where the log diverges)."""
+    eps = 1e-7
+    return F.binary_cross_entropy(student.float().clamp(eps, 1 - eps), teacher.float())
+
+
 def is_probabilities(output: torch.Tensor) -> bool:
     """A model that ends in Softmax: rows >= 0 that sum to 1 (their log is then a logit vector)."""
     rows = _class_rows(output)
@@ -86,8 +104,9 @@ def is_probabilities(output: torch.Tensor) -> bool:
 
 class Loss:
     """mode: "task" (labels), "kd" (teacher), "task+kd" (alpha * task + (1 - alpha) * kd).
-    kd: "kl" | "mse" | "auto" (decided once, on the first teacher output: KL for class
-    logits, MSE otherwise). output: which model output both losses read."""
+    kd: "kl" | "bce" | "mse" | "auto" (decided once, on the first teacher output: KL for class
+    logits, BCE for independent sigmoid probabilities, MSE otherwise). output: which model
+    output both losses read."""
 
     def __init__(self, mode: str = "task", *, teacher: nn.Module | None = None, kd: str = "auto",
                  temperature: float = 2.0, alpha: float = 0.5, output: int = 0):
@@ -117,13 +136,15 @@ class Loss:
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.kd == "auto":
-            self.kd = "kl" if looks_like_logits(teacher) else "mse"
+            self.kd = "kl" if looks_like_logits(teacher) else "bce" if looks_like_sigmoid(teacher) else "mse"
         if self.kd == "kl":
             if self._probs is None:
                 self._probs = is_probabilities(teacher)
             if self._probs:
                 student, teacher = student.clamp_min(1e-12).log(), teacher.clamp_min(1e-12).log()
             return kl_distill(student, teacher, self.temperature)
+        if self.kd == "bce":
+            return bce_distill(student, teacher)
         return F.mse_loss(student, teacher)
 
     def __call__(self, outputs, target, inputs, teacher_out: torch.Tensor | None = None) -> torch.Tensor:

@@ -125,6 +125,35 @@ def test_per_channel_forgetting_sets_only_the_d_of_Rs_output_channels():
     assert set_by_rule > 0  # R's channels do follow the forgetting rule, not the ordinary step
 
 
+def test_forgetting_caps_d_never_coarsens_it():
+    """The forgetting rule bounds d from above (descent). Per-tensor weights that R touches
+    keep their ordinary step (d - lr_quant * grad, projected) wherever it is below the cap:
+    through the whole pruning stage no layer ends coarser than that step. Setting d to the
+    bound instead put every per-tensor layer R touched at b_l (4 bits) for good."""
+    module, opt, layers, stages = _setup(per_channel=False)
+    start, end = stages.pruning_start, stages.pruning_start + stages.pruning_steps
+    _run(module, opt, layers, stages, start)
+    gen = torch.Generator().manual_seed(1)
+    capped = 0
+    for k in range(start, end):
+        opt.zero_grad()
+        (module(torch.randn(4, 3, 8, 8, generator=gen)).square().mean()
+         + sum((layer.quantizer.d * torch.randn((), generator=gen)).sum() for layer in layers)).backward()
+        before = {layer.weight: (layer.quantizer.d.detach().clone(), layer.quantizer.d.grad.clone())
+                  for layer in layers if layer.weight}
+        opt.step()
+        for layer in layers[:-1]:
+            d0, grad = before[layer.weight]
+            lo, hi = layer.d_for(opt.upper_bits(layer, k)), layer.d_for(layer.low)
+            ordinary = torch.maximum(torch.minimum(d0 - 1e-3 * grad, hi), lo)
+            d = layer.quantizer.d.detach()
+            assert bool((d <= ordinary * (1 + 1e-6)).all()), (k, layer.weight, float(d), float(ordinary))
+            capped += int(bool((d < ordinary * (1 - 1e-6)).any()))
+    assert capped > 0  # the cap does bind on some steps: the rule is applied, not skipped
+    below_8 = [float(layer.bits()) for layer in layers[:-1] if float(layer.bits()) < layer.high - 1e-3]
+    assert len(below_8) < len(layers) - 1, below_8  # not every layer R touched went down to b_l
+
+
 def test_kept_channel_counts_are_multiples_of_the_unit():
     assert allowed_removals(32, 16) == [0, 16]
     assert allowed_removals(64, 16) == [0, 16, 32, 48]

@@ -182,29 +182,34 @@ def test_skip_first_last_and_exclude():
 
 def _thin_case():
     """Convs on either side of the thin-stem rule (quant.sites.is_thin_conv: group 1, fewer
-    than 8 input channels and a reduction depth below 256): s1 1 -> 8 3x3 (depth 9) and s2 3 -> 8
-    k9 (depth 243) are thin; w8 8 -> 8 3x3 (8 channels), p3 3 -> 8 k10 (depth 300) and the
+    than 8 input channels and a reduction depth below 256, or one input channel): s1 1 -> 8 3x3
+    (depth 9), s2 3 -> 8 k9 (depth 243) and the 1-D a1 1 -> 8 k300x1 (depth 300, one channel: an
+    audio front end) are thin; w8 8 -> 8 3x3 (8 channels), p3 3 -> 8 k10 (depth 300) and the
     depthwise dw 8 -> 8 (group 8) are not."""
     n = helper.make_node
     nodes = [n("Conv", ["x", "ws1"], ["a"], name="s1", pads=[1, 1, 1, 1]),
              n("Conv", ["a", "w8"], ["b"], name="w8", pads=[1, 1, 1, 1]),
              n("Conv", ["b", "wdw"], ["c"], name="dw", pads=[1, 1, 1, 1], group=8),
              n("Conv", ["x3", "ws2"], ["d"], name="s2"),
-             n("Conv", ["x3", "wp3"], ["e"], name="p3")]
+             n("Conv", ["x3", "wp3"], ["e"], name="p3"),
+             n("Conv", ["x1d", "wa1"], ["f"], name="a1", strides=[4, 1])]
     inits = {"ws1": _w(8, 1, 3, 3, seed=1), "w8": _w(8, 8, 3, 3, seed=2), "wdw": _w(8, 1, 3, 3, seed=3),
-             "ws2": _w(8, 3, 9, 9, seed=4), "wp3": _w(8, 3, 10, 10, seed=5)}
+             "ws2": _w(8, 3, 9, 9, seed=4), "wp3": _w(8, 3, 10, 10, seed=5),
+             "wa1": _w(8, 1, 300, 1, seed=8)}
     feeds = {"x": rng(6).standard_normal((1, 1, 6, 6)).astype(np.float32),
-             "x3": rng(7).standard_normal((1, 3, 10, 10)).astype(np.float32)}
-    return make_model(nodes, feeds, ["c", "d", "e"], inits, opset=13)
+             "x3": rng(7).standard_normal((1, 3, 10, 10)).astype(np.float32),
+             "x1d": rng(9).standard_normal((1, 1, 400, 1)).astype(np.float32)}
+    return make_model(nodes, feeds, ["c", "d", "e", "f"], inits, opset=13)
 
 
 def test_thin_stems_stay_float_by_default():
     _, _, plan = _attach(_thin_case(), float_thin_convs=True)
-    assert {la.node: la.skipped for la in plan.layers} == {"s1": "thin", "w8": "", "dw": "", "s2": "thin", "p3": ""}
+    assert {la.node: la.skipped for la in plan.layers} == {"s1": "thin", "w8": "", "dw": "", "s2": "thin", "p3": "",
+                                                               "a1": "thin"}
     assert {s.node for s in plan.weight_sites()} == {"w8", "dw", "p3"}
     assert QuantConfig().float_thin_convs  # the default
     _, _, every = _attach(_thin_case(), float_thin_convs=False)
-    assert [la.skipped for la in every.layers] == [""] * 5 and len(every.weight_sites()) == 5
+    assert [la.skipped for la in every.layers] == [""] * 6 and len(every.weight_sites()) == 6
 
 
 def test_weights_only_and_attach_twice():

@@ -4,7 +4,7 @@ Audio: seeded tones with a log-uniform fundamental in [F_MIN, F_MAX] Hz, 1-5 dec
 harmonics, random amplitude and white noise (SNR down to ~20 dB); FRAMES_PER_TONE
 consecutive 10 ms-hop frames of 1024 samples each, normalised as torchcrepe does.
 Training (geta-onnx and the L1 fine-tuning) distils the original's 360 pitch-bin
-probabilities, no labels. Quality: raw pitch accuracy (RPA) of held-out frames, the share
+probabilities with binary cross-entropy, no labels. Quality: raw pitch accuracy (RPA) of held-out frames, the share
 whose decoded pitch (torchcrepe's weighted argmax) is within 50 cents of the true
 fundamental, which the synthesis knows.
 """
@@ -77,10 +77,11 @@ def prepare(work: Path, quick: bool) -> Bench:
         calibration=calibration_batches(data, s["calibration"], ["frames"]),
         quality=lambda p: raw_pitch_accuracy(p, eval_x, eval_f0), quality_label=f"RPA ({CENTS:.0f} cents)",
         epochs=s["epochs"], lr=3e-4, batch_size=s["batch"], finetune_loss="kd-bce", geta_lr=3e-4,
-        geta_config={"train": {"kd": "mse"}},
+        geta_config={"train": {"kd": "bce"}},
         notes=[f"audio: {s['train_tones']} training and {s['eval_tones']} held-out synthetic tones "
                f"({F_MIN:.0f}-{F_MAX:.0f} Hz log-uniform, 1-5 harmonics, noise), {FRAMES_PER_TONE} frames each",
-               "label-free: the L1 fine-tuning distils the 360 sigmoid pitch-bin probabilities with binary "
-               "cross-entropy (torchcrepe's own training loss) and geta-onnx with MSE (`--config`: [train] kd = "
-               "\"mse\"); quality = raw pitch accuracy against the synthesised fundamental"],
+               "label-free: both the L1 fine-tuning and geta-onnx distil the 360 sigmoid pitch-bin probabilities "
+               "with binary cross-entropy, torchcrepe's own training loss (geta-onnx: `--config` [train] kd = "
+               "\"bce\", what kd = \"auto\" picks for such outputs); quality = raw pitch accuracy against the "
+               "synthesised fundamental"],
         prep=prep)
