@@ -87,17 +87,14 @@ class _DEntries:
             return lo.max().reshape(1), hi.min().reshape(1)
         return lo[self.channels], hi[self.channels]
 
-    def get(self) -> torch.Tensor:
-        """The current d of these entries, shape (n,) (float64)."""
-        d = self.layer.quantizer.d.detach().double().reshape(-1)
-        return d[:1] if self.channels is None else d[self.channels]
-
-    def set(self, d: torch.Tensor) -> None:
+    def cap(self, bound: torch.Tensor) -> None:
+        """d <- min(d, bound) on these entries (bound shape (n,))."""
         param = self.layer.quantizer.d
         if self.channels is None:
-            param.fill_(float(d[0]))
+            param.clamp_(max=float(bound[0]))
         else:
-            param.index_copy_(0, self.channels, d.to(param.dtype))
+            d = torch.minimum(param.detach()[self.channels], bound.to(param.dtype))
+            param.index_copy_(0, self.channels, d)
 
 
 class QASSO(torch.optim.Optimizer):
@@ -188,20 +185,20 @@ class QASSO(torch.optim.Optimizer):
                     ghat[id(p)] = base_opt.direction(p, self.state[p], group, self.base)
         if stage == "cooldown" and not self.frozen:
             self._freeze_bits()
-        pins = []  # (d entries, cap) from the forgetting rule: applied after this step's update of d
+        caps = []  # (d entries, bound) from the forgetting rule: applied after this step's update of d
         if stage == "pruning":
             if info.period != self.period:
                 self._start_period(info.period, ghat)
             if self.redundant:
-                pins = self._forget(ghat, info.period_steps, info.step_in_period)
+                caps = self._forget(ghat, info.period_steps, info.step_in_period)
         for group in self.param_groups:
             for p in group["params"]:
                 if id(p) not in ghat or (self.frozen and id(p) in self._d_params):
                     continue
                 base_opt.decoupled_decay(p, group, self.base)
                 p.add_(ghat[id(p)], alpha=-group["lr"])
-        for entries, cap in pins:  # the descent rule bounds d from above; d keeps its own step below it
-            entries.set(torch.minimum(entries.get(), cap))
+        for entries, bound in caps:  # the descent rule bounds d from above; d keeps its own step below it
+            entries.cap(bound)
         self._keep_positive()
         if stage in ("projection", "pruning"):
             self._project_bits()
@@ -280,15 +277,15 @@ class QASSO(torch.optim.Optimizer):
             if all(ok for _, ok in chosen):
                 break
             gamma *= 0.8
-        pins = [(e, d) for e, (d, _) in zip(entries, chosen)]
-        for e, cap in pins:
-            e.set(torch.minimum(e.get(), cap))
-        pinned = {e.layer.weight for e, _ in pins}  # their d changed: Q(x) follows
-        terms.update({id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized if s.name in pinned})
+        caps = [(e, d) for e, (d, _) in zip(entries, chosen)]
+        for e, bound in caps:
+            e.cap(bound)
+        capped = {e.layer.weight for e, _ in caps}  # their d may have changed: Q(x) follows
+        terms.update({id(s): self._quant_terms(self._weight_layer[s.name], s) for s in quantized if s.name in capped})
         for s in slices:  # x_R <- x_R - gamma * Q(x)_R
             q = terms[id(s)][2] if id(s) in terms else s.view()
             s.param.index_copy_(s.axis, s.index, s.view() - gamma * q)
-        return pins
+        return caps
 
     @staticmethod
     def _flat_cg(slices: list[Slice], terms: dict, ghat: dict[int, torch.Tensor]):

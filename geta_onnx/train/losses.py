@@ -85,8 +85,9 @@ def looks_like_sigmoid(output: torch.Tensor) -> bool:
     if not (output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2):
         return False
     rows = output.detach().float()
-    return (bool(((rows >= 0) & (rows <= 1)).all()) and not looks_like_logits(rows)
-            and not torch.allclose(rows.norm(dim=1), torch.ones(()), atol=1e-3))
+    one = torch.ones(())
+    return (bool(((rows >= 0) & (rows <= 1)).all()) and not torch.allclose(rows.sum(1), one, atol=1e-3)
+            and not torch.allclose(rows.norm(dim=1), one, atol=1e-3))
 
 
 def bce_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,14 @@ def untrained_result(model, entry, bits=(8, 6, 4), per_channel=False, batches=3)
     return types.SimpleNamespace(module=module, plan=plan, qadg=analyze(model), removed_groups=set())
 
 
+def random_input_entry(name: str, shape: tuple[int, ...], scale: float = 1.0):
+    """A zoo-entry stand-in for untrained_result: example_inputs(batch, seed) gives
+    {name: scale * randn(batch, *shape)}, seeded."""
+    def example_inputs(batch=2, seed=0):
+        return {name: scale * torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))}
+    return types.SimpleNamespace(example_inputs=example_inputs)
+
+
 def fake_quant(module, feeds: dict) -> np.ndarray:
     module.eval()
     with torch.no_grad():

@@ -5,18 +5,15 @@ Clip before the Q, and the conv runs in float: fewer activation bits buy no spee
 the fusion (MobileNetV2 benchmark: 5 float convs, 0.51x the fp32 speed at batch 1)."""
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
-import torch
 from onnx import helper
 
+from geta_onnx.bridge.parity import run_onnxruntime
 from geta_onnx.config import QuantConfig
 from geta_onnx.export import export_onnx, fusion_report
 from geta_onnx.graph import from_proto
-from geta_onnx.bridge.parity import run_onnxruntime
-from tests.export.helpers import fake_quant, output_tolerance, untrained_result
+from tests.export.helpers import fake_quant, output_tolerance, random_input_entry, untrained_result
 from tests.helpers import make_model, rng
 
 C = 16
@@ -43,9 +40,7 @@ def _relu6_convs():
 
 
 def _entry():
-    def example_inputs(batch=2, seed=0):
-        return {"x": 2 * torch.randn(batch, C, 8, 8, generator=torch.Generator().manual_seed(seed))}
-    return types.SimpleNamespace(example_inputs=example_inputs)
+    return random_input_entry("x", (C, 8, 8), scale=2.0)
 
 
 def _export(act_bits: int, profile: str = "ort"):

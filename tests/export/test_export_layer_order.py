@@ -9,17 +9,14 @@ output; a ResNet-order Conv -> BN -> Relu still gets it after the Relu (BN folde
 """
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
-import torch
 from onnx import helper
 
 from geta_onnx.bridge.parity import run_onnxruntime
 from geta_onnx.export import export_onnx, fusion_report
 from geta_onnx.graph import from_proto
-from tests.export.helpers import fake_quant, output_tolerance, untrained_result
+from tests.export.helpers import fake_quant, output_tolerance, random_input_entry, untrained_result
 from tests.helpers import make_model, rng
 
 C = 16  # channels: wide enough that no conv is a thin stem (quant.sites.is_thin_conv)
@@ -58,10 +55,7 @@ def _layers(order: str):
 
 
 def _entry():
-    def example_inputs(batch=2, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        return {"x": torch.randn(batch, C, 1, 32, generator=g)}
-    return types.SimpleNamespace(example_inputs=example_inputs)
+    return random_input_entry("x", (C, 1, 32))
 
 
 @pytest.mark.parametrize("order,quantized_output", [("relu,bn", "r"), ("bn,relu", "r")])

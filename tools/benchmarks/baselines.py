@@ -264,7 +264,7 @@ class Distill:
         return self
 
     def __call__(self, outputs, target, inputs) -> torch.Tensor:
-        from geta_onnx.train.losses import pick
+        from geta_onnx.train.losses import bce_distill, pick
 
         student = pick(outputs, self.output)
         with torch.no_grad():
@@ -274,7 +274,7 @@ class Distill:
         if self.kind == "cosine":
             return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
         if self.kind == "bce":
-            return F.binary_cross_entropy(student.clamp(1e-7, 1 - 1e-7), teacher)
+            return bce_distill(student, teacher)
         return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
 
 
