@@ -1,26 +1,58 @@
 """The geta-onnx command line. Each command parses options, calls one library function
-and prints a summary; GetaError becomes a one-line message and exit code 1."""
+and prints a summary. Exit codes: 0 success, 1 a failure (GetaError: one line naming the
+file, node or option and what to do), 2 a usage error (click's own, and ConfigError), 130
+an interruption (Ctrl-C; training commands say how to continue with --resume)."""
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
 
-from .errors import GetaError
+from .errors import ConfigError, GetaError
 
 
 def _friendly_errors(fn):
+    """GetaError -> one line on stderr and its exit code; Ctrl-C -> 130; anything else is a
+    bug of geta-onnx: one line that says so (GETA_ONNX_DEBUG=1 shows the traceback)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except GetaError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(str(e))}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            resumable = "data_spec" in kwargs and "resume" in kwargs
+            hint = ("; run the same command with --resume to continue from the last finished epoch"
+                    if resumable else "")
+            click.echo(f"error: interrupted{hint}", err=True)
+            sys.exit(130)
+        except click.ClickException:
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback at a user
+            if os.environ.get("GETA_ONNX_DEBUG"):
+                raise
+            click.echo(f"error: internal error in geta-onnx ({type(e).__name__}: {_one_line(str(e))}); please "
+                       "report it with the command line, and GETA_ONNX_DEBUG=1 set for the traceback", err=True)
             sys.exit(1)
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no details"
+
+
+def _refuse_json_over_inputs(json_path: str | None, models, data=()) -> None:
+    """--json must not land on a model (or its external data) or the data."""
+    if json_path:
+        from .outputs import refuse_overlap
+
+        refuse_overlap({"--json": json_path}, models=[m for m in models if m], data=data)
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -30,9 +62,12 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
         try:
             shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
-            raise click.BadParameter(f"'{v}': expected NAME=D1xD2x..., e.g. input_ids=1x128", param_hint="--shape")
+            raise click.BadParameter(f"'{v}': expected NAME=D1xD2x..., e.g. input_ids=1x128",
+                                     param_hint="--shape") from None
         if not name or not shapes[name]:
             raise click.BadParameter(f"'{v}': expected NAME=D1xD2x...", param_hint="--shape")
+        if any(d < 1 for d in shapes[name]):
+            raise click.BadParameter(f"'{v}': every dim must be >= 1", param_hint="--shape")
     return shapes
 
 
@@ -53,6 +88,7 @@ def inspect(model: str, json_path: str | None, shapes: tuple[str, ...]) -> None:
     from .inspect import inspect_model, render_text
     from .io import write_text_atomic
 
+    _refuse_json_over_inputs(json_path, [model])
     report = inspect_model(model, shapes=_parse_shapes(shapes))
     click.echo(render_text(report))
     if json_path:
@@ -75,8 +111,10 @@ def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], seed: in
     from .io import write_text_atomic
     from .verify import verify_model
 
+    _refuse_json_over_inputs(json_path, [model])
+    fixed = _parse_shapes(shapes)
     loaded = load_model(model)
-    checks, qadg = verify_model(loaded, shapes=_parse_shapes(shapes), max_groups=max_groups, seed=seed)
+    checks, qadg = verify_model(loaded, shapes=fixed, max_groups=max_groups, seed=seed)
     width = max(len(c.name) for c in checks)
     for c in checks:
         click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<{width}}  {c.detail}")
@@ -92,6 +130,15 @@ def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], seed: in
                                                  "groups": s}, indent=2) + "\n")
     if not all(c.passed for c in checks):
         sys.exit(1)
+
+
+def _finite(ctx, param, value):
+    """click callback: NaN and inf pass FloatRange; a budget must be a finite number."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _bits(value: str | None, option: str) -> tuple[int, int] | None:
@@ -116,14 +163,20 @@ def training_options(fn):
         click.option("--weight-bits", metavar="LOW:HIGH", help="Weight bit range (default 4:8)."),
         click.option("--act-bits", metavar="LOW:HIGH", help="Activation bit range (default 4:8)."),
         click.option("--group-divisible", type=int, help="Kept channels per layer: a multiple of this (default 16)."),
-        click.option("--epochs", type=int, help="Training epochs (default: from the data size)."),
-        click.option("--steps", type=int, help="Training steps (overrides --epochs)."),
+        click.option("--epochs", type=click.IntRange(min=1),
+                     help="Training epochs (default: automatic, enough epochs for 2,000 steps, at most 100)."),
+        click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs)."),
         click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), help="QASSO's base optimizer."),
         click.option("--lr", type=float, help="Learning rate of the weights."),
         click.option("--batch-size", type=int, help="Training batch size (default 64)."),
         click.option("--device", help="cpu, cuda or cuda:N."),
         click.option("--seed", type=int, help="Seed of data order and initial choices."),
-        click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint."),
+        click.option("--resume", is_flag=True,
+                     help="Continue from the run folder's checkpoint (refused when the settings changed)."),
+        click.option("--force", is_flag=True,
+                     help="Start over although the run folder holds a checkpoint, or --resume with changed settings."),
+        click.option("--skip-data-check", is_flag=True,
+                     help="Train even when the original model scores near chance on --data (wrong data preparation?)."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -135,9 +188,14 @@ def settings_from_options(o: dict):
     from .settings import load_settings
 
     s = load_settings(o["config_file"])
-    s = s.override("prune", target_sparsity=o["target_sparsity"], group_divisible=o["group_divisible"])
-    if o["target_bops"] is not None:
-        s = s.override("prune", target_bops=o["target_bops"])
+    if o["target_sparsity"] is not None and o["target_bops"] is not None:
+        raise ConfigError("options '--target-sparsity' and '--target-bops': give one budget, not both")
+    # a budget on the command line replaces the config file's budget, whichever kind that is
+    if o["target_sparsity"] is not None:
+        s = s.replace("prune", target_sparsity=o["target_sparsity"], target_bops=None)
+    elif o["target_bops"] is not None:
+        s = s.replace("prune", target_bops=o["target_bops"])
+    s = s.override("prune", group_divisible=o["group_divisible"])
     s = s.override("quant", weight_bits=_bits(o["weight_bits"], "--weight-bits"),
                    act_bits=_bits(o["act_bits"], "--act-bits"))
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])
@@ -162,23 +220,35 @@ def train(model: str, out_dir: str, **options) -> None:
     from .geta import run_geta
     from .graph import load_model
     from .io import write_text_atomic
+    from .outputs import refuse_overlap
+    from .preflight import check_device, check_model, check_original_on_data
+    from .runs import RunFolder, fingerprint
     from .train import distributed, load_data
 
     settings = settings_from_options(options)
+    spec = options["data_spec"]
+    refuse_overlap({"-o": out_dir}, models=[model], data=[spec], files=[p for p in [options["config_file"]] if p])
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"option '-o': '{out_dir}' is a file; the run folder goes there, choose another path")
     loaded = load_model(model)
-    data = load_data(options["data_spec"], settings.data, model=loaded, seed=settings.train.seed)
-    result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
-                      schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
-                      resume=options["resume"])
-    summary = {"model": model, "data": options["data_spec"], "settings": settings.to_dict(), **result.metrics,
-               "bits": result.bits, "history": result.train.history}
-    if distributed.info().is_main:
-        write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-        m = result.metrics
-        acc = f", accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
-        click.echo(f"trained {result.train.steps} steps: {m['removed_groups']} of {m['prunable_groups']} groups "
-                   f"removed ({m['group_sparsity']:.1%}), relative BOPs {m['relative_bops']:.4f}{acc}")
-        click.echo(f"wrote {out_dir}/checkpoint.safetensors and {out_dir}/summary.json")
+    check_model(loaded, settings.train.output)
+    check_device(settings.train.device)
+    data = load_data(spec, settings.data, model=loaded, seed=settings.train.seed)
+    check_original_on_data(loaded, data, settings.train.output, judge=not options["skip_data_check"])
+    record = fingerprint(model, spec, settings)
+    with RunFolder(out_dir, record, resume=options["resume"], force=options["force"]):
+        result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
+                          schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
+                          resume=options["resume"], config=record)
+        summary = {"model": model, "data": spec, "settings": settings.to_dict(), **result.metrics,
+                   "bits": result.bits, "history": result.train.history}
+        if distributed.info().is_main:
+            write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+            m = result.metrics
+            acc = f", accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
+            click.echo(f"trained {result.train.steps} steps: {m['removed_groups']} of {m['prunable_groups']} groups "
+                       f"removed ({m['group_sparsity']:.1%}), relative BOPs {m['relative_bops']:.4f}{acc}")
+            click.echo(f"wrote {out_dir}/checkpoint.safetensors and {out_dir}/summary.json")
     if distributed.launched():
         distributed.clean_exit()
 
@@ -207,7 +277,9 @@ def compress(model: str, out_path: str, profile: str | None, batches: tuple[str,
     settings = settings_from_options(options).override(
         "export", profile=profile, batches=tuple(_parse_batches(batches)) if batches else None, threads=threads,
         eval_limit=eval_limit, plots=False if no_plots else None)
-    report = run_compress(model, options["data_spec"], out_path, settings, resume=options["resume"], log=click.echo)
+    report = run_compress(model, options["data_spec"], out_path, settings, resume=options["resume"],
+                          force=options["force"], check_data=not options["skip_data_check"],
+                          inputs=tuple(p for p in [options["config_file"]] if p), log=click.echo)
     if report is not None:
         click.echo(_headline(report))
     if distributed.launched():
@@ -263,6 +335,7 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
     from .io import write_text_atomic
 
     sizes = _parse_batches(batches)
+    _refuse_json_over_inputs(json_path, models)
     results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup,
                               shapes=_parse_shapes(shapes))
     width = max(len(Path(r["model"]).name) for r in results)
@@ -301,6 +374,7 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
     from .io import write_text_atomic
     from .train import load_data
 
+    _refuse_json_over_inputs(json_path, [model, reference], [data_spec])
     # val_split=0: without an eval split the whole train split is scored, not a held-out slice
     config = DataConfig(batch_size=batch_size, val_split=0.0, shuffle=False, limit=limit)
     data = load_data(data_spec, config, model=read_model(model))
@@ -316,10 +390,12 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
 
 @main.command()
 @click.argument("report_path", metavar="REPORT")
-@click.option("--max-accuracy-drop", type=float, required=True,
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0, max=1), required=True, callback=_finite,
               help="Largest allowed accuracy drop as a fraction (0.01 = 1 point).")
-@click.option("--min-speedup", type=float, required=True, help="Smallest allowed original / compressed latency.")
-@click.option("--max-relative-bops", type=float, help="Largest allowed compressed / original BOPs.")
+@click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), required=True, callback=_finite,
+              help="Smallest allowed original / compressed latency.")
+@click.option("--max-relative-bops", type=click.FloatRange(min=0, min_open=True, max=1), callback=_finite,
+              help="Largest allowed compressed / original BOPs.")
 @click.option("--batch", type=click.IntRange(min=1),
               help="Check the speedup at this batch only (default: every batch in the report).")
 @_friendly_errors

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, GetaError
+from .errors import ConfigError, DataError, GetaError
 from .settings import Settings
 
 
@@ -51,44 +51,79 @@ class OutputPaths:
         if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
             raise ConfigError(f"option '-o': '{out}' is the input model; choose another output path "
                               "(compress never overwrites its input)")
-        if out.parent.exists() and not out.parent.is_dir():
-            raise ConfigError(f"option '-o': '{out.parent}' is a file, not a folder")
+        for parent in out.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"option '-o': '{parent}' is a file, not a folder")
         stem = out.with_suffix("")
         return cls(out, Path(f"{stem}.report.json"), Path(f"{stem}.report.md"), Path(f"{stem}.layers.png"),
                    Path(f"{stem}.summary.png"), Path(f"{stem}.run"))
 
+    def by_option(self) -> dict[str, Path]:
+        """Every output, keyed as the error names it (all derive from option -o)."""
+        return {"-o": self.model, "-o (report)": self.report_json, "-o (report text)": self.report_md,
+                "-o (layers plot)": self.layers_png, "-o (summary plot)": self.summary_png,
+                "-o (run folder)": self.run_dir}
+
 
 def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.PathLike,
-             settings: Settings = Settings(), *, resume: bool = False, log=print) -> dict | None:
-    """Run the job; returns the report (None on the non-main ranks of a torchrun launch)."""
+             settings: Settings = Settings(), *, resume: bool = False, force: bool = False, check_data: bool = True,
+             inputs: tuple = (), log=print) -> dict | None:
+    """Run the job; returns the report (None on the non-main ranks of a torchrun launch).
+
+    Before anything is read or trained, no output may land on an input (outputs.py; `inputs`:
+    other files the caller read, e.g. the config file). The run folder (runs.py) is locked,
+    probed for writing, and refuses to overwrite a checkpoint (--force) or to resume one of
+    other settings. `check_data`: refuse data on which the original scores near chance."""
     from .export import export_onnx, save
     from .geta import run_geta
     from .graph import load_model
+    from .outputs import refuse_overlap
+    from .preflight import check_device, check_model, check_original_on_data
+    from .runs import RunFolder, fingerprint
     from .train import distributed, load_data
 
     paths = OutputPaths.beside(out_path, model_path)
-    paths.model.parent.mkdir(parents=True, exist_ok=True)
+    refuse_overlap(paths.by_option(), models=[model_path], data=[data_spec], files=inputs)
     t0 = time.perf_counter()
     loaded = load_model(model_path)
+    check_model(loaded, settings.train.output)
+    check_device(settings.train.device)
     data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
-    result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
-                      schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
-                      resume=resume)
-    t_train = time.perf_counter()
-    if not distributed.info().is_main:
-        return None
-    proto = export_onnx(result, loaded, settings.export.profile)
-    save(proto, paths.model, source=model_path)
-    t_export = time.perf_counter()
-    log(f"wrote {paths.model}; validating in onnxruntime")
-    checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output)
-    # a --resume run trains only the epochs left: count the checkpointed epochs' time too
-    epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
-    report = _report(model_path, paths, data_spec, settings, result, checks,
-                     wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
-                           "validate": time.perf_counter() - t_export})
-    _write_outputs(report, paths, settings.export.plots, log)
+    _require_held_out(data, data_spec)
+    check_original_on_data(loaded, data, settings.train.output, threads=settings.export.threads, judge=check_data)
+    record = fingerprint(model_path, data_spec, settings)
+    with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
+        result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
+                          schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
+                          resume=resume, config=record)
+        t_train = time.perf_counter()
+        if not distributed.info().is_main:
+            return None
+        proto = export_onnx(result, loaded, settings.export.profile)
+        save(proto, paths.model, source=model_path)
+        t_export = time.perf_counter()
+        log(f"wrote {paths.model}; validating in onnxruntime")
+        checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output)
+        # a --resume run trains only the epochs left: count the checkpointed epochs' time too
+        epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
+        report = _report(model_path, paths, data_spec, settings, result, checks,
+                         wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
+                               "validate": time.perf_counter() - t_export})
+        _write_outputs(report, paths, settings.export.plots, log)
     return report
+
+
+MIN_HELD_OUT = 10  # fewer held-out samples measure nothing
+
+
+def _require_held_out(data, spec: str) -> None:
+    """compress scores on held-out samples only, never on the training samples."""
+    if data.eval is None or (data.n_eval is not None and data.n_eval < MIN_HELD_OUT):
+        have = 0 if data.eval is None else data.n_eval
+        raise DataError(f"data spec '{spec}': {have} held-out samples to measure the compressed model on; it needs "
+                        f"at least {MIN_HELD_OUT}, never the training samples: give an eval split (eval_x / eval_y "
+                        "in the npz, t10k files for idx:, an eval loader for py:) or more samples (data.val_split "
+                        "holds out a share of them)")
 
 
 def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0) -> dict:

@@ -5,6 +5,9 @@ checks values and raises ConfigError naming the option and what to do.
 """
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
@@ -12,7 +15,7 @@ from .errors import ConfigError
 
 def _check(cond: bool, option: str, message: str) -> None:
     if not cond:
-        raise ConfigError(f"option '{option}': {message}")
+        raise ConfigError(option=option, detail=message)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class ScheduleConfig:
     pruning_periods: int = 5  # P
 
     def __post_init__(self):
-        _check(self.epochs >= 0 and self.steps >= 0, "epochs", "epochs and steps must be >= 0 (0: automatic)")
+        _check(self.epochs >= 0, "epochs", f"must be >= 0 (0: automatic), got {self.epochs}")
+        _check(self.steps >= 0, "steps", f"must be >= 0 (0: from epochs), got {self.steps}")
         _check(self.min_steps >= 1 and self.max_epochs >= 1, "min_steps", "min_steps and max_epochs must be >= 1")
         for name in ("warmup", "projection", "pruning_start", "pruning"):
             _check(0.0 <= getattr(self, name) <= 1.0, name, "is a fraction of the total steps, in [0, 1]")
@@ -131,6 +135,7 @@ class TrainConfig:
         _check(self.loss in ("auto", "task", "kd", "task+kd"), "loss",
                f"expected auto, task, kd or task+kd, got '{self.loss}'")
         _check(self.kd in ("auto", "kl", "bce", "mse"), "kd", f"expected auto, kl, bce or mse, got '{self.kd}'")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         _check(self.output >= 0, "output", "is an output index, >= 0")
@@ -213,21 +218,80 @@ def to_dict(config) -> dict:
 
 
 def from_dict(cls, data: dict, *, section: str = ""):
-    """Build a config dataclass from a dict (a TOML / YAML section), rejecting unknown keys
-    with a suggestion."""
+    """Build a config dataclass from a dict (a TOML / YAML section or command-line values),
+    rejecting unknown keys (with a suggestion) and values of the wrong type; errors name the
+    key as 'section.key'."""
     import difflib
 
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    qualified = (lambda key: f"{section}.{key}") if section else (lambda key: key)
     for key in data:
         if key not in known:
-            near = difflib.get_close_matches(key, known, n=1)
+            near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(sorted(known))}"
-            raise ConfigError(f"unknown option '{section + '.' if section else ''}{key}'{hint}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+            raise ConfigError(f"unknown option '{qualified(key)}'{hint}")
+    values = {k: _typed(v, hints[k], qualified(k)) for k, v in data.items()}
     try:
         return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"{section or cls.__name__}: {e}") from None
+    except ConfigError as e:
+        if e.option is None:
+            raise
+        raise ConfigError(option=qualified(e.option) if "." not in e.option else e.option, detail=e.detail) from None
+
+
+def _show(value) -> str:
+    """A value as the user wrote it in TOML / YAML (true, not True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _typed(value, hint, option: str):
+    """`value` checked against the field's annotation (bool, int, float, str, X | None,
+    tuple[T, ...], tuple[T1, T2]); lists become tuples, ints become floats where a float is
+    expected. A bool is never a number here: `lr = true` is a mistake, not 1.0."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, option)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(option=option, detail=f"expects a list, e.g. {_example(args)}, got {_show(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(v, args[0], option) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(option=option, detail=f"expects a list of {len(args)} values, e.g. {_example(args)}, "
+                                                    f"got {len(value)}")
+        return tuple(_typed(v, a, option) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(option=option, detail=f"expects true or false, got {_show(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(option=option, detail=f"expects an integer, got {_show(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(option=option, detail=f"expects a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(option=option, detail=f"expects a finite number, got {_show(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(option=option, detail=f"expects a string, got {_show(value)}")
+        return value
+    return value
+
+
+def _example(args) -> str:
+    sample = {int: "4", float: "0.5", str: '"a"', bool: "true"}
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"[{sample.get(args[0], '...')}, ...]"
+    return "[" + ", ".join(sample.get(a, "...") for a in args) + "]"
 
 
 __all__ = ["DataConfig", "ExportConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig",

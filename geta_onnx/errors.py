@@ -1,7 +1,9 @@
 """The exception hierarchy of geta-onnx.
 
 Every error a user can cause is a GetaError whose message names the file, node or
-option at fault and says what to do. The CLI prints it on one line and exits 1; library
+option at fault and says what to do. The CLI prints it on one line and exits with the
+error's `exit_code`: 2 for usage (an option, a config value, an output path that would
+overwrite an input), 1 for failures (a model, data or file that cannot be used); library
 callers catch GetaError. Bugs in geta-onnx itself stay ordinary exceptions.
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterable
 
 class GetaError(Exception):
     """A user-facing error: one line, names the culprit, says how to fix it."""
+
+    exit_code = 1
 
 
 class ModelLoadError(GetaError):
@@ -45,7 +49,21 @@ class ConversionError(GetaError):
 
 
 class ConfigError(GetaError):
-    """An option or config-file value is invalid."""
+    """An option or config-file value is invalid (a usage error: exit code 2).
+
+    `option` / `detail`, when given, are kept apart so a config file's loader can name the
+    section and the file: ConfigError(option="lr", detail="must be > 0")."""
+
+    exit_code = 2
+
+    def __init__(self, message: str = "", *, option: str | None = None, detail: str | None = None):
+        self.option, self.detail = option, detail
+        super().__init__(message or f"option '{option}': {detail}")
+
+
+class RunError(GetaError):
+    """The run cannot go on for a reason outside the inputs' content: an output location that
+    cannot be written, a run folder in use, an absent device."""
 
 
 class DataError(GetaError):

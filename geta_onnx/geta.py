@@ -12,6 +12,7 @@ import torch
 
 from .bridge import OnnxModule, to_torch
 from .config import OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig
+from .errors import GetaError
 from .graph.model import OnnxModel
 from .optim import QASSO, ImportanceWeights, quant_targets
 from .qadg import QADG, analyze
@@ -82,8 +83,9 @@ class _Progress:
     def after_step(self, step: int, loss) -> dict:
         if step % 10:
             return {}
-        return {"sparsity": f"{self.opt.group_sparsity():.0%}", "wbits": f"{self.opt.mean_bits('weight'):.1f}",
-                "abits": f"{self.opt.mean_bits('act'):.1f}"}
+        return {"sparsity": f"{self.opt.group_sparsity():.0%}",
+                "wbits": f"{self.opt.mean_bits('weight', bounded=True):.1f}",
+                "abits": f"{self.opt.mean_bits('act', bounded=True):.1f}"}
 
 
 def _calibration_batches(module: OnnxModule, data: Data, n: int):
@@ -94,12 +96,45 @@ def _calibration_batches(module: OnnxModule, data: Data, n: int):
         yield tuple(inputs)
 
 
+# ops through which no gradient flows (piecewise constant or integer-valued outputs)
+NON_DIFFERENTIABLE = {"ArgMax", "ArgMin", "Hardmax", "Round", "Floor", "Ceil", "Sign", "Equal", "Greater", "Less",
+                      "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "NonZero", "IsNaN", "IsInf",
+                      "BitShift", "Mod"}
+
+
+def _check_gradient_path(module: OnnxModule, model: OnnxModel, data: Data, output: int) -> None:
+    """GetaError when the trained output does not depend on any weight through
+    differentiable ops (e.g. a Hardmax at the end): training would take no step."""
+    batch = next(iter(data.train), None)
+    if batch is None:
+        return
+    inputs, _ = split_batch(batch, module.input_names, f"data '{data.spec}'")
+    was_training = module.training
+    module.eval()  # running statistics untouched; a batch of one is fine
+    try:
+        with torch.enable_grad():
+            outs = module(*(x[:2] for x in inputs))
+    finally:
+        module.train(was_training)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    if output < len(outs) and not outs[output].requires_grad:
+        blockers = sorted({f"{n.op_type} (node '{n.name or n.output[0]}')" for n in model.proto.graph.node
+                           if n.op_type in NON_DIFFERENTIABLE})
+        why = f"; it passes through {', '.join(blockers[:4])}" if blockers else ""
+        raise GetaError(f"{model.label}: output {output} does not depend on any weight through differentiable "
+                        f"ops{why}, so training cannot change it; export the model without that op (train on the "
+                        "scores before it) or choose another output with [train] output = N")
+
+
 def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig(), prune: PruneConfig = PruneConfig(),
              optim: OptimConfig = OptimConfig(), schedule: ScheduleConfig = ScheduleConfig(),
-             train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False) -> GetaResult:
-    """Train `model` once with QASSO under the pruning budget and bit ranges."""
+             train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False,
+             config: dict | None = None) -> GetaResult:
+    """Train `model` once with QASSO under the pruning budget and bit ranges. `config` (plain
+    JSON values: runs.fingerprint) is recorded in the checkpoint for resume checks."""
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
+    _check_gradient_path(module, model, data, train_config.output)
     # the teacher (distillation) is the fp32 original: copied before any quantizer exists
     loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,
                      temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output)
@@ -121,7 +156,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
                    checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],
                    progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
-                   output=train_config.output)
+                   output=train_config.output, config=config)
     out = GetaResult(module, plan, qadg, opt, result)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,

@@ -1,4 +1,7 @@
-"""Atomic file writes: outputs appear whole or not at all, and never replace an input."""
+"""Atomic file writes: outputs appear whole or not at all, and never replace an input.
+
+The file gets the mode a plain open() would give it (0666 less the umask; the old file's mode
+when one is replaced), not the 0600 of the temporary file it is written as."""
 from __future__ import annotations
 
 import os
@@ -14,6 +17,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _mode_for(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -23,3 +27,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -47,6 +47,10 @@ class Settings:
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
+        return self.replace(section, **values)
+
+    def replace(self, section: str, **values) -> "Settings":
+        """A copy with `values` set in `section`, None values included (validated again)."""
         current = dataclasses.asdict(getattr(self, section))
         current.update(values)
         return dataclasses.replace(self, **{section: from_dict(SECTIONS[section], current, section=section)})
@@ -54,9 +58,16 @@ class Settings:
 
 def read_file(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; give a .toml or .yaml file")
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    text = path.read_text()
+        raise ConfigError(f"config file '{path}' not found; check the path given to --config")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}': cannot read it ({e.strerror})") from None
     try:
         if path.suffix.lower() in (".toml", ".tml"):
             try:
@@ -94,5 +105,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"config file '{path}': unknown section '{section}'{hint}")
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}': section '{section}' must hold keys")
-        parts[section] = from_dict(SECTIONS[section], values, section=section)
+        try:
+            parts[section] = from_dict(SECTIONS[section], values, section=section)
+        except ConfigError as e:
+            raise ConfigError(f"config file '{path}': {e}") from None
     return Settings(**parts)

@@ -94,7 +94,7 @@ def test_refuses_bad_outputs(run, tmp_path, out_name, fragment):
     model, npz, _, _, _, digest = run
     out = model if out_name == "same" else tmp_path / out_name
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "2"])
-    assert result.exit_code == 1 and fragment in result.output, result.output
+    assert result.exit_code == 2 and fragment in result.output, result.output  # usage errors
     assert _sha(model) == digest
 
 
@@ -104,4 +104,4 @@ def test_bad_export_option_in_config(run, tmp_path):
     config.write_text('[export]\nprofile = "tensor-rt"\n')
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "x.onnx"),
                                        "--config", str(config)])
-    assert result.exit_code == 1 and "profile" in result.output and "tensorrt" in result.output, result.output
+    assert result.exit_code == 2 and "profile" in result.output and "tensorrt" in result.output, result.output

@@ -45,7 +45,7 @@ def test_bad_config_is_one_clear_line(problem, tmp_path, text, fragment):
     config.write_text(text)
     result = CliRunner().invoke(main, ["train", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "o"),
                                        "--config", str(config)])
-    assert result.exit_code == 1 and fragment in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
 
 
 def test_bad_option_value_is_a_usage_error(problem, tmp_path):

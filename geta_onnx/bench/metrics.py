@@ -11,6 +11,9 @@ def top1_hits(out: np.ndarray, target: np.ndarray, *, spec: str) -> tuple[int, i
     if out.ndim < 2:
         raise DataError(f"data spec '{spec}': integer labels need class scores (N, C, ...) from the model, "
                         f"its output has shape {out.shape}; pick another output with --output")
+    if target.size and (int(target.min()) < 0 or int(target.max()) >= out.shape[1]):
+        raise DataError(f"data spec '{spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
+                        f"{out.shape[1]} class scores; found label {int(target.min()) if int(target.min()) < 0 else int(target.max())}")
     pred = out.argmax(1)  # (N[, d1, ...])
     if target.size != pred.size:
         raise DataError(f"data spec '{spec}': labels of shape {target.shape} do not fit predictions of shape "

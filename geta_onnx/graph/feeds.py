@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from .model import OnnxModel
 
 
@@ -10,6 +11,10 @@ def example_feeds(model: OnnxModel, shapes: dict[str, tuple[int, ...]] | None = 
                   seq: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs: floats ~ N(0, 1); integer inputs that index an embedding table are
     drawn below its size, other integers (masks) from {0, 1} with the first half ones."""
+    unknown = sorted(set(shapes or {}) - {vi.name for vi in model.inputs})
+    if unknown:
+        raise ConfigError(f"option '--shape': {model.label} has no input named {', '.join(unknown)} (its inputs: "
+                          f"{', '.join(vi.name for vi in model.inputs)})")
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in model.inputs:

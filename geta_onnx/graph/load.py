@@ -45,6 +45,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True, normalize: bool =
     _load_external_data(proto, path)
     model = OnnxModel(proto, path)
     check_opset(model)
+    check_signature(model)
     if check:
         run_checker(model)
     if normalize:
@@ -115,6 +116,22 @@ def check_opset(model: OnnxModel) -> None:
             f"{model.label}: opset {version} is not supported (supported: {MIN_OPSET} to {MAX_OPSET}); "
             f"convert it with onnx.version_converter.convert_version(model, {min(max(version, MIN_OPSET), MAX_OPSET)})"
         )
+
+
+def check_signature(model: OnnxModel) -> None:
+    """A model geta-onnx can feed and score: graph inputs (numeric tensors) and outputs."""
+    if not model.proto.graph.output:
+        raise ModelLoadError(f"{model.label}: the model has no graph outputs, so there is nothing to measure or "
+                             "train; re-export it with its outputs")
+    if not model.inputs:
+        raise ModelLoadError(f"{model.label}: the model has no graph inputs (it computes a constant); geta-onnx "
+                             "compresses models that take inputs")
+    for vi in model.inputs:
+        t = vi.type
+        if not t.HasField("tensor_type") or t.tensor_type.elem_type in (0, onnx.TensorProto.STRING):
+            kind = "a string tensor" if t.HasField("tensor_type") and t.tensor_type.elem_type else "not a tensor"
+            raise ModelLoadError(f"{model.label}: input '{vi.name}' is {kind}; geta-onnx feeds numeric tensors "
+                                 "(preprocess strings, e.g. tokenize text, outside the model)")
 
 
 def run_checker(model: OnnxModel) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .model import FLOAT_TYPES, OnnxModel
 
 log = logging.getLogger(__name__)
@@ -289,10 +289,12 @@ def with_input_shapes(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> O
     known = {i.name: i for i in proto.graph.input}
     for name, dims in shapes.items():
         if name not in known:
-            raise ModelLoadError(f"{model.label}: no graph input named '{name}' (inputs: {sorted(known)})")
+            raise ConfigError(f"option '--shape': {model.label} has no graph input named '{name}' (inputs: "
+                              f"{', '.join(sorted(known))})")
         tshape = known[name].type.tensor_type.shape
         if len(tshape.dim) != len(dims):
-            raise ModelLoadError(f"{model.label}: input '{name}' has rank {len(tshape.dim)}, got shape {list(dims)}")
+            raise ConfigError(f"option '--shape': input '{name}' of {model.label} has rank {len(tshape.dim)}, got "
+                              f"shape {list(dims)}")
         for d, v in zip(tshape.dim, dims):
             d.Clear()
             d.dim_value = int(v)

@@ -150,9 +150,12 @@ class QASSO(torch.optim.Optimizer):
     def group_sparsity(self) -> float:
         return len(self.zeroed) / len(self.views) if self.views else 0.0
 
-    def mean_bits(self, kind: str | None = None) -> float:
-        vals = [float(layer.bits().mean()) for layer in self.layers
-                if kind is None or (layer.weight is not None) == (kind == "weight")]
+    def mean_bits(self, kind: str | None = None, bounded: bool = False) -> float:
+        """Mean bit width over the layers (of `kind`: weight / act). `bounded`: each layer's
+        bits capped at the running upper bound, as deployed: in warm-up a quantizer is not yet
+        bounded and its free bit width (e.g. 46) means "float", shown as the start bound."""
+        vals = [min(float(layer.bits().mean()), self.upper_bits(layer)) if bounded else float(layer.bits().mean())
+                for layer in self.layers if kind is None or (layer.weight is not None) == (kind == "weight")]
         return sum(vals) / len(vals) if vals else 32.0
 
     def upper_bits(self, layer: QuantTarget, step: int | None = None) -> float:

@@ -90,6 +90,17 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_
 
 def split_batch(batch, input_names: list[str],
                 label: str = "data") -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """Any batch layout -> (inputs in model-input order, target or None); see _split."""
+    xs, target = _split(batch, input_names, label)
+    for x in (*xs, *([] if target is None else [target])):
+        numeric = isinstance(x, torch.Tensor) or (isinstance(x, np.ndarray) and x.dtype.kind in "biuf")
+        if not numeric:
+            raise DataError(f"{label}: a batch holds a {type(x).__name__}, not a tensor; yield torch tensors or numpy "
+                            "arrays of numbers")
+    return xs, target
+
+
+def _split(batch, input_names: list[str], label: str):
     """Any batch layout -> (inputs in model-input order, target or None). Accepted: x;
     (x, y); (x1, ..., xk[, y]); ((x1, ..., xk), y); {input name: x, ..., "y" | "label": y}."""
     k = len(input_names)

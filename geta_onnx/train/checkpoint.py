@@ -99,6 +99,26 @@ def save(path: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def read_config(path: str | os.PathLike):
+    """The `config` entry of a checkpoint's state (the run's settings record) from its header
+    alone, without reading the tensors; DataError on a truncated or foreign file."""
+    path = Path(path)
+    bad = f"checkpoint '{path}' is truncated or not a geta-onnx checkpoint; delete it and start without resume"
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = f.read(n) if n < 1 << 30 else b""
+        meta = json.loads(json.loads(header)["__metadata__"][_KEY])
+        if meta.get("format") != FORMAT:
+            raise ValueError("wrong format tag")
+    except OSError as e:
+        raise DataError(f"checkpoint '{path}': cannot read it ({e.strerror})") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of a foreign / damaged file means the same
+        raise DataError(f"{bad} ({type(e).__name__})") from None
+    config = meta["state"].get("config") if isinstance(meta.get("state"), dict) else None
+    return _decode(config, {}) if config is not None else None
+
+
 def load(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by save(); DataError on a missing, truncated or foreign file."""
     path = Path(path)

@@ -83,6 +83,9 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
                         "array per input in the npz file, named like the inputs")
     keys = names if len(names) > 1 else ["x"]  # readers key multi-input arrays by input name
     xs = [src.train_x[k] for k in keys]
+    _check_arrays(spec, keys, xs, src.train_y, "")
+    if src.eval_x is not None:
+        _check_arrays(spec, keys, [src.eval_x[k] for k in keys], src.eval_y, "eval_")
     transforms = []
     for i, (x, k) in enumerate(zip(xs, keys)):
         want = wants[i] if wants else None
@@ -121,6 +124,38 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
         if eval_ is not None else None,
         has_labels=y is not None, num_classes=num_classes, sample_shape=transforms[0].out_shape, spec=spec,
         n_train=len(train), n_eval=len(eval_) if eval_ is not None else 0, classes=src.classes)
+
+
+def _check_arrays(spec: str, keys: list[str], xs: list, y, prefix: str) -> None:
+    """Samples a model can be fed and labels a loss can read, or a DataError naming the array."""
+    for k, x in zip(keys, xs):
+        if not isinstance(x, np.ndarray):  # lazy images (folder:): uint8 by construction
+            continue
+        if len(x) == 0:
+            raise DataError(f"data spec '{spec}': '{prefix}{k}' holds no samples")
+        if x.ndim < 2:
+            raise DataError(f"data spec '{spec}': '{prefix}{k}' has shape {x.shape}; store samples with the sample "
+                            "axis first, e.g. (N, C, H, W)")
+        if x.dtype.kind not in "fiu":
+            raise DataError(f"data spec '{spec}': '{prefix}{k}' holds {x.dtype} values; store real numbers "
+                            "(float32 images or features, integer token ids)")
+        if x.dtype.kind == "f":
+            bad = ~np.isfinite(x)
+            if bad.any():
+                n = int(bad.reshape(len(x), -1).any(1).sum())
+                kind = "NaN" if np.isnan(x).any() else "inf"
+                raise DataError(f"data spec '{spec}': '{prefix}{k}' has {kind} values in {n} sample(s) (first: "
+                                f"sample {int(np.argwhere(bad)[0][0])}); clean or drop them")
+    if y is None:
+        return
+    if y.dtype.kind not in "fiu":
+        raise DataError(f"data spec '{spec}': labels '{prefix}y' hold {y.dtype} values; store class indices as "
+                        "integers (int64), or float targets for regression")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError(f"data spec '{spec}': targets '{prefix}y' have NaN / inf values; clean or drop them")
+    if y.dtype.kind in "iu" and y.ndim != 1:
+        raise DataError(f"data spec '{spec}': integer labels '{prefix}y' have shape {y.shape}; class labels are one "
+                        "index per sample, shape (N,) (not one-hot)")
 
 
 def _value_range(x) -> tuple[float, float]:

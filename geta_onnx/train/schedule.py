@@ -77,15 +77,19 @@ class Schedule:
     # ---- building -------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, steps_per_epoch: int, cfg: ScheduleConfig = ScheduleConfig()) -> Schedule:
-        """Length from plan_steps, stage boundaries as fractions of the total (rounded down)."""
+        """Length from plan_steps, stage boundaries as fractions of the total (rounded down).
+        A short run gets fewer periods than configured (at least one step each), never an
+        error: 4 projection steps hold 4 periods, not 5."""
         total, _ = plan_steps(steps_per_epoch, cfg)
         at = lambda frac: int(total * frac + 1e-9)  # noqa: E731
+        projection = at(cfg.warmup + cfg.projection) - at(cfg.warmup)
+        pruning = at(cfg.pruning_start + cfg.pruning) - at(cfg.pruning_start)
         return cls(total, steps_per_epoch, warmup_steps=at(cfg.warmup),
-                   projection_steps=at(cfg.warmup + cfg.projection) - at(cfg.warmup),
-                   projection_periods=cfg.projection_periods if cfg.projection > 0 else 0,
+                   projection_steps=projection,
+                   projection_periods=min(cfg.projection_periods, projection) if cfg.projection > 0 else 0,
                    pruning_start=at(cfg.pruning_start),
-                   pruning_steps=at(cfg.pruning_start + cfg.pruning) - at(cfg.pruning_start),
-                   pruning_periods=cfg.pruning_periods if cfg.pruning > 0 else 0)
+                   pruning_steps=pruning,
+                   pruning_periods=min(cfg.pruning_periods, pruning) if cfg.pruning > 0 else 0)
 
     @classmethod
     def plain(cls, total_steps: int, steps_per_epoch: int) -> Schedule:

@@ -44,7 +44,7 @@ def test_measure_latency_shape_override(resnet_pair):
 def test_bench_shape_errors(resnet_pair, args, fragment):
     fp32, _ = resnet_pair
     result = CliRunner().invoke(main, ["bench", str(fp32), "--repeats", "1", *args])
-    assert result.exit_code == 1 and fragment in result.output
+    assert result.exit_code == 2 and fragment in result.output  # --shape is a usage error
 
 
 @pytest.mark.parametrize("args", [["--batch", "0"], ["--batch", "1,x"], ["--repeats", "0"], []])

@@ -45,7 +45,7 @@ def test_eval_without_labels(digits, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, fragment", [
-    (["--output", "2"], 1, "index 2 does not exist"),
+    (["--output", "2"], 2, "index 2 does not exist"),
     (["--metric", "bleu"], 2, "--metric"),
     (["--batch-size", "0"], 2, "--batch-size"),
 ])

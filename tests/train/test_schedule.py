@@ -53,8 +53,6 @@ def test_validation_names_the_option():
                  pruning_start=20, pruning_steps=10, pruning_periods=2)
     with pytest.raises(ConfigError, match="'pruning'.*after the last step"):
         Schedule(total_steps=100, steps_per_epoch=10, pruning_start=95, pruning_steps=10, pruning_periods=2)
-    with pytest.raises(ConfigError, match="train longer"):
-        Schedule.from_config(2, ScheduleConfig(steps=10))  # 4 pruning steps for 5 periods
     with pytest.raises(ConfigError, match="'pruning_start'"):
         from_dict(ScheduleConfig, {"warmup": 0.3, "projection": 0.2, "pruning_start": 0.4})
     with pytest.raises(ConfigError, match="did you mean 'pruning_periods'"):
@@ -82,3 +80,13 @@ def test_lr_schedules_warm_up_and_decay():
     assert lr_scheduler(opt, "constant", 10) is None
     with pytest.raises(ConfigError, match="'lr_schedule'"):
         lr_scheduler(opt, "steps", 10)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 10, 20, 60])
+def test_short_runs_get_fewer_periods_of_at_least_one_step(steps):
+    """A run shorter than the configured periods fits them to its steps instead of failing."""
+    s = Schedule.from_config(2, ScheduleConfig(steps=steps))
+    assert s.total_steps == steps
+    assert s.projection_periods <= min(5, s.projection_steps) and s.pruning_periods <= min(5, s.pruning_steps)
+    assert (s.pruning_periods > 0) == (s.pruning_steps > 0)
+    assert Schedule.from_config(2, ScheduleConfig(steps=200)).pruning_periods == 5  # long runs: as configured

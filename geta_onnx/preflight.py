@@ -1,0 +1,122 @@
+"""Checks before a training run (compress, train): what would make the run fail late or
+waste it is said first, in one line, before any step is taken.
+
+- the output the loss reads exists and is a float tensor (an ArgMax / class-id output cannot
+  be trained through);
+- the model has float weights to train;
+- the device asked for exists (--device cuda on a machine without CUDA);
+- the original model makes sense of the data: it runs on a few batches in onnxruntime, its
+  outputs are finite and differ between samples, and with class labels it scores clearly
+  above chance. A model near chance on the user's data almost always means the data is
+  prepared differently from the model's training (scale, mean / std, resize, channel order),
+  and a run on it trains for nothing (the check that a 34-minute run on unnormalised images,
+  18 % top-1 for 10 classes, would have been stopped by). `--skip-data-check` skips it.
+The loss's reach (a gradient path from the output to the weights) is checked on the bridged
+module by geta.run_geta, which has it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError, DataError, GetaError, RunError
+
+CHECK_SAMPLES = 512  # samples of the data the original is run on
+# near chance: top-1 below chance + NEAR_CHANCE x (1 - chance); chance = the most frequent label's share
+NEAR_CHANCE = 0.15
+
+
+def check_model(model, output: int) -> None:
+    """The scored output exists and is float; there are float weights to train."""
+    outs = list(model.outputs)
+    if not 0 <= output < len(outs):
+        raise ConfigError(f"option 'train.output': {model.label} has {len(outs)} output(s) "
+                          f"({', '.join(o.name for o in outs)}); index {output} does not exist")
+    info = model.info(outs[output].name)
+    if info is not None and info.elem_type and np.dtype(info.np_dtype).kind != "f":
+        raise GetaError(f"{model.label}: output '{outs[output].name}' is {np.dtype(info.np_dtype).name}, not a float "
+                        "tensor, so no loss can be trained through it; export the model with its scores as output, "
+                        "or choose a float output with [train] output = N")
+    floats = [t for t in model.proto.graph.initializer if t.data_type in (1, 10, 11, 16) and _numel(t) > 1]
+    if not floats:
+        raise GetaError(f"{model.label}: the model has no float weights, so there is nothing to train or compress")
+
+
+def _numel(tensor) -> int:
+    return int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RunError(f"option '--device': '{device}' asked for, but torch sees no CUDA GPU on this machine; "
+                           "use --device cpu")
+
+
+def check_original_on_data(model, data, output: int, *, threads: int = 2, judge: bool = True) -> None:
+    """DataError when the labels do not fit the original model's output (always), or, with
+    `judge`, when its outputs on the data are non-finite, the same for every sample, or (with
+    class labels) near chance."""
+    from .bench.accuracy import _check_output, _np_dtype, _run
+    from .bench.session import open_session
+    from .train.batching import split_batch
+
+    loader = data.eval if data.eval is not None else data.train
+    session = open_session(model.path, threads)
+    _check_output(model.path, session, output)
+    names = [i.name for i in session.get_inputs()]
+    dtypes = [_np_dtype(i.type) for i in session.get_inputs()]
+    outs, labels, seen = [], [], 0
+    for batch in loader:
+        inputs, target = split_batch(batch, names, f"data spec '{data.spec}'")
+        feeds = {k: np.ascontiguousarray(np.asarray(x), dtype=d) for k, x, d in zip(names, inputs, dtypes)}
+        outs.append(_run(model.path, session, feeds, output).astype(np.float64))
+        if target is not None:
+            labels.append(np.asarray(target))
+        seen += len(outs[-1])
+        if seen >= CHECK_SAMPLES:
+            break
+    if not outs:
+        raise DataError(f"data spec '{data.spec}': no samples to run the original model on")
+    out = np.concatenate(outs)
+    if labels:
+        _check_targets(np.concatenate(labels), out, data.spec)
+    if data.num_classes is not None and out.ndim >= 2 and data.num_classes > out.shape[1]:  # every label, not a sample
+        raise DataError(f"data spec '{data.spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
+                        f"{out.shape[1]} class scores; found label {data.num_classes - 1}")
+    if not judge:
+        return
+    fix = ("check how the data is prepared for this model (data options scale, mean, std, resize, or the channel "
+           "order), or pass --skip-data-check to train anyway")
+    if not np.isfinite(out).all():
+        raise DataError(f"{model.label}: the original model gives NaN / inf outputs on data '{data.spec}'; {fix}")
+    if len(out) > 1 and float(np.ptp(out, axis=0).max()) <= 1e-6 * (1.0 + float(np.abs(out).max())):
+        raise DataError(f"{model.label}: the original model gives the same output for every sample of data "
+                        f"'{data.spec}', so the data does not reach it as it expects; {fix}")
+    if not labels or out.ndim != 2 or out.shape[1] < 2:
+        return
+    y = np.concatenate(labels).reshape(-1)
+    if y.dtype.kind not in "iu" or len(y) != len(out):
+        return
+    acc = float((out.argmax(1) == y).mean())
+    chance = float(np.bincount(y.clip(0)).max() / len(y))
+    if acc < chance + NEAR_CHANCE * (1.0 - chance):
+        raise DataError(f"{model.label}: the original model scores {acc:.1%} top-1 on data '{data.spec}', near "
+                        f"chance ({chance:.1%}: the most frequent label), before any compression; {fix}")
+
+
+def _check_targets(y: np.ndarray, out: np.ndarray, spec: str) -> None:
+    """Integer labels index the output's class axis 1; float targets have the output's shape."""
+    if y.dtype.kind in "iu":
+        if out.ndim < 2:
+            raise DataError(f"data spec '{spec}': integer labels need class scores (N, C) from the model, its output "
+                            f"has shape {out.shape}")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= out.shape[1]:
+            raise DataError(f"data spec '{spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
+                            f"{out.shape[1]} class scores; found label {low if low < 0 else high}")
+    elif y.reshape(len(y), -1).shape[1] != out.reshape(len(out), -1).shape[1]:
+        raise DataError(f"data spec '{spec}': float targets of shape {y.shape[1:]} per sample do not fit the model's "
+                        f"output of shape {out.shape[1:]}; class labels must be integers (int64), regression targets "
+                        "shaped like the output")

@@ -1,0 +1,11 @@
+"""Test-session settings that make results independent of the machine's core count and load:
+one intra-op thread per test process (pytest-xdist runs one process per core), so reductions
+run in the same order everywhere and two workers never oversubscribe the cores."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after the thread variables)
+
+torch.set_num_threads(1)
