@@ -161,7 +161,7 @@ def training_options(fn):
         click.option("--target-sparsity", type=float, help="Fraction of prunable groups removed (default 0.5)."),
         click.option("--target-bops", type=float, help="Target relative BOPs instead of a sparsity, e.g. 0.05."),
         click.option("--weight-bits", metavar="LOW:HIGH", help="Weight bit range (default 4:8)."),
-        click.option("--act-bits", metavar="LOW:HIGH", help="Activation bit range (default 4:8)."),
+        click.option("--act-bits", metavar="LOW:HIGH", help="Activation bit range (default 8:8)."),
         click.option("--group-divisible", type=int, help="Kept channels per layer: a multiple of this (default 16)."),
         click.option("--epochs", type=click.IntRange(min=1),
                      help="Training epochs (default: automatic, enough epochs for 2,000 steps, at most 100)."),

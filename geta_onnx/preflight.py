@@ -68,12 +68,20 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
     names = [i.name for i in session.get_inputs()]
     dtypes = [_np_dtype(i.type) for i in session.get_inputs()]
     outs, labels, seen = [], [], 0
+    first = session.get_inputs()[0].shape
+    fixed = first[0] if first else None  # a static batch (e.g. 1): fed in chunks of that size
+    step = fixed if isinstance(fixed, int) and fixed > 0 else None
     for batch in loader:
         inputs, target = split_batch(batch, names, f"data spec '{data.spec}'")
-        feeds = {k: np.ascontiguousarray(np.asarray(x), dtype=d) for k, x, d in zip(names, inputs, dtypes)}
-        outs.append(_run(model.path, session, feeds, output).astype(np.float64))
+        arrays = [np.ascontiguousarray(np.asarray(x), dtype=d) for x, d in zip(inputs, dtypes)]
+        n = len(arrays[0])
+        chunks = [slice(i, i + step) for i in range(0, n - n % step, step)] if step else [slice(0, n)]
+        if not chunks:
+            continue
+        outs.append(np.concatenate([_run(model.path, session, {k: a[c] for k, a in zip(names, arrays)}, output)
+                                    for c in chunks]).astype(np.float64))
         if target is not None:
-            labels.append(np.asarray(target))
+            labels.append(np.asarray(target)[:len(outs[-1])])
         seen += len(outs[-1])
         if seen >= CHECK_SAMPLES:
             break

@@ -258,3 +258,16 @@ def test_unknown_forget_rule_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="forget"):
         OptimConfig(forget="fast")
+
+
+def test_progress_bits_are_bounded_as_deployed():
+    """In warm-up a quantizer's free bit width means float (it was 46.0 on the progress bar);
+    the bar shows each layer's bits capped at the running upper bound, inside [b_l, start]."""
+    from geta_onnx.geta import _Progress
+
+    module, opt, layers, stages = _setup()
+    for layer in layers:  # a range so wide the free bit width is far above 16
+        layer.quantizer.d.data.fill(1e-9)
+    assert opt.mean_bits("weight") > 16
+    shown = _Progress(opt).after_step(0, None)
+    assert 4 <= float(shown["wbits"]) <= 16 and 4 <= float(shown["abits"]) <= 16

@@ -60,6 +60,7 @@ def assert_hostile(folder: Path, args: list[str], code: int, mentions: tuple[str
     shown = f"args: {args}\nexit {out.code}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     assert out.exception is None, f"unhandled {type(out.exception).__name__}: {out.exception}\n{shown}"
     assert "Traceback" not in out.stdout + out.stderr, shown
+    assert "internal error" not in out.stderr, shown  # the CLI's last line of defence: never expected
     assert out.code == code, shown
     after = snapshot(folder)
     changed = [p for p, h in before.items() if after.get(p) != h and not (code == 0 and p.startswith(writes))]

@@ -44,7 +44,7 @@ def geta_command(bench: Bench, work: Path, sparsity: float) -> tuple[list[str], 
     exe = Path(sys.executable).with_name("geta-onnx")
     cmd = [str(exe) if exe.exists() else "geta-onnx", "compress", str(bench.model), "--data", bench.data_spec,
            "-o", str(out), "--target-sparsity", f"{sparsity:g}", "--epochs", str(bench.epochs), "--no-progress",
-           "--batch-size", str(bench.batch_size)]
+           "--batch-size", str(bench.batch_size), "--force"]  # a benchmark row is a fresh run, even in a used folder
     if bench.geta_lr is not None:
         cmd += ["--lr", f"{bench.geta_lr:g}"]
     if bench.geta_config:
