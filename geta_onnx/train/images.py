@@ -31,10 +31,9 @@ class ImageFiles:
     def __init__(self, paths: list[Path], *, size: tuple[int, int] | None, gray: bool):
         self.paths, self.gray = paths, gray
         self.resize = size is not None  # else: every image must match the first one
-        Image = _pil()
+        first = _check_headers(paths)
         if size is None:
-            with Image.open(paths[0]) as im:
-                size = (im.height, im.width)
+            size = first
         self.size = size
         self.shape = (len(paths), size[0], size[1], 1 if gray else 3)
         self.dtype = np.dtype(np.uint8)
@@ -61,6 +60,21 @@ class ImageFiles:
         return out
 
 
+def _check_headers(paths: list[Path]) -> tuple[int, int]:
+    """Open every file's header (cheap: no pixels decoded) so a file that is not an image is
+    named before training, not in the middle of it; returns the first image's (H, W)."""
+    Image = _pil()
+    first = None
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                first = first or (im.height, im.width)
+        except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"folder: '{path}' is not an image PIL can read ({type(e).__name__}); remove or "
+                            "replace it") from None
+    return first
+
+
 def read_folder(rest: str, *, image_size: tuple[int, int] | None, gray: bool | None) -> Arrays:
     """image_size: resize every image to (H, W); gray: force 1 (True) or 3 (False) channels,
     None = 1 channel only if the first image is grayscale."""
@@ -76,8 +90,8 @@ def read_folder(rest: str, *, image_size: tuple[int, int] | None, gray: bool | N
     train_files, train_y = _list(train_root, classes, rest)
     if not train_files:
         raise DataError(f"folder:{rest}: no image files ({', '.join(sorted(_IMAGE_EXTS))}) under '{train_root}'")
-    _pil()
     if gray is None:
+        _check_headers(train_files[:1])
         with _pil().open(train_files[0]) as im:
             gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
     x = ImageFiles(train_files, size=image_size, gray=gray)

@@ -176,12 +176,25 @@ def read_py(rest: str, *, seed: int, batch_size: int) -> Loaders:
     module_name, _, func_name = rest.rpartition(":")
     if not module_name or not func_name:
         raise DataError(f"py:{rest}: expected py:MODULE:FUNCTION (MODULE dotted or a path to a .py file)")
-    fn = getattr(_import(module_name, rest), func_name, None)
+    try:
+        module = _import(module_name, rest)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's module failed to import: its error, in one line
+        raise DataError(f"py:{rest}: importing '{module_name}' failed: {type(e).__name__}: {_first_line(e)}") from None
+    fn = getattr(module, func_name, None)
     if not callable(fn):
         raise DataError(f"py:{rest}: module '{module_name}' has no function '{func_name}'")
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("batch_size", batch_size), ("seed", seed)) if k in params}
-    out = fn(**kwargs)
+    try:
+        out = fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's function failed: its error, in one line
+        raise DataError(f"py:{rest}: {func_name}({', '.join(kwargs)}) raised {type(e).__name__}: {_first_line(e)}; "
+                        f"it is called with the keyword arguments batch_size and seed when it takes them") from None
+    if out is None:
+        raise DataError(f"py:{rest}: {func_name}() returned None; return (train_loader, eval_loader_or_None), a "
+                        "loader, or a dict with 'train'")
     num_classes = None
     if isinstance(out, dict):
         if "train" not in out:
@@ -191,10 +204,17 @@ def read_py(rest: str, *, seed: int, batch_size: int) -> Loaders:
         train, ev = out
     else:
         train, ev = out, None
+    if train is None:
+        raise DataError(f"py:{rest}: {func_name}() gave no train loader (None); return (train_loader, eval_loader)")
     for name, loader in (("train", train), ("eval", ev)):
         if loader is not None and not hasattr(loader, "__iter__"):
             raise DataError(f"py:{rest}: the {name} loader is a {type(loader).__name__}, not an iterable of batches")
     return Loaders(train, ev, num_classes)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _import(module_name: str, rest: str):
