@@ -119,7 +119,10 @@ def test_a_failed_run_leaves_its_checkpoint_and_no_lock(problem):
 
 
 def _cli(*args) -> list[str]:
-    return [sys.executable, "-c", "from geta_onnx.cli import main; main()", *map(str, args)]
+    # Ctrl-C's default handler restored: a job started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and the test would then see no interruption at all
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from geta_onnx.cli import main; main()"
+    return [sys.executable, "-c", code, *map(str, args)]
 
 
 @pytest.mark.slow
