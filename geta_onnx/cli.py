@@ -218,24 +218,16 @@ def train(model: str, out_dir: str, **options) -> None:
     from pathlib import Path
 
     from .geta import run_geta
-    from .graph import load_model
     from .io import write_text_atomic
     from .outputs import refuse_overlap
-    from .preflight import check_device, check_model, check_original_on_data
-    from .runs import RunFolder, fingerprint
-    from .train import distributed, load_data
+    from .preflight import prepare_run
+    from .runs import RunFolder
+    from .train import distributed
 
     settings = settings_from_options(options)
     spec = options["data_spec"]
     refuse_overlap({"-o": out_dir}, models=[model], data=[spec], files=[p for p in [options["config_file"]] if p])
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ConfigError(f"option '-o': '{out_dir}' is a file; the run folder goes there, choose another path")
-    loaded = load_model(model)
-    check_model(loaded, settings.train.output)
-    check_device(settings.train.device)
-    data = load_data(spec, settings.data, model=loaded, seed=settings.train.seed)
-    check_original_on_data(loaded, data, settings.train.output, judge=not options["skip_data_check"])
-    record = fingerprint(model, spec, settings)
+    loaded, data, record = prepare_run(model, spec, settings, judge=not options["skip_data_check"])
     with RunFolder(out_dir, record, resume=options["resume"], force=options["force"]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DataError, GetaError
+from .errors import ConfigError, GetaError
 from .settings import Settings
 
 
@@ -76,22 +76,16 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     other settings. `check_data`: refuse data on which the original scores near chance."""
     from .export import export_onnx, save
     from .geta import run_geta
-    from .graph import load_model
     from .outputs import refuse_overlap
-    from .preflight import check_device, check_model, check_original_on_data
-    from .runs import RunFolder, fingerprint
-    from .train import distributed, load_data
+    from .preflight import prepare_run
+    from .runs import RunFolder
+    from .train import distributed
 
     paths = OutputPaths.beside(out_path, model_path)
     refuse_overlap(paths.by_option(), models=[model_path], data=[data_spec], files=inputs)
     t0 = time.perf_counter()
-    loaded = load_model(model_path)
-    check_model(loaded, settings.train.output)
-    check_device(settings.train.device)
-    data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
-    _require_held_out(data, data_spec)
-    check_original_on_data(loaded, data, settings.train.output, threads=settings.export.threads, judge=check_data)
-    record = fingerprint(model_path, data_spec, settings)
+    loaded, data, record = prepare_run(model_path, data_spec, settings, judge=check_data, held_out=True,
+                                       threads=settings.export.threads)
     with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
@@ -111,19 +105,6 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)
     return report
-
-
-MIN_HELD_OUT = 10  # fewer held-out samples measure nothing
-
-
-def _require_held_out(data, spec: str) -> None:
-    """compress scores on held-out samples only, never on the training samples."""
-    if data.eval is None or (data.n_eval is not None and data.n_eval < MIN_HELD_OUT):
-        have = 0 if data.eval is None else data.n_eval
-        raise DataError(f"data spec '{spec}': {have} held-out samples to measure the compressed model on; it needs "
-                        f"at least {MIN_HELD_OUT}, never the training samples: give an eval split (eval_x / eval_y "
-                        "in the npz, t10k files for idx:, an eval loader for py:) or more samples (data.val_split "
-                        "holds out a share of them)")
 
 
 def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0) -> dict:

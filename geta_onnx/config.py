@@ -237,7 +237,7 @@ def from_dict(cls, data: dict, *, section: str = ""):
     except ConfigError as e:
         if e.option is None:
             raise
-        raise ConfigError(option=qualified(e.option) if "." not in e.option else e.option, detail=e.detail) from None
+        raise ConfigError(option=qualified(e.option), detail=e.detail) from None
 
 
 def _show(value) -> str:

@@ -25,6 +25,37 @@ CHECK_SAMPLES = 512  # samples of the data the original is run on
 NEAR_CHANCE = 0.15
 
 
+MIN_HELD_OUT = 10  # fewer held-out samples measure nothing
+
+
+def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, held_out: bool = False,
+                threads: int = 2):
+    """(loaded model, Data, settings fingerprint) of a training run, every check above passed.
+    `held_out`: the run scores the result (compress), so it needs held-out samples."""
+    from .graph import load_model
+    from .runs import fingerprint
+    from .train import load_data
+
+    loaded = load_model(model_path)
+    check_model(loaded, settings.train.output)
+    check_device(settings.train.device)
+    data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
+    if held_out:
+        require_held_out(data, data_spec)
+    check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
+    return loaded, data, fingerprint(model_path, data_spec, settings)
+
+
+def require_held_out(data, spec: str) -> None:
+    """compress scores on held-out samples only, never on the training samples."""
+    if data.eval is None or (data.n_eval is not None and data.n_eval < MIN_HELD_OUT):
+        have = 0 if data.eval is None else data.n_eval
+        raise DataError(f"data spec '{spec}': {have} held-out samples to measure the compressed model on; it needs "
+                        f"at least {MIN_HELD_OUT}, never the training samples: give an eval split (eval_x / eval_y "
+                        "in the npz, t10k files for idx:, an eval loader for py:) or more samples (data.val_split "
+                        "holds out a share of them)")
+
+
 def check_model(model, output: int) -> None:
     """The scored output exists and is float; there are float weights to train."""
     outs = list(model.outputs)
@@ -59,6 +90,7 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
     `judge`, when its outputs on the data are non-finite, the same for every sample, or (with
     class labels) near chance."""
     from .bench.accuracy import _check_output, _np_dtype, _run
+    from .bench.metrics import check_label_range
     from .bench.session import open_session
     from .train.batching import split_batch
 
@@ -90,9 +122,8 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
     out = np.concatenate(outs)
     if labels:
         _check_targets(np.concatenate(labels), out, data.spec)
-    if data.num_classes is not None and out.ndim >= 2 and data.num_classes > out.shape[1]:  # every label, not a sample
-        raise DataError(f"data spec '{data.spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
-                        f"{out.shape[1]} class scores; found label {data.num_classes - 1}")
+    if data.num_classes is not None and out.ndim >= 2:  # every label of the data, not only these samples
+        check_label_range(np.array([data.num_classes - 1]), out.shape[1], data.spec)
     if not judge:
         return
     fix = ("check how the data is prepared for this model (data options scale, mean, std, resize, or the channel "
@@ -116,14 +147,13 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
 
 def _check_targets(y: np.ndarray, out: np.ndarray, spec: str) -> None:
     """Integer labels index the output's class axis 1; float targets have the output's shape."""
+    from .bench.metrics import check_label_range
+
     if y.dtype.kind in "iu":
         if out.ndim < 2:
             raise DataError(f"data spec '{spec}': integer labels need class scores (N, C) from the model, its output "
                             f"has shape {out.shape}")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= out.shape[1]:
-            raise DataError(f"data spec '{spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
-                            f"{out.shape[1]} class scores; found label {low if low < 0 else high}")
+        check_label_range(y, out.shape[1], spec)
     elif y.reshape(len(y), -1).shape[1] != out.reshape(len(out), -1).shape[1]:
         raise DataError(f"data spec '{spec}': float targets of shape {y.shape[1:]} per sample do not fit the model's "
                         f"output of shape {out.shape[1:]}; class labels must be integers (int64), regression targets "

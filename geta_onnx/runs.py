@@ -154,9 +154,9 @@ class RunFolder:
         if not has:
             raise ConfigError(f"option '--resume': '{self.path}' holds no checkpoint to resume; drop --resume to "
                               "start a new run")
-        old = read_config(self.checkpoint)
         if self.record is None or self.force:
             return
+        old = read_config(self.checkpoint)
         if old is None:
             raise ConfigError(f"option '--resume': the checkpoint in '{self.path}' records no settings (an older "
                               "geta-onnx wrote it); pass --force to resume it with these settings")

@@ -6,14 +6,22 @@ import numpy as np
 from ..errors import DataError
 
 
+def check_label_range(labels: np.ndarray, classes: int, spec: str) -> None:
+    """DataError unless every integer label indexes one of the model's `classes` scores."""
+    if not labels.size:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise DataError(f"data spec '{spec}': labels must be class indices in [0, {classes}) for the model's "
+                        f"{classes} class scores; found label {low if low < 0 else high}")
+
+
 def top1_hits(out: np.ndarray, target: np.ndarray, *, spec: str) -> tuple[int, int]:
     """(correct, counted) of argmax over the class axis 1 of (N, C[, d1, ...]) scores vs labels."""
     if out.ndim < 2:
         raise DataError(f"data spec '{spec}': integer labels need class scores (N, C, ...) from the model, "
                         f"its output has shape {out.shape}; pick another output with --output")
-    if target.size and (int(target.min()) < 0 or int(target.max()) >= out.shape[1]):
-        raise DataError(f"data spec '{spec}': labels must be class indices in [0, {out.shape[1]}) for the model's "
-                        f"{out.shape[1]} class scores; found label {int(target.min()) if int(target.min()) < 0 else int(target.max())}")
+    check_label_range(target, out.shape[1], spec)
     pred = out.argmax(1)  # (N[, d1, ...])
     if target.size != pred.size:
         raise DataError(f"data spec '{spec}': labels of shape {target.shape} do not fit predictions of shape "

@@ -366,6 +366,6 @@ def test_good_inputs_pass(tmp_path, command):
             "train": ["train", model, "--data", spec, "-o", tmp_path / "run", "--config", config, "--no-progress"],
             "compress": ["compress", model, "--data", spec, "-o", tmp_path / "out" / "small.onnx", "--config", config,
                          "--no-progress"]}[command]
-    out = assert_hostile(tmp_path, args, 0)
+    assert_hostile(tmp_path, args, 0)
     if command == "compress":
         assert (tmp_path / "out" / "small.onnx").is_file() and not (tmp_path / "out" / "small.run" / ".lock").exists()
