@@ -168,8 +168,12 @@ def training_options(fn):
         click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs)."),
         click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), help="QASSO's base optimizer."),
         click.option("--lr", type=float, help="Learning rate of the weights."),
-        click.option("--batch-size", type=int, help="Training batch size (default 64)."),
-        click.option("--device", help="cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=int, help="Training batch size (default 64); under torchrun the global "
+                     "batch, split across the processes."),
+        click.option("--device", help="cpu, cuda or cuda:N (under torchrun: one GPU per process)."),
+        click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
+                     help="Mixed-precision forward (default off); fp16 needs cuda. Weights, QASSO and the "
+                     "quantizers stay float32."),
         click.option("--seed", type=int, help="Seed of data order and initial choices."),
         click.option("--resume", is_flag=True,
                      help="Continue from the run folder's checkpoint (refused when the settings changed)."),
@@ -201,7 +205,8 @@ def settings_from_options(o: dict):
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])
     s = s.override("optim", optimizer=o["optimizer"], lr=o["lr"])
     s = s.override("data", batch_size=o["batch_size"])
-    s = s.override("train", device=o["device"], seed=o["seed"], progress=False if o["no_progress"] else None)
+    s = s.override("train", device=o["device"], seed=o["seed"], amp=o["amp"],
+                   progress=False if o["no_progress"] else None)
     return s
 
 

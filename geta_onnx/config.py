@@ -128,10 +128,15 @@ class TrainConfig:
     output: int = 0  # which model output the loss reads
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     progress: bool = True
+    amp: str = "off"  # mixed-precision forward: off, bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)
+    sync_batchnorm: bool = True  # under torchrun: BatchNorm statistics of the global batch (docs/distributed.md)
 
     def __post_init__(self):
         _check(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device",
                f"expected cpu, cuda or cuda:N, got '{self.device}'")
+        _check(self.amp in ("off", "bf16", "fp16"), "amp", f"expected off, bf16 or fp16, got '{self.amp}'")
+        _check(self.amp != "fp16" or self.device != "cpu", "amp",
+               "fp16 needs --device cuda (on CPU use bf16)")
         _check(self.loss in ("auto", "task", "kd", "task+kd"), "loss",
                f"expected auto, task, kd or task+kd, got '{self.loss}'")
         _check(self.kd in ("auto", "kl", "bce", "mse"), "kd", f"expected auto, kl, bce or mse, got '{self.kd}'")

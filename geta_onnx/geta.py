@@ -156,7 +156,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
                    checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],
                    progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
-                   output=train_config.output, config=config)
+                   output=train_config.output, config=config, sync_batchnorm=train_config.sync_batchnorm,
+                   amp=train_config.amp)
     out = GetaResult(module, plan, qadg, opt, result)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,

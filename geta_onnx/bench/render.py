@@ -83,6 +83,10 @@ def _footer(report: dict) -> list[str]:
     if "wall_time_s" in report:
         w = report["wall_time_s"]
         lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in w.items()) + ".")
+    t = report.get("training", {})
+    if "processes" in t:
+        where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"
+        lines.append(f"Trained {t['steps']} steps on {t.get('device', 'cpu')}, {where}.")
     if "versions" in report:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")
     if "bops_convention" in report:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import logging
+
 import onnx
 
 from ..errors import GetaError
+from ..graph.normalize import name_nodes
 from ..graph.model import OnnxModel
 from ..io import write_bytes_atomic
 from .bnfold import fold_batchnorm
@@ -29,6 +32,7 @@ from .report import fusion_report, optimized_graph
 from .writeback import write_back
 
 INT4_OPSET = 21
+log = logging.getLogger(__name__)
 
 
 def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = True) -> onnx.ModelProto:
@@ -46,6 +50,11 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
         use_int4 = upgraded is not None
         proto = upgraded if upgraded is not None else proto
     proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs)
+    renamed = name_nodes(proto)  # onnxruntime 1.30 refuses two nodes of one name ("invalid model")
+    if renamed.graph.node != proto.graph.node:
+        log.info("export: node names made unique: %s", sorted({a.name for a, b in zip(proto.graph.node, renamed.graph.node)
+                                                                if a.name != b.name}))
+        proto = renamed
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -62,7 +62,10 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
         params = act_params(a, profile)
         if params is not None:
             act_scale[a.tensor] = params[0]
-            _quantize_tensor(g, a.tensor, *params, clip=act_clip(a, profile))
+            clip = act_clip(a, profile)
+            _quantize_tensor(g, a.tensor, *params, clip=clip)
+            if clip is None:
+                _drop_clip_before_q(g, a.tensor, *params)
     nodes = {n.name: n for n in g.nodes}
     weights: dict[tuple, str] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:
@@ -112,6 +115,46 @@ def _quantize_tensor(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray,
         for i, name in enumerate(node.input):
             if name == tensor:
                 node.input[i] = dq
+
+
+def _drop_clip_before_q(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
+    """Clip(lo, hi) / Relu -> tensor -> Q: when the Q's own grid [s (qmin - zp), s (qmax - zp)]
+    lies inside [lo - s/2, hi + s/2], Q(clip(x)) == Q(x) for every x (the Q saturates where
+    the clip would bind), so the Q reads the Clip's input and the Clip dies (unless something
+    else reads it). Exact, and it matters: onnxruntime's ClipQuantFusion only drops a Clip
+    whose range holds the grid strictly, and onnxruntime 1.30 rejects the graph it makes of
+    the rest (Conv -> Clip -> Q with the grid top a hair above 6: "two nodes with same node
+    name", docs/measurements.md); a Clip that binds stays."""
+    clip = g.producer(tensor)
+    if clip is None or clip.op_type not in ("Clip", "Relu") or clip.domain not in ("", "ai.onnx"):
+        return
+    if tensor in g.outputs or len(g.consumers(tensor)) != 1:
+        return
+    lo, hi = (0.0, np.inf) if clip.op_type == "Relu" else _clip_range(g, clip)
+    if lo is None:
+        return
+    info = np.iinfo(zp.dtype)
+    s, z = float(scale), int(zp)
+    if s * (info.min - z) > lo - 0.49 * s and s * (info.max - z) < hi + 0.49 * s:
+        q = g.consumers(tensor)[0]
+        q.input[0] = clip.input[0]
+
+
+def _clip_range(g: Graph, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
+    """(lo, hi) of a Clip with constant bounds (inputs at opset >= 11, attributes before);
+    (None, None) when a bound is computed."""
+    if len(clip.input) == 1 and (g.attr(clip, "min") is not None or g.attr(clip, "max") is not None):
+        return float(g.attr(clip, "min", -np.inf)), float(g.attr(clip, "max", np.inf))
+    bounds = []
+    for k, default in ((1, -np.inf), (2, np.inf)):
+        name = clip.input[k] if len(clip.input) > k else ""
+        if not name:
+            bounds.append(default)
+        elif g.is_const(name) and g.const(name).size == 1:
+            bounds.append(float(g.const(name).reshape(())))
+        else:
+            return None, None
+    return bounds[0], bounds[1]
 
 
 def _int8_weight(g: Graph, wq: WeightQ, base: str) -> str:

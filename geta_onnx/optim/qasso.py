@@ -29,6 +29,7 @@ from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import plan
 from .slices import GroupView, Slice, ZeroMasks, group_views, merge_slices
+from ..train import distributed
 from ..train.schedule import Schedule
 
 ETA, ZETA = 0.999, 0.9
@@ -50,7 +51,8 @@ class QuantTarget:
     axis: int | None = None  # per-channel axis of the initializer (None: per tensor)
 
     def t(self) -> torch.Tensor:
-        return self.quantizer.t if isinstance(self.quantizer.t, torch.Tensor) else torch.tensor(1.0)
+        t = self.quantizer.t
+        return t if isinstance(t, torch.Tensor) else self.quantizer.d.new_tensor(1.0)
 
     def bits(self) -> torch.Tensor:
         q = self.quantizer
@@ -134,6 +136,7 @@ class QASSO(torch.optim.Optimizer):
         self.period = -1
         self.planned: int | None = None  # K after rounding kept counts to the unit
         self.frozen = False
+        self._index_device: torch.device | None = None  # where the slices' index tensors live
 
     # ---- public state -----------------------------------------------------------------
     @property
@@ -178,6 +181,7 @@ class QASSO(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_device()
         k = self.step_count
         info = self.stages.stage(k)
         stage = info.name
@@ -215,6 +219,17 @@ class QASSO(torch.optim.Optimizer):
         return loss
 
     # ---- stage mechanics -----------------------------------------------------------------
+    def _follow_device(self) -> None:
+        """Move the groups' index tensors to the parameters' device: the optimizer is built
+        on the CPU module, and train() moves it (e.g. to CUDA) afterwards."""
+        device = self.views[0].slices[0].param.device if self.views else None
+        if device is None or device == self._index_device:
+            return
+        for view in self.views:
+            for s in view.slices:
+                s.index = s.index.to(device)
+        self._index_device = device
+
     def _keep_positive(self) -> None:
         for layer in self.layers:
             layer.quantizer.clamp_()
@@ -250,11 +265,12 @@ class QASSO(torch.optim.Optimizer):
         s = scores(remaining, ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
         final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
-        self.planned = len(final)
         periods = self.stages.pruning_periods
         upto = len(final) if period == periods - 1 else round(len(final) * (period + 1) / periods)
         todo = sorted(final - self.zeroed, key=lambda g: s.get(g, 0.0))
-        self.redundant = todo[:max(0, upto - len(self.zeroed))]
+        # under torchrun every rank scores the same all-reduced gradients; rank 0's plan is taken
+        # so that a last-bit difference can never split the ranks' structures
+        self.planned, self.redundant = distributed.agree((len(final), todo[:max(0, upto - len(self.zeroed))]))
         self.period = period
 
     def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> list[tuple[_DEntries, torch.Tensor]]:
@@ -297,7 +313,7 @@ class QASSO(torch.optim.Optimizer):
         c, g = [], []
         for s in slices:
             grad = ghat.get(id(s.param))
-            g.append(s.view(grad).reshape(-1) if grad is not None else torch.zeros(s.view().numel()))
+            g.append(s.view(grad).reshape(-1) if grad is not None else s.view().new_zeros(s.view().numel()))
             c.append((terms[id(s)][0] if id(s) in terms else s.view()).reshape(-1))
         return torch.cat(c).double(), torch.cat(g).double()
 
@@ -313,7 +329,7 @@ class QASSO(torch.optim.Optimizer):
             if layer is None or (layer.axis is not None and s.axis != layer.axis):
                 continue
             grad = ghat.get(id(s.param))
-            gs = s.view(grad).double() if grad is not None else torch.zeros(s.view().shape, dtype=torch.float64)
+            gs = s.view(grad).double() if grad is not None else s.view().new_zeros(s.view().shape, dtype=torch.float64)
             rs = terms[id(s)][1].double()
             if layer.axis is None:  # one row: the whole slice
                 rows_r, rows_g = rs.reshape(1, -1), gs.reshape(1, -1)
@@ -385,6 +401,7 @@ class QASSO(torch.optim.Optimizer):
         super().load_state_dict(state)
         self.step_count, self.period, self.planned = extra["step_count"], extra["period"], extra["planned"]
         self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
+        self._follow_device()
         self.masks = ZeroMasks()
         for gid in self.zeroed:
             self.masks.add(self._by_id[gid])

@@ -217,9 +217,11 @@ class Quantizer(nn.Module):
         d = d_of_bits(value, self.q_m, self.t, self.signed)  # checks the width before any state changes
         self.frozen_bits = value
         self.d.copy_(d)  # the stored d stays consistent for readers and export
+        self.d.requires_grad_(False)  # forward no longer reads d: no gradient to wait for (DDP)
 
     def unfreeze(self) -> None:
         self.frozen_bits = None
+        self.d.requires_grad_(True)
 
     def effective_d(self) -> torch.Tensor:
         """The step size forward uses (differentiable in q_m, t when frozen)."""

@@ -37,12 +37,12 @@ class Data:
     n_eval: int | None = None
     classes: list[str] | None = None
 
-    def shard(self, rank: int, world: int, seed: int = 0) -> Data:
-        """This rank's share for data-parallel training: DistributedSampler over our own
-        datasets (same number of batches on every rank), every world-th batch of a py: loader."""
+    def shard(self, rank: int, world: int) -> Data:
+        """This rank's share for data-parallel training (distributed.shard_loader): its slice
+        of every global batch of our own datasets, every world-th batch of a py: loader."""
         from .distributed import shard_loader
 
-        train = shard_loader(self.train, rank, world, seed=seed, train=True)
+        train = shard_loader(self.train, rank, world, train=True)
         eval_ = None if self.eval is None else shard_loader(self.eval, rank, world, train=False)
         return dataclasses.replace(self, train=train, eval=eval_)
 

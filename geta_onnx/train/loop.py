@@ -50,6 +50,8 @@ class TrainResult:
     resumed_at: int | None = None  # the step a resumed run started from
     seconds: float = 0.0  # wall time of this call
     schedule: Schedule | None = None  # the schedule the run followed
+    processes: int = 1  # data-parallel processes (torchrun) that trained it
+    device: str = "cpu"  # the torch device of this process
 
 
 def _hooks(hooks) -> list:
@@ -79,7 +81,7 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
           schedule: Schedule | None = None, epochs: int | None = None, steps: int | None = None,
           lr_scheduler=None, device: str = "cpu", eval_fn=None, checkpoint_dir=None, resume: bool = False,
           hooks=None, progress: bool = True, seed: int = 0, grad_clip: float = 0.0, output: int = 0,
-          config: dict | None = None) -> TrainResult:
+          config: dict | None = None, sync_batchnorm: bool = True, amp: str = "off") -> TrainResult:
     """Train `module` in place and return what happened.
 
     Length: `schedule`, else `epochs` / `steps` (else the automatic length of ScheduleConfig).
@@ -89,6 +91,12 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
     resume=True continues from checkpoint_dir's checkpoint when there is one (else starts
     fresh). torch, numpy and random are seeded with `seed` first. `output` is the model output
     the default evaluation scores. `config` (plain JSON values) is stored in the checkpoint.
+    Under torchrun (distributed.py): `data`'s batch size is the global batch, each rank
+    trains on its slice of it, and `sync_batchnorm` normalises with the global batch.
+    `amp` ("bf16" / "fp16"): the forward and the loss run under torch.autocast; parameters,
+    gradients and the optimizer (QASSO's projections, masks and bit bounds) stay float32, and
+    the quantizers compute in float32 (quant.quantizer). fp16 scales the loss (GradScaler);
+    a step whose gradients overflow is skipped by the scaler, as torch does.
     """
     started = time.perf_counter()
     if schedule is not None and (epochs or steps):
@@ -102,10 +110,8 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
     module.to(dev)
     if hasattr(loss_fn, "to"):
         loss_fn.to(dev)
-    model = module
     if rank.enabled:
-        data = data.shard(rank.rank, rank.world_size, seed=seed)
-        model = distributed.wrap(module, dev)
+        data = data.shard(rank.rank, rank.world_size)
     if schedule is None:
         per_epoch = _batches(data.train, data.spec)
         total, _ = plan_steps(per_epoch, ScheduleConfig(epochs=epochs or 0, steps=steps or 0))
@@ -118,6 +124,15 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
         state = checkpoint.load(ckpt)
         _restore(state, ckpt, module, optimizer, lr_scheduler, hooks)
         step, epoch, history, resumed_at = state["step"], state["epoch"], list(state["history"]), state["step"]
+    cast = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
+    if scaler is not None and resume and ckpt.exists() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    model, find_unused, wrapped = module, False, None  # wrapped: trainable() when the DDP wrapper was made
+    uneven = rank.enabled and getattr(getattr(data.train, "sampler", None), "uneven", False)
+    if rank.enabled:
+        find_unused = bool(_unused(module, data, names, loss_fn, dev, output))
+        model, wrapped = distributed.wrap(module, dev, find_unused), distributed.trainable(module)
 
     show_stage = schedule.warmup_steps < schedule.total_steps  # a GETA schedule, not plain training
     bar = tqdm(total=schedule.total_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -125,62 +140,79 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
     structure = getattr(optimizer, "structure_version", None)  # as of the last evaluation (or the resume)
     metrics, fields, smooth = (history[-1]["eval"] if history else {}), {}, None
     post: dict = {}  # what the progress bar shows
-    while step < schedule.total_steps:
-        epoch_start, loss_sum, n = time.perf_counter(), 0.0, 0
-        set_epoch(data.train, epoch)
-        model.train()
-        for batch in data.train:
-            if step >= schedule.total_steps:
-                break
-            inputs, target = split_batch(batch, names, f"data '{data.spec}'")
-            inputs, target = tuple(_to(x, dev) for x in inputs), _to(target, dev)
-            for h in hooks:
-                if hasattr(h, "before_step"):
-                    h.before_step(step)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(*inputs), target, inputs)
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise GetaError(f"the loss became {value} at step {step} ({schedule.stage(step).name}); "
-                                "lower the learning rate, or check the data for NaN / inf")
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-            optimizer.step()
-            if lr_scheduler is not None:
-                lr_scheduler.step()
-            for h in hooks:
-                if hasattr(h, "after_step"):
-                    fields.update(h.after_step(step, loss.detach()) or {})
-            step, n, loss_sum = step + 1, n + 1, loss_sum + value
-            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
-            post.update({"loss": smooth, **({"stage": schedule.stage(step - 1).name} if show_stage else {}), **fields})
-            bar.set_postfix({k: _fmt(v) for k, v in post.items()}, refresh=False)
-            bar.update(1)
-        if n == 0:
-            raise DataError(f"data '{data.spec}': the train loader yielded no batch in epoch {epoch}; "
-                            "make it yield at least one batch per pass")
-        epoch += 1
-        distributed.broadcast_buffers(module)  # one model on every rank for eval and the checkpoint
-        if eval_fn is not None:
-            metrics = dict(eval_fn(module)) if rank.is_main else {}
-        elif data.eval is not None:
-            scored = module
-            if getattr(optimizer, "structure_version", None) != structure:
-                structure = optimizer.structure_version
-                scored = refreshed_batchnorm(module, data.train, names, dev)
-            metrics = evaluate(scored, data.eval, loss_fn, device=dev, input_names=names, output=output)
-        post.update({_SHORT.get(k, k): v for k, v in metrics.items()})
-        bar.set_postfix({k: _fmt(v) for k, v in post.items()})
-        history.append({"epoch": epoch, "step": step, "train_loss": loss_sum / max(n, 1), "eval": metrics,
-                        "seconds": time.perf_counter() - epoch_start})
-        if ckpt is not None and rank.is_main:
-            state = _state(module, optimizer, lr_scheduler, hooks, step, epoch, history, schedule, seed, config)
-            checkpoint.save(ckpt, state)
-        distributed.barrier()  # nobody races ahead (or reads the checkpoint) before it is written
+    with distributed.synced_batchnorm(module, sync_batchnorm):
+        while step < schedule.total_steps:
+            epoch_start, loss_sum, n = time.perf_counter(), 0.0, 0
+            set_epoch(data.train, epoch)
+            model.train()
+            for batch in data.train:
+                if step >= schedule.total_steps:
+                    break
+                inputs, target = split_batch(batch, names, f"data '{data.spec}'")
+                inputs, target = tuple(_to(x, dev) for x in inputs), _to(target, dev)
+                for h in hooks:
+                    if hasattr(h, "before_step"):
+                        h.before_step(step)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=cast or torch.bfloat16, enabled=cast is not None):
+                    loss = loss_fn(model(*inputs), target, inputs).float()
+                if uneven:  # this rank's slice is not 1 / world of the global batch
+                    loss = loss * distributed.batch_weight(inputs[0].shape[0], dev)
+                value = float(loss.detach())
+                if not np.isfinite(value):
+                    raise GetaError(f"the loss became {value} at step {step} ({schedule.stage(step).name}); "
+                                    "lower the learning rate, or check the data for NaN / inf")
+                if scaler is None:
+                    loss.backward()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
+                if wrapped is not None and distributed.trainable(module) != wrapped:  # a stage froze / thawed some
+                    model = None  # the old wrapper's gradient hooks go with it before the new one adds its own
+                    model, wrapped = distributed.wrap(module, dev, find_unused), distributed.trainable(module)
+                for h in hooks:
+                    if hasattr(h, "after_step"):
+                        fields.update(h.after_step(step, loss.detach()) or {})
+                step, n, loss_sum = step + 1, n + 1, loss_sum + value
+                smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+                post.update({"loss": smooth, **({"stage": schedule.stage(step - 1).name} if show_stage else {}), **fields})
+                bar.set_postfix({k: _fmt(v) for k, v in post.items()}, refresh=False)
+                bar.update(1)
+            if n == 0:
+                raise DataError(f"data '{data.spec}': the train loader yielded no batch in epoch {epoch}; "
+                                "make it yield at least one batch per pass")
+            epoch += 1
+            distributed.broadcast_buffers(module)  # one model on every rank for eval and the checkpoint
+            if eval_fn is not None:
+                metrics = dict(eval_fn(module)) if rank.is_main else {}
+            elif data.eval is not None:
+                scored = module
+                if getattr(optimizer, "structure_version", None) != structure:
+                    structure = optimizer.structure_version
+                    scored = refreshed_batchnorm(module, data.train, names, dev)
+                metrics = evaluate(scored, data.eval, loss_fn, device=dev, input_names=names, output=output)
+            post.update({_SHORT.get(k, k): v for k, v in metrics.items()})
+            bar.set_postfix({k: _fmt(v) for k, v in post.items()})
+            history.append({"epoch": epoch, "step": step, "train_loss": loss_sum / max(n, 1), "eval": metrics,
+                            "seconds": time.perf_counter() - epoch_start})
+            if ckpt is not None and rank.is_main:
+                state = _state(module, optimizer, lr_scheduler, hooks, step, epoch, history, schedule, seed, config)
+                if scaler is not None:
+                    state["scaler"] = scaler.state_dict()
+                checkpoint.save(ckpt, state)
+            distributed.barrier()  # nobody races ahead (or reads the checkpoint) before it is written
     bar.close()
     return TrainResult(step, epoch, metrics, history, ckpt if ckpt is not None and ckpt.exists() else None,
-                       resumed_at, time.perf_counter() - started, schedule)
+                       resumed_at, time.perf_counter() - started, schedule, rank.world_size, str(dev))
 
 
 @torch.no_grad()
@@ -220,6 +252,21 @@ def _batch_norms(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in module.modules()
             if (isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
             or (isinstance(m, OnnxBatchNorm) and m.update_running)]
+
+
+def _unused(module, data: Data, names: list[str], loss_fn, device, output: int) -> list[str]:
+    """Trainable parameters one probe batch gives no gradient (distributed.unused_parameters);
+    said once, since they switch on DDP's slower find_unused_parameters."""
+    batch = next(iter(data.train), None)
+    if batch is None:
+        return []
+    inputs, target = split_batch(batch, names, f"data '{data.spec}'")
+    inputs, target = tuple(_to(x, device) for x in inputs), _to(target, device)
+    unused = distributed.unused_parameters(module, inputs, lambda out: loss_fn(out, target, inputs))
+    if unused and distributed.info().is_main:
+        tqdm.write(f"note: {len(unused)} parameter(s) get no gradient from the loss (e.g. {', '.join(unused[:3])}); "
+                   "data-parallel training looks for unused parameters every step")
+    return unused
 
 
 def _batches(loader, spec: str) -> int:

@@ -72,10 +72,10 @@ def looks_like_logits(output: torch.Tensor) -> bool:
     if not (output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2):
         return False
     rows = output.detach().float()
-    if torch.allclose(rows.norm(dim=1), torch.ones(()), atol=1e-3):
+    if torch.allclose(rows.norm(dim=1), rows.new_ones(()), atol=1e-3):
         return False
     in_unit = bool(((rows >= 0) & (rows <= 1)).all())
-    return not in_unit or torch.allclose(rows.sum(1), torch.ones(()), atol=1e-3)
+    return not in_unit or torch.allclose(rows.sum(1), rows.new_ones(()), atol=1e-3)
 
 
 def looks_like_sigmoid(output: torch.Tensor) -> bool:
@@ -85,7 +85,7 @@ def looks_like_sigmoid(output: torch.Tensor) -> bool:
     if not (output.is_floating_point() and output.dim() == 2 and output.shape[1] >= 2):
         return False
     rows = output.detach().float()
-    one = torch.ones(())
+    one = rows.new_ones(())
     return (bool(((rows >= 0) & (rows <= 1)).all()) and not torch.allclose(rows.sum(1), one, atol=1e-3)
             and not torch.allclose(rows.norm(dim=1), one, atol=1e-3))
 
@@ -100,7 +100,7 @@ def bce_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def is_probabilities(output: torch.Tensor) -> bool:
     """A model that ends in Softmax: rows >= 0 that sum to 1 (their log is then a logit vector)."""
     rows = _class_rows(output)
-    return bool((rows >= 0).all()) and torch.allclose(rows.sum(-1), torch.ones((), dtype=rows.dtype), atol=1e-3)
+    return bool((rows >= 0).all()) and torch.allclose(rows.sum(-1), rows.new_ones(()), atol=1e-3)
 
 
 class Loss:

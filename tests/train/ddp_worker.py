@@ -24,8 +24,8 @@ def main(model_path: str, spec: str, out: str) -> None:
     loss = make_loss("auto", has_labels=True, module=module)
     seen = []
 
-    def recording_loss(outputs, target, inputs):  # which samples this rank trained on (eval runs without grad)
-        if torch.is_grad_enabled():
+    def recording_loss(outputs, target, inputs):  # which samples this rank trained on (not eval, not DDP's probe)
+        if torch.is_grad_enabled() and module.training:
             seen.append(round(float(inputs[0].sum()), 3))
         return loss(outputs, target, inputs)
 

@@ -10,6 +10,7 @@ unbiased batch variance in the running update).
 from __future__ import annotations
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,19 +40,26 @@ class BatchNorm(nn.Module):
         running_mean = mean * m + batch_mean * (1 - m)   (biased batch variance likewise)
         saved_mean = batch_mean, saved_var = 1 / sqrt(batch_var + eps)   (opset < 14)
     Those outputs are computed from the running statistics before any in-place update.
+
+    `sync` (set by train.distributed.synced_batchnorm under torchrun): train-mode statistics
+    over the global batch of every rank, as one process would compute them (synced_batch_norm).
     """
 
     def __init__(self, eps: float, momentum: float, onnx_training: bool, n_outputs: int, update_running: bool):
         super().__init__()
         self.eps, self.momentum = eps, momentum
         self.onnx_training, self.n_outputs, self.update_running = onnx_training, n_outputs, update_running
+        self.sync = False
 
     def forward(self, x, scale, bias, mean, var):
         extra = self._extra_outputs(x, mean, var) if self.n_outputs > 1 else ()
         if self.training:
             # running stats that are not buffers (graph inputs, computed) are never written
             rm, rv = (mean, var) if self.update_running else (None, None)
-            y = F.batch_norm(x, rm, rv, scale, bias, True, 1.0 - self.momentum, self.eps)
+            if self.sync:
+                y = synced_batch_norm(x, rm, rv, scale, bias, 1.0 - self.momentum, self.eps)
+            else:
+                y = F.batch_norm(x, rm, rv, scale, bias, True, 1.0 - self.momentum, self.eps)
         elif self.onnx_training:
             y = F.batch_norm(x, None, None, scale, bias, True, 0.0, self.eps)
         else:
@@ -71,6 +79,55 @@ class BatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, momentum={self.momentum}, onnx_training={self.onnx_training}"
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def synced_batch_norm(x, running_mean, running_var, scale, bias, momentum: float, eps: float):
+    """Train-mode batch norm over the union of every rank's batch, as torch's SyncBatchNorm
+    (GPU-only) computes it, on any device. Each rank's (count, mean, biased variance) per
+    channel, shape (W, 2C + 1) with only its own row filled, is summed over ranks by one
+    differentiable all-reduce (the gradient also flows back to the other ranks' inputs),
+    then combined as Chan et al.'s parallel variance: mean = sum(n_r mean_r) / N,
+    var = sum(n_r (var_r + (mean_r - mean)^2)) / N, stable in float32. The running
+    statistics follow torch (unbiased variance, weight `momentum` on the batch)."""
+    c = x.shape[1]
+    dims = [0] + list(range(2, x.dim()))
+    var_r, mean_r = torch.var_mean(x, dims, correction=0)
+    count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rows = torch.cat([x.new_zeros(rank, 2 * c + 1), torch.cat([count, mean_r, var_r])[None],
+                      x.new_zeros(world - rank - 1, 2 * c + 1)])
+    rows = _AllReduceSum.apply(rows)  # (W, 2C + 1): every rank's statistics
+    n_r, means, vars_ = rows[:, :1], rows[:, 1:c + 1], rows[:, c + 1:]
+    n = n_r.sum()
+    mean = (n_r * means).sum(0) / n
+    var = (n_r * (vars_ + (means - mean) ** 2)).sum(0) / n
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_((var * n / (n - 1).clamp_min(1)).to(running_var.dtype), alpha=momentum)
+    view = [1, c] + [1] * (x.dim() - 2)
+    y = (x - mean.reshape(view)) * torch.rsqrt(var + eps).reshape(view)
+    if scale is not None:
+        y = y * scale.reshape(view)
+    if bias is not None:
+        y = y + bias.reshape(view)
+    return y
 
 
 @converter("BatchNormalization", versions=(1, 6, 7, 9, 14, 15), weights=(1, 2), state=(3, 4))
