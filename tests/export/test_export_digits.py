@@ -166,11 +166,10 @@ def test_int32_bias_with_product_scale(trained):
 def test_zero_points_per_profile(trained):
     result, _, _, _, _, exported = trained
     signed = {s.tensor: s.signed for s in result.plan.act_sites() + result.plan.output_sites()}
-    clipped = {c: n.input[0] for n in exported["ort"].graph.node if n.op_type == "Clip" for c in n.output}
     for n in exported["ort"].graph.node:
-        if n.op_type == "QuantizeLinear":  # it reads the tensor, or the Clip of a sub-8-bit one
+        if n.op_type == "QuantizeLinear":  # it reads the tensor, a Clip of it, or the input of a Relu it made redundant
             zp = initializer(exported["ort"], n.input[2])
-            tensor = clipped.get(n.input[0], n.input[0])
+            tensor = n.input[1].removesuffix("_scale")  # qdq._quantize_tensor names the scale after the tensor
             assert zp.dtype == np.uint8 and int(zp) == (128 if signed[tensor] else 0), n.name
         if n.op_type == "DequantizeLinear" and initializer(exported["ort"], n.input[0]) is not None:
             zp = initializer(exported["ort"], n.input[2])
