@@ -232,12 +232,13 @@ def train(model: str, out_dir: str, **options) -> None:
     settings = settings_from_options(options)
     spec = options["data_spec"]
     refuse_overlap({"-o": out_dir}, models=[model], data=[spec], files=[p for p in [options["config_file"]] if p])
-    loaded, data, record = prepare_run(model, spec, settings, judge=not options["skip_data_check"])
+    loaded, data, record, batch = prepare_run(model, spec, settings, judge=not options["skip_data_check"])
     with RunFolder(out_dir, record, resume=options["resume"], force=options["force"]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
-                          resume=options["resume"], config=record)
-        summary = {"model": model, "data": spec, "settings": settings.to_dict(), **result.metrics,
+                          resume=options["resume"], config=record, per_sample=batch.static and not batch.dynamic)
+        summary = {"model": model, "data": spec, "settings": settings.to_dict(), "batch": batch.describe(),
+                   **result.metrics,
                    "bits": result.bits, "history": result.train.history}
         if distributed.info().is_main:
             write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -260,9 +261,12 @@ def train(model: str, out_dir: str, **options) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads of the latency check (default 2).")
 @click.option("--eval-limit", type=click.IntRange(min=0), help="Score at most N eval samples (default: all).")
 @click.option("--no-plots", is_flag=True, help="Do not write the PNG plots.")
+@click.option("--dynamic-batch", is_flag=True,
+              help="A model whose input takes a static batch of 1 is written with a dynamic batch (default: "
+              "the input signature stays as it was).")
 @_friendly_errors
 def compress(model: str, out_path: str, profile: str | None, batches: tuple[str, ...], threads: int | None,
-             eval_limit: int | None, no_plots: bool, **options) -> None:
+             eval_limit: int | None, no_plots: bool, dynamic_batch: bool, **options) -> None:
     """Compress MODEL in one GETA training run on --data: structured pruning + mixed-precision
     quantization, exported as a QDQ ONNX file and validated in onnxruntime.
 
@@ -273,7 +277,7 @@ def compress(model: str, out_path: str, profile: str | None, batches: tuple[str,
 
     settings = settings_from_options(options).override(
         "export", profile=profile, batches=tuple(_parse_batches(batches)) if batches else None, threads=threads,
-        eval_limit=eval_limit, plots=False if no_plots else None)
+        eval_limit=eval_limit, plots=False if no_plots else None, dynamic_batch=True if dynamic_batch else None)
     report = run_compress(model, options["data_spec"], out_path, settings, resume=options["resume"],
                           force=options["force"], check_data=not options["skip_data_check"],
                           inputs=tuple(p for p in [options["config_file"]] if p), log=click.echo)

@@ -76,6 +76,7 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     other settings. `check_data`: refuse data on which the original scores near chance."""
     from .export import export_onnx, save
     from .geta import run_geta
+    from .graph.batch import restore_batch_one
     from .outputs import refuse_overlap
     from .preflight import prepare_run
     from .runs import RunFolder
@@ -84,20 +85,26 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     paths = OutputPaths.beside(out_path, model_path)
     refuse_overlap(paths.by_option(), models=[model_path], data=[data_spec], files=inputs)
     t0 = time.perf_counter()
-    loaded, data, record = prepare_run(model_path, data_spec, settings, judge=check_data, held_out=True,
-                                       threads=settings.export.threads)
+    loaded, data, record, batch = prepare_run(model_path, data_spec, settings, judge=check_data, held_out=True,
+                                              threads=settings.export.threads)
+    if batch.static:
+        log(f"{model_path}: {batch.describe()}")
     with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
-                          resume=resume, config=record)
+                          resume=resume, config=record, per_sample=batch.static and not batch.dynamic)
         t_train = time.perf_counter()
         if not distributed.info().is_main:
             return None
         proto = export_onnx(result, loaded, settings.export.profile)
+        if batch.static and batch.dynamic and not settings.export.dynamic_batch:
+            proto = restore_batch_one(proto)  # the user's input signature (batch 1) unless --dynamic-batch
         save(proto, paths.model, source=model_path)
         t_export = time.perf_counter()
         log(f"wrote {paths.model}; validating in onnxruntime")
-        checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output)
+        checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output,
+                          static_batch=batch.static)
+        checks["batch"] = batch.describe()
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks,
@@ -107,9 +114,11 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     return report
 
 
-def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0) -> dict:
+def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0,
+             static_batch: bool = False) -> dict:
     """Quality, latency, MACs, size and fusion of `compressed` (whose ModelProto is `proto`)
-    next to `original` (the loaded OnnxModel it was trained from)."""
+    next to `original` (the loaded OnnxModel it was trained from). `static_batch`: the
+    original file takes a batch of 1 only, so latency is compared at batch 1 alone."""
     from .bench import evaluate_onnx, measure_latency
     from .bench.report import latency_p50
     from .export import fusion_report
@@ -120,7 +129,8 @@ def validate(original, compressed: str | os.PathLike, proto, data, settings: Set
     paths = [original.path, compressed]
     quality = evaluate_onnx(compressed, data, reference=original.path, output=output, limit=ex.eval_limit,
                             threads=ex.threads)
-    lat = measure_latency(paths, list(ex.batches), threads=ex.threads, repeats=ex.repeats,
+    batches = [1] if static_batch else list(ex.batches)
+    lat = measure_latency(paths, batches, threads=ex.threads, repeats=ex.repeats,
                           shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
     return {"quality": quality, "latency": [latency_p50(r) for r in lat], "latency_full": lat,
             "fusion": fusion_report(proto), "macs": [model_stats(m).macs for m in (original, from_proto(proto))],
@@ -162,6 +172,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         target_bops=m.get("target_bops"),
         layers=result.layers(),
         fused_ops=checks["fusion"],
+        batch=checks.get("batch", "dynamic batch"),
         profile=settings.export.profile,
         threads=settings.export.threads,
         wall_time_s={**{k: round(v, 2) for k, v in wall.items()}, "total": round(sum(wall.values()), 2)},

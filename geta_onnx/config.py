@@ -208,6 +208,7 @@ class ExportConfig:
     repeats: int = 30  # timed runs per model and batch (median reported)
     eval_limit: int = 0  # score at most this many eval samples (0: the whole eval split)
     plots: bool = True  # write the PNG plots beside the report
+    dynamic_batch: bool = False  # a static batch-1 input made dynamic for training stays dynamic in the output
 
     def __post_init__(self):
         _check(self.profile in ("ort", "tensorrt"), "profile", f"expected ort or tensorrt, got '{self.profile}'")

@@ -113,7 +113,7 @@ def _check_gradient_path(module: OnnxModule, model: OnnxModel, data: Data, outpu
     module.eval()  # running statistics untouched; a batch of one is fine
     try:
         with torch.enable_grad():
-            outs = module(*(x[:2] for x in inputs))
+            outs = module(*(x[:2] for x in inputs))  # per_sample modules take 2 as 2 x 1
     finally:
         module.train(was_training)
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
@@ -129,11 +129,13 @@ def _check_gradient_path(module: OnnxModule, model: OnnxModel, data: Data, outpu
 def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig(), prune: PruneConfig = PruneConfig(),
              optim: OptimConfig = OptimConfig(), schedule: ScheduleConfig = ScheduleConfig(),
              train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False,
-             config: dict | None = None) -> GetaResult:
+             config: dict | None = None, per_sample: bool = False) -> GetaResult:
     """Train `model` once with QASSO under the pruning budget and bit ranges. `config` (plain
-    JSON values: runs.fingerprint) is recorded in the checkpoint for resume checks."""
+    JSON values: runs.fingerprint) is recorded in the checkpoint for resume checks.
+    `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample)."""
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
+    module.per_sample = per_sample
     _check_gradient_path(module, model, data, train_config.output)
     # the teacher (distillation) is the fp32 original: copied before any quantizer exists
     loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,

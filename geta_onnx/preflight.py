@@ -30,8 +30,10 @@ MIN_HELD_OUT = 10  # fewer held-out samples measure nothing
 
 def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, held_out: bool = False,
                 threads: int = 2):
-    """(loaded model, Data, settings fingerprint) of a training run, every check above passed.
-    `held_out`: the run scores the result (compress), so it needs held-out samples."""
+    """(model to train, Data, settings fingerprint, graph.batch.BatchChange) of a training
+    run, every check above passed. `held_out`: the run scores the result (compress), so it
+    needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
+    proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
     from .graph import load_model
     from .runs import fingerprint
     from .train import load_data
@@ -43,7 +45,29 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     if held_out:
         require_held_out(data, data_spec)
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
-    return loaded, data, fingerprint(model_path, data_spec, settings)
+    batch = dynamic_batch(loaded, data)
+    return batch.model, data, fingerprint(model_path, data_spec, settings), batch
+
+
+def dynamic_batch(model, data):
+    """graph.batch.make_batch_dynamic on samples of the training data (none needed when the
+    batch is not a static 1)."""
+    from .graph.batch import make_batch_dynamic, static_batch_one
+    from .train.batching import split_batch
+
+    if not static_batch_one(model):
+        return make_batch_dynamic(model, None)
+    names = [vi.name for vi in model.inputs]
+    samples: dict[str, list] = {n: [] for n in names}
+    for batch in data.train:
+        inputs, _ = split_batch(batch, names, f"data spec '{data.spec}'")
+        for n, x in zip(names, inputs):
+            samples[n].append(np.asarray(x))
+        if len(np.concatenate(samples[names[0]])) >= 3:
+            break
+    info = {vi.name: model.info(vi.name) for vi in model.inputs}
+    arrays = {n: np.concatenate(v)[:3].astype(info[n].np_dtype if info[n] else np.float32) for n, v in samples.items()}
+    return make_batch_dynamic(model, arrays)
 
 
 def require_held_out(data, spec: str) -> None:

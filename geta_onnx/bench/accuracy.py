@@ -109,8 +109,15 @@ def _check_output(path, session, output: int) -> None:
 
 
 def _run(path, session, feeds, output: int) -> np.ndarray:
+    """Output `output` on `feeds`; a model whose first input takes a static batch of 1 runs
+    sample by sample (outputs concatenated)."""
+    name = session.get_outputs()[output].name
+    n = len(next(iter(feeds.values()))) if feeds else 0
     try:
-        return np.asarray(session.run([session.get_outputs()[output].name], feeds)[0])
+        if session.get_inputs()[0].shape[:1] == [1] and n > 1:
+            return np.concatenate([np.asarray(session.run([name], {k: v[i:i + 1] for k, v in feeds.items()})[0])
+                                   for i in range(n)])
+        return np.asarray(session.run([name], feeds)[0])
     except Exception as e:  # onnxruntime's own exception types
         raise run_error(path, e) from None
 

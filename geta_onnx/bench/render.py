@@ -83,6 +83,8 @@ def _footer(report: dict) -> list[str]:
     if "wall_time_s" in report:
         w = report["wall_time_s"]
         lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in w.items()) + ".")
+    if report.get("batch", "dynamic batch") != "dynamic batch":
+        lines.append(f"Batch: {report['batch']}.")
     t = report.get("training", {})
     if "processes" in t:
         where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"

@@ -36,13 +36,27 @@ class OnnxModule(fx.GraphModule):
     output_names: list[str]
     node_modules: dict[str, str]  # ONNX node name -> qualified module name
 
-    _MAPS = ("initializer_of", "tensor_of", "input_names", "output_names", "node_modules")
+    _MAPS = ("initializer_of", "tensor_of", "input_names", "output_names", "node_modules", "per_sample")
+    # a graph whose static batch of 1 could not be made dynamic (graph.batch): a batch of N runs
+    # as N forwards of one sample, outputs concatenated; autograd then sums the N gradients,
+    # i.e. micro-batches of 1 with gradient accumulation (BatchNorm sees one sample at a time)
+    per_sample: bool = False
 
     def __deepcopy__(self, memo):
         res = super().__deepcopy__(memo)  # fx rebuilds the module; our maps travel separately
         for name in self._MAPS:
             setattr(res, name, copy.deepcopy(getattr(self, name), memo))
         return res
+
+    def __call__(self, *args, **kwargs):
+        n = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 1
+        if not self.per_sample or n <= 1:
+            return super().__call__(*args, **kwargs)
+        outs = [super(OnnxModule, self).__call__(*(a[i:i + 1] if isinstance(a, torch.Tensor) else a for a in args),
+                                                 **kwargs) for i in range(n)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
 
     def parameter(self, initializer: str) -> nn.Parameter:
         """The nn.Parameter holding ONNX initializer `initializer`."""

@@ -32,6 +32,7 @@ from .report import fusion_report, optimized_graph
 from .writeback import write_back
 
 INT4_OPSET = 21
+PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel scales)
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +45,15 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
     proto, layers, outputs = write_back(result, model)
     proto = fold_batchnorm(proto, layers)
+    opset = _opset(proto)
+    if opset < PER_AXIS_OPSET and any(la.wq.scale.ndim for la in layers):
+        upgraded = upgrade_opset(proto, PER_AXIS_OPSET)
+        if upgraded is None:
+            raise GetaError(f"{model.label}: the model is opset {opset}, which has no per-channel DequantizeLinear "
+                            f"(opset {PER_AXIS_OPSET}), and onnx's version converter cannot upgrade this graph with "
+                            "onnxruntime parity; re-export the model at opset 13 or later")
+        log.info("export: opset %d -> %d for per-channel Q/DQ", opset, PER_AXIS_OPSET)
+        proto = upgraded
     use_int4 = int4 and profile == "ort" and any(_int4_candidate(la) for la in layers)
     if use_int4:
         upgraded = upgrade_opset(proto, INT4_OPSET)
@@ -66,19 +76,39 @@ def _int4_candidate(la: LayerQ) -> bool:
     return la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
 
 
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def upgrade_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto | None:
     """The model at default-domain opset `version` (onnx.version_converter), or None when
-    it cannot be converted (the caller then keeps the int8 container)."""
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if current >= version:
+    it cannot be converted or the converted graph does not give the same outputs in
+    onnxruntime (seeded inputs, rtol 1e-5)."""
+    if _opset(proto) >= version:
         return proto
     try:
         out = onnx.version_converter.convert_version(proto, version)
-        out.ir_version = max(out.ir_version, 10)  # INT4 tensors need IR 10
+        out.ir_version = max(out.ir_version, 10 if version >= INT4_OPSET else out.ir_version)  # INT4 needs IR 10
         onnx.checker.check_model(out, full_check=True)
+        if not _same_outputs(proto, out):
+            return None
         return out
-    except Exception:  # noqa: BLE001 - the converter raises various errors; int8 fallback
+    except Exception:  # noqa: BLE001 - the converter raises various errors; the caller decides
         return None
+
+
+def _same_outputs(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    import numpy as np
+
+    from ..bridge.parity import ort_session
+    from ..graph.feeds import example_feeds
+    from ..graph.model import OnnxModel
+
+    model = OnnxModel(a)
+    feeds = example_feeds(model, batch=1)
+    ra, rb = (ort_session(p, optimize=False).run(None, feeds) for p in (a, b))
+    return all(x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(x).max(initial=0))))
+               for x, y in zip(ra, rb))
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike, *, source: OnnxModel | str | os.PathLike | None = None) -> None:

@@ -1,0 +1,92 @@
+"""`compress` on the kinds of files users bring that broke it (issue: real-world models), each
+built here: a torch export without dynamic axes (static batch 1), one whose batch cannot be
+made dynamic (trained one sample per forward), and an opset-11 graph with per-channel
+weights (the export upgrades it to opset 13, never writes a file the checker rejects)."""
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from geta_onnx.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+class StaticCNN(nn.Module):
+    def __init__(self, mix: bool = False):
+        super().__init__()
+        self.mix = mix
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        y = self.fc(x.reshape(x.shape[0], -1))
+        return y.sum(0, keepdim=True) if self.mix else y  # mix: a sum over the batch axis, identity at batch 1
+
+
+def _export(tmp_path, name: str, opset: int = 17, mix: bool = False):
+    torch.manual_seed(0)
+    net = StaticCNN(mix).eval()
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"])  # no dynamic_axes: batch 1 everywhere
+    x = np.random.default_rng(0).normal(size=(160, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    return path, tmp_path / "x.npz"
+
+
+def _compress(tmp_path, model, data, *extra, config: str = ""):
+    out = tmp_path / "out" / "small.onnx"
+    settings = tmp_path / "run.toml"
+    settings.write_text("[prune]\ngroup_divisible = 4\n" + config)  # 16-channel convs: groups of 4 can go
+    res = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{data}", "-o", str(out), "--steps", "12",
+                                    "--batch", "1", "--no-plots", "--no-progress", "--skip-data-check",
+                                    "--config", str(settings), *extra])
+    assert res.exit_code == 0, res.output
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    report = json.loads(out.with_name("small.report.json").read_text())
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    return proto, report, dims, res.output
+
+
+def test_static_batch_export_trains_batched_and_keeps_its_signature(tmp_path):
+    model, data = _export(tmp_path, "static")
+    proto, report, dims, output = _compress(tmp_path, model, data)
+    assert "static batch 1 made dynamic" in report["batch"] and "static batch 1 made dynamic" in output
+    assert dims == [1, 3, 8, 8]  # the user's signature
+    assert list(report["latency_ms"]["original"]) == ["1"]  # the original takes batch 1 only
+    assert report["groups"]["removed"] > 0
+
+
+def test_dynamic_batch_option_writes_a_dynamic_input(tmp_path):
+    model, data = _export(tmp_path, "static")
+    proto, report, dims, _ = _compress(tmp_path, model, data, "--dynamic-batch")
+    assert dims[0] == "batch" and dims[1:] == [3, 8, 8]
+    x = np.random.default_rng(1).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    assert ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0].shape[0] == 4
+
+
+def test_unprovable_static_batch_trains_one_sample_per_forward(tmp_path):
+    model, data = _export(tmp_path, "mixing", mix=True)
+    proto, report, dims, _ = _compress(tmp_path, model, data)
+    assert "static batch 1 kept" in report["batch"] and "micro-batches of 1" in report["batch"]
+    assert dims == [1, 3, 8, 8]
+
+
+def test_opset_11_per_channel_export_is_upgraded_to_13(tmp_path):
+    model, data = _export(tmp_path, "old", opset=11)
+    proto, report, dims, _ = _compress(tmp_path, model, data, config="[quant]\nper_channel = true\n")
+    assert next(o.version for o in proto.opset_import if o.domain == "") == 13
+    assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute) for n in proto.graph.node)
