@@ -114,7 +114,7 @@ def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], seed: in
     _refuse_json_over_inputs(json_path, [model])
     fixed = _parse_shapes(shapes)
     loaded = load_model(model)
-    checks, qadg = verify_model(loaded, shapes=fixed, max_groups=max_groups, seed=seed)
+    checks, qadg = verify_model(loaded, shapes=fixed, max_groups=max_groups, seed=seed, log=click.echo)
     width = max(len(c.name) for c in checks)
     for c in checks:
         click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<{width}}  {c.detail}")
@@ -323,7 +323,8 @@ def _parse_batches(values: tuple[str, ...]) -> list[int]:
               help="Timed runs per model and batch.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
-              help="Fix an input's dims (the first dim is set by --batch); other symbolic dims are 128.")
+              help="Fix an input's dims (the first dim is set by --batch); other symbolic dims: the first "
+              "size the model runs at.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @_friendly_errors
 def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repeats: int, warmup: int,
@@ -335,10 +336,16 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
     from .bench import measure_latency
     from .io import write_text_atomic
 
+    from .graph import load_model
+    from .graph.feeds import runnable_shapes
+
     sizes = _parse_batches(batches)
     _refuse_json_over_inputs(json_path, models)
-    results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup,
-                              shapes=_parse_shapes(shapes))
+    first = load_model(models[0], normalize=False)
+    fixed, chosen = runnable_shapes(first, _parse_shapes(shapes), batch=1 if _static_batch(first) else 2)
+    if chosen:
+        click.echo(f"inputs: {chosen}")
+    results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup, shapes=fixed)
     width = max(len(Path(r["model"]).name) for r in results)
     click.echo(f"{'model':<{width}}  {'size MB':>8}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'speedup':>7}")
     for r in results:
@@ -350,6 +357,12 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
         doc = {"threads": threads, "repeats": repeats, "warmup": warmup, "batches": sizes, "models": results}
         write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
+
+
+def _static_batch(model) -> bool:
+    from .graph.batch import static_batch_one
+
+    return static_batch_one(model)
 
 
 @main.command("eval")

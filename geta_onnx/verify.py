@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .bridge import OnnxModule, run_bridge, run_onnxruntime, to_torch
-from .graph.feeds import example_feeds
+from .graph.feeds import example_feeds, runnable_shapes
 from .graph.model import OnnxModel
 from .prune import prune_model
 from .qadg import QADG, analyze
@@ -87,10 +87,22 @@ class _Zeroer:
 
 
 def verify_model(model: OnnxModel, *, shapes=None, max_groups: int | None = None, seed: int = 0,
-                 progress=None) -> tuple[list[Check], QADG]:
+                 progress=None, log=None) -> tuple[list[Check], QADG]:
+    """`shapes` fixes inputs' dims; symbolic dims left open take sizes the model runs at
+    (graph.feeds.runnable_shapes), said through `log`."""
+    shapes, chosen = runnable_shapes(model, shapes)
+    if chosen and log is not None:
+        log(f"inputs: {chosen}")
     feeds = example_feeds(model, shapes, seed=seed)
     module = to_torch(model).eval()
     qadg = analyze(model)
+    try:
+        run_bridge(module, feeds)
+    except Exception as e:  # noqa: BLE001 - torch refuses what onnxruntime ran: that is the finding
+        shown = ", ".join(f"{n}={'x'.join(map(str, np.asarray(v).shape))}" for n, v in feeds.items())
+        return [Check("bridge parity with onnxruntime", False, f"the PyTorch bridge cannot run at {shown}",
+                      [f"{type(e).__name__}: {str(e).splitlines()[0][:300]} (onnxruntime runs it; other dims with "
+                       "--shape)"])], qadg
     checks = [_parity(model, module, feeds), _gradients(module, feeds, seed)]
     groups = qadg.prunable
     sample = groups if max_groups is None or len(groups) <= max_groups else \

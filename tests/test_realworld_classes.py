@@ -90,3 +90,47 @@ def test_opset_11_per_channel_export_is_upgraded_to_13(tmp_path):
     proto, report, dims, _ = _compress(tmp_path, model, data, config="[quant]\nper_channel = true\n")
     assert next(o.version for o in proto.opset_import if o.domain == "") == 13
     assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute) for n in proto.graph.node)
+
+
+class PoolCNN(nn.Module):
+    """Five stride-2 convs and AvgPool2d(7): runs from 193x193 pixels up, not at the 8 or 128
+    that fixed defaults picked. Exported with dims named N / H / W (N is a sympy function)."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 3
+        for _ in range(5):
+            layers += [nn.Conv2d(c, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
+            c = 8
+        self.f, self.pool, self.fc = nn.Sequential(*layers), nn.AvgPool2d(7), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.f(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def pool_cnn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.onnx"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PoolCNN().eval(), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=13,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}, "y": {0: "N"}})
+    return path
+
+
+def test_verify_and_bench_choose_sizes_the_model_runs_at(pool_cnn):
+    res = CliRunner().invoke(main, ["verify", str(pool_cnn)])
+    assert res.exit_code == 0, res.output
+    assert "inputs: x=2x3x224x224" in res.output and "FAIL" not in res.output
+    res = CliRunner().invoke(main, ["bench", str(pool_cnn), "--repeats", "2", "--warmup", "0"])
+    assert res.exit_code == 0, res.output
+    assert "inputs: x=" in res.output
+
+
+def test_verify_at_a_shape_the_bridge_cannot_run_fails_in_one_line(pool_cnn):
+    res = CliRunner().invoke(main, ["verify", str(pool_cnn), "--shape", "x=1x3x8x8"])
+    assert res.exit_code == 1
+    assert "FAIL  bridge parity" in res.output and "Output size is too small" in res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output

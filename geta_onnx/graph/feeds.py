@@ -54,3 +54,74 @@ def _embedding_rows(model: OnnxModel, name: str, depth: int = 4) -> int | None:
                     nxt.extend(node.output)
         frontier = nxt
     return None
+
+
+# sizes tried for symbolic dims other than the batch, in order: image side lengths when an
+# input looks like an image (N, C, H, W), sequence lengths otherwise
+IMAGE_SIZES = (224, 256, 128, 64, 32, 320, 384, 512, 16)
+SEQUENCE_SIZES = (16, 32, 64, 128, 8, 256, 512)
+
+
+def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None = None,
+                    batch: int = 2) -> tuple[dict[str, tuple[int, ...]], str]:
+    """Full input dims at which onnxruntime runs the model, and how they were chosen.
+
+    Dims the file fixes stay; `given` (--shape) wins; every other symbolic dim but the batch
+    takes the first of IMAGE_SIZES / SEQUENCE_SIZES at which the original runs (e.g. a CNN
+    whose pooling needs at least 224 pixels, a transformer whose position table holds 512).
+    ConfigError naming the input and the --shape to pass when none runs."""
+    given = dict(given or {})
+    for vi in model.inputs:
+        info = model.info(vi.name)
+        if vi.name in given and info is not None and info.shape is not None and len(given[vi.name]) != len(info.shape):
+            dims = given[vi.name]
+            raise ConfigError(f"option '--shape': input '{vi.name}' of {model.label} has {len(info.shape)} dims, "
+                              f"got {len(dims)} ({'x'.join(map(str, dims))})")
+    open_dims = {vi.name: model.info(vi.name).shape for vi in model.inputs
+                 if vi.name not in given and model.info(vi.name) is not None and model.info(vi.name).shape
+                 and any(not isinstance(d, int) for d in model.info(vi.name).shape[1:])}
+    if not open_dims and not given:
+        return given, ""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - a model onnxruntime cannot load: the caller's own check says why
+        return given, ""
+    if not open_dims:
+        if given:  # the user's --shape: say so now if the model cannot run at it
+            try:
+                _run_nonempty(session, example_feeds(model, given, batch=batch))
+            except Exception as e:  # noqa: BLE001 - onnxruntime's errors
+                shown = ", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in given.items())
+                raise ConfigError(f"option '--shape': {model.label} does not run at {shown} in onnxruntime "
+                                  f"({str(e).splitlines()[0][:200]}); pass dims the model accepts") from None
+        return given, ""
+    image = any(len(s) == 4 and isinstance(s[1], int) and s[1] <= 4 for s in open_dims.values())
+    sizes = IMAGE_SIZES if image else SEQUENCE_SIZES
+    last = ""
+    for size in sizes:
+        shapes = dict(given)
+        for name, dims in open_dims.items():
+            shapes[name] = tuple(d if isinstance(d, int) else (batch if i == 0 else size) for i, d in enumerate(dims))
+        try:
+            _run_nonempty(session, example_feeds(model, shapes, batch=batch))
+            chosen = ", ".join(f"{n}={'x'.join(map(str, shapes[n]))}" for n in open_dims)
+            return shapes, f"{chosen} (symbolic dims set to {size}, the first size the model runs at; --shape to choose)"
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors: try the next size
+            last = str(e).splitlines()[0][:200]
+    name, dims = next(iter(open_dims.items()))
+    example = "x".join(str(d) if isinstance(d, int) else "N" for d in dims)
+    raise ConfigError(f"option '--shape': {model.label} input '{name}' has symbolic dims ({example}) and the model runs "
+                      f"at none of the sizes {', '.join(map(str, sizes))} (last error: {last}); pass "
+                      f"--shape {name}=... with the dims it expects")
+
+
+def _run_nonempty(session, feeds) -> None:
+    """Run; an output with no elements counts as a failure (onnxruntime pools a too small
+    image to 0x0 without complaint, torch refuses)."""
+    for out, meta in zip(session.run(None, feeds), session.get_outputs()):
+        if np.asarray(out).size == 0:
+            raise ValueError(f"output '{meta.name}' is empty ({'x'.join(map(str, np.asarray(out).shape))})")

@@ -52,7 +52,7 @@ def _type_info(type_proto: onnx.TypeProto) -> TensorInfo | None:
     dims: list[Dim] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
+            dims.append(int(d.dim_value) if d.dim_value >= 0 else None)  # some producers write -1 for "any"
         elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:

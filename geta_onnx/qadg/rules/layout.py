@@ -95,13 +95,25 @@ def _solve_fresh_symbol(src, dst):
     return (solved_src if solved_src is not None else src), dst
 
 
+def _sym(expr: str):
+    """A dim expression ('batch*4', 'N', 'H') as sympy, every name a plain Symbol: bare
+    sympify reads N, S, E, I, Q, O, beta ... as sympy's own functions and constants (a model
+    with dims named N / H / W then crashed the analysis)."""
+    import re
+
+    import sympy
+
+    names = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", expr)}
+    return sympy.sympify(expr, locals=names)
+
+
 def _solve_one(known_side, side):
     import sympy
 
     def symbols(d):
         try:
-            return sympy.sympify(d).free_symbols if isinstance(d, str) else set()
-        except sympy.SympifyError:
+            return _sym(d).free_symbols if isinstance(d, str) else set()
+        except (sympy.SympifyError, TypeError, ValueError, AttributeError, SyntaxError):
             return {sympy.Symbol(str(d))}
 
     known = set().union(*(symbols(d) for d in known_side))
@@ -122,10 +134,10 @@ def _eval_symbolic(expr: str) -> int | None:
     import sympy
 
     try:
-        e = sympy.sympify(expr)
+        e = _sym(expr)
         value = e.subs({s: 1 for s in e.free_symbols})
         return int(value) if value.is_integer and int(value) >= 1 else None
-    except (sympy.SympifyError, TypeError, ValueError):
+    except (sympy.SympifyError, TypeError, ValueError, AttributeError, SyntaxError):
         return None
 
 
