@@ -101,11 +101,12 @@ def _same_outputs(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     import numpy as np
 
     from ..bridge.parity import ort_session
-    from ..graph.feeds import example_feeds
+    from ..graph.feeds import example_feeds, runnable_shapes
     from ..graph.model import OnnxModel
 
     model = OnnxModel(a)
-    feeds = example_feeds(model, batch=1)
+    shapes, _ = runnable_shapes(model, batch=1)  # symbolic image / sequence dims at sizes the model runs at
+    feeds = example_feeds(model, shapes, batch=1)
     ra, rb = (ort_session(p, optimize=False).run(None, feeds) for p in (a, b))
     return all(x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(x).max(initial=0))))
                for x, y in zip(ra, rb))

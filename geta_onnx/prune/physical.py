@@ -127,7 +127,7 @@ class _Editor:
         """Set the channel-axis entries of a Reshape / Expand target (input 1) to the
         pruned sizes: a constant target is rewritten, a run-time one patched."""
         sizes = self.kept_sizes(node.output[0])
-        old = self.model.shape(node.output[0])
+        old = self.model.shape(node.output[0]) or self._shape_from_target(node)
         target = self.const(node, 1)
         if target is None and sizes and self.remove:
             # computed at run time: it may read a pruned width elsewhere (Shape(x)[2])
@@ -142,6 +142,20 @@ class _Editor:
                 new[a - offset] = n
         if not np.array_equal(new, target):
             self.set_const_input(node, 1, new, "shape")
+
+    def _shape_from_target(self, node: onnx.NodeProto) -> tuple | None:
+        """The output dims of a Reshape / Expand that shape inference left unknown: the rank
+        from the target's length, the channel axes' widths from the QADG, the rest unknown."""
+        target_shape = self.model.shape(node.input[1])
+        if not target_shape or not isinstance(target_shape[0], int):
+            return None
+        t = self.qadg.tracked.get(node.output[0])
+        dims: list = [None] * target_shape[0]
+        if t is not None:
+            for k, a in enumerate(t.axes):
+                if a < len(dims):
+                    dims[a] = int(t.ids.shape[k])
+        return tuple(dims)
 
     def patch_runtime_shape(self, node: onnx.NodeProto, i: int, sizes: dict[int, int], old: tuple) -> None:
         """A Reshape / Expand target computed at run time: set the entries of channel axes
