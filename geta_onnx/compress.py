@@ -111,6 +111,13 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
                          wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)
+        slower = {b: v for b, v in report["speedup"].items() if v < 1}
+        if slower:
+            log("warning: the compressed model is SLOWER than the original at batch "
+                + ", ".join(f"{b} ({v:.2f}x)" for b, v in slower.items())
+                + ": its Q/DQ pairs cost more than the int8 kernels save on this model (small or depthwise / "
+                "squeeze-excite layers, docs/realworld.md); keep the original, or compare a run with fewer "
+                "quantized layers")
     return report
 
 

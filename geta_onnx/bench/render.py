@@ -17,7 +17,8 @@ def render_markdown(report: dict, plots=None) -> str:
     lines += _quality_rows(report)
     for b, ratio in report["speedup"].items():
         o, c = report["latency_ms"]["original"][b], report["latency_ms"]["compressed"][b]
-        lines.append(f"| latency, batch {b} (p50 ms) | {o:.3f} | {c:.3f} | **{ratio:.2f}x faster** |")
+        change = f"**{ratio:.2f}x faster**" if ratio >= 1 else f"**{1 / ratio:.2f}x slower**"
+        lines.append(f"| latency, batch {b} (p50 ms) | {o:.3f} | {c:.3f} | {change} |")
     for key, label, fmt in (("macs", "MACs per sample", _millions), ("size_bytes", "file size", _megabytes)):
         if key in report:
             o, c = report[key]["original"], report[key]["compressed"]
