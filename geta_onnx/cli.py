@@ -337,12 +337,13 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
     from .io import write_text_atomic
 
     from .graph import load_model
+    from .graph.batch import static_batch_one
     from .graph.feeds import runnable_shapes
 
     sizes = _parse_batches(batches)
     _refuse_json_over_inputs(json_path, models)
     first = load_model(models[0], normalize=False)
-    fixed, chosen = runnable_shapes(first, _parse_shapes(shapes), batch=1 if _static_batch(first) else 2)
+    fixed, chosen = runnable_shapes(first, _parse_shapes(shapes), batch=1 if static_batch_one(first) else 2)
     if chosen:
         click.echo(f"inputs: {chosen}")
     results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup, shapes=fixed)
@@ -357,12 +358,6 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
         doc = {"threads": threads, "repeats": repeats, "warmup": warmup, "batches": sizes, "models": results}
         write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
-
-
-def _static_batch(model) -> bool:
-    from .graph.batch import static_batch_one
-
-    return static_batch_one(model)
 
 
 @main.command("eval")

@@ -3,8 +3,8 @@
     python tools/device_data.py runs/dev
 
 Writes into the folder:
-  mnv2.npz      320 ImageNet-normalised 224x224 crops (random crops and flips) of scikit-learn's
-                two sample photos: label-free distillation data for MobileNetV2;
+  mnv2.npz      320 ImageNet-normalised 224x224 crops of scikit-learn's two sample photos
+                (samples/photos.py): label-free distillation data for MobileNetV2;
   minilm.onnx   assets/minilm/minilm.onnx when present, else the MiniLM architecture with seeded
                 random weights from assets/minilm/config.json (a machine that cannot hold the
                 90 MB file: step times and CPU-vs-GPU agreement do not depend on the weights);
@@ -23,23 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from samples.photos import photo_crops  # noqa: E402
 from samples.pretrained import asset_path, minilm, mobilenetv2  # noqa: E402
-
-
-def photo_crops(n: int = 320, seed: int = 0) -> np.ndarray:
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    images = [np.asarray(img, dtype=np.float32) / 255.0 for img in load_sample_images().images]  # (427, 640, 3)
-    mean, std = np.array(mobilenetv2.IMAGENET_MEAN, np.float32), np.array(mobilenetv2.IMAGENET_STD, np.float32)
-    out = np.empty((n, 3, 224, 224), np.float32)
-    for i in range(n):
-        img = images[i % len(images)]
-        y, x = rng.integers(0, img.shape[0] - 224), rng.integers(0, img.shape[1] - 224)
-        crop = img[y:y + 224, x:x + 224]
-        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
-        out[i] = ((crop - mean) / std).transpose(2, 0, 1)
-    return out
 
 
 def minilm_model(dest: Path) -> Path:
@@ -78,7 +63,7 @@ def minilm_tokens(n: int = 512, seq: int = 32, seed: int = 0) -> dict[str, np.nd
 def main(folder: str) -> None:
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "mnv2.npz", x=photo_crops())
+    np.savez(out / "mnv2.npz", x=photo_crops(320, (3, 224, 224), mobilenetv2.IMAGENET_MEAN, mobilenetv2.IMAGENET_STD))
     minilm_model(out / "minilm.onnx")
     np.savez(out / "minilm.npz", **minilm_tokens())
     print(f"wrote {out}/mnv2.npz, minilm.onnx, minilm.npz")

@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -126,10 +125,12 @@ def _export_static(name: str, exporter: str, path: Path) -> None:
 def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     """An npz for `model_path`: photo crops for image-like inputs, seeded examples otherwise."""
     from geta_onnx.graph import load_model
+    from geta_onnx.graph.batch import static_batch_one
     from geta_onnx.graph.feeds import example_feeds, runnable_shapes
+    from samples.photos import photo_crops
 
     model = load_model(model_path)
-    shapes, _ = runnable_shapes(model, batch=1 if _static(model) else 2)
+    shapes, _ = runnable_shapes(model, batch=1 if static_batch_one(model) else 2)
     arrays = {}
     for vi in model.inputs:
         dims = shapes.get(vi.name) or model.info(vi.name).shape
@@ -142,32 +143,6 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     key = {model.inputs[0].name: "x"} if len(model.inputs) == 1 else {}
     np.savez(out, **{key.get(k, k): v for k, v in arrays.items()})
     return f"npz:{out}"
-
-
-def _static(model) -> bool:
-    from geta_onnx.graph.batch import static_batch_one
-
-    return static_batch_one(model)
-
-
-def photo_crops(n: int, chw: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    c, h, w = chw
-    rng = np.random.default_rng(seed)
-    images = load_sample_images().images
-    out = np.empty((n, c, h, w), np.float32)
-    for i in range(n):
-        img = images[i % len(images)]
-        scale = rng.uniform(0.3, 1.0)
-        ch, cw = int(img.shape[0] * scale), int(img.shape[1] * scale)
-        y, x = rng.integers(0, img.shape[0] - ch + 1), rng.integers(0, img.shape[1] - cw + 1)
-        crop = Image.fromarray(img[y:y + ch, x:x + cw]).resize((w, h))
-        a = np.asarray(crop.convert("L" if c == 1 else "RGB"), np.float32) / 255.0
-        a = a[None] if c == 1 else a.transpose(2, 0, 1)
-        out[i] = (a - 0.5) / 0.5
-    return out
 
 
 # ---- steps ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import logging
 import onnx
 
 from ..errors import GetaError
-from ..graph.normalize import name_nodes
 from ..graph.model import OnnxModel
 from ..io import write_bytes_atomic
 from .bnfold import fold_batchnorm
@@ -60,11 +59,6 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
         use_int4 = upgraded is not None
         proto = upgraded if upgraded is not None else proto
     proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs)
-    renamed = name_nodes(proto)  # onnxruntime 1.30 refuses two nodes of one name ("invalid model")
-    if renamed.graph.node != proto.graph.node:
-        log.info("export: node names made unique: %s", sorted({a.name for a, b in zip(proto.graph.node, renamed.graph.node)
-                                                                if a.name != b.name}))
-        proto = renamed
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -126,10 +126,6 @@ def restore_batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _rewrite(proto: onnx.ModelProto) -> list[str]:
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
     first_input = g.input[0].name
     batch_dim = None  # Shape(first input)[0:1], made once when an Expand / ConstantOfShape needs it
     done, new_nodes = [], {}
@@ -142,11 +138,9 @@ def _rewrite(proto: onnx.ModelProto) -> list[str]:
         g.initializer.append(numpy_helper.from_array(value.astype(np.int64), name))
         node.input[slot] = name  # a new initializer per node: a shared one may feed a non-batch use
 
-    for node in list(g.node):
+    for node in list(g.node):  # Reshapes: _track_reshapes, which needs the batch axis of the input
         op = node.op_type
-        if op == "Reshape":
-            continue  # _track_reshapes, which needs the batch axis of the input
-        elif op in ("Expand", "ConstantOfShape"):
+        if op in ("Expand", "ConstantOfShape"):
             slot = 1 if op == "Expand" else 0
             target = const(node.input[slot]) if len(node.input) > slot else None
             if target is None or target.ndim != 1 or len(target) < 2 or target[0] != 1:
