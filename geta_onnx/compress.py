@@ -104,10 +104,9 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         log(f"wrote {paths.model}; validating in onnxruntime")
         checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output,
                           static_batch=batch.static)
-        checks["batch"] = batch.describe()
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
-        report = _report(model_path, paths, data_spec, settings, result, checks,
+        report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
                          wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)
@@ -154,7 +153,7 @@ def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, result, checks: dict,
-            wall: dict) -> dict:
+            wall: dict, batch: str = "dynamic batch") -> dict:
     from .bench import build_report
 
     q = checks["quality"]
@@ -179,7 +178,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         target_bops=m.get("target_bops"),
         layers=result.layers(),
         fused_ops=checks["fusion"],
-        batch=checks.get("batch", "dynamic batch"),
+        batch=batch,
         profile=settings.export.profile,
         threads=settings.export.threads,
         wall_time_s={**{k: round(v, 2) for k, v in wall.items()}, "total": round(sum(wall.values()), 2)},

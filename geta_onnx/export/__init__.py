@@ -14,10 +14,9 @@ Nothing is re-exported from PyTorch and nothing but `save` writes files.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-
-import logging
 
 import onnx
 
@@ -82,7 +81,8 @@ def upgrade_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto | Non
         return proto
     try:
         out = onnx.version_converter.convert_version(proto, version)
-        out.ir_version = max(out.ir_version, 10 if version >= INT4_OPSET else out.ir_version)  # INT4 needs IR 10
+        if version >= INT4_OPSET:
+            out.ir_version = max(out.ir_version, 10)  # INT4 tensors need IR 10
         onnx.checker.check_model(out, full_check=True)
         if not _same_outputs(proto, out):
             return None

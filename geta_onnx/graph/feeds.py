@@ -71,15 +71,13 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
     whose pooling needs at least 224 pixels, a transformer whose position table holds 512).
     ConfigError naming the input and the --shape to pass when none runs."""
     given = dict(given or {})
-    for vi in model.inputs:
-        info = model.info(vi.name)
-        if vi.name in given and info is not None and info.shape is not None and len(given[vi.name]) != len(info.shape):
-            dims = given[vi.name]
-            raise ConfigError(f"option '--shape': input '{vi.name}' of {model.label} has {len(info.shape)} dims, "
+    dims_of = {vi.name: (model.info(vi.name).shape if model.info(vi.name) is not None else None) for vi in model.inputs}
+    for name, dims in given.items():
+        if dims_of.get(name) is not None and len(dims) != len(dims_of[name]):
+            raise ConfigError(f"option '--shape': input '{name}' of {model.label} has {len(dims_of[name])} dims, "
                               f"got {len(dims)} ({'x'.join(map(str, dims))})")
-    open_dims = {vi.name: model.info(vi.name).shape for vi in model.inputs
-                 if vi.name not in given and model.info(vi.name) is not None and model.info(vi.name).shape
-                 and any(not isinstance(d, int) for d in model.info(vi.name).shape[1:])}
+    open_dims = {name: dims for name, dims in dims_of.items()
+                 if name not in given and dims and any(not isinstance(d, int) for d in dims[1:])}
     if not open_dims and not given:
         return given, ""
     import onnxruntime as ort
@@ -90,14 +88,13 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
         session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - a model onnxruntime cannot load: the caller's own check says why
         return given, ""
-    if not open_dims:
-        if given:  # the user's --shape: say so now if the model cannot run at it
-            try:
-                _run_nonempty(session, example_feeds(model, given, batch=batch))
-            except Exception as e:  # noqa: BLE001 - onnxruntime's errors
-                shown = ", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in given.items())
-                raise ConfigError(f"option '--shape': {model.label} does not run at {shown} in onnxruntime "
-                                  f"({str(e).splitlines()[0][:200]}); pass dims the model accepts") from None
+    if not open_dims:  # only the user's --shape: say now if the model cannot run at it
+        try:
+            _run_nonempty(session, example_feeds(model, given, batch=batch))
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors
+            shown = ", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in given.items())
+            raise ConfigError(f"option '--shape': {model.label} does not run at {shown} in onnxruntime "
+                              f"({str(e).splitlines()[0][:200]}); pass dims the model accepts") from None
         return given, ""
     image = any(len(s) == 4 and isinstance(s[1], int) and s[1] <= 4 for s in open_dims.values())
     sizes = IMAGE_SIZES if image else SEQUENCE_SIZES
