@@ -264,9 +264,12 @@ def train(model: str, out_dir: str, **options) -> None:
 @click.option("--dynamic-batch", is_flag=True,
               help="A model whose input takes a static batch of 1 is written with a dynamic batch (default: "
               "the input signature stays as it was).")
+@click.option("--int8-only", is_flag=True,
+              help="Ship the int8 QDQ model even when onnxruntime runs its float twin (the same pruned model "
+              "without Q/DQ) faster (default: the faster one ships, at no quality cost).")
 @_friendly_errors
 def compress(model: str, out_path: str, profile: str | None, batches: tuple[str, ...], threads: int | None,
-             eval_limit: int | None, no_plots: bool, dynamic_batch: bool, **options) -> None:
+             eval_limit: int | None, no_plots: bool, dynamic_batch: bool, int8_only: bool, **options) -> None:
     """Compress MODEL in one GETA training run on --data: structured pruning + mixed-precision
     quantization, exported as a QDQ ONNX file and validated in onnxruntime.
 
@@ -277,7 +280,8 @@ def compress(model: str, out_path: str, profile: str | None, batches: tuple[str,
 
     settings = settings_from_options(options).override(
         "export", profile=profile, batches=tuple(_parse_batches(batches)) if batches else None, threads=threads,
-        eval_limit=eval_limit, plots=False if no_plots else None, dynamic_batch=True if dynamic_batch else None)
+        eval_limit=eval_limit, plots=False if no_plots else None, dynamic_batch=True if dynamic_batch else None,
+        float_fallback=False if int8_only else None)
     report = run_compress(model, options["data_spec"], out_path, settings, resume=options["resume"],
                           force=options["force"], check_data=not options["skip_data_check"],
                           inputs=tuple(p for p in [options["config_file"]] if p), log=click.echo)
@@ -294,8 +298,9 @@ def _headline(report: dict) -> str:
     else:
         quality = f"{report['fidelity']['metric']} {report['fidelity']['value']:.4f}"
     speed = ", ".join(f"{v:.2f}x at batch {b}" for b, v in report["speedup"].items())
+    shipped = f"; shipped {report['precision']['shipped']}" if "precision" in report else ""
     return (f"{quality}; speedup {speed}; relative BOPs {report['relative_bops']:.4f}; "
-            f"{report['groups']['removed']} of {report['groups']['prunable']} groups removed")
+            f"{report['groups']['removed']} of {report['groups']['prunable']} groups removed{shipped}")
 
 
 def _parse_batches(values: tuple[str, ...]) -> list[int]:

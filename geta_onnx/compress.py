@@ -74,7 +74,7 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     other files the caller read, e.g. the config file). The run folder (runs.py) is locked,
     probed for writing, and refuses to overwrite a checkpoint (--force) or to resume one of
     other settings. `check_data`: refuse data on which the original scores near chance."""
-    from .export import export_onnx, save
+    from .export import dequantize, export_onnx, save
     from .geta import run_geta
     from .graph.batch import restore_batch_one
     from .outputs import refuse_overlap
@@ -102,8 +102,14 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         save(proto, paths.model, source=model_path)
         t_export = time.perf_counter()
         log(f"wrote {paths.model}; validating in onnxruntime")
-        checks = validate(loaded, paths.model, proto, data, settings, output=settings.train.output,
+        candidates = {"int8": proto}
+        if settings.export.profile == "ort" and settings.export.float_fallback:
+            candidates["float"] = dequantize(proto)  # the same pruned model in float: shipped if it runs faster
+        checks = validate(loaded, paths.model, candidates, data, settings, output=settings.train.output,
                           static_batch=batch.static)
+        if checks["precision"]["shipped"] != "int8":
+            save(candidates[checks["precision"]["shipped"]], paths.model, source=model_path)
+            log(f"wrote the float twin to {paths.model}: {checks['precision']['why']}")
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
@@ -112,35 +118,73 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         _write_outputs(report, paths, settings.export.plots, log)
         slower = {b: v for b, v in report["speedup"].items() if v < 1}
         if slower:
+            tried = " and ".join(f"{k} {min(c['speedup'].values()):.2f}x"
+                                 for k, c in report["precision"]["candidates"].items())
             log("warning: the compressed model is SLOWER than the original at batch "
                 + ", ".join(f"{b} ({v:.2f}x)" for b, v in slower.items())
-                + ": its Q/DQ pairs cost more than the int8 kernels save on this model (small or depthwise / "
-                "squeeze-excite layers, docs/realworld.md); keep the original, or compare a run with fewer "
-                "quantized layers")
+                + f" (exports timed: {tried}): the pruning removed too little of the time onnxruntime spends "
+                "(docs/realworld.md); keep the original, or compare a run with a larger --target-sparsity")
     return report
 
 
-def validate(original, compressed: str | os.PathLike, proto, data, settings: Settings, *, output: int = 0,
-             static_batch: bool = False) -> dict:
-    """Quality, latency, MACs, size and fusion of `compressed` (whose ModelProto is `proto`)
-    next to `original` (the loaded OnnxModel it was trained from). `static_batch`: the
-    original file takes a batch of 1 only, so latency is compared at batch 1 alone."""
+def validate(original, compressed: str | os.PathLike, candidates: dict, data, settings: Settings, *,
+             output: int = 0, static_batch: bool = False) -> dict:
+    """Quality, latency, MACs, size and fusion of the export `compress` ships, next to
+    `original` (the loaded OnnxModel it was trained from).
+
+    `candidates`: name -> ModelProto, the int8 QDQ export first (the file `compressed` holds
+    it), then optionally its float twin. All are timed together with the original (rotating
+    blocks); bench.choice.pick decides which ships (its "precision" record: shipped, why, and
+    every candidate's figures). `static_batch`: the original takes a batch of 1 only, so
+    latency is compared at batch 1 alone."""
+    import tempfile
+
     from .bench import evaluate_onnx, measure_latency
+    from .bench.choice import Candidate, pick
     from .bench.report import latency_p50
-    from .export import fusion_report
+    from .export import fusion_report, save
     from .graph import from_proto
     from .graph.stats import model_stats
 
     ex = settings.export
-    paths = [original.path, compressed]
-    quality = evaluate_onnx(compressed, data, reference=original.path, output=output, limit=ex.eval_limit,
-                            threads=ex.threads)
     batches = [1] if static_batch else list(ex.batches)
-    lat = measure_latency(paths, batches, threads=ex.threads, repeats=ex.repeats,
-                          shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
-    return {"quality": quality, "latency": [latency_p50(r) for r in lat], "latency_full": lat,
-            "fusion": fusion_report(proto), "macs": [model_stats(m).macs for m in (original, from_proto(proto))],
-            "size_bytes": [Path(p).stat().st_size for p in paths]}
+    names = list(candidates)
+    with tempfile.TemporaryDirectory(prefix="geta-candidates-") as tmp:
+        files = {names[0]: Path(compressed)}
+        for name in names[1:]:
+            files[name] = Path(tmp) / f"{name}.onnx"
+            save(candidates[name], files[name])
+        lat = measure_latency([original.path, *files.values()], batches, threads=ex.threads, repeats=ex.repeats,
+                              shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
+        timed = dict(zip(names, lat[1:]))
+        scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
+
+        def candidate(name: str, score: bool) -> Candidate:
+            """`name`'s measured speedups, and its quality on the held-out data when `score`."""
+            if not score:
+                return scored[name][1] if name in scored else Candidate(name, timed[name]["speedup"])
+            if name not in scored:
+                q = evaluate_onnx(files[name], data, reference=original.path, output=output, limit=ex.eval_limit,
+                                  threads=ex.threads)
+                metric = "accuracy" if "accuracy" in q else q["metric"]
+                scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
+                                            metric)
+            return scored[name][1]
+
+        # the int8 export is always scored (it is the default); another one only once it runs faster
+        choice = pick([candidate(names[0], True)] + [candidate(n, False) for n in names[1:]])
+        if choice.name != names[0]:
+            choice = pick([candidate(n, True) for n in names])
+        sizes = {name: Path(f).stat().st_size for name, f in files.items()}
+    precision = {"shipped": choice.name, "why": choice.why, "candidates": {
+        name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],
+               **({"quality": scored[name][1].quality, "metric": scored[name][1].metric} if name in scored else {})}
+        for name, r in timed.items()}}
+    proto = candidates[choice.name]
+    return {"quality": scored[choice.name][0], "latency": [latency_p50(lat[0]), latency_p50(timed[choice.name])],
+            "latency_full": [lat[0], timed[choice.name]], "fusion": fusion_report(proto), "precision": precision,
+            "macs": [model_stats(m).macs for m in (original, from_proto(proto))],
+            "size_bytes": [Path(original.path).stat().st_size, sizes[choice.name]]}
 
 
 def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
@@ -163,10 +207,15 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
     if "metric" in q and q["metric"] in ("agreement", "cosine", "mse", "max_abs"):
         quality["fidelity"] = (q["metric"], q["value"])
     m = result.metrics
+    layers, bops = result.layers(), result.relative_bops
+    if checks["precision"]["shipped"] == "float":  # the float twin ships: no layer runs quantized
+        layers = [{**la, "weight_bits": None, "act_bits": None, "float_reason": la["float_reason"] or "float twin"}
+                  for la in layers]
+        bops = checks["macs"][1] / checks["macs"][0] if checks["macs"][0] else None
     return build_report(
         original=str(model_path), compressed=str(paths.model), **quality,
         latency_original=checks["latency"][0], latency_compressed=checks["latency"][1],
-        relative_bops=result.relative_bops,
+        relative_bops=bops,
         quality_split={"split": q["split"], "samples": q["samples"],
                        **{k: q[k] for k in ("agreement", "cosine", "mse", "max_abs") if k in q}},
         latency_p90_ms={side: {b: v["p90"] for b, v in r["latency_ms"].items()}
@@ -176,8 +225,9 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         group_sparsity=m["group_sparsity"],
         groups={"removed": m["removed_groups"], "prunable": m["prunable_groups"], "target": m["target_groups"]},
         target_bops=m.get("target_bops"),
-        layers=result.layers(),
+        layers=layers,
         fused_ops=checks["fusion"],
+        precision=checks["precision"],
         batch=batch,
         profile=settings.export.profile,
         threads=settings.export.threads,

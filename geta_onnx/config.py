@@ -126,6 +126,9 @@ class TrainConfig:
     temperature: float = 2.0  # KL softening T (the loss is scaled by T^2)
     alpha: float = 0.5  # task+kd: alpha * task + (1 - alpha) * kd
     output: int = 0  # which model output the loss reads
+    # distillation (loss kd) of a multi-output model: "all" float outputs (a detector's score and
+    # box heads, each head trained) or "one" (`output` only: the other heads are pruned untrained)
+    kd_outputs: str = "all"
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     progress: bool = True
     amp: str = "off"  # mixed-precision forward: off, bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)
@@ -144,6 +147,7 @@ class TrainConfig:
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         _check(self.output >= 0, "output", "is an output index, >= 0")
+        _check(self.kd_outputs in ("all", "one"), "kd_outputs", f"expected all or one, got '{self.kd_outputs}'")
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
 
 
@@ -209,6 +213,9 @@ class ExportConfig:
     eval_limit: int = 0  # score at most this many eval samples (0: the whole eval split)
     plots: bool = True  # write the PNG plots beside the report
     dynamic_batch: bool = False  # a static batch-1 input made dynamic for training stays dynamic in the output
+    # profile ort: also time the float twin of the export (the same pruned model without Q/DQ)
+    # and ship it when onnxruntime runs it faster at no quality cost (bench/choice.py)
+    float_fallback: bool = True
 
     def __post_init__(self):
         _check(self.profile in ("ort", "tensorrt"), "profile", f"expected ort or tensorrt, got '{self.profile}'")

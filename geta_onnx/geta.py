@@ -139,7 +139,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     _check_gradient_path(module, model, data, train_config.output)
     # the teacher (distillation) is the fp32 original: copied before any quantizer exists
     loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,
-                     temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output)
+                     temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output,
+                     every_output=train_config.kd_outputs == "all")
     plan = attach_quantizers(module, model, quant)
     calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
     qadg = analyze(model)

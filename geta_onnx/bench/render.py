@@ -32,6 +32,7 @@ def render_markdown(report: dict, plots=None) -> str:
         share = f"{g['removed']} of {g['prunable']} ({report['group_sparsity']:.1%})"
         lines.append(f"| pruning groups removed | | {share} | |")
     lines.append("")
+    lines += _precision_lines(report.get("precision"))
     lines += _fusion_lines(report.get("fused_ops"))
     if report.get("layers"):
         lines += _layer_table(report["layers"])
@@ -53,6 +54,16 @@ def _quality_rows(report: dict) -> list[str]:
         f = report["fidelity"]
         rows.append(f"| {f['metric']} with the original{where} | 1 | {f['value']:.4f} | |")
     return rows
+
+
+def _precision_lines(precision: dict | None) -> list[str]:
+    """Which export ships (int8 QDQ or the float twin), why, and each one's timing."""
+    if not precision:
+        return []
+    timed = "; ".join(f"{name} " + ", ".join(f"{v:.2f}x at batch {b}" for b, v in c["speedup"].items())
+                      + f", {c['size_bytes'] / 1e6:.3f} MB"
+                      for name, c in precision["candidates"].items())
+    return [f"Shipped: **{precision['shipped']}** ({precision['why']}). Timed: {timed}.", ""]
 
 
 def _fusion_lines(fusion: dict | None) -> list[str]:

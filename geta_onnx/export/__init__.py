@@ -10,6 +10,8 @@ Passes (each a module stating what it requires and ensures):
     bnfold.fold_batchnorm     Conv + BN -> Conv, integers kept, BN in per-channel scales
     opset (here)              opset 21 when an INT4 MatMul weight is emitted
     qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights
+and dequantize.dequantize makes the float twin of the result (what compress ships when
+onnxruntime runs it faster, bench/choice.py).
 Nothing is re-exported from PyTorch and nothing but `save` writes files.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..errors import GetaError
 from ..graph.model import OnnxModel
 from ..io import write_bytes_atomic
 from .bnfold import fold_batchnorm
+from .dequantize import dequantize
 from .params import LayerQ
 from .qdq import PROFILES, insert_qdq
 from .report import fusion_report, optimized_graph
@@ -114,5 +117,5 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike, *, source: OnnxModel |
     write_bytes_atomic(path, proto.SerializeToString())
 
 
-__all__ = ["export_onnx", "fusion_report", "optimized_graph", "save", "upgrade_opset", "fold_batchnorm",
+__all__ = ["dequantize", "export_onnx", "fusion_report", "optimized_graph", "save", "upgrade_opset", "fold_batchnorm",
            "insert_qdq", "write_back"]

@@ -130,7 +130,7 @@ def _drop_clip_before_q(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray
         return
     if tensor in g.outputs or len(g.consumers(tensor)) != 1:
         return
-    lo, hi = (0.0, np.inf) if clip.op_type == "Relu" else _clip_range(g, clip)
+    lo, hi = (0.0, np.inf) if clip.op_type == "Relu" else clip_range(g, clip)
     if lo is None:
         return
     info = np.iinfo(zp.dtype)
@@ -140,7 +140,7 @@ def _drop_clip_before_q(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray
         q.input[0] = clip.input[0]
 
 
-def _clip_range(g: Graph, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
+def clip_range(g: Graph, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
     """(lo, hi) of a Clip with constant bounds (inputs at opset >= 11, attributes before);
     (None, None) when a bound is computed."""
     if len(clip.input) == 1 and (g.attr(clip, "min") is not None or g.attr(clip, "max") is not None):

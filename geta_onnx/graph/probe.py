@@ -13,8 +13,10 @@ from .model import OnnxModel
 log = logging.getLogger(__name__)
 
 
-def probe_shapes(model: OnnxModel, batch: int = 1, seq: int = 8) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} for every node output onnxruntime can report; {} on failure."""
+def probe_shapes(model: OnnxModel, batch: int = 1, seq: int = 8,
+                 feeds: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} for every node output onnxruntime can report; {} on failure.
+    `feeds`: run on these inputs instead of example ones of `batch` and `seq`."""
     import onnxruntime as ort
 
     proto = onnx.ModelProto()
@@ -31,7 +33,7 @@ def probe_shapes(model: OnnxModel, batch: int = 1, seq: int = 8) -> dict[str, tu
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        values = sess.run(None, example_feeds(model, batch=batch, seq=seq))
+        values = sess.run(None, feeds if feeds is not None else example_feeds(model, batch=batch, seq=seq))
     except Exception as e:  # noqa: BLE001 - a probe is a best-effort aid
         log.debug("%s: shape probe failed: %s", model.label, e)
         return {}

@@ -39,8 +39,10 @@ class GroupView:
 
     def values(self, tensors: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """All the group's entries as one flat vector (of the params, or of `tensors`
-        keyed by id(param), e.g. processed gradients)."""
-        parts = [s.view(None if tensors is None else tensors[id(s.param)]).reshape(-1) for s in self.slices]
+        keyed by id(param), e.g. processed gradients; a parameter missing there, one the loss
+        gave no gradient this step, counts as zeros)."""
+        parts = [s.view(None if tensors is None else tensors.get(id(s.param), torch.zeros_like(s.param))).reshape(-1)
+                 for s in self.slices]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def norm(self) -> float:

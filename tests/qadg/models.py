@@ -106,3 +106,40 @@ def unknown_op_model(batch: int = 2):
     ]
     x = rng(7).standard_normal((batch, 3, 4, 4)).astype(np.float32)
     return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def offset_model(batch: int = 2):
+    """PP-LCNet-style: pointwise 3->8, Sigmoid, a learnable affine (x * s + b, scalars: a
+    zeroed channel becomes sigmoid(0) * s + b, not 0), depthwise 3x3 (group 8), HardSigmoid,
+    pointwise 8->4. Every channel can still go: the depthwise conv's own weights and the last
+    conv's input columns are zeroed with it."""
+    w = _Weights(8)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", w("pw1.w", 8, 3, 1, 1), w("pw1.b", 8)], ["a"], name="pw1"),
+        n("Sigmoid", ["a"], ["a1"], name="gate"),
+        n("Mul", ["a1", w("affine.s", 1)], ["a2"], name="affine_mul"),
+        n("Add", ["a2", w("affine.b", 1)], ["a3"], name="affine_add"),
+        n("Conv", ["a3", w("dw.w", 8, 1, 3, 3), w("dw.b", 8)], ["d"], group=8, pads=[1, 1, 1, 1], name="dw"),
+        n("HardSigmoid", ["d"], ["h"], name="hsig"),
+        n("Conv", ["h", w("pw2.w", 4, 8, 1, 1), w("pw2.b", 4)], ["y"], name="pw2"),
+    ]
+    x = rng(9).standard_normal((batch, 3, 6, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def offset_layernorm_model(batch: int = 2):
+    """MatMul 6->8 (+ bias), + 1.0, LayerNorm over the 8 channels, MatMul 8->4: a zeroed
+    channel is 1 where LayerNorm takes its mean and variance, so removing it would change the
+    statistics of the others; those channels cannot go."""
+    w = _Weights(10)
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", w("fc1.w", 6, 8)], ["a"], name="fc1"),
+        n("Add", ["a", w("fc1.b", 8)], ["a1"], name="fc1_bias"),
+        n("Add", ["a1", w("one", 1)], ["a2"], name="offset"),
+        n("LayerNormalization", ["a2", w("ln.g", 8), w("ln.b", 8)], ["l"], axis=-1, name="ln"),
+        n("MatMul", ["l", w("fc2.w", 8, 4)], ["y"], name="fc2"),
+    ]
+    x = rng(11).standard_normal((batch, 5, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}

@@ -61,6 +61,25 @@ def test_depthwise_and_gating_tie_channels():
         assert g.sources == ["dw", "pw1", "se_fc"]  # depthwise out c = in c; the gate multiplies channel c
 
 
+def test_a_nonzero_channel_read_by_zeroed_weights_can_still_go():
+    """A channel that is not 0 when zeroed (Sigmoid, then a constant offset) may be removed
+    where layers read it through zeroed weights: the depthwise conv's own slice, the next
+    pointwise conv's input columns (tests/qadg/test_prune.py checks zero-invariance in
+    onnxruntime)."""
+    qadg = analyze(from_proto(models.offset_model()[0]))
+    by = _by_sources(qadg)
+    tied = by[("dw", "pw1")]
+    assert len(tied) == 8 and all(g.prunable for g in tied)
+    assert {m.tensor for g in tied for m in g.members if m.role == "in"} == {"pw2.w"}
+
+
+def test_a_nonzero_channel_in_layernorm_statistics_cannot_go():
+    qadg = analyze(from_proto(models.offset_layernorm_model()[0]))
+    fc1 = _by_sources(qadg)[("fc1",)]
+    assert len(fc1) == 8 and not any(g.prunable for g in fc1)
+    assert "LayerNormalization" in fc1[0].reason
+
+
 def test_op_without_rule_is_a_barrier_not_a_crash():
     qadg = analyze(from_proto(models.unknown_op_model()[0]))
     a_groups = [g for g in qadg.groups if g.sources == ["A"]]

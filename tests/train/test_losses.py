@@ -64,7 +64,7 @@ def test_embeddings_use_mse_and_probabilities_use_their_log():
     with torch.no_grad():
         soft[0].bias.add_(torch.tensor([1.0, 0.0, -1.0]))
     want = kl_distill(soft(*xs).log(), kd.teacher(*xs).log(), 2.0)
-    assert torch.allclose(kd(soft(*xs), None, xs), want) and kd._probs is True
+    assert torch.allclose(kd(soft(*xs), None, xs), want) and kd._probs[0] is True
 
 
 def test_combined_weights_and_output_selection():
@@ -101,3 +101,36 @@ def test_teacher_stays_frozen_while_the_student_trains():
         opt.step()
     assert all(torch.equal(before[k], v) for k, v in loss.teacher.state_dict().items())
     assert not torch.equal(net.weight, loss.teacher.weight) and not loss.teacher.training
+
+
+def test_distillation_reads_every_output_of_a_multi_output_model():
+    """Label-free kd of a two-head model trains both heads (kd_outputs = all): each head's own
+    kd kind (KL for the logits, MSE for the boxes, relative to the teacher's mean square); with
+    kd_outputs = one only the chosen output is read, and the other head gets no gradient."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.cls, self.box = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3), torch.nn.Linear(6, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.cls(h), 10 * self.box(h).reshape(-1, 2, 2)  # (N, 2 boxes, 2): not class rows
+
+    torch.manual_seed(0)
+    net = TwoHeads()
+    x = (torch.randn(8, 4, generator=G),)
+    every = make_loss("kd", has_labels=False, module=net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    s, t = net(*x), every.teacher(*x)
+    want = (kl_distill(s[0], t[0], 2.0) + F.mse_loss(s[1], t[1]) / t[1].pow(2).mean()) / 2
+    got = every(s, None, x)
+    assert torch.allclose(got, want) and every._kinds == {0: "kl", 1: "mse"}
+    got.backward()
+    assert net.box.weight.grad is not None and net.box.weight.grad.abs().sum() > 0
+    net.zero_grad(set_to_none=True)
+    one = make_loss("kd", has_labels=False, module=net, every_output=False)
+    one(net(*x), None, x).backward()
+    assert net.box.weight.grad is None and net.cls.weight.grad is not None

@@ -213,6 +213,11 @@ def layer_norm(an: Analysis, node: onnx.NodeProto) -> None:
         if t.axes != (t.rank - 1,) or axis != t.rank - 1:
             stop(an, node, "normalises over several axes that carry channels")
             return
+        if not t.zero_ok:  # the pruned statistics pad with zeros: the channels must be 0
+            an.barrier(t.ids, f"a zeroed channel is not 0 where node '{node.name}' (LayerNormalization) "
+                              "takes its statistics over the channels")
+            an.set(node.output[0], t.with_zero_ok(False))
+            return
         for i in (1, 2):
             if i < len(node.input) and node.input[i]:
                 an.weight_member(node.input[i], 0, t.ids, "out")

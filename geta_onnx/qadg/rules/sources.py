@@ -9,21 +9,33 @@ from ..analysis import Analysis, Fixup
 from . import rule
 from .common import FIXED, Tracked, attr, const, stop
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
 
 def _consume(an: Analysis, node: onnx.NodeProto, x: str, axis: int, weight: str, w_axis: int) -> None:
-    """Input channels of `x` on `axis` select slices `w_axis` of the weight."""
+    """Input channels of `x` on `axis` select slices `w_axis` of the weight ("in" members,
+    zeroed with the group). A channel that is not 0 when its group is zeroed (a Sigmoid, a
+    constant offset in between) is harmless here: the zeroed weight columns read nothing of
+    it, so the layer computes what it computes with the channel removed. That needs weight
+    columns the optimizer can zero: a float initializer, not integers behind a DQ."""
     t = an.get(x)
     if t is None:
         return
     if t.axes != (axis,):
         stop(an, node, f"input channels on axes {t.axes}, expected axis {axis}")
         return
-    if not t.zero_ok:
+    if not t.zero_ok and not _trainable(an, weight):
         an.barrier(t.ids, f"a zeroed channel is not 0 where node '{node.name}' ({node.op_type}) reads it "
                           "(an op with f(0) != 0, e.g. Sigmoid or a constant offset, lies in between)")
         return
     if not an.weight_member(weight, w_axis, t.ids, "in"):
         stop(an, node, f"weight '{weight}' is computed, not an initializer")
+
+
+def _trainable(an: Analysis, name: str) -> bool:
+    """A float initializer, possibly behind Identity / Transpose (what the bridge trains)."""
+    root = _weight_root(an, name, through=("Identity", "Transpose"))
+    return root is not None and an.model.initializers[root].data_type in FLOAT_TYPES
 
 
 def _produce(an: Analysis, node: onnx.NodeProto, n: int, weight: str, w_axis: int) -> np.ndarray:
@@ -69,9 +81,11 @@ def conv(an: Analysis, node: onnx.NodeProto) -> None:
 
 def _grouped(an: Analysis, node: onnx.NodeProto, out_ids: np.ndarray, group: int, a: int, b: int) -> None:
     """Grouped / depthwise conv: conv group j ties its `a` input and `b` output channels;
-    whole conv groups are removed and the `group` attribute shrinks."""
+    whole conv groups are removed and the `group` attribute shrinks. The input channels need
+    not be 0 when zeroed: the conv group's own weights and bias are members, so its outputs
+    are 0 whatever it reads."""
     t = an.get(node.input[0])
-    if t is None or t.axes != (1,) or not t.zero_ok:
+    if t is None or t.axes != (1,):
         an.barrier(out_ids, f"node '{node.name}' (grouped Conv): its input channels cannot be removed")
         if t is not None:
             stop(an, node, "grouped conv input channels cannot follow")
@@ -96,7 +110,7 @@ def conv_transpose(an: Analysis, node: onnx.NodeProto) -> None:
     else:
         ids = an.fresh(node, out_channels)
         t = an.get(node.input[0])
-        if t is None or t.axes != (1,) or not t.zero_ok:
+        if t is None or t.axes != (1,):  # as in _grouped: the group's weights zero its outputs
             an.barrier(ids, f"node '{node.name}' (grouped ConvTranspose): its input channels cannot be removed")
             stop(an, node, "grouped conv input channels cannot follow")
         else:
@@ -112,12 +126,18 @@ def conv_transpose(an: Analysis, node: onnx.NodeProto) -> None:
 
 def _is_weight(an: Analysis, name: str) -> bool:
     """An initializer, possibly behind DequantizeLinear / Identity / Cast / Transpose."""
+    return _weight_root(an, name) is not None
+
+
+def _weight_root(an: Analysis, name: str, through=("DequantizeLinear", "QuantizeLinear", "Identity", "Cast",
+                                                    "Transpose")) -> str | None:
+    """The initializer `name` reads through a chain of `through` ops, or None."""
     while name and not an.model.is_initializer(name):
         p = an.model.producer(name)
-        if p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear", "Identity", "Cast", "Transpose"):
-            return False
+        if p is None or p.op_type not in through:
+            return None
         name = p.input[0]
-    return bool(name)
+    return name or None
 
 
 @rule("Gemm")

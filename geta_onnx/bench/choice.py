@@ -1,0 +1,85 @@
+"""Which export `compress` ships: the int8 QDQ model or its float twin (export.dequantize),
+decided by what onnxruntime measured, not by bit widths.
+
+    pick([Candidate("int8", {"1": 0.63, "32": 0.53}, 0.91),
+          Candidate("float", {"1": 1.08, "32": 1.06}, 0.92)])
+    -> Choice("float", "int8 is slower than the original at batch 1 (0.63x), 32 (0.53x); ...")
+
+The rule (docs/realworld.md, "Never slower"):
+1. int8 is the default: it is the smaller file (4x smaller weights).
+2. The float twin wins when the int8 model is slower than the original at some measured
+   batch and the twin is not, or when the twin is faster than int8 by more than FASTER_BY
+   (geometric mean of the speedups over the batches): a format that buys no speed costs
+   only quality.
+3. ...but never at a quality cost: the twin must score within the tolerance of int8
+   (QUALITY_TOLERANCE for accuracy / agreement / cosine, a relative one for mse / max_abs).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FASTER_BY = 0.05
+QUALITY_TOLERANCE = 0.005  # half a point of accuracy or agreement; 0.005 cosine
+RELATIVE_TOLERANCE = 0.05  # for lower-is-better metrics (mse, max_abs): 5 % of the int8 value
+LOWER_IS_BETTER = ("mse", "max_abs")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    speedup: dict[str, float]  # batch -> original p50 / this p50
+    quality: float | None = None  # the metric's value (None: not measured)
+    metric: str = "accuracy"
+
+    @property
+    def mean_speedup(self) -> float:
+        values = [max(v, 1e-12) for v in self.speedup.values()]
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 1.0
+
+    @property
+    def slower(self) -> dict[str, float]:
+        return {b: v for b, v in self.speedup.items() if v < 1.0}
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    why: str
+
+
+def pick(candidates: list[Candidate]) -> Choice:
+    """The first candidate (int8) unless the second (the float twin) wins by the rule above."""
+    default = candidates[0]
+    if len(candidates) < 2:
+        return Choice(default.name, "the only export measured")
+    alt = candidates[1]
+    rescue = bool(default.slower) and not alt.slower
+    faster = alt.mean_speedup > default.mean_speedup * (1 + FASTER_BY)
+    if not (rescue or faster):
+        return Choice(default.name, f"{alt.name} is not faster by more than {FASTER_BY:.0%} "
+                                    f"({alt.mean_speedup:.2f}x vs {default.mean_speedup:.2f}x)")
+    lost = quality_loss(default, alt)
+    if lost is not None:
+        return Choice(default.name, f"{alt.name} runs faster ({alt.mean_speedup:.2f}x vs "
+                                    f"{default.mean_speedup:.2f}x) but {lost}")
+    if rescue:
+        slow = ", ".join(f"{b} ({v:.2f}x)" for b, v in default.slower.items())
+        why = f"{default.name} is slower than the original at batch {slow}; {alt.name} is not"
+    else:
+        why = f"{alt.name} runs {alt.mean_speedup / default.mean_speedup:.2f}x faster than {default.name}"
+    return Choice(alt.name, why + " at no quality cost")
+
+
+def quality_loss(default: Candidate, alt: Candidate) -> str | None:
+    """Why `alt` scores too far below `default`, or None when it does not (or one is unknown)."""
+    if default.quality is None or alt.quality is None:
+        return None
+    if alt.metric in LOWER_IS_BETTER:
+        limit = default.quality * (1 + RELATIVE_TOLERANCE) + 1e-12
+        if alt.quality > limit:
+            return f"its {alt.metric} is {alt.quality:.4g} vs {default.quality:.4g}"
+        return None
+    if alt.quality < default.quality - QUALITY_TOLERANCE:
+        return f"its {alt.metric} is {alt.quality:.4f} vs {default.quality:.4f}"
+    return None

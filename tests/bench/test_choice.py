@@ -1,0 +1,53 @@
+"""bench.choice.pick: which export ships, from measured speedups and quality."""
+import pytest
+
+from geta_onnx.bench.choice import FASTER_BY, QUALITY_TOLERANCE, Candidate, pick
+
+
+def _pair(int8, flt, q8=None, qf=None, metric="accuracy"):
+    return [Candidate("int8", int8, q8, metric), Candidate("float", flt, qf, metric)]
+
+
+def test_int8_stays_when_the_twin_is_not_clearly_faster():
+    below = 1 + FASTER_BY * 0.8
+    choice = pick(_pair({"1": 2.0, "32": 3.0}, {"1": 2.0 * below, "32": 3.0 * below}))
+    assert choice.name == "int8" and "not faster" in choice.why
+
+
+def test_a_clearly_faster_twin_ships():
+    choice = pick(_pair({"1": 2.0, "32": 3.0}, {"1": 3.0, "32": 4.0}, 0.90, 0.90))
+    assert choice.name == "float" and "faster" in choice.why
+
+
+def test_an_int8_model_slower_than_the_original_is_replaced_even_by_a_slightly_faster_twin():
+    """int8 0.97x at batch 1 (slower), twin 1.01x: not FASTER_BY faster, but never slower."""
+    choice = pick(_pair({"1": 0.97}, {"1": 1.01}, 0.90, 0.90))
+    assert choice.name == "float" and "slower than the original at batch 1 (0.97x)" in choice.why
+
+
+def test_when_both_are_slower_the_faster_one_ships():
+    assert pick(_pair({"1": 0.6}, {"1": 0.9}, 0.9, 0.9)).name == "float"
+    assert pick(_pair({"1": 0.9}, {"1": 0.6}, 0.9, 0.9)).name == "int8"
+
+
+@pytest.mark.parametrize("metric, q8, qf, ships", [
+    ("accuracy", 0.90, 0.90 - QUALITY_TOLERANCE * 1.5, "int8"),  # loses more than the tolerance
+    ("accuracy", 0.90, 0.90 - QUALITY_TOLERANCE * 0.5, "float"),
+    ("cosine", 0.95, 0.97, "float"),
+    ("mse", 0.010, 0.012, "int8"),  # lower is better: 20 % worse
+    ("mse", 0.010, 0.0104, "float"),
+])
+def test_a_faster_twin_must_score_as_well(metric, q8, qf, ships):
+    choice = pick(_pair({"1": 1.5}, {"1": 2.5}, q8, qf, metric))
+    assert choice.name == ships, choice.why
+    if ships == "int8":
+        assert metric in choice.why
+
+
+def test_one_candidate():
+    assert pick([Candidate("int8", {"1": 0.5})]).name == "int8"
+
+
+def test_geometric_mean_over_batches():
+    """2x at one batch and 0.5x at another is no speedup overall."""
+    assert Candidate("x", {"1": 2.0, "32": 0.5}).mean_speedup == pytest.approx(1.0)
