@@ -152,29 +152,47 @@ def _bits(value: str | None, option: str) -> tuple[int, int] | None:
     return low, high
 
 
+def _default(section: str, key: str) -> str:
+    """The config dataclasses' default of [section] key, as the help text shows it (so the
+    help can never drift from what a run without the option uses)."""
+    import dataclasses
+
+    from .settings import Settings
+
+    value = next(f.default for f in dataclasses.fields(getattr(Settings(), section)) if f.name == key)
+    if key.endswith("_bits"):
+        return f"{value[0]}:{value[1]}"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def training_options(fn):
     """Options shared by the commands that train (train, compress): defined once."""
     options = [
         click.option("--data", "data_spec", required=True, metavar="SPEC",
                      help="npz:FILE | idx:DIR | folder:DIR | py:MODULE:FUNCTION"),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML / YAML settings file."),
-        click.option("--target-sparsity", type=float, help="Fraction of prunable groups removed (default 0.5)."),
+        click.option("--target-sparsity", type=float,
+                     help=f"Fraction of prunable groups removed (default {_default('prune', 'target_sparsity')})."),
         click.option("--target-bops", type=float, help="Target relative BOPs instead of a sparsity, e.g. 0.05."),
-        click.option("--weight-bits", metavar="LOW:HIGH", help="Weight bit range (default 4:8)."),
-        click.option("--act-bits", metavar="LOW:HIGH", help="Activation bit range (default 8:8)."),
-        click.option("--group-divisible", type=int, help="Kept channels per layer: a multiple of this (default 16)."),
+        click.option("--weight-bits", metavar="LOW:HIGH",
+                     help=f"Weight bit range (default {_default('quant', 'weight_bits')})."),
+        click.option("--act-bits", metavar="LOW:HIGH",
+                     help=f"Activation bit range (default {_default('quant', 'act_bits')})."),
+        click.option("--group-divisible", type=int,
+                     help=f"Kept channels per layer: a multiple of this (default {_default('prune', 'group_divisible')})."),
         click.option("--epochs", type=click.IntRange(min=1),
                      help="Training epochs (default: automatic, enough epochs for 2,000 steps, at most 100)."),
         click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs)."),
-        click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), help="QASSO's base optimizer."),
-        click.option("--lr", type=float, help="Learning rate of the weights."),
-        click.option("--batch-size", type=int, help="Training batch size (default 64); under torchrun the global "
-                     "batch, split across the processes."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]),
+                     help=f"QASSO's base optimizer (default {_default('optim', 'optimizer')})."),
+        click.option("--lr", type=float, help=f"Learning rate of the weights (default {_default('optim', 'lr')})."),
+        click.option("--batch-size", type=int, help=f"Training batch size (default {_default('data', 'batch_size')}); "
+                     "under torchrun the global batch, split across the processes."),
         click.option("--device", help="cpu, cuda or cuda:N (under torchrun: one GPU per process)."),
         click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
-                     help="Mixed-precision forward (default off); fp16 needs cuda. Weights, QASSO and the "
+                     help=f"Mixed-precision forward (default {_default('train', 'amp')}); fp16 needs cuda. Weights, QASSO and the "
                      "quantizers stay float32."),
-        click.option("--seed", type=int, help="Seed of data order and initial choices."),
+        click.option("--seed", type=int, help=f"Seed of data order and initial choices (default {_default('train', 'seed')})."),
         click.option("--resume", is_flag=True,
                      help="Continue from the run folder's checkpoint (refused when the settings changed)."),
         click.option("--force", is_flag=True,
@@ -256,9 +274,12 @@ def train(model: str, out_dir: str, **options) -> None:
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Output model (.onnx); its report, plots and run folder are written beside it.")
 @training_options
-@click.option("--profile", type=click.Choice(["ort", "tensorrt"]), help="QDQ export profile (default ort).")
-@click.option("--batch", "batches", multiple=True, metavar="N[,N..]", help="Latency batch sizes (default 1,32).")
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads of the latency check (default 2).")
+@click.option("--profile", type=click.Choice(["ort", "tensorrt"]),
+              help=f"QDQ export profile (default {_default('export', 'profile')}).")
+@click.option("--batch", "batches", multiple=True, metavar="N[,N..]",
+              help=f"Latency batch sizes (default {_default('export', 'batches')}).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help=f"onnxruntime threads of the latency check (default {_default('export', 'threads')}).")
 @click.option("--eval-limit", type=click.IntRange(min=0), help="Score at most N eval samples (default: all).")
 @click.option("--no-plots", is_flag=True, help="Do not write the PNG plots.")
 @click.option("--dynamic-batch", is_flag=True,
