@@ -107,6 +107,9 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
             candidates["float"] = dequantize(proto)  # the same pruned model in float: shipped if it runs faster
         checks = validate(loaded, paths.model, candidates, data, settings, output=settings.train.output,
                           static_batch=batch.static)
+        if len(candidates) == 1:
+            checks["precision"]["why"] = ("TensorRT runs the QDQ model (its latency is not onnxruntime's)"
+                                          if settings.export.profile == "tensorrt" else "--int8-only")
         if checks["precision"]["shipped"] != "int8":
             save(candidates[checks["precision"]["shipped"]], paths.model, source=model_path)
             log(f"wrote the float twin to {paths.model}: {checks['precision']['why']}")

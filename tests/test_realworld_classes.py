@@ -90,6 +90,8 @@ def test_opset_11_per_channel_export_is_upgraded_to_13(tmp_path):
     # the int8 export is what needs opset 13 (the float twin, if faster, would need no upgrade)
     proto, report, dims, _ = _compress(tmp_path, model, data, "--int8-only", config="[quant]\nper_channel = true\n")
     assert next(o.version for o in proto.opset_import if o.domain == "") == 13
+    assert report["precision"]["shipped"] == "int8" and report["precision"]["why"] == "--int8-only"
+    assert set(report["precision"]["candidates"]) == {"int8"}  # the float twin was not even timed
     assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute) for n in proto.graph.node)
 
 
