@@ -226,7 +226,10 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         macs={"original": checks["macs"][0], "compressed": checks["macs"][1]},
         size_bytes={"original": checks["size_bytes"][0], "compressed": checks["size_bytes"][1]},
         group_sparsity=m["group_sparsity"],
-        groups={"removed": m["removed_groups"], "prunable": m["prunable_groups"], "target": m["target_groups"]},
+        # target: the budget's count; planned: that count after rounding each layer's kept width to
+        # group_divisible (what QASSO removes exactly)
+        groups={"removed": m["removed_groups"], "prunable": m["prunable_groups"], "target": m["target_groups"],
+                "planned": m["planned_groups"]},
         target_bops=m.get("target_bops"),
         layers=layers,
         fused_ops=checks["fusion"],

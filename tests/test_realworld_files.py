@@ -62,6 +62,7 @@ def test_short_compress_gives_a_valid_model(name, tmp_path):
     assert np.isfinite(y).all()
     report = json.loads(out.with_name("small.report.json").read_text())
     assert report["groups"]["removed"] > 0 and report["macs"]["compressed"] < report["macs"]["original"]
+    assert report["groups"]["removed"] == report["groups"]["planned"]  # exactly the budget, on the group unit
     precision = report["precision"]
     shipped = pick([Candidate(k, c["speedup"], c.get("quality"), c.get("metric", "accuracy"))
                     for k, c in precision["candidates"].items()])

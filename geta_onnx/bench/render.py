@@ -30,6 +30,8 @@ def render_markdown(report: dict, plots=None) -> str:
     if "groups" in report:
         g = report["groups"]
         share = f"{g['removed']} of {g['prunable']} ({report['group_sparsity']:.1%})"
+        if g.get("planned") is not None and g["planned"] != g.get("target"):
+            share += f"; budget {g['target']}, {g['planned']} with kept widths on the group unit"
         lines.append(f"| pruning groups removed | | {share} | |")
     lines.append("")
     lines += _precision_lines(report.get("precision"))
