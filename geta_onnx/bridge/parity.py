@@ -7,20 +7,8 @@ import numpy as np
 import onnx
 import torch
 
+from ..graph.session import ort_session
 from .builder import OnnxModule
-
-
-def ort_session(proto: onnx.ModelProto | bytes | str, threads: int = 1, optimize: bool = True):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = proto.SerializeToString() if isinstance(proto, onnx.ModelProto) else proto
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnxruntime(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False) -> list[np.ndarray]:

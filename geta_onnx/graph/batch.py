@@ -22,7 +22,7 @@ Proof (never assumed): onnxruntime runs the rewritten model at batch 2 and 3 on 
 samples and must reproduce, sample by sample, the original at batch 1 (within
 PROOF_RTOL / PROOF_ATOL of the output's scale). When it does not (a batch folded into some
 other constant, an op mixing samples), `dynamic` is False, `reason` says why, and the caller
-trains on micro-batches of 1 (train.loop: micro_batch) with the original graph.
+trains the original graph one sample per forward (bridge.OnnxModule.per_sample).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .model import OnnxModel
+from .session import ort_session
 
 BATCH = "batch"
 PROOF_RTOL, PROOF_ATOL = 1e-4, 1e-5  # per element, relative to the output's max |value|
@@ -254,7 +255,6 @@ def _batch_target(one: list[int], k: int, target: np.ndarray, allowzero: int,
     """The Reshape target at any batch, from the input dims at batch 1 (`one`, the batch on
     axis k, as the outer factor of that axis or, with `inner`, the inner one) and the target
     at batch 1; None when the batch does not land on one target axis."""
-    batch_inner = inner
     out = [one[i] if (t == 0 and not allowzero and i < len(one)) else int(t) for i, t in enumerate(target)]
     if -1 in out:
         known = int(np.prod([d for d in out if d != -1]))
@@ -263,13 +263,13 @@ def _batch_target(one: list[int], k: int, target: np.ndarray, allowzero: int,
         out[out.index(-1)] = int(np.prod(one)) // known
     # the batch is the outer factor of input axis k (alone, or merged: attention's N*H), so in
     # the flat layout `outer` elements precede it and `inner` follow each of its entries
-    split = k + 1 if batch_inner else k
-    outer, inner = int(np.prod(one[:split])), int(np.prod(one[split:]))
+    split = k + 1 if inner else k
+    outer, rest = int(np.prod(one[:split])), int(np.prod(one[split:]))  # elements before / after the batch
 
     def holds(j: int) -> bool:  # output axis j = a * batch * b: a from before the batch, b from after it
         before, after = int(np.prod(out[:j])), int(np.prod(out[j + 1:]))
-        return bool(before and after and outer % before == 0 and inner % after == 0
-                    and out[j] == outer // before * (inner // after))
+        return bool(before and after and outer % before == 0 and rest % after == 0
+                    and out[j] == outer // before * (rest // after))
 
     fits = [j for j in range(len(out)) if holds(j)]
     if not fits:
@@ -286,16 +286,11 @@ def _batch_target(one: list[int], k: int, target: np.ndarray, allowzero: int,
 # ---- proof ----------------------------------------------------------------------------------
 def _prove(original: OnnxModel, candidate: OnnxModel, samples: dict[str, np.ndarray]) -> str:
     """'' when the candidate at batch 2 and 3 reproduces the original per sample."""
-    import onnxruntime as ort
-
     names = [vi.name for vi in original.inputs]
     if any(n not in samples or len(samples[n]) < 3 for n in names):
         return "fewer than 3 samples to prove a dynamic batch on"
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
     try:
-        ref = ort.InferenceSession(original.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        new = ort.InferenceSession(candidate.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ref, new = ort_session(original.proto), ort_session(candidate.proto)
         singles = [ref.run(None, {n: samples[n][k:k + 1] for n in names}) for k in range(3)]
         for b in (2, 3):
             outs = new.run(None, {n: samples[n][:b] for n in names})

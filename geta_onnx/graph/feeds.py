@@ -80,12 +80,10 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
                  if name not in given and dims and any(not isinstance(d, int) for d in dims[1:])}
     if not open_dims and not given:
         return given, ""
-    import onnxruntime as ort
+    from .session import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # the sizes that fail are expected: no error lines from onnxruntime
-    try:
-        session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:  # log level 4: the sizes that fail are expected, no error lines from onnxruntime
+        session = ort_session(model.proto, threads=2, log_level=4)
     except Exception:  # noqa: BLE001 - a model onnxruntime cannot load: the caller's own check says why
         return given, ""
     if not open_dims:  # only the user's --shape: say now if the model cannot run at it

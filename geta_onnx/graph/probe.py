@@ -9,6 +9,7 @@ import onnx
 
 from .feeds import example_feeds
 from .model import OnnxModel
+from .session import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,6 @@ def probe_shapes(model: OnnxModel, batch: int = 1, seq: int = 8,
                  feeds: dict | None = None) -> dict[str, tuple[int, ...]]:
     """{tensor name: shape} for every node output onnxruntime can report; {} on failure.
     `feeds`: run on these inputs instead of example ones of `batch` and `seq`."""
-    import onnxruntime as ort
-
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     known = {o.name for o in proto.graph.output}
@@ -29,10 +28,7 @@ def probe_shapes(model: OnnxModel, batch: int = 1, seq: int = 8,
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(out, info.elem_type, None))
                 known.add(out)
     try:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(proto, optimize=False)
         values = sess.run(None, feeds if feeds is not None else example_feeds(model, batch=batch, seq=seq))
     except Exception as e:  # noqa: BLE001 - a probe is a best-effort aid
         log.debug("%s: shape probe failed: %s", model.label, e)

@@ -31,9 +31,10 @@ def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, 
         outputs = module(*inputs)
         out = pick(outputs, output)
         n = inputs[0].shape[0]
-        t_out = loss_fn.teacher_output(inputs) if teacher else None
+        t_all = loss_fn.teacher_outputs(inputs) if teacher else None  # once: the loss and the agreement read it
+        t_out = pick(t_all, loss_fn.output) if teacher else None
         if target is not None or not needs_labels:  # eval data without labels: no task loss
-            loss = loss_fn(outputs, target, inputs, teacher_out=t_out) if ours else loss_fn(outputs, target, inputs)
+            loss = loss_fn(outputs, target, inputs, teacher_outs=t_all) if ours else loss_fn(outputs, target, inputs)
             loss_sum, samples = loss_sum + float(loss) * n, samples + n
         if target is not None and not target.is_floating_point() and out.dim() >= 2:
             hits = out.argmax(1) == target.reshape(out.argmax(1).shape)  # (N, ...) per position

@@ -141,9 +141,10 @@ class Loss:
             self.teacher.to(device)
         return self
 
-    def teacher_output(self, inputs) -> torch.Tensor:
+    def teacher_outputs(self, inputs):
+        """Every output of the teacher on `inputs` (a tensor or a tuple, as the model returns)."""
         with torch.no_grad():
-            return pick(self.teacher(*inputs), self.output)
+            return self.teacher(*inputs)
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """The kd loss of output `index` (default: the loss's output)."""
@@ -162,14 +163,12 @@ class Loss:
             return bce_distill(student, teacher)
         return F.mse_loss(student, teacher)
 
-    def distill_every_output(self, outputs, inputs) -> torch.Tensor | None:
+    def distill_every_output(self, outputs, teachers) -> torch.Tensor | None:
         """The mean kd loss over the float outputs (MSE ones divided by the teacher's mean
         square); None when fewer than two outputs are float (then `output` alone is read)."""
         floats = [i for i, s in enumerate(outputs) if s.is_floating_point()]  # not index / shape outputs
         if len(floats) < 2:
             return None
-        with torch.no_grad():
-            teachers = self.teacher(*inputs)
         losses = []
         for i in floats:
             loss = self.distill(outputs[i], teachers[i], i).float()
@@ -178,15 +177,17 @@ class Loss:
             losses.append(loss)
         return torch.stack(losses).mean()
 
-    def __call__(self, outputs, target, inputs, teacher_out: torch.Tensor | None = None) -> torch.Tensor:
-        """teacher_out: the teacher's output for `inputs` when the caller has it already."""
+    def __call__(self, outputs, target, inputs, teacher_outs=None) -> torch.Tensor:
+        """teacher_outs: the teacher's outputs for `inputs` (teacher_outputs) when the caller
+        has them already; the teacher runs once per call otherwise."""
+        if self.uses_teacher and teacher_outs is None:
+            teacher_outs = self.teacher_outputs(inputs)
         if self.mode == "kd" and self.every_output and isinstance(outputs, (tuple, list)):
-            every = self.distill_every_output(outputs, inputs)
+            every = self.distill_every_output(outputs, teacher_outs)
             if every is not None:
                 return every
         out = pick(outputs, self.output)
-        if self.uses_teacher and teacher_out is None:
-            teacher_out = self.teacher_output(inputs)
+        teacher_out = pick(teacher_outs, self.output) if self.uses_teacher else None
         if self.mode == "kd":
             return self.distill(out, teacher_out)
         if target is None:
