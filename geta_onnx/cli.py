@@ -174,6 +174,14 @@ def training_options(fn):
         click.option("--target-sparsity", type=float,
                      help=f"Fraction of prunable groups removed (default {_default('prune', 'target_sparsity')})."),
         click.option("--target-bops", type=float, help="Target relative BOPs instead of a sparsity, e.g. 0.05."),
+        click.option("--target-speedup", type=float, callback=_finite,
+                     help="Predicted speedup over the fp32 original in onnxruntime instead of a sparsity, e.g. 3 "
+                     "(latency model of this machine; confirmed by measurement at the end)."),
+        click.option("--target-latency-ms", type=float, callback=_finite,
+                     help="Predicted milliseconds per batch (the largest latency batch) instead of a sparsity."),
+        click.option("--latency-table", type=click.Path(dir_okay=False),
+                     help="Latency table file (docs/latency.md): loaded if it exists (e.g. measured on the target "
+                     "machine), else measured here and written there."),
         click.option("--weight-bits", metavar="LOW:HIGH",
                      help=f"Weight bit range (default {_default('quant', 'weight_bits')})."),
         click.option("--act-bits", metavar="LOW:HIGH",
@@ -207,17 +215,17 @@ def training_options(fn):
 
 
 def settings_from_options(o: dict):
+    from .config import BUDGETS
     from .settings import load_settings
 
     s = load_settings(o["config_file"])
-    if o["target_sparsity"] is not None and o["target_bops"] is not None:
-        raise ConfigError("options '--target-sparsity' and '--target-bops': give one budget, not both")
-    # a budget on the command line replaces the config file's budget, whichever kind that is
-    if o["target_sparsity"] is not None:
-        s = s.replace("prune", target_sparsity=o["target_sparsity"], target_bops=None)
-    elif o["target_bops"] is not None:
-        s = s.replace("prune", target_bops=o["target_bops"])
-    s = s.override("prune", group_divisible=o["group_divisible"])
+    given = [k for k in BUDGETS if o.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError("options " + " and ".join(f"'--{k.replace('_', '-')}'" for k in given)
+                          + ": give one budget, not several")
+    if given:  # a budget on the command line replaces the config file's budget, whichever kind that is
+        s = s.replace("prune", **{k: o[k] if k == given[0] else None for k in BUDGETS})
+    s = s.override("prune", group_divisible=o["group_divisible"], latency_table=o.get("latency_table"))
     s = s.override("quant", weight_bits=_bits(o["weight_bits"], "--weight-bits"),
                    act_bits=_bits(o["act_bits"], "--act-bits"))
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])
@@ -254,7 +262,8 @@ def train(model: str, out_dir: str, **options) -> None:
     with RunFolder(out_dir, record, resume=options["resume"], force=options["force"]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
-                          resume=options["resume"], config=record, per_sample=batch.static and not batch.dynamic)
+                          resume=options["resume"], config=record, per_sample=batch.static and not batch.dynamic,
+                          latency_at=settings.latency_at(batch.static))
         summary = {"model": model, "data": spec, "settings": settings.to_dict(), "batch": batch.describe(),
                    **result.metrics,
                    "bits": result.bits, "history": result.train.history}

@@ -92,7 +92,8 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
-                          resume=resume, config=record, per_sample=batch.static and not batch.dynamic)
+                          resume=resume, config=record, per_sample=batch.static and not batch.dynamic,
+                          latency_at=settings.latency_at(batch.static and not settings.export.dynamic_batch))
         t_train = time.perf_counter()
         if not distributed.info().is_main:
             return None
@@ -231,6 +232,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         groups={"removed": m["removed_groups"], "prunable": m["prunable_groups"], "target": m["target_groups"],
                 "planned": m["planned_groups"]},
         target_bops=m.get("target_bops"),
+        **({"latency_model": _latency_report(m["latency"], checks)} if m.get("latency") else {}),
         layers=layers,
         fused_ops=checks["fusion"],
         precision=checks["precision"],
@@ -248,6 +250,20 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
     )
 
 
+def _latency_report(lat: dict, checks: dict) -> dict:
+    """The latency budget and the model's prediction beside the measured times, at its batch."""
+    batch = str(lat["batch"])
+    measured = {name: c["latency_ms"].get(batch) for name, c in checks["precision"]["candidates"].items()}
+    original = checks["latency"][0].get(batch)
+    predicted = lat["predicted_ms"] or {}
+    return {"batch": lat["batch"], "threads": lat["threads"], "target_ms": lat["target_ms"],
+            "target_speedup": lat["original_ms"] / lat["target_ms"] if lat["target_ms"] else None,
+            "original_ms": {"predicted": lat["original_ms"], "measured": original},
+            "predicted_ms": predicted, "measured_ms": measured,
+            "error": {k: predicted[k] / v - 1 for k, v in measured.items() if v and k in predicted},
+            "table_target": lat["table"]}
+
+
 def versions() -> dict:
     import numpy
     import onnx
@@ -255,21 +271,11 @@ def versions() -> dict:
     import torch
 
     from . import __version__
+    from .latency.table import cpu_name
 
     return {"geta_onnx": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()})"}
-
-
-def cpu_name() -> str:
-    """The CPU model (/proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _write_outputs(report: dict, paths: OutputPaths, plots: bool, log) -> None:

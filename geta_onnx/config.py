@@ -151,27 +151,53 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
 
 
+BUDGETS = ("target_latency_ms", "target_speedup", "target_bops", "target_sparsity")  # the first one set rules
+
+
 @dataclass(frozen=True)
 class PruneConfig:
-    """The pruning budget: exactly round(target_sparsity x prunable groups) groups removed
-    (kept widths rounded to `group_divisible`), or a target relative BOPs."""
+    """The pruning budget, ONE of: a share of the prunable groups removed (kept widths rounded
+    to `group_divisible`), a target relative BOPs, or a latency target predicted by the
+    latency model of the deployment target (docs/latency.md): a speedup over the fp32
+    original or a time per batch. `budget` says which one applies: the first set in BUDGETS
+    order (target_sparsity has a default, so any other budget set replaces it)."""
 
     target_sparsity: float | None = 0.5
-    target_bops: float | None = None  # relative BOPs (compressed / fp32 32x32); overrides target_sparsity
+    target_bops: float | None = None  # relative BOPs (compressed / fp32 32x32)
+    target_speedup: float | None = None  # predicted fp32-original / compressed time, e.g. 3.0
+    target_latency_ms: float | None = None  # predicted time per batch of the compressed model
+    latency_table: str = ""  # a latency table file (docs/latency.md); "": this machine's, measured and cached
     group_divisible: int = 16  # kept channels per layer: a multiple of this (heads are whole anyway)
     importance: tuple[float, float, float, float, float] = (0.2, 0.2, 0.2, 0.2, 0.2)
     # magnitude, avg magnitude, cosine, first- and second-order Taylor
 
     def __post_init__(self):
-        if self.target_bops is not None:
-            _check(0 < self.target_bops <= 1, "target_bops", f"a fraction in (0, 1], got {self.target_bops}")
-        elif self.target_sparsity is not None:
-            _check(0 <= self.target_sparsity < 1, "target_sparsity", f"a fraction in [0, 1), got {self.target_sparsity}")
+        kind, value = self.budget
+        if kind == "target_latency_ms":
+            _check(value > 0, kind, f"a time in milliseconds > 0, got {value}")
+        elif kind == "target_speedup":
+            _check(value > 1, kind, f"a speedup over the original > 1, e.g. 3.0; got {value}")
+        elif kind == "target_bops":
+            _check(0 < value <= 1, kind, f"a fraction in (0, 1], got {value}")
         else:
-            raise ConfigError("give a budget: option 'target_sparsity' or 'target_bops'")
+            _check(0 <= value < 1, kind, f"a fraction in [0, 1), got {value}")
         _check(self.group_divisible >= 1, "group_divisible", "must be >= 1")
         _check(len(self.importance) == 5 and all(w >= 0 for w in self.importance), "importance",
                "five non-negative weights: magnitude, avg_magnitude, cosine, taylor_first, taylor_second")
+
+    @property
+    def budget(self) -> tuple[str, float]:
+        """(option name, value) of the budget that applies."""
+        for name in BUDGETS:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        raise ConfigError("give a budget: option 'target_sparsity', 'target_bops', 'target_speedup' or "
+                          "'target_latency_ms'")
+
+    @property
+    def latency_budget(self) -> bool:
+        return self.budget[0] in ("target_latency_ms", "target_speedup")
 
 
 @dataclass(frozen=True)
@@ -307,5 +333,5 @@ def _example(args) -> str:
     return "[" + ", ".join(sample.get(a, "...") for a in args) + "]"
 
 
-__all__ = ["DataConfig", "ExportConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig",
+__all__ = ["BUDGETS", "DataConfig", "ExportConfig", "OptimConfig", "PruneConfig", "QuantConfig", "ScheduleConfig",
            "TrainConfig", "field", "from_dict", "to_dict"]

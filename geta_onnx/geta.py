@@ -129,10 +129,12 @@ def _check_gradient_path(module: OnnxModule, model: OnnxModel, data: Data, outpu
 def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig(), prune: PruneConfig = PruneConfig(),
              optim: OptimConfig = OptimConfig(), schedule: ScheduleConfig = ScheduleConfig(),
              train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False,
-             config: dict | None = None, per_sample: bool = False) -> GetaResult:
+             config: dict | None = None, per_sample: bool = False,
+             latency_at: tuple[int, int] = (2, 32)) -> GetaResult:
     """Train `model` once with QASSO under the pruning budget and bit ranges. `config` (plain
     JSON values: runs.fingerprint) is recorded in the checkpoint for resume checks.
-    `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample)."""
+    `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample).
+    `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at)."""
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample
@@ -146,15 +148,19 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     qadg = analyze(model)
     sched = Schedule.from_config(len(data.train), schedule)
     bops_fn = None
-    if prune.target_bops is not None:
+    if prune.budget[0] == "target_bops":
         bops_fn = lambda removed: relative_bops(  # noqa: E731
             plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
+    kind, value = prune.budget
+    latency, budget_ms = (_latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
+                          if prune.latency_budget else (None, None))
     opt = QASSO(module, qadg, quant_targets(plan, quant), sched, lr=optim.lr, lr_quant=optim.lr_quant,
                 base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                target_sparsity=None if prune.target_bops is not None else prune.target_sparsity,
-                target_bops=prune.target_bops, bops_fn=bops_fn, bit_reduction=optim.bit_reduction or None,
+                target_sparsity=value if kind == "target_sparsity" else None,
+                target_bops=prune.target_bops if kind == "target_bops" else None, bops_fn=bops_fn,
+                bit_reduction=optim.bit_reduction or None,
                 group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
-                forget=optim.forget)
+                forget=optim.forget, target_latency_ms=budget_ms, latency=latency)
     lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
                    checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],
@@ -167,4 +173,28 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
         "target_groups": opt.target_groups, "prunable_groups": len(opt.views),
         "relative_bops": out.relative_bops, "target_bops": prune.target_bops, **result.metrics,
     }
+    if latency is not None:
+        out.metrics["latency"] = {"target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
+                                  "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
+                                  "table": latency.table.target.__dict__}
     return out
+
+
+def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,
+                   prune: PruneConfig, at: tuple[int, int], progress: bool):
+    """(latency.LatencyModel, budget in ms) on rank 0; (None, budget agreed from rank 0) on the
+    others: one process measures, so that no two compete for the cores being timed."""
+    from .latency import Target, build_latency_model
+    from .latency.reference import int8_export
+    from .preflight import first_samples
+    from .train import distributed
+
+    latency, budget = None, None
+    if distributed.info().is_main:
+        sample = first_samples(model, data, 1)
+        latency = build_latency_model(model, plan, qadg.prunable, sample, Target.here(*at), unit=prune.group_divisible,
+                                      table_path=prune.latency_table or None, progress=progress,
+                                      int8_reference=int8_export(module, plan, qadg, model))
+        kind, value = prune.budget
+        budget = value if kind == "target_latency_ms" else latency.original_ms / value
+    return latency, distributed.agree(budget)

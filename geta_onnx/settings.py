@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import (DataConfig, ExportConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig,
+from .config import (BUDGETS, DataConfig, ExportConfig, OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig,
                      from_dict)
 from .errors import ConfigError
 
@@ -41,6 +41,11 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def latency_at(self, static_batch: bool = False) -> tuple[int, int]:
+        """(threads, batch) a latency budget is predicted at: the validation's threads and its
+        largest batch (1 for a model whose input takes a static batch of 1)."""
+        return self.export.threads, 1 if static_batch else max(int(b) for b in self.export.batches)
 
     def override(self, section: str, **values) -> "Settings":
         """A copy with `values` set in `section` (None values are ignored)."""
@@ -105,6 +110,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"config file '{path}': unknown section '{section}'{hint}")
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}': section '{section}' must hold keys")
+        budgets = [k for k in BUDGETS if values.get(k) is not None] if section == "prune" else []
+        if len(budgets) > 1:
+            raise ConfigError(f"config file '{path}': [prune] gives {len(budgets)} budgets ({', '.join(budgets)}); "
+                              "keep one")
         try:
             parts[section] = from_dict(SECTIONS[section], values, section=section)
         except ConfigError as e:

@@ -5,6 +5,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# latency tables measured by tests go to a throw-away folder, never to the user's ~/.cache
+import tempfile  # noqa: E402
+
+os.environ.setdefault("GETA_ONNX_CACHE", tempfile.mkdtemp(prefix="geta-onnx-test-cache-"))
 
 import torch  # noqa: E402  (after the thread variables)
 

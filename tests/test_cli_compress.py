@@ -129,3 +129,24 @@ def test_bad_export_option_in_config(run, tmp_path):
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "x.onnx"),
                                        "--config", str(config)])
     assert result.exit_code == 2 and "profile" in result.output and "tensorrt" in result.output, result.output
+
+
+def test_latency_budget_end_to_end(tmp_path):
+    """--target-speedup: the run prunes until the latency model predicts the budget, and the
+    report puts the prediction beside the measurement at the budget's batch (largest --batch).
+    The measured speedup is not asserted: it is this machine's load, not a property."""
+    model, npz, _ = write_problem(tmp_path)
+    out = tmp_path / "fast.onnx"
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                       "--batch-size", "32", "--target-speedup", "2.5", "--group-divisible", "8",
+                                       "--batch", "1,8", "--no-progress", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    lat = report["latency_model"]
+    assert lat["batch"] == 8 and lat["target_speedup"] == pytest.approx(2.5)
+    assert min(lat["predicted_ms"].values()) <= lat["target_ms"] * (1 + 1e-9)
+    assert set(lat["measured_ms"]) == set(report["precision"]["candidates"]) and all(
+        v > 0 for v in lat["measured_ms"].values())
+    assert report["groups"]["removed"] == report["groups"]["planned"] > 0
+    assert report["settings"]["prune"]["target_speedup"] == 2.5 and report["settings"]["prune"]["target_sparsity"] is None
+    assert "Latency budget at batch 8" in out.with_suffix(".report.md").read_text()

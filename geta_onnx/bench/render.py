@@ -34,6 +34,7 @@ def render_markdown(report: dict, plots=None) -> str:
             share += f"; budget {g['target']}, {g['planned']} with kept widths on the group unit"
         lines.append(f"| pruning groups removed | | {share} | |")
     lines.append("")
+    lines += _latency_model_lines(report.get("latency_model"))
     lines += _precision_lines(report.get("precision"))
     lines += _fusion_lines(report.get("fused_ops"))
     if report.get("layers"):
@@ -66,6 +67,17 @@ def _precision_lines(precision: dict | None) -> list[str]:
                       + f", {c['size_bytes'] / 1e6:.3f} MB"
                       for name, c in precision["candidates"].items())
     return [f"Shipped: **{precision['shipped']}** ({precision['why']}). Timed: {timed}.", ""]
+
+
+def _latency_model_lines(lat: dict | None) -> list[str]:
+    """The latency budget and the latency model's prediction beside the measurement."""
+    if not lat:
+        return []
+    target = (f"{lat['target_ms']:.3f} ms ({lat['target_speedup']:.2f}x the original)" if lat.get("target_speedup")
+              else f"{lat['target_ms']:.3f} ms")
+    forms = "; ".join(f"{k} predicted {v:.3f} ms, measured {lat['measured_ms'][k]:.3f} ms ({lat['error'][k]:+.1%})"
+                      for k, v in lat["predicted_ms"].items() if lat["measured_ms"].get(k) and k in lat["error"])
+    return [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}.", ""]
 
 
 def _fusion_lines(fusion: dict | None) -> list[str]:

@@ -27,7 +27,7 @@ from ..qadg import QADG
 from ..quant.quantizer import bits_of, d_of_bits
 from . import base as base_opt
 from .importance import ImportanceWeights, scores
-from .selection import plan
+from .selection import max_removal, plan, plan_latency
 from .slices import GroupView, Slice, ZeroMasks, group_views, merge_slices
 from ..train import distributed
 from ..train.schedule import Schedule
@@ -105,12 +105,15 @@ class QASSO(torch.optim.Optimizer):
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
-                 importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget"):
+                 importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget",
+                 target_latency_ms: float | None = None, latency=None):
         if forget not in FORGET_RULES:
             raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
         self.forget = forget
-        if target_sparsity is None and target_bops is None:
-            raise ConfigError("give a budget: option 'target_sparsity' or 'target_bops'")
+        if target_sparsity is None and target_bops is None and target_latency_ms is None:
+            raise ConfigError("give a budget: option 'target_sparsity', 'target_bops' or a latency target")
+        if target_latency_ms is not None and (not target_latency_ms > 0 or (latency is None and distributed.info().is_main)):
+            raise ConfigError("a latency budget needs a positive time and a latency model (geta_onnx.latency)")
         if target_sparsity is not None and not 0 <= target_sparsity < 1:
             raise ConfigError(f"option 'target_sparsity': expected a fraction in [0, 1), got {target_sparsity}")
         if target_bops is not None and (not 0 < target_bops <= 1 or bops_fn is None):
@@ -128,6 +131,16 @@ class QASSO(torch.optim.Optimizer):
         self._d_params = {id(layer.quantizer.d): layer for layer in layers}
         self._weight_layer = {layer.weight: layer for layer in layers if layer.weight}
         self.target_sparsity, self.target_bops, self.bops_fn = target_sparsity, target_bops, bops_fn
+        # latency budget: latency.LatencyModel on rank 0 (None on the other ranks, which take rank 0's plan)
+        self.target_latency_ms, self.latency = target_latency_ms, latency
+        if latency is not None and target_latency_ms is not None:
+            fastest = latency.ms(latency.state(max_removal(self.views, group_divisible, set())))
+            if fastest > target_latency_ms:
+                raise ConfigError(
+                    f"latency budget {target_latency_ms:.3f} ms ({latency.original_ms / target_latency_ms:.2f}x the "
+                    f"original's {latency.original_ms:.3f} ms) is out of reach: with every prunable layer cut to one "
+                    f"unit the model is predicted at {fastest:.3f} ms ({latency.original_ms / fastest:.2f}x); "
+                    "give a smaller --target-speedup or a larger --target-latency-ms")
         self.bit_reduction, self.unit, self.importance = bit_reduction, group_divisible, importance
         self.masks = ZeroMasks()
         self.step_count = 0
@@ -139,6 +152,13 @@ class QASSO(torch.optim.Optimizer):
         self._index_device: torch.device | None = None  # where the slices' index tensors live
 
     # ---- public state -----------------------------------------------------------------
+    def predicted_ms(self, removed=None) -> dict[str, float] | None:
+        """The latency model's prediction (int8 and float export) of the structure with
+        `removed` groups gone (default: the zeroed ones); None without a latency model."""
+        if self.latency is None:
+            return None
+        return self.latency.forms_ms(self.latency.state(self.zeroed if removed is None else removed))
+
     @property
     def target_groups(self) -> int:
         """K requested by the sparsity budget (before unit rounding)."""
@@ -264,7 +284,12 @@ class QASSO(torch.optim.Optimizer):
         remaining = [v for v in self.views if v.id not in self.zeroed]
         s = scores(remaining, ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
-        final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
+        if self.target_latency_ms is None:
+            final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
+        elif self.latency is not None:
+            final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
+        else:  # a latency budget off rank 0: the plan comes from rank 0 below
+            final = set(self.zeroed)
         periods = self.stages.pruning_periods
         upto = len(final) if period == periods - 1 else round(len(final) * (period + 1) / periods)
         todo = sorted(final - self.zeroed, key=lambda g: s.get(g, 0.0))
@@ -392,6 +417,8 @@ class QASSO(torch.optim.Optimizer):
             "step_count": self.step_count, "zeroed": sorted(self.zeroed), "redundant": list(self.redundant),
             "period": self.period, "planned": self.planned, "frozen": self.frozen,
             "frozen_bits": [layer.quantizer.frozen_bits.tolist() if self.frozen else None for layer in self.layers],
+            "latency": self.latency.snapshot() if self.latency is not None else None,
+            "target_latency_ms": self.target_latency_ms,
         }
         return state
 
@@ -405,6 +432,10 @@ class QASSO(torch.optim.Optimizer):
         self.masks = ZeroMasks()
         for gid in self.zeroed:
             self.masks.add(self._by_id[gid])
+        if self.latency is not None and extra.get("latency"):
+            self.latency.restore(extra["latency"])
+        if extra.get("target_latency_ms") is not None:  # a speedup's budget in ms as first measured
+            self.target_latency_ms = extra["target_latency_ms"]
         self.frozen = extra["frozen"]
         if self.frozen:
             for layer, bits in zip(self.layers, extra["frozen_bits"]):

@@ -118,6 +118,8 @@ BAD_TRAINING_OPTIONS = [
     (["--lr", "inf"], "lr"), (["--target-sparsity", "1.5"], "sparsity"), (["--target-sparsity", "-0.1"], "sparsity"),
     (["--target-sparsity", "nan"], "sparsity"), (["--target-bops", "0"], "bops"), (["--target-bops", "2"], "bops"),
     (["--target-sparsity", "0.3", "--target-bops", "0.1"], "one budget"), (["--group-divisible", "0"], "divisible"),
+    (["--target-speedup", "0.5"], "speedup"), (["--target-speedup", "nan"], "speedup"),
+    (["--target-latency-ms", "0"], "latency"), (["--target-speedup", "2", "--target-latency-ms", "1"], "one budget"),
     (["--optimizer", "lion"], "optimizer"), (["--seed", "-1"], "seed"), (["--config", "absent.toml"], "absent.toml"),
 ]
 
@@ -141,6 +143,18 @@ def test_bad_compress_option(tmp_path, extra, mention):
     model, spec, _ = _problem(tmp_path)
     assert_hostile(tmp_path, ["compress", model, "--data", spec, "-o", tmp_path / "s.onnx", *extra], 2,
                    mentions=(mention,))
+
+
+def test_latency_budget_errors(tmp_path):
+    """An unreachable speedup and a broken latency table: one line each, nothing left behind,
+    the table file untouched."""
+    model, spec, _ = _problem(tmp_path)
+    base = ["compress", model, "--data", spec, "-o", tmp_path / "s.onnx", "--no-progress", "--steps", "4"]
+    assert_hostile(tmp_path, [*base, "--target-speedup", "1000"], 2, mentions=("out of reach", "1000"))
+    table = tmp_path / "table.json"
+    table.write_text('{"format": "geta-onnx-latency/1", "target": {}}')
+    assert_hostile(tmp_path, [*base, "--target-speedup", "2", "--latency-table", table], 2,
+                   mentions=("table.json",))
 
 
 @pytest.mark.parametrize("command", ("inspect", "verify", "bench"))

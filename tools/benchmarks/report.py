@@ -31,7 +31,8 @@ COLORS = {"fp32": "black", "int8": "tab:blue", "l1": "tab:gray", "l1-int8": "tab
 # --------------------------------------------------------------------------- environment
 def environment(threads: int) -> dict:
     """CPU model, thread count and library versions of this run (those of compress's report)."""
-    from geta_onnx.compress import cpu_name, versions
+    from geta_onnx.compress import versions
+    from geta_onnx.latency.table import cpu_name
 
     v = versions()
     return {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": threads, "python": v["python"],

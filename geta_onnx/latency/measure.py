@@ -1,0 +1,88 @@
+"""onnxruntime micro-benchmarks that fill a latency table.
+
+Each (layer signature, kept widths, form) is one session of a one-layer graph
+(latency.micro), opened with the options of the latency measurement (bench/session.py:
+sequential, all graph optimisations, the target's threads), warmed up, then timed until
+MIN_RUNS runs and MIN_SECONDS have passed (at most MAX_RUNS); the median minus
+session.run's fixed cost is the entry. One session is alive at a time.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+
+from .micro import FORMS, layer_graph, overhead_graph
+from .spec import LayerSpec
+from .table import Entry, LatencyTable, Target
+
+WARMUP, MIN_RUNS, MAX_RUNS, MIN_SECONDS = 3, 10, 200, 0.02
+
+
+def session(proto: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def time_ms(proto: onnx.ModelProto, feeds: dict, threads: int, min_seconds: float = MIN_SECONDS) -> float:
+    """Median wall-clock milliseconds of one session.run of `proto` on `feeds`, over at
+    least MIN_RUNS runs and `min_seconds`."""
+    sess = session(proto, threads)
+    for _ in range(WARMUP):
+        sess.run(None, feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MAX_RUNS and (len(times) < MIN_RUNS or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def measure_entry(spec: LayerSpec, unit: int, target: Target, overhead_ms: float, tick=lambda: None) -> Entry:
+    """Every (cin, cout) of spec.width_grid in every form; tick() after each benchmark."""
+    cin, cout = spec.width_grid(unit)
+    ms = {f: np.zeros((len(cin), len(cout))) for f in FORMS}
+    for i, ci in enumerate(cin):
+        for j, co in enumerate(cout):
+            if spec.depthwise and ci != co:  # one width: the diagonal holds the measurement
+                continue
+            for form in FORMS:
+                proto, feeds = layer_graph(spec, ci, co, target.batch, form)
+                ms[form][i, j] = max(time_ms(proto, feeds, target.threads) - overhead_ms, 0.0)
+                tick()
+    if spec.depthwise:  # the input width follows the output: every row is the diagonal
+        for form in FORMS:
+            ms[form] = np.tile(np.diag(ms[form]), (len(cin), 1))
+    return Entry(cin, cout, ms)
+
+
+def benchmarks_needed(spec: LayerSpec, unit: int) -> int:
+    cin, cout = spec.width_grid(unit)
+    return len(FORMS) * (len(cout) if spec.depthwise else len(cin) * len(cout))
+
+
+def fill(table: LatencyTable | None, specs: list[LayerSpec], unit: int, target: Target,
+         progress: bool = True) -> tuple[LatencyTable, int]:
+    """`table` with an entry for every spec (measured where missing; a new table when None),
+    and the number of entries measured now."""
+    from tqdm.auto import tqdm
+
+    if table is None:
+        proto, feeds = overhead_graph(target.batch)
+        table = LatencyTable(target, time_ms(proto, feeds, target.threads), {})
+    missing = list({s.key: s for s in specs if s.key not in table.entries}.values())
+    total = sum(benchmarks_needed(s, unit) for s in missing)
+    with tqdm(total=total, unit="bench", desc="latency table", dynamic_ncols=True,
+              disable=not progress or not missing) as bar:
+        for spec in missing:
+            table.entries[spec.key] = measure_entry(spec, unit, table.target, table.overhead_ms, tick=lambda: bar.update())
+    return table, len(missing)

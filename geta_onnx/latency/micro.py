@@ -1,0 +1,123 @@
+"""One-layer graphs in the form a layer is deployed as, for onnxruntime micro-benchmarks.
+
+    proto, feeds = layer_graph(spec, cin=48, cout=64, batch=32, form="int8")
+
+Forms (what the export writes, export/qdq.py, and what onnxruntime fuses it into):
+- "int8": a 2-D Conv is onnxruntime's channels-last QLinearConv (com.microsoft, uint8 NHWC in
+  and out): the kernel its layout transformer gives every QDQ conv of a model, where the
+  NCHW <-> NHWC transposes happen once per chain, not per layer (a one-layer QDQ graph pays
+  two: 0.30 vs 0.21 ms for a 3x3 32->64 conv at 28x28, batch 8). Other layers: a uint8 input,
+  DQ -> layer (its weight as DQ(int8), its bias as DQ(int32)) and, for a ConvTranspose / 1-D /
+  3-D conv, Q -> uint8 output. A Gemm / MatMul keeps its float output (a classifier's logits,
+  a projection feeding a bias Add): QGemm / MatMulIntegerToFloat.
+- "float": float input, float weight and bias: Conv / Gemm / MatMul (MLAS sgemm).
+The input quantization is not part of the layer: inside a QDQ model the previous layer's
+kernel writes the uint8 tensor. Weights are random: time does not depend on the values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .spec import LayerSpec
+
+FORMS = ("int8", "float")
+OPSET = 13  # per-axis DequantizeLinear
+
+
+def layer_graph(spec: LayerSpec, cin: int, cout: int, batch: int, form: str) -> tuple[onnx.ModelProto, dict]:
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
+    cin, cout = spec.widths(cin, cout)
+    if form == "int8" and spec.op_type == "Conv" and len(spec.kernel) == 2:
+        return _nhwc_qlinear_conv(spec, cin, cout, batch)
+    rng = np.random.default_rng(0)
+    conv = spec.op_type in ("Conv", "ConvTranspose")
+    group = cout if spec.depthwise else spec.group
+    x_shape = list(spec.x_shape)
+    x_shape[spec.channel_axis] = cin
+    x_shape = [batch] + x_shape
+    if spec.op_type == "Conv":
+        w_shape, w_axis = [cout, cin // group, *spec.kernel], 0
+    elif spec.op_type == "ConvTranspose":
+        w_shape, w_axis = [cin, cout // group, *spec.kernel], 1
+    elif spec.op_type == "Gemm":
+        w_shape, w_axis = [cout, cin], 0  # transB = 1, as torch exports Linear
+    else:
+        w_shape, w_axis = [cin, cout], 1
+    nodes, inits = [], []
+    attrs = {}
+    if conv:
+        attrs = dict(strides=list(spec.strides), pads=list(spec.pads), dilations=list(spec.dilations), group=group)
+    elif spec.op_type == "Gemm":
+        attrs = dict(transB=1)
+    has_bias = spec.op_type != "MatMul"
+    if form == "float":
+        inits.append(numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32) * 0.05, "w"))
+        inputs = ["x", "w"]
+        if has_bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
+            inputs.append("b")
+        nodes.append(helper.make_node(spec.op_type, inputs, ["y"], name="layer", **attrs))
+        x_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+        feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    else:
+        x_scale, w_scale = np.float32(0.02), np.float32(0.01)
+        inits += [numpy_helper.from_array(np.array(x_scale), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
+                  numpy_helper.from_array(rng.integers(-127, 128, w_shape).astype(np.int8), "wq"),
+                  numpy_helper.from_array(np.array(w_scale), "ws"), numpy_helper.from_array(np.int8(0), "wz")]
+        nodes += [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"], name="dq_x"),
+                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wf"], name="dq_w")]
+        inputs = ["xf", "wf"]
+        if has_bias:
+            inits += [numpy_helper.from_array(rng.integers(-1000, 1000, cout).astype(np.int32), "bq"),
+                      numpy_helper.from_array(np.array(x_scale * w_scale, dtype=np.float32), "bs"),
+                      numpy_helper.from_array(np.int32(0), "bz")]
+            nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bf"], name="dq_b"))
+            inputs.append("bf")
+        out = "yf" if conv else "y"
+        nodes.append(helper.make_node(spec.op_type, inputs, [out], name="layer", **attrs))
+        if conv:
+            inits += [numpy_helper.from_array(np.array(np.float32(0.05)), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]
+            nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"], name="q_y"))
+        x_type, y_type = TensorProto.UINT8, (TensorProto.UINT8 if conv else TensorProto.FLOAT)
+        feeds = {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                              [helper.make_tensor_value_info("y", y_type, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="geta-onnx-latency")
+    proto.ir_version = 8
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=True), feeds
+
+
+def overhead_graph(batch: int) -> tuple[onnx.ModelProto, dict]:
+    """A graph that does (almost) nothing: its run time is session.run's fixed cost, taken
+    off every micro-benchmark (a whole model pays it once, not once per layer)."""
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "overhead", [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [batch])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = 8
+    return proto, {"x": np.zeros(batch, np.uint8)}
+
+
+
+def _nhwc_qlinear_conv(spec: LayerSpec, cin: int, cout: int, batch: int) -> tuple[onnx.ModelProto, dict]:
+    rng = np.random.default_rng(0)
+    group = cout if spec.depthwise else spec.group
+    h, w = spec.x_shape[1:]
+    x_shape = [batch, h, w, cin]
+    inits = [numpy_helper.from_array(np.array(np.float32(0.02)), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
+             numpy_helper.from_array(rng.integers(-127, 128, [cout, cin // group, *spec.kernel]).astype(np.int8), "w"),
+             numpy_helper.from_array(np.array(np.float32(0.01)), "ws"), numpy_helper.from_array(np.int8(0), "wz"),
+             numpy_helper.from_array(np.array(np.float32(0.05)), "ys"), numpy_helper.from_array(np.uint8(0), "yz"),
+             numpy_helper.from_array(rng.integers(-1000, 1000, cout).astype(np.int32), "b")]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], name="layer",
+                            domain="com.microsoft", channels_last=1, kernel_shape=list(spec.kernel),
+                            strides=list(spec.strides), pads=list(spec.pads), dilations=list(spec.dilations), group=group)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="geta-onnx-latency")
+    proto.ir_version = 8
+    return proto, {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}

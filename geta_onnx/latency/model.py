@@ -1,0 +1,142 @@
+"""The latency model: predicted onnxruntime time of the pruned, quantized model.
+
+    model = LatencyModel(layers, table, original_ms, effects)
+    state = model.state(removed_group_ids)
+    model.ms(state)                  # predicted ms per batch
+    model.delta(state, [gid, ...])   # change if these groups went too (negative: time saved)
+
+prediction = min over the two exports compress can ship (bench/choice.py), per form f:
+    a_f * sum over layers of t_l(f, kept widths) + R_f * share
+with f = int8 (each quantized layer's int8 kernel, the others float) or float. Both terms are
+fitted to one measured whole model at full width, W_f: the original for float, an int8 QDQ
+model of the original for int8 (uint8 pooling and the Q / DQ around float ops cost more than
+their float versions). When the layers sum to less than W_f, a_f = 1 and R_f = W_f - sum is
+the time outside the layers (pooling, adds, activations, Q / DQ of unfused ops), taken to
+shrink with the layers' output channels: share = sum_l out_l * kept_cout_l / sum_l out_l *
+cout_l (those ops read and write the channels). When they sum to more (a one-layer float conv
+pays its NCHWc reorders, which a chain of convs pays once: MobileNetV2's layers sum to 1.6x
+the model), R_f = 0 and a_f = W_f / sum scales them down. docs/latency.md gives the measured
+error of this model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .spec import LayerSpec
+from .table import LatencyTable
+
+
+@dataclass
+class ModelLayer:
+    spec: LayerSpec
+    quantized: bool  # runs as the int8 kernel in the QDQ export
+
+
+@dataclass
+class State:
+    removed_in: np.ndarray  # (layers,) input channels removed
+    removed_out: np.ndarray  # (layers,) output channels removed
+    t_deployed: np.ndarray = field(default=None)  # (layers,) ms of each layer in the QDQ export
+    t_float: np.ndarray = field(default=None)  # (layers,) ms of each layer in float
+
+
+class LatencyModel:
+    def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
+                 effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None):
+        """`effects`: group id -> [(layer index, "in" | "out", channels removed)].
+        `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float)."""
+        self.layers, self.table, self.original_ms, self.effects = layers, table, original_ms, effects
+        self._entries = [table.entries[la.spec.key] for la in layers]
+        self._out = np.array([la.spec.out_elems for la in layers], dtype=np.float64)
+        self._cout = np.array([la.spec.cout for la in layers], dtype=np.float64)
+        full = self.state(())
+        self.layers_float_ms = float(full.t_float.sum())
+        self.scale, self.remainder = {}, {}
+        for form, layers_ms, whole in (("float", self.layers_float_ms, original_ms),
+                                       ("int8", float(full.t_deployed.sum()), int8_original_ms)):
+            if whole is None:  # no int8 reference: the int8 layers as measured, the float model's rest
+                self.scale[form], self.remainder[form] = 1.0, self.remainder["float"]
+            elif layers_ms > whole:
+                self.scale[form], self.remainder[form] = whole / layers_ms, 0.0
+            else:
+                self.scale[form], self.remainder[form] = 1.0, whole - layers_ms
+
+    # ---- persistence: a resumed run plans with the numbers it started with -------------
+    def snapshot(self) -> dict:
+        """The measured numbers (plain JSON) the plans depend on."""
+        return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
+                "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
+
+    def restore(self, snap: dict) -> None:
+        from .table import Entry
+
+        self.original_ms = float(snap["original_ms"])
+        self.remainder = {k: float(v) for k, v in snap["remainder"].items()}
+        self.scale = {k: float(v) for k, v in snap["scale"].items()}
+        self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
+
+    # ---- one layer --------------------------------------------------------------------
+    def layer_ms(self, i: int, form: str, removed_in: int = 0, removed_out: int = 0) -> float:
+        spec = self.layers[i].spec
+        cin, cout = spec.widths(spec.cin - removed_in, spec.cout - removed_out)
+        if cout <= 0:
+            return 0.0
+        return self._entries[i].at(form, cin, cout)
+
+    def _times(self, i: int, rin: int, rout: int) -> tuple[float, float]:
+        t_float = self.layer_ms(i, "float", rin, rout)
+        return (self.layer_ms(i, "int8", rin, rout) if self.layers[i].quantized else t_float), t_float
+
+    # ---- whole model ------------------------------------------------------------------
+    def state(self, removed) -> State:
+        n = len(self.layers)
+        s = State(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        for gid in removed:
+            for i, role, count in self.effects.get(gid, ()):
+                (s.removed_in if role == "in" else s.removed_out)[i] += count
+        times = [self._times(i, int(s.removed_in[i]), int(s.removed_out[i])) for i in range(n)]
+        s.t_deployed = np.array([t[0] for t in times], dtype=np.float64)
+        s.t_float = np.array([t[1] for t in times], dtype=np.float64)
+        return s
+
+    def _share(self, removed_out: np.ndarray) -> float:
+        total = float((self._out * self._cout).sum())
+        return float((self._out * (self._cout - removed_out)).sum()) / total if total else 1.0
+
+    def forms_ms(self, s: State) -> dict[str, float]:
+        return self._forms(float(s.t_deployed.sum()), float(s.t_float.sum()), self._share(s.removed_out))
+
+    def _forms(self, deployed: float, flt: float, share: float) -> dict[str, float]:
+        return {"int8": self.scale["int8"] * deployed + self.remainder["int8"] * share,
+                "float": self.scale["float"] * flt + self.remainder["float"] * share}
+
+    def ms(self, s: State) -> float:
+        return min(self.forms_ms(s).values())
+
+    def _changed(self, s: State, groups) -> dict[int, tuple[int, int]]:
+        touched: dict[int, list[int]] = {}
+        for gid in groups:
+            for i, role, count in self.effects.get(gid, ()):
+                rin_rout = touched.setdefault(i, [int(s.removed_in[i]), int(s.removed_out[i])])
+                rin_rout[0 if role == "in" else 1] += count
+        return {i: (v[0], v[1]) for i, v in touched.items()}
+
+    def delta(self, s: State, groups) -> float:
+        """Predicted ms after also removing `groups`, minus the ms now."""
+        changed = self._changed(s, groups)
+        if not changed:
+            return 0.0
+        dep, flt, rout = float(s.t_deployed.sum()), float(s.t_float.sum()), s.removed_out.copy()
+        for i, (rin, ro) in changed.items():
+            new_dep, new_flt = self._times(i, rin, ro)
+            dep += new_dep - s.t_deployed[i]
+            flt += new_flt - s.t_float[i]
+            rout[i] = ro
+        return min(self._forms(dep, flt, self._share(rout)).values()) - self.ms(s)
+
+    def apply(self, s: State, groups) -> None:
+        for i, (rin, rout) in self._changed(s, groups).items():
+            s.removed_in[i], s.removed_out[i] = rin, rout
+            s.t_deployed[i], s.t_float[i] = self._times(i, rin, rout)

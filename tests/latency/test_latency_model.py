@@ -1,0 +1,256 @@
+"""The latency model: table file round trip and errors, interpolation, width grids, the
+measured kernel time growing with width, the disk cache (hit / miss / another target), the
+HALP-style selection never exceeding its budget, QASSO under a latency budget, and the
+budget options' precedence. Timing assertions compare widths 4x apart in MACs, so they hold
+on a loaded machine."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geta_onnx.bridge import to_torch
+from geta_onnx.config import QuantConfig, ScheduleConfig
+from geta_onnx.errors import ConfigError
+from geta_onnx.graph import from_proto
+from geta_onnx.graph.probe import probe_shapes
+from geta_onnx.latency import LatencyModel, LatencyTable, Target, build_latency_model, group_effects
+from geta_onnx.latency.build import _specs
+from geta_onnx.latency.measure import fill, measure_entry
+from geta_onnx.latency.model import ModelLayer
+from geta_onnx.latency.spec import LayerSpec
+from geta_onnx.latency.table import Entry, cache_path
+from geta_onnx.optim import QASSO, quant_targets
+from geta_onnx.optim.selection import max_removal, plan_latency
+from geta_onnx.optim.slices import group_views
+from geta_onnx.qadg import analyze
+from geta_onnx.quant.sites import attach_quantizers
+from geta_onnx.train.schedule import Schedule
+from tests.qadg import models
+
+TARGET = Target("onnxruntime test", "test cpu", 1, 4)
+
+
+def _conv(cin=128, cout=128, hw=16, group=1) -> LayerSpec:
+    return LayerSpec("conv", "Conv", (cin, hw, hw), cin, cout, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+                     dilations=(1, 1), group=group, out_elems=hw * hw)
+
+
+def test_table_file_round_trip_and_errors(tmp_path):
+    entry = Entry([16, 32], [16, 32, 48], {"int8": np.arange(6.0).reshape(2, 3), "float": np.ones((2, 3))})
+    table = LatencyTable(TARGET, 0.004, {"k": entry})
+    path = tmp_path / "table.json"
+    table.save(path)
+    back = LatencyTable.load(path)
+    assert back.target == TARGET and back.overhead_ms == 0.004
+    assert back.entries["k"].cin == [16, 32] and np.array_equal(back.entries["k"].ms["int8"], entry.ms["int8"])
+    data = json.loads(path.read_text())
+    data["entries"]["k"]["int8"] = [[1.0]]  # not [len(cin)][len(cout)]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="table.json.*entry 'k'"):
+        LatencyTable.load(path)
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ConfigError, match="geta-onnx-latency/1"):
+        LatencyTable.load(path)
+    path.write_text("not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        LatencyTable.load(path)
+
+
+def test_interpolation_is_exact_on_the_grid_and_linear_between():
+    ms = np.array([[1.0, 3.0], [5.0, 11.0]])
+    entry = Entry([16, 32], [16, 48], {"int8": ms, "float": ms})
+    assert entry.at("int8", 16, 48) == 3.0 and entry.at("int8", 32, 16) == 5.0
+    assert entry.at("int8", 24, 16) == pytest.approx(3.0)  # halfway between 1 and 5
+    assert entry.at("int8", 24, 32) == pytest.approx((2.0 + 8.0) / 2)
+    assert entry.at("int8", 8, 8) == 1.0 and entry.at("int8", 64, 64) == 11.0  # clamped outside
+
+
+def test_width_grid_is_on_the_unit_and_holds_the_full_width():
+    ins, outs = _conv(cin=96, cout=200).width_grid(16)
+    for widths, full in ((ins, 96), (outs, 200)):
+        assert widths[-1] == full and widths == sorted(set(widths))
+        assert all(w % 16 == 0 for w in widths[:-1]) and widths[0] == 16
+    dw = _conv(cin=64, cout=64, group=64)
+    assert dw.depthwise and dw.width_grid(16)[0] == dw.width_grid(16)[1]
+    fixed = LayerSpec("stem", "Conv", (3, 8, 8), 3, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), prune_in=False)
+    assert fixed.width_grid(16)[0] == [3]
+
+
+def test_measured_time_grows_with_width():
+    """A 3x3 conv at 128 -> 128 channels does 4x the work of 64 -> 64: both forms are slower."""
+    spec = _conv()
+    entry = measure_entry(spec, 64, TARGET, overhead_ms=0.0)
+    assert entry.cin == [64, 128] and entry.cout == [64, 128]
+    for form in ("int8", "float"):
+        assert entry.at(form, 128, 128) > 1.5 * entry.at(form, 64, 64) > 0, form
+
+
+def _resnet():
+    proto = models.resnet2(batch=1)[0]
+    for vi in list(proto.graph.input) + list(proto.graph.output):  # a dynamic batch, as compress trains
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    del proto.graph.value_info[:]
+    model = from_proto(proto)
+    module = to_torch(model)
+    config = QuantConfig(float_thin_convs=False)
+    plan = attach_quantizers(module, model, config)
+    qadg = analyze(model)
+    return model, module, plan, qadg, config
+
+
+def _synthetic_model(model, plan, qadg) -> LatencyModel:
+    """Layer times proportional to MACs (plus a width-independent part), no measurement."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    layers, specs = _specs(model, plan.layers, qadg.prunable, probe_shapes(model, feeds={"x": x}))
+    entries = {}
+    for spec in specs:
+        cin, cout = spec.width_grid(1)
+        macs = np.outer(cin, cout) * max(spec.out_elems, 1) * 1e-5
+        entries[spec.key] = Entry(cin, cout, {"float": macs + 0.01, "int8": macs / 3 + 0.01})
+    table = LatencyTable(TARGET, 0.0, entries)
+    full = sum(e.ms["float"][-1, -1] for e in entries.values())
+    return LatencyModel([ModelLayer(s, True) for s in specs], table, full * 1.2, group_effects(layers, qadg.prunable),
+                        int8_original_ms=full / 2)
+
+
+def test_selection_never_exceeds_the_latency_budget():
+    model, module, plan, qadg, _ = _resnet()
+    lm = _synthetic_model(model, plan, qadg)
+    views = group_views(module, qadg.groups)
+    scores = {v.id: float(i % 5) for i, v in enumerate(views)}
+    full = lm.ms(lm.state(()))
+    fastest = lm.ms(lm.state(max_removal(views, 1, set())))
+    assert fastest < full
+    previous = None
+    for frac in (0.95, 0.8, 0.6, 0.45):
+        budget = fastest + frac * (full - fastest)
+        chosen = plan_latency(views, scores, budget, 1, set(), lm)
+        assert lm.ms(lm.state(chosen)) <= budget + 1e-9
+        if previous is not None:
+            assert len(chosen) >= len(previous)
+        previous = chosen
+    # zeroed groups stay removed, and an unreachable budget stops at the fastest structure
+    zeroed = set(list(previous)[:2])
+    chosen = plan_latency(views, scores, fastest / 2, 1, zeroed, lm)
+    assert zeroed <= chosen and lm.ms(lm.state(chosen)) == pytest.approx(fastest)
+
+
+def _qasso(module, plan, qadg, config, lm, budget, steps=30):
+    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2))
+    return QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
+                 group_divisible=1, target_latency_ms=budget, latency=lm)
+
+
+def test_qasso_meets_a_latency_budget_and_refuses_an_unreachable_one():
+    torch.manual_seed(0)
+    model, module, plan, qadg, config = _resnet()
+    lm = _synthetic_model(model, plan, qadg)
+    full = lm.ms(lm.state(()))
+    with pytest.raises(ConfigError, match="out of reach"):
+        _qasso(module, plan, qadg, config, lm, full / 1000)
+    budget = 0.6 * full
+    opt = _qasso(module, plan, qadg, config, lm, budget)
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for _ in range(30):
+        opt.zero_grad()
+        module(x).square().mean().backward()
+        opt.step()
+    assert 0 < len(opt.zeroed) == opt.planned
+    assert min(opt.predicted_ms().values()) <= budget
+    state = opt.state_dict()["qasso"]
+    assert state["target_latency_ms"] == budget and state["latency"]["original_ms"] == lm.original_ms
+
+
+def test_cache_hit_miss_and_another_targets_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
+    model, module, plan, qadg, _ = _resnet()
+    sample = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    target = Target.here(1, 2)
+    first = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
+    assert cache_path(target).is_file() and first.original_ms > 0
+    import geta_onnx.latency.measure as measure
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached entry was measured again")
+
+    monkeypatch.setattr(measure, "measure_entry", refuse)
+    again = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
+    assert again.table.entries.keys() == first.table.entries.keys()
+    # a table of another target with a missing entry: refused, never completed with this machine's times
+    other = LatencyTable(Target("onnxruntime 0.0", "another cpu", 4, 2), 0.0, dict(first.table.entries))
+    other.entries.pop(next(iter(other.entries)))
+    path = tmp_path / "other.json"
+    other.save(path)
+    with pytest.raises(ConfigError, match="another target"):
+        build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, table_path=str(path), progress=False)
+    assert LatencyTable.load(path).entries.keys() == other.entries.keys()  # the user's file is left as it was
+
+
+def test_fill_measures_only_missing_entries():
+    spec = _conv(cin=32, cout=32, hw=8)
+    table, measured = fill(None, [spec, spec], 16, TARGET, progress=False)
+    assert measured == 1 and spec.key in table.entries
+    table, measured = fill(table, [spec], 16, TARGET, progress=False)
+    assert measured == 0
+
+
+def test_budget_options_one_place(tmp_path):
+    from geta_onnx.cli import settings_from_options
+    from geta_onnx.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text("[prune]\ntarget_bops = 0.05\n")
+    base = {k: None for k in ("target_sparsity", "target_bops", "target_speedup", "target_latency_ms", "latency_table",
+                              "group_divisible", "weight_bits", "act_bits", "epochs", "steps", "optimizer", "lr",
+                              "batch_size", "device", "seed", "amp")}
+    base.update(config_file=str(config), no_progress=False)
+    assert settings_from_options(base).prune.budget == ("target_bops", 0.05)
+    s = settings_from_options({**base, "target_speedup": 3.0})  # the command line replaces the file's budget
+    assert s.prune.budget == ("target_speedup", 3.0) and s.prune.target_bops is None and s.prune.latency_budget
+    with pytest.raises(ConfigError, match="one budget"):
+        settings_from_options({**base, "target_speedup": 3.0, "target_sparsity": 0.5})
+    config.write_text("[prune]\ntarget_bops = 0.05\ntarget_speedup = 2.0\n")
+    with pytest.raises(ConfigError, match="2 budgets"):
+        load_settings(config)
+    config.write_text("[prune]\ntarget_speedup = 0.5\n")
+    with pytest.raises(ConfigError, match="target_speedup"):
+        load_settings(config)
+
+
+def test_resume_plans_with_the_checkpointed_measurements():
+    """A resumed run re-measures the machine; the plan must still follow the numbers the run
+    started with (the checkpoint's latency snapshot and budget), not the new ones."""
+    def setup(slower: float):
+        torch.manual_seed(0)
+        model, module, plan, qadg, config = _resnet()
+        lm = _synthetic_model(model, plan, qadg)
+        for entry in lm.table.entries.values():  # "this machine, another day": other kernel times
+            entry.ms = {k: v * slower for k, v in entry.ms.items()}
+        lm = LatencyModel(lm.layers, lm.table, lm.original_ms * slower, lm.effects, int8_original_ms=lm.original_ms)
+        return module, _qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(()))), lm
+
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(module, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            module(x).square().mean().backward()
+            opt.step()
+
+    module, opt, _ = setup(1.0)
+    run(module, opt, 30)
+    straight = copy.deepcopy(module.state_dict())
+    module2, opt2, _ = setup(1.0)
+    run(module2, opt2, 8)  # into the first pruning period
+    saved_model, saved_opt = copy.deepcopy(module2.state_dict()), copy.deepcopy(opt2.state_dict())
+    module3, opt3, lm3 = setup(1.7)
+    module3.load_state_dict(saved_model)
+    opt3.load_state_dict(saved_opt)
+    assert opt3.target_latency_ms == opt2.target_latency_ms and lm3.original_ms == opt2.latency.original_ms
+    run(module3, opt3, 22)
+    assert opt3.zeroed == opt.zeroed
+    for key, value in straight.items():
+        assert torch.equal(value, module3.state_dict()[key]), key

@@ -1,0 +1,96 @@
+"""How well the latency model (geta_onnx/latency) predicts onnxruntime: predicted vs measured
+time of pruned models, float and int8, at several pruning levels.
+
+    python tools/bench_latency_model.py MODEL.onnx [--shape 3x224x224] [--batch 32] [--threads 2]
+                                        [--levels 0,0.3,0.5,0.7] [--seeds 2]
+
+For each level and seed, random group scores pick the groups to remove (the unit-rounded
+selection QASSO uses), prune_model removes them physically, and the pruned model is timed
+in float and as the int8 QDQ model compress writes (latency.reference.int8_export: the real
+export, every quantizer at 8 bits, calibrated on the example sample), next to the latency model's
+prediction of both. The table build time is printed apart.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    import torch
+
+    from geta_onnx.bridge import to_torch
+    from geta_onnx.config import QuantConfig
+    from geta_onnx.graph import load_model
+    from geta_onnx.graph.feeds import example_feeds
+    from geta_onnx.latency import Target, build_latency_model
+    from geta_onnx.latency.reference import int8_export
+    from geta_onnx.quant.calibrate import calibrate
+    from geta_onnx.latency.measure import time_ms
+    from geta_onnx.optim.selection import plan
+    from geta_onnx.optim.slices import group_views
+    from geta_onnx.prune.physical import prune_model
+    from geta_onnx.qadg import analyze
+    from geta_onnx.quant.sites import attach_quantizers
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--shape", help="one sample's dims of the first input, e.g. 3x224x224")
+    p.add_argument("--seq", type=int, default=128, help="symbolic sequence dims (transformers)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--unit", type=int, default=16)
+    p.add_argument("--levels", default="0,0.3,0.5,0.7")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--table", help="latency table file (default: the cache)")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    model = load_model(a.model)
+    shapes = None
+    if a.shape:
+        dims = tuple(int(d) for d in a.shape.split("x"))
+        shapes = {model.inputs[0].name: (1, *dims)}
+    sample = example_feeds(model, batch=1, shapes=shapes, seq=a.seq)
+    module = to_torch(model)
+    qplan = attach_quantizers(module, model, QuantConfig())
+    qadg = analyze(model)
+    config = QuantConfig()
+    calibrate(module, qplan, [tuple(torch.from_numpy(v) for v in sample.values())], config)
+    views = group_views(module, qadg.groups)
+    t0 = time.perf_counter()
+    lm = build_latency_model(model, qplan, qadg.prunable, sample, Target.here(a.threads, a.batch), unit=a.unit,
+                             table_path=a.table, int8_reference=int8_export(module, qplan, qadg, model))
+    print(f"{Path(a.model).name}: {len(lm.layers)} layers modelled, table ready in {time.perf_counter() - t0:.1f} s; "
+          f"original {lm.original_ms:.3f} ms, layers (float) {lm.layers_float_ms:.3f} ms, "
+          + ", ".join(f"{f}: scale {lm.scale[f]:.3f} rest {lm.remainder[f]:.3f} ms" for f in ("float", "int8")))
+    feeds = {k: np.repeat(v, a.batch, axis=0) for k, v in sample.items()}
+    rows = []
+    for level in [float(x) for x in a.levels.split(",")]:
+        for seed in range(a.seeds if level > 0 else 1):
+            rng = np.random.default_rng(seed)
+            scores = {v.id: float(rng.random()) for v in views}
+            removed = plan(views, scores, round(level * len(views)), a.unit, set())
+            pruned = prune_model(qadg, removed)
+            measured = {"float": time_ms(pruned, feeds, a.threads, min_seconds=1.0)}
+            int8 = int8_export(module, qplan, qadg, model, removed)
+            if int8 is not None:
+                measured["int8"] = time_ms(int8, feeds, a.threads, min_seconds=1.0)
+            predicted = lm.forms_ms(lm.state(removed))
+            row = [level, seed, len(removed)]
+            for form in ("float", "int8"):
+                m = measured.get(form)
+                row += [predicted[form], m, (predicted[form] / m - 1) * 100 if m else float("nan")]
+            rows.append(row)
+            print(f"  level {level:.2f} seed {seed} removed {len(removed):4d} | " + " | ".join(
+                f"{form} pred {row[3 + 3 * k]:8.3f} meas {row[4 + 3 * k] or float('nan'):8.3f} err {row[5 + 3 * k]:+6.1f}%"
+                for k, form in enumerate(("float", "int8"))))
+    errs = {f: [abs(r[5 if f == "float" else 8]) for r in rows if not np.isnan(r[5 if f == "float" else 8])]
+            for f in ("float", "int8")}
+    print("max |error|: " + ", ".join(f"{f} {max(e):.1f}%" for f, e in errs.items() if e))
+
+
+if __name__ == "__main__":
+    main()
