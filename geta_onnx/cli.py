@@ -263,7 +263,7 @@ def train(model: str, out_dir: str, **options) -> None:
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
                           resume=options["resume"], config=record, per_sample=batch.static and not batch.dynamic,
-                          latency_at=settings.latency_at(batch.static))
+                          latency_at=settings.latency_at(batch.static), profile=settings.export.profile)
         summary = {"model": model, "data": spec, "settings": settings.to_dict(), "batch": batch.describe(),
                    **result.metrics,
                    "bits": result.bits, "history": result.train.history}

@@ -93,7 +93,8 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
                           resume=resume, config=record, per_sample=batch.static and not batch.dynamic,
-                          latency_at=settings.latency_at(batch.static and not settings.export.dynamic_batch))
+                          latency_at=settings.latency_at(batch.static and not settings.export.dynamic_batch),
+                          profile=settings.export.profile)
         t_train = time.perf_counter()
         if not distributed.info().is_main:
             return None

@@ -42,6 +42,12 @@ class QuantConfig:
     # stem of a CNN): onnxruntime's int8 QLinearConv is slower than its float Conv there
     # (quant.sites.THIN_CHANNELS: measured 0.2-0.9x)
     float_thin_convs: bool = True
+    # cool-down freezes each width at one the export profile's runtime executes in its own format
+    # (optim.targets.DEPLOYABLE: ort MatMul weights 4 or 8, everything else 8; a learned 5-7 goes up
+    # to 8, which only refines the grid): ONNX has no int5-7 types, so 5-7-bit weights run in the
+    # int8 kernels at int8 size and only cost accuracy. false: the paper's free widths in
+    # [b_l, b_u] (BOPs studies; always so under a target_bops budget, which counts those widths)
+    deployable_bits: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float

@@ -130,11 +130,12 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
              optim: OptimConfig = OptimConfig(), schedule: ScheduleConfig = ScheduleConfig(),
              train_config: TrainConfig = TrainConfig(), checkpoint_dir=None, resume: bool = False,
              config: dict | None = None, per_sample: bool = False,
-             latency_at: tuple[int, int] = (2, 32)) -> GetaResult:
+             latency_at: tuple[int, int] = (2, 32), profile: str = "ort") -> GetaResult:
     """Train `model` once with QASSO under the pruning budget and bit ranges. `config` (plain
     JSON values: runs.fingerprint) is recorded in the checkpoint for resume checks.
     `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample).
-    `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at)."""
+    `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at).
+    `profile`: the export profile, whose runtime's widths the frozen bits snap to (QuantConfig.deployable_bits)."""
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample
@@ -154,8 +155,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     kind, value = prune.budget
     latency, budget_ms = (_latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
                           if prune.latency_budget else (None, None))
-    opt = QASSO(module, qadg, quant_targets(plan, quant), sched, lr=optim.lr, lr_quant=optim.lr_quant,
-                base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
+    deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
+    opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
+                lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
                 target_sparsity=value if kind == "target_sparsity" else None,
                 target_bops=prune.target_bops if kind == "target_bops" else None, bops_fn=bops_fn,
                 bit_reduction=optim.bit_reduction or None,

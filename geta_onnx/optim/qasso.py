@@ -49,6 +49,21 @@ class QuantTarget:
     high: float
     start: float
     axis: int | None = None  # per-channel axis of the initializer (None: per tensor)
+    # widths the deployed runtime executes (optim.targets.deployable_bits); () = any width in [low, high]
+    widths: tuple[int, ...] = ()
+
+    def deployable(self, bits: torch.Tensor) -> torch.Tensor:
+        """Frozen widths: rounded into [low, high], then each raised to the smallest width the
+        runtime executes that is >= it, among those inside [low, high] and `high` itself (the
+        bounds are guaranteed; a width between containers only ever gets a finer grid)."""
+        bits = bits.round().clamp(self.low, self.high)
+        if not self.widths:
+            return bits
+        allowed = sorted({float(w) for w in self.widths if self.low <= w <= self.high} | {float(self.high)})
+        out = torch.full_like(bits, allowed[-1])
+        for w in reversed(allowed):
+            out = torch.where(bits <= w, torch.full_like(bits, w), out)
+        return out
 
     def t(self) -> torch.Tensor:
         t = self.quantizer.t
@@ -265,7 +280,7 @@ class QASSO(torch.optim.Optimizer):
 
     def _freeze_bits(self) -> None:
         for layer in self.layers:
-            layer.quantizer.freeze_bits(layer.bits().round().clamp(layer.low, layer.high))
+            layer.quantizer.freeze_bits(layer.deployable(layer.bits()))
         self.frozen = True
 
     def _budget(self, s: dict[int, float]) -> int:

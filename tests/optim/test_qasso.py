@@ -271,3 +271,53 @@ def test_progress_bits_are_bounded_as_deployed():
     assert opt.mean_bits("weight") > 16
     shown = _Progress(opt).after_step(0, None)
     assert 4 <= float(shown["wbits"]) <= 16 and 4 <= float(shown["abits"]) <= 16
+
+
+def test_deployable_widths_snap_up_inside_the_bounds():
+    """Cool-down widths: 5-7 bits go up to the int8 container (a finer grid, never coarser),
+    4 stays 4 where the runtime has an int4 kernel, and [b_l, b_u] always holds."""
+    from geta_onnx.optim.targets import deployable_bits
+
+    q = FakeQuantizer(1.0, 8)
+    matmul = QuantTarget("m", q, "w", 4, 8, 16, widths=deployable_bits("ort", "MatMul", True, 2))
+    conv = QuantTarget("c", q, "w", 4, 8, 16, widths=deployable_bits("ort", "Conv", True, 4))
+    narrow = QuantTarget("n", q, "w", 4, 6, 16, widths=deployable_bits("ort", "Conv", True, 4))
+    free = QuantTarget("f", q, "w", 4, 8, 16)
+    bits = torch.tensor([3.2, 4.4, 5.0, 6.6, 7.5, 8.0])
+    assert matmul.deployable(bits).tolist() == [4, 4, 8, 8, 8, 8]
+    assert conv.deployable(bits).tolist() == [8] * 6
+    assert narrow.deployable(bits).tolist() == [6] * 6  # the user's upper bound wins over the container
+    assert free.deployable(bits).tolist() == [4, 4, 5, 7, 8, 8]
+    assert deployable_bits("tensorrt", "MatMul", True, 2) == (8,) and deployable_bits("ort", "MatMul", False, 2) == (8,)
+    assert deployable_bits("ort", "MatMul", True, 3) == (8,)  # MatMulNBits takes a 2-D weight
+
+
+def test_cooldown_freezes_deployable_widths():
+    """With ort widths, every conv / Gemm weight enters cool-down at 8 bits whatever it learned
+    in [4, 8]; without them (free widths) the learned widths stay."""
+    from geta_onnx.config import QuantConfig
+    from geta_onnx.optim import quant_targets
+    from geta_onnx.quant.calibrate import calibrate
+    from geta_onnx.quant.sites import attach_quantizers
+
+    frozen = {}
+    for profile in ("ort", None):
+        torch.manual_seed(0)
+        model = from_proto(models.resnet2()[0])
+        qadg, module = analyze(model), to_torch(model)
+        config = QuantConfig(weight_bits=(4, 8), act_bits=(8, 8), float_thin_convs=False)
+        plan = attach_quantizers(module, model, config)
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        calibrate(module, plan, [(x,)], config)
+        stages = Schedule.from_config(40, ScheduleConfig(steps=40, projection_periods=2, pruning_periods=2))
+        targets = quant_targets(plan, config, profile)
+        opt = QASSO(module, qadg, targets, stages, lr=0.01, base="adam", target_sparsity=0.25, group_divisible=1)
+        for t in targets:  # as the forgetting rule leaves a layer: at b_l
+            t.quantizer.set_bits(4.0)
+        for _ in range(40):
+            opt.zero_grad()
+            module(x).square().mean().backward()
+            opt.step()
+        frozen[profile] = [float(t.quantizer.frozen_bits.mean()) for t in targets if t.weight]
+    assert frozen["ort"] and all(b == 8 for b in frozen["ort"])
+    assert all(4 <= b <= 8 for b in frozen[None]) and min(frozen[None]) < 8
