@@ -20,7 +20,7 @@ def _check(cond: bool, option: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Bit ranges and where quantizers go (geta-algorithm.md section 1)."""
+    """Bit ranges and where quantizers go (docs/algorithm.md section 1)."""
 
     weight_bits: tuple[int, int] = (4, 8)  # [b_l, b_u] for weights
     # [b_l, b_u] for activations. 8 by default: both profiles run activations in 8-bit
@@ -95,7 +95,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Training length and the GETA stage boundaries as fractions of the total steps
-    (geta-algorithm.md section 3): warm-up [0, S_b), projection [S_b, S_p) whose B periods
+    (docs/algorithm.md section 3): warm-up [0, S_b), projection [S_b, S_p) whose B periods
     span K_b steps, joint pruning [S_p, S_p + K_p) in P periods, cool-down after."""
 
     epochs: int = 0  # 0: chosen from min_steps / max_epochs and the data size
@@ -208,7 +208,7 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """QASSO's base optimizer and learning rates (geta-algorithm.md: Adam 1e-3 for small
+    """QASSO's base optimizer and learning rates (docs/algorithm.md: Adam 1e-3 for small
     CNNs, SGD 0.1 + cosine for ResNets, AdamW 3e-5 for BERT-like models; lr_quant 1e-3)."""
 
     optimizer: str = "adam"  # sgd | adam | adamw
@@ -219,8 +219,8 @@ class OptimConfig:
     lr_schedule: str = "cosine"  # constant | cosine | linear
     bit_reduction: float = 0.0  # bits per projection period; 0: (start - b_u) / B
     # forget rate when cos(c, g) < 0 (optim.qasso.forget_rate): "budget" (default) forgets R
-    # progressively within the descent budget; "spec" is geta-algorithm.md's 0.1 % of it, which
-    # leaves R nearly untouched until the commit (measured: 88.30 vs 88.88 % on Fashion-MNIST)
+    # progressively within the descent budget; "spec" takes the paper's 0.1 % of it (docs/algorithm.md),
+    # which leaves R nearly untouched until the commit (measured: 88.30 vs 88.88 % on Fashion-MNIST)
     forget: str = "budget"
 
     def __post_init__(self):

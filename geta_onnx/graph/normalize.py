@@ -27,6 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, ModelLoadError
+from .internals import symbolic_shapes
 from .model import FLOAT_TYPES, OnnxModel
 
 log = logging.getLogger(__name__)
@@ -253,28 +254,10 @@ def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
         log.warning("%s: onnx shape inference failed (%s); continuing without shapes", label, e)
         inferred = proto
     if _has_unknown_shapes(inferred):
-        symbolic = _symbolic_shapes(inferred, label)
+        symbolic = symbolic_shapes(inferred, label)
         if symbolic is not None:
             inferred = symbolic
     return inferred
-
-
-def _symbolic_shapes(proto: onnx.ModelProto, label: str) -> onnx.ModelProto | None:
-    """onnxruntime's symbolic shape inference, keeping what it inferred when it cannot
-    finish (its public entry point then raises, after writing 'sym_shape_infer_temp.onnx'
-    and data files into the working directory: we drive its loop ourselves instead)."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    try:
-        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
-        sym._preprocess(proto)
-        while sym.run_:
-            sym._infer_impl()
-        sym._update_output_from_vi()
-        return sym.out_mp_
-    except Exception as e:  # noqa: BLE001 - best effort: onnx inference shapes remain
-        log.debug("%s: symbolic shape inference failed: %s", label, e)
-        return None
 
 
 def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:

@@ -1,6 +1,6 @@
-"""The base optimizers' processed gradient ghat (geta-algorithm.md: "the base optimizer's
-processed gradient (momentum / Adam direction)"), kept separate from the update so QASSO
-can use ghat for scores, forgetting rates and the step itself."""
+"""The base optimizers' processed gradient ghat (docs/algorithm.md section 3: the SGD
+momentum, Adam or AdamW direction), kept separate from the update so QASSO can use ghat for
+scores, forgetting rates and the step itself."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Importance scores of pruning groups (geta-algorithm.md section 3): a weighted sum of
+"""Importance scores of pruning groups (docs/algorithm.md section 3): a weighted sum of
 five criteria, each normalised to [0, 1] by its maximum over the groups of the same
 cluster (layer). Low scores are redundant.
 
@@ -40,7 +40,7 @@ def criteria(view: GroupView, ghat: dict[int, torch.Tensor]) -> dict[str, float]
     norm_x, norm_g = float(x.norm()), float(g.norm())
     dot = float(x @ g)
     cos = dot / (norm_x * norm_g) if norm_x > 0 and norm_g > 0 else 0.0
-    cos = max(-1.0, min(1.0, cos))  # FIX: clamp rounding noise, never NaN
+    cos = max(-1.0, min(1.0, cos))  # departure: clamp rounding noise, never NaN
     return {
         "magnitude": norm_x,
         "avg_magnitude": norm_x / max(x.numel(), 1),

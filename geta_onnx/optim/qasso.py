@@ -1,4 +1,5 @@
-"""QASSO: the GETA optimizer (geta-algorithm.md section 3, with every FIX listed there).
+"""QASSO: the GETA optimizer (docs/algorithm.md section 3, with each departure from the
+original code).
 
 It trains the bridged module's weights and its quantizers' (d, q_m, t) under two
 white-box constraints: exactly K pruning groups are zero at the end, and every quantized
@@ -198,7 +199,7 @@ class QASSO(torch.optim.Optimizer):
 
     def upper_bits(self, layer: QuantTarget, step: int | None = None) -> float:
         """b_u of the running projection period: start - j * reduction after j reductions
-        (one per period, B in all), never below b_u or b_l (FIX: B periods, B reductions)."""
+        (one per period, B in all), never below b_u or b_l (departure: B periods, B reductions)."""
         info = self.stages.stage(self.step_count if step is None else step)
         periods = self.stages.projection_periods
         if info.name == "warmup":
@@ -271,7 +272,7 @@ class QASSO(torch.optim.Optimizer):
 
     def _project_bits(self) -> None:
         """d <- clip(d, d(b_u current), d(b_l)) for EVERY quantizer: after each step
-        b_l <= b <= b_u current (FIX: per layer, weights and activations alike)."""
+        b_l <= b <= b_u current (departure: per layer, weights and activations alike)."""
         for layer in self.layers:
             d = layer.quantizer.d
             lo = layer.d_for(self.upper_bits(layer)).reshape(d.shape)
@@ -318,7 +319,7 @@ class QASSO(torch.optim.Optimizer):
         quantized weights, then x_R <- x_R - gamma * Q(x)_R. Returns the d entries with the
         cap the descent rule puts on them (the caller applies it after this step's base update).
 
-        The rule (geta-algorithm.md) is an upper bound: any d at or below it keeps the step a
+        The rule (docs/algorithm.md) is an upper bound: any d at or below it keeps the step a
         descent direction (a finer step only shrinks the rounding term). We cap d there rather
         than set it to the bound: setting it put a per-tensor layer at b_l (the coarsest step,
         the bound wherever cos(r, g) >= 0) as soon as R touched any of its channels, and the
@@ -461,7 +462,7 @@ FORGET_RULES = ("spec", "budget")
 
 
 def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int, rule: str = "spec") -> float:
-    """The forget rate gamma of one step (geta-algorithm.md section 3). step_norm = alpha ||g||.
+    """The forget rate gamma of one step (docs/algorithm.md section 3). step_norm = alpha ||g||.
 
     cos(c, g) >= 0: 1 / (T - tau), so R reaches zero at the period's end. cos(c, g) < 0: the
     step alpha g + gamma c stays a descent direction while gamma < bound = alpha ||g|| /
@@ -479,7 +480,7 @@ def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int,
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine clamped to [-1, 1]; 0 for a zero vector (FIX: never NaN)."""
+    """Cosine clamped to [-1, 1]; 0 for a zero vector (departure: never NaN)."""
     na, nb = float(a.norm()), float(b.norm())
     if na == 0 or nb == 0 or math.isnan(na) or math.isnan(nb):
         return 0.0

@@ -1,6 +1,6 @@
 """Which groups to remove: the K lowest-scoring ones, with each layer's kept count a
 multiple of a hardware unit (odd widths such as 17 / 35 / 70 made pruned models SLOWER
-in onnxruntime, deployment.md). A "cluster" is the set of groups with the same source
+in onnxruntime, docs/deployment.md). A "cluster" is the set of groups with the same source
 layers (one conv's channels, one residual stream, one layer's heads); heads are whole
 units already, so head clusters use a unit of 1. Every cluster keeps at least one unit.
 """

@@ -1,6 +1,6 @@
-"""Activation ranges from data, before training (geta-algorithm.md section 1).
+"""Activation ranges from data, before training (docs/algorithm.md section 1).
 
-FIX of the original GETA code, which initialises activation ranges from WEIGHT statistics
+A departure from the original GETA code, which initialises activation ranges from WEIGHT statistics
 (saturating about a third of BERT's activations): here q_m of every activation quantizer
 is the `config.calibration_percentile` percentile of |a| over the first
 `config.calibration_batches` batches, observed in eval mode with every quantizer

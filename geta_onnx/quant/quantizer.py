@@ -1,4 +1,4 @@
-"""The GETA quantizer (geta-algorithm.md section 1): bit-width formulas, the autograd
+"""The GETA quantizer (docs/algorithm.md section 1): bit-width formulas, the autograd
 Function and the `Quantizer` module that holds one tensor's learnable d, q_m (and t).
 
     u    = min(|x|, q_m) ** t                 unsigned: u = clip(x, 0, q_m) ** t
@@ -7,7 +7,7 @@ Function and the `Quantizer` module that holds one tensor's learnable d, q_m (an
     d(b) = q_m**t / (2**(b-1) - 1)            unsigned: q_m**t / (2**b - 1)
 
 Gradients (straight-through estimator for round):
-    dQ/dx   = 1 where |x| < q_m, else 0       FIX: masked with q_m, not a fixed +-2
+    dQ/dx   = 1 where |x| < q_m, else 0       departure: masked with q_m, not a fixed +-2
                                               (unsigned: 1 where 0 <= x < q_m)
     dQ/dd   = sign(x) * (round(u/d) - u/d)
     dQ/dq_m = sign(x) * t * q_m**(t-1) where |x| >= q_m, else 0

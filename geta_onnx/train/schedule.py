@@ -1,4 +1,4 @@
-"""The training length in steps and the GETA stage boundaries (geta-algorithm.md section 3).
+"""The training length in steps and the GETA stage boundaries (docs/algorithm.md section 3).
 
     step:   0 ........ S_b ......... S_b+K_b .. S_p ............. S_p+K_p ........ total
     stage:  warmup     projection (B periods)   |  pruning (P periods)  cooldown
