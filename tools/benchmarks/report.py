@@ -168,7 +168,7 @@ Per model, one reproducible run of `tools/benchmarks/run.py` compares:
   pruning groups to the MACs the geta-onnx row reached, kept widths in multiples of 16; fine-tuned
   for the same number of epochs as geta-onnx trains (Adam, cosine decay); then the same int8 PTQ.
   The fp32 row after fine-tuning is shown too, so pruning and quantization can be told apart;
-- **geta-onnx**: `geta-onnx compress` at two group-sparsity budgets: one training run of joint
+- **geta-onnx**: `geta-onnx compress` at two budgets (group sparsity, or a predicted speedup `Xx`: `--target-speedup X`): one training run of joint
   structured pruning and mixed-precision quantization-aware training, exported as QDQ ONNX.
 
 Columns: quality (the model's metric, measured in onnxruntime on held-out data); relative BOPs

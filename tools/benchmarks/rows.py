@@ -5,7 +5,8 @@
     l1-S            L1 structured pruning to the MACs of geta-onnx at budget S, fine-tuned
                     the same epochs (fp32; shown so pruning and quantization can be told apart)
     l1-S+ptq        ... then int8 PTQ: the multi-stage pipeline
-    geta-S          `geta-onnx compress --target-sparsity S` (one run: pruning + mixed-precision QAT)
+    geta-S          `geta-onnx compress --target-sparsity S` (one run: pruning + mixed-precision QAT),
+                    or `--target-speedup X` for a budget written "Xx" (e.g. 3x)
 
 A row is a dict: {"id", "label", "path", "kind", "seconds" (wall time of the compression
 itself, 0 for fp32), "details" (what the step returned), "command" (geta rows)}.
@@ -38,12 +39,36 @@ def ptq_row(bench: Bench, work: Path) -> dict:
     return row("ptq", "int8 PTQ (onnxruntime)", out, "int8", info["seconds"], details=info)
 
 
-def geta_command(bench: Bench, work: Path, sparsity: float) -> tuple[list[str], Path]:
+class Budget:
+    """One geta-onnx budget of the benchmark: "0.3" (group sparsity) or "3x" (predicted speedup)."""
+
+    def __init__(self, text: str):
+        text = str(text).strip()
+        self.speedup = text.lower().endswith("x")
+        self.value = float(text[:-1] if self.speedup else text)
+
+    @property
+    def tag(self) -> str:  # file-safe: geta_30, geta_3x
+        return f"{self.value:g}x".replace(".", "p") if self.speedup else str(round(self.value * 100))
+
+    @property
+    def label(self) -> str:
+        return f"{self.value:g}x target" if self.speedup else f"{self.value:.0%} groups"
+
+    @property
+    def option(self) -> list[str]:
+        return ["--target-speedup", f"{self.value:g}"] if self.speedup else ["--target-sparsity", f"{self.value:g}"]
+
+    def __repr__(self) -> str:
+        return f"{self.value:g}x" if self.speedup else f"{self.value:g}"
+
+
+def geta_command(bench: Bench, work: Path, budget: Budget) -> tuple[list[str], Path]:
     """The exact `geta-onnx compress` command of one budget (and its output model)."""
-    out = work / f"geta_{round(sparsity * 100)}.onnx"
+    out = work / f"geta_{budget.tag}.onnx"
     exe = Path(sys.executable).with_name("geta-onnx")
     cmd = [str(exe) if exe.exists() else "geta-onnx", "compress", str(bench.model), "--data", bench.data_spec,
-           "-o", str(out), "--target-sparsity", f"{sparsity:g}", "--epochs", str(bench.epochs), "--no-progress",
+           "-o", str(out), *budget.option, "--epochs", str(bench.epochs), "--no-progress",
            "--batch-size", str(bench.batch_size), "--force"]  # a benchmark row is a fresh run, even in a used folder
     if bench.geta_lr is not None:
         cmd += ["--lr", f"{bench.geta_lr:g}"]
@@ -54,10 +79,10 @@ def geta_command(bench: Bench, work: Path, sparsity: float) -> tuple[list[str], 
     return cmd, out
 
 
-def geta_row(bench: Bench, work: Path, sparsity: float, log=print, reuse: bool = False) -> dict:
+def geta_row(bench: Bench, work: Path, budget: Budget, log=print, reuse: bool = False) -> dict:
     """Run geta-onnx compress as a subprocess (as a user would) and read its report.
     reuse: keep an earlier run's output when it was made by the very same command."""
-    cmd, out = geta_command(bench, work, sparsity)
+    cmd, out = geta_command(bench, work, budget)
     stamp = out.with_suffix(".cmd.json")
     report_path = out.with_suffix(".report.json")
     if reuse and stamp.is_file() and report_path.is_file() and json.loads(stamp.read_text())["command"] == cmd:
@@ -68,13 +93,13 @@ def geta_row(bench: Bench, work: Path, sparsity: float, log=print, reuse: bool =
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         total = time.perf_counter() - start
-        (work / f"geta_{round(sparsity * 100)}.log").write_text(proc.stdout + proc.stderr)
+        (work / f"geta_{budget.tag}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"geta-onnx compress failed (exit {proc.returncode}):\n{tail}")
         stamp.write_text(json.dumps({"command": cmd, "seconds": total}))
     report = json.loads(report_path.read_text())
-    return row(f"geta-{round(sparsity * 100)}", f"geta-onnx {sparsity:.0%} groups", out, "geta",
+    return row(f"geta-{budget.tag}", f"geta-onnx {budget.label}", out, "geta",
                compression_seconds(report, total), command=_display(cmd), command_seconds=total,
                report=_report_summary(report))
 

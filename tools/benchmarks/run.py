@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("model", choices=NAMES)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data subsets and epochs")
     p.add_argument("--out", help="work and results folder (default runs/benchmarks, --quick: runs/benchmarks-quick)")
-    p.add_argument("--budgets", default="0.3,0.6", help="geta-onnx group sparsities (default 0.3,0.6)")
+    p.add_argument("--budgets", default="0.3,0.6",
+                   help="geta-onnx budgets: group sparsities, or predicted speedups written 3x (default 0.3,0.6)")
     p.add_argument("--skip-geta", action="store_true", help="no geta-onnx rows; the L1 rows prune to --l1-macs")
     p.add_argument("--l1-macs", default="0.55", help="without geta rows: L1 MAC targets as fractions of the "
                                                      "original, one per budget or one for all (default 0.55)")
@@ -61,7 +62,8 @@ def main(argv=None) -> None:
     work = out / a.model
     work.mkdir(parents=True, exist_ok=True)
     given = [(Path(g), _given_report(Path(g))) for g in a.geta_onnx.split(",")] if a.geta_onnx else []
-    budgets = [rows.group_sparsity(r) for _, r in given] if given else [float(x) for x in a.budgets.split(",")]
+    budgets = [rows.Budget(f"{rows.group_sparsity(r)}") for _, r in given] if given else [
+        rows.Budget(x) for x in a.budgets.split(",")]
     fractions = [float(x) for x in a.l1_macs.split(",")]
     fractions = fractions * len(budgets) if len(fractions) == 1 else fractions
     started = time.perf_counter()
@@ -80,15 +82,14 @@ def main(argv=None) -> None:
         geta, target = None, int(frac * base_macs)
         tag, what = f"m{round(frac * 100)}", f"{frac:.0%} of the fp32 MACs"
         if not a.skip_geta:
-            log(f"[geta-{round(s * 100)}] geta-onnx compress, " + (f"given: {given[j][0]}" if given
-                                                                     else f"target sparsity {s:g}"))
+            log(f"[geta-{s.tag}] geta-onnx compress, " + (f"given: {given[j][0]}" if given else s.label))
             try:
                 geta = (rows.given_geta_row(*given[j]) if given
                         else rows.geta_row(bench, work, s, log=log, reuse=a.reuse))
                 target = int(geta["report"]["macs"]["compressed"])
-                tag, what = f"{round(s * 100)}", f"MACs of geta {s:.0%}"
+                tag, what = s.tag, f"MACs of geta {s.label}"
             except (RuntimeError, OSError, KeyError, ValueError) as e:
-                skipped.append(f"geta-onnx at {s:.0%} failed ({str(e).splitlines()[0]}); its L1 rows use {what}")
+                skipped.append(f"geta-onnx at {s.label} failed ({str(e).splitlines()[0]}); its L1 rows use {what}")
                 log(f"  FAILED: {e}")
         else:
             skipped.append(f"geta-onnx rows (--skip-geta); the L1 rows prune to {what}")
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
         "command": shlex.join(["python", "tools/benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "environment": report.environment(a.threads), "latency": latency, "notes": bench.notes, "prep": bench.prep,
         "settings": {"epochs": bench.epochs, "lr": bench.lr, "batch_size": bench.batch_size,
-                     "finetune_loss": bench.finetune_loss, "budgets": budgets, "unit": a.unit,
+                     "finetune_loss": bench.finetune_loss, "budgets": [repr(b) for b in budgets], "unit": a.unit,
                      "ptq_op_types": bench.ptq_op_types,
                      "calibration_samples": sum(len(next(iter(b.values()))) for b in bench.calibration)},
         "skipped": sorted(set(skipped)), "rows": [_portable(r) for r in table],
