@@ -158,7 +158,9 @@ class QASSO(torch.optim.Optimizer):
                     f"unit the model is predicted at {fastest:.3f} ms ({latency.original_ms / fastest:.2f}x); "
                     "give a smaller --target-speedup or a larger --target-latency-ms")
         self.bit_reduction, self.unit, self.importance = bit_reduction, group_divisible, importance
+        self.module = module
         self.masks = ZeroMasks()
+        self.stopped = False  # a quality guard (optim.guard) ended the pruning: no new removals
         self.step_count = 0
         self.zeroed: set[int] = set()
         self.redundant: list[int] = []  # R of the running period
@@ -300,7 +302,9 @@ class QASSO(torch.optim.Optimizer):
         remaining = [v for v in self.views if v.id not in self.zeroed]
         s = scores(remaining, ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
-        if self.target_latency_ms is None:
+        if self.stopped:
+            final = set(self.zeroed)
+        elif self.target_latency_ms is None:
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
         elif self.latency is not None:
             final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
@@ -426,6 +430,22 @@ class QASSO(torch.optim.Optimizer):
             self.zeroed.add(gid)
         self.redundant = []
 
+    # ---- the quality guard's rollback (optim.guard) ------------------------------------------
+    def snapshot(self) -> dict:
+        """Copies of everything a pruning period changes: the module's parameters and buffers
+        (weights, quantizers, BatchNorm statistics) and this optimizer's state."""
+        return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                "optimizer": _cloned(self.state_dict())}
+
+    def rollback(self, snap: dict) -> None:
+        """Back to `snap` (taken at a period's start), and no more removals: the groups zeroed
+        before that period stay the final structure. The step count and the schedule go on."""
+        step, period = self.step_count, self.period
+        self.module.load_state_dict(snap["module"])
+        self.load_state_dict(_cloned(snap["optimizer"]))
+        self.step_count, self.period, self.redundant = step, period, []
+        self.stopped, self.planned = True, len(self.zeroed)
+
     # ---- persistence --------------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
@@ -434,7 +454,7 @@ class QASSO(torch.optim.Optimizer):
             "period": self.period, "planned": self.planned, "frozen": self.frozen,
             "frozen_bits": [layer.quantizer.frozen_bits.tolist() if self.frozen else None for layer in self.layers],
             "latency": self.latency.snapshot() if self.latency is not None else None,
-            "target_latency_ms": self.target_latency_ms,
+            "target_latency_ms": self.target_latency_ms, "stopped": self.stopped,
         }
         return state
 
@@ -444,6 +464,7 @@ class QASSO(torch.optim.Optimizer):
         super().load_state_dict(state)
         self.step_count, self.period, self.planned = extra["step_count"], extra["period"], extra["planned"]
         self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
+        self.stopped = bool(extra.get("stopped", False))
         self._follow_device()
         self.masks = ZeroMasks()
         for gid in self.zeroed:
@@ -456,6 +477,17 @@ class QASSO(torch.optim.Optimizer):
         if self.frozen:
             for layer, bits in zip(self.layers, extra["frozen_bits"]):
                 layer.quantizer.freeze_bits(torch.tensor(bits, dtype=layer.quantizer.d.dtype))
+
+
+def _cloned(state):
+    """A deep copy of a state dict whose tensors are cloned (never shared with the live ones)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _cloned(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cloned(v) for v in state)
+    return state
 
 
 FORGET_RULES = ("spec", "budget")
