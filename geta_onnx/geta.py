@@ -162,7 +162,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                 target_bops=prune.target_bops if kind == "target_bops" else None, bops_fn=bops_fn,
                 bit_reduction=optim.bit_reduction or None,
                 group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
-                forget=optim.forget, target_latency_ms=budget_ms, latency=latency)
+                forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
+                latency_selection=prune.latency_selection)
     lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
     guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config)
              if prune.max_quality_drop is not None else None)

@@ -122,7 +122,7 @@ class QASSO(torch.optim.Optimizer):
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
                  importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget",
-                 target_latency_ms: float | None = None, latency=None):
+                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "count"):
         if forget not in FORGET_RULES:
             raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
         self.forget = forget
@@ -149,6 +149,10 @@ class QASSO(torch.optim.Optimizer):
         self.target_sparsity, self.target_bops, self.bops_fn = target_sparsity, target_bops, bops_fn
         # latency budget: latency.LatencyModel on rank 0 (None on the other ranks, which take rank 0's plan)
         self.target_latency_ms, self.latency = target_latency_ms, latency
+        if latency_selection not in LATENCY_SELECTIONS:
+            raise ConfigError(f"option 'latency_selection': expected one of {', '.join(LATENCY_SELECTIONS)}, "
+                              f"got '{latency_selection}'")
+        self.latency_selection = latency_selection
         if latency is not None and target_latency_ms is not None:
             fastest = latency.ms(latency.state(max_removal(self.views, group_divisible, set())))
             if fastest > target_latency_ms:
@@ -179,8 +183,11 @@ class QASSO(torch.optim.Optimizer):
 
     @property
     def target_groups(self) -> int:
-        """K requested by the sparsity budget (before unit rounding)."""
-        return round((self.target_sparsity or 0.0) * len(self.views))
+        """K requested by the sparsity budget (before unit rounding); under a BOPs or latency
+        budget, the count the last plan found for it."""
+        if self.target_sparsity is None:
+            return self.planned or 0
+        return round(self.target_sparsity * len(self.views))
 
     @property
     def structure_version(self) -> int:
@@ -287,12 +294,18 @@ class QASSO(torch.optim.Optimizer):
         self.frozen = True
 
     def _budget(self, s: dict[int, float]) -> int:
-        if self.target_bops is None:
+        """K: the sparsity's count, or the smallest K whose planned removal meets the BOPs target
+        or (latency_selection "count") the latency budget."""
+        if self.target_latency_ms is not None:
+            meets = lambda removed: self.latency.ms(self.latency.state(removed)) <= self.target_latency_ms  # noqa: E731
+        elif self.target_bops is not None:
+            meets = lambda removed: self.bops_fn(removed) <= self.target_bops  # noqa: E731
+        else:
             return self.target_groups
-        lo, hi = 0, len(self.views) - 1  # smallest K whose planned removal meets the BOPs target
+        lo, hi = 0, len(self.views) - 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.bops_fn(plan(self.views, s, mid, self.unit, self.zeroed)) <= self.target_bops:
+            if meets(plan(self.views, s, mid, self.unit, self.zeroed)):
                 hi = mid
             else:
                 lo = mid + 1
@@ -306,8 +319,10 @@ class QASSO(torch.optim.Optimizer):
             final = set(self.zeroed)
         elif self.target_latency_ms is None:
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
-        elif self.latency is not None:
+        elif self.latency is not None and self.latency_selection == "knapsack":
             final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
+        elif self.latency is not None:  # "count": the importance plan of the smallest K within the budget
+            final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
         else:  # a latency budget off rank 0: the plan comes from rank 0 below
             final = set(self.zeroed)
         periods = self.stages.pruning_periods
@@ -491,6 +506,10 @@ def _cloned(state):
 
 
 FORGET_RULES = ("spec", "budget")
+# under a latency budget: "count" removes the importance plan's groups (optim.selection.plan, as for
+# a sparsity) up to the smallest count predicted within the budget; "knapsack" picks cluster steps
+# by importance per millisecond saved (HALP; optim.selection.plan_latency)
+LATENCY_SELECTIONS = ("count", "knapsack")
 
 
 def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int, rule: str = "spec") -> float:
