@@ -179,6 +179,12 @@ def training_options(fn):
                      "(latency model of this machine; confirmed by measurement at the end)."),
         click.option("--target-latency-ms", type=float, callback=_finite,
                      help="Predicted milliseconds per batch (the largest latency batch) instead of a sparsity."),
+        click.option("--max-accuracy-drop", "max_accuracy_drop", type=float, callback=_finite,
+                     help="Quality guard: stop pruning before held-out top-1 drops more than this below the "
+                     "original's, e.g. 0.005 (rolls the last pruning period back; docs/guard.md)."),
+        click.option("--min-fidelity", type=float, callback=_finite,
+                     help="Quality guard of label-free runs: stop pruning before the agreement / cosine with the "
+                     "original falls below this, e.g. 0.99."),
         click.option("--latency-table", type=click.Path(dir_okay=False),
                      help="Latency table file (docs/latency.md): loaded if it exists (e.g. measured on the target "
                      "machine), else measured here and written there."),
@@ -226,6 +232,17 @@ def settings_from_options(o: dict):
     if given:  # a budget on the command line replaces the config file's budget, whichever kind that is
         s = s.replace("prune", **{k: o[k] if k == given[0] else None for k in BUDGETS})
     s = s.override("prune", group_divisible=o["group_divisible"], latency_table=o.get("latency_table"))
+    drop, fidelity = o.get("max_accuracy_drop"), o.get("min_fidelity")
+    if drop is not None and fidelity is not None:
+        raise ConfigError("options '--max-accuracy-drop' and '--min-fidelity': give one quality guard, not both")
+    if drop is not None and not 0 <= drop < 1:
+        raise ConfigError(f"option '--max-accuracy-drop': expected a drop in [0, 1), e.g. 0.005 for half a point; "
+                          f"got {drop}")
+    if fidelity is not None:
+        if not 0 < fidelity <= 1:
+            raise ConfigError(f"option '--min-fidelity': expected a value in (0, 1], e.g. 0.99; got {fidelity}")
+        drop = 1.0 - fidelity
+    s = s.override("prune", max_quality_drop=drop)
     s = s.override("quant", weight_bits=_bits(o["weight_bits"], "--weight-bits"),
                    act_bits=_bits(o["act_bits"], "--act-bits"))
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])

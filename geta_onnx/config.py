@@ -173,6 +173,14 @@ class PruneConfig:
     target_speedup: float | None = None  # predicted fp32-original / compressed time, e.g. 3.0
     target_latency_ms: float | None = None  # predicted time per batch of the compressed model
     latency_table: str = ""  # a latency table file (docs/latency.md); "": this machine's, measured and cached
+    # how a latency budget picks groups: "count" (the importance plan of the smallest group count
+    # predicted within the budget) or "knapsack" (HALP: importance per millisecond saved); docs/latency.md
+    latency_selection: str = "count"
+    # the quality guard (optim/guard.py, docs/guard.md): a pruning period whose commit drops the held-out
+    # quality (accuracy with labels, else agreement / cosine with the original) by more than this is
+    # rolled back and pruning stops there; the budget stays the most the run removes. None: off
+    max_quality_drop: float | None = None
+    guard_batches: int = 8  # eval batches each guard check scores (cost: one eval of them per period)
     group_divisible: int = 16  # kept channels per layer: a multiple of this (heads are whole anyway)
     importance: tuple[float, float, float, float, float] = (0.2, 0.2, 0.2, 0.2, 0.2)
     # magnitude, avg magnitude, cosine, first- and second-order Taylor
@@ -188,6 +196,11 @@ class PruneConfig:
         else:
             _check(0 <= value < 1, kind, f"a fraction in [0, 1), got {value}")
         _check(self.group_divisible >= 1, "group_divisible", "must be >= 1")
+        _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
+               f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
+        _check(self.guard_batches >= 1, "guard_batches", "must be >= 1")
+        _check(self.latency_selection in ("count", "knapsack"), "latency_selection",
+               f"expected count or knapsack, got '{self.latency_selection}'")
         _check(len(self.importance) == 5 and all(w >= 0 for w in self.importance), "importance",
                "five non-negative weights: magnitude, avg_magnitude, cosine, taylor_first, taylor_second")
 

@@ -162,10 +162,14 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                 target_bops=prune.target_bops if kind == "target_bops" else None, bops_fn=bops_fn,
                 bit_reduction=optim.bit_reduction or None,
                 group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
-                forget=optim.forget, target_latency_ms=budget_ms, latency=latency)
+                forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
+                latency_selection=prune.latency_selection)
     lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
+    guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config)
+             if prune.max_quality_drop is not None else None)
     result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
-                   checkpoint_dir=checkpoint_dir, resume=resume, hooks=[_Progress(opt)],
+                   checkpoint_dir=checkpoint_dir, resume=resume,
+                   hooks=[_Progress(opt)] + ([guard] if guard is not None else []),
                    progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
                    output=train_config.output, config=config, sync_batchnorm=train_config.sync_batchnorm,
                    amp=train_config.amp)
@@ -175,11 +179,68 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
         "target_groups": opt.target_groups, "prunable_groups": len(opt.views),
         "relative_bops": out.relative_bops, "target_bops": prune.target_bops, **result.metrics,
     }
+    if guard is not None:
+        out.metrics["guard"] = guard.summary()
     if latency is not None:
         out.metrics["latency"] = {"target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__}
     return out
+
+
+class _FirstBatches:
+    """The first `n` batches of a loader, each time it is iterated."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        import itertools
+
+        return itertools.islice(iter(self.loader), self.n)
+
+
+def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
+                   prune: PruneConfig, train_config: TrainConfig):
+    """optim.guard.QualityGuard on the first `guard_batches` eval batches: top-1 accuracy with
+    labels, else the agreement (class logits) or cosine with the original's output. The
+    baseline is the original's score there (quantizers off before training; 1 for fidelity)."""
+    from .errors import ConfigError
+    from .optim.guard import QualityGuard
+    from .train.evaluate import evaluate
+    from .train.loop import refreshed_batchnorm
+
+    if data.eval is None:
+        raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
+                          "eval split, or [data] val_split > 0")
+    batches, names = _FirstBatches(data.eval, prune.guard_batches), list(module.input_names)
+
+    def metrics(scored) -> dict:
+        device = next(scored.parameters()).device
+        was_training = module.training
+        out = evaluate(scored, batches, loss, device=device, input_names=names, output=train_config.output)
+        module.train(was_training)
+        return out
+
+    def score() -> float:
+        device = next(module.parameters()).device
+        return metrics(refreshed_batchnorm(module, data.train, names, device))[metric]
+
+    quantizers = [plan.quantizer(q) for q in dict.fromkeys(s.quantizer for s in plan.sites)]
+    enabled = [q.enabled for q in quantizers]
+    for q in quantizers:  # the fp32 original: the weights before any step, no quantizer
+        q.enabled = False
+    try:
+        original = metrics(module)
+    finally:
+        for q, on in zip(quantizers, enabled):
+            q.enabled = on
+    metric = next((k for k in ("accuracy", "agreement", "cosine") if k in original), None)
+    if metric is None:
+        raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
+                          "for accuracy, or distillation of class scores / float outputs for fidelity)")
+    baseline = original[metric] if metric == "accuracy" else 1.0
+    return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric)
 
 
 def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,

@@ -150,3 +150,23 @@ def test_latency_budget_end_to_end(tmp_path):
     assert report["groups"]["removed"] == report["groups"]["planned"] > 0
     assert report["settings"]["prune"]["target_speedup"] == 2.5 and report["settings"]["prune"]["target_sparsity"] is None
     assert "Latency budget at batch 8" in out.with_suffix(".report.md").read_text()
+
+
+def test_quality_guard_end_to_end(tmp_path):
+    """--max-accuracy-drop: every pruning period is checked on held-out batches and the report
+    holds the checks. A small tolerance at an aggressive budget makes a rollback likely; the
+    assertions hold either way (a check is kept exactly when it meets the tolerance)."""
+    model, npz, _ = write_problem(tmp_path)
+    out = tmp_path / "guarded.onnx"
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "60",
+                                       "--batch-size", "32", "--target-sparsity", "0.9", "--max-accuracy-drop", "0.02",
+                                       "--group-divisible", "8", "--batch", "1,8", "--no-progress", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    guard = report["guard"]
+    assert guard["metric"] == "accuracy" and guard["tolerance"] == 0.02 and 0 < guard["baseline"] <= 1
+    assert guard["checks"][0]["period"] == -1 and len(guard["checks"]) >= 2
+    for check in guard["checks"][1:]:  # every commit checked: kept within the tolerance, or rolled back
+        assert (check["drop"] <= 0.02) == (check["action"] == "kept")
+    assert report["groups"]["removed"] == report["groups"]["planned"]
+    assert "Quality guard (accuracy" in out.with_suffix(".report.md").read_text()

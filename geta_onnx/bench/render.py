@@ -35,6 +35,7 @@ def render_markdown(report: dict, plots=None) -> str:
         lines.append(f"| pruning groups removed | | {share} | |")
     lines.append("")
     lines += _latency_model_lines(report.get("latency_model"))
+    lines += _guard_lines(report.get("guard"))
     lines += _precision_lines(report.get("precision"))
     lines += _fusion_lines(report.get("fused_ops"))
     if report.get("layers"):
@@ -78,6 +79,19 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
     forms = "; ".join(f"{k} predicted {v:.3f} ms, measured {lat['measured_ms'][k]:.3f} ms ({lat['error'][k]:+.1%})"
                       for k, v in lat["predicted_ms"].items() if lat["measured_ms"].get(k) and k in lat["error"])
     return [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}.", ""]
+
+
+def _guard_lines(guard: dict | None) -> list[str]:
+    """The quality guard's checks, one per pruning period (docs/guard.md)."""
+    if not guard:
+        return []
+    checks = "; ".join(("before pruning" if c["period"] < 0 else f"period {c['period'] + 1}")
+                       + f": {c['removed']} groups, {c['quality']:.4f} ({-c['drop']:+.4f}), {c['action']}"
+                       for c in guard["checks"])
+    end = (f"pruning stopped after period {guard['stopped_at_period']}" if guard.get("stopped_at_period") is not None
+           else "every period met it")
+    return [f"Quality guard ({guard['metric']} on held-out batches, original {guard['baseline']:.4f}, tolerance "
+            f"{guard['tolerance']:g}): {end}. Checks: {checks}.", ""]
 
 
 def _fusion_lines(fusion: dict | None) -> list[str]:

@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..errors import ConversionError
 from ..graph.model import Dim, OnnxModel
+from ..graph.model import attr as node_attr
+
+_ABSENT = object()  # attr() default: tells a missing attribute from one whose value is None
 
 
 @dataclass
@@ -37,18 +39,18 @@ class NodeContext:
         return list(self.node.output)
 
     def attr(self, name: str, default: Any = None) -> Any:
-        """An attribute as a Python value (bytes decoded to str, tensors to numpy)."""
-        for a in self.node.attribute:
-            if a.name == name:
-                value = helper.get_attribute_value(a)
-                if isinstance(value, bytes):
-                    return value.decode()
-                if isinstance(value, list) and value and isinstance(value[0], bytes):
-                    return [v.decode() for v in value]
-                if isinstance(value, onnx.TensorProto):
-                    return onnx.numpy_helper.to_array(value)
-                return value
-        return default
+        """An attribute as a Python value (graph.model.attr), bytes decoded to str and tensors
+        to numpy."""
+        value = node_attr(self.node, name, _ABSENT)
+        if value is _ABSENT:
+            return default
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            return [v.decode() for v in value]
+        if isinstance(value, onnx.TensorProto):
+            return onnx.numpy_helper.to_array(value)
+        return value
 
     def has_input(self, i: int) -> bool:
         return i < len(self.node.input) and bool(self.node.input[i])

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.model import attr as node_attr
 from ..graph.normalize import infer_shapes, toposort
 
 
@@ -45,10 +46,7 @@ class Graph:
 
     @staticmethod
     def attr(node: onnx.NodeProto, name: str, default=None):
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+        return node_attr(node, name, default)
 
     # ---- edits -------------------------------------------------------------------------
     def unique(self, base: str) -> str:

@@ -43,6 +43,42 @@ FLOAT_TYPES = frozenset(
 )
 
 
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """Attribute `name` of `node` as its Python value (onnx.helper.get_attribute_value), or
+    `default`: the one attribute accessor of the package (the bridge decodes strings on top)."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+# ops a weight may pass through between its initializer and the layer reading it: the QADG's
+# groups and costs and the physical pruning see the same initializer behind them
+WEIGHT_THROUGH = ("DequantizeLinear", "QuantizeLinear", "Identity", "Cast", "Transpose")
+
+
+def weight_chain(model: "OnnxModel", name: str, through=WEIGHT_THROUGH) -> list[onnx.NodeProto] | None:
+    """The nodes between tensor `name` and the initializer it reads, nearest first, each of an
+    op type in `through` ([] when `name` is an initializer); None when the chain reaches
+    anything else (a graph input, another op)."""
+    chain = []
+    while name and not model.is_initializer(name):
+        node = model.producer(name)
+        if node is None or node.op_type not in through:
+            return None
+        chain.append(node)
+        name = node.input[0]
+    return chain if name else None
+
+
+def weight_source(model: "OnnxModel", name: str, through=WEIGHT_THROUGH) -> str | None:
+    """The initializer tensor `name` reads through a chain of `through` ops, or None."""
+    chain = weight_chain(model, name, through)
+    if chain is None:
+        return None
+    return chain[-1].input[0] if chain else name
+
+
 def _type_info(type_proto: onnx.TypeProto) -> TensorInfo | None:
     if not type_proto.HasField("tensor_type"):
         return None

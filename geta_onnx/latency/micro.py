@@ -39,13 +39,13 @@ def layer_graph(spec: LayerSpec, cin: int, cout: int, batch: int, form: str) -> 
     x_shape[spec.channel_axis] = cin
     x_shape = [batch] + x_shape
     if spec.op_type == "Conv":
-        w_shape, w_axis = [cout, cin // group, *spec.kernel], 0
+        w_shape = [cout, cin // group, *spec.kernel]
     elif spec.op_type == "ConvTranspose":
-        w_shape, w_axis = [cin, cout // group, *spec.kernel], 1
+        w_shape = [cin, cout // group, *spec.kernel]
     elif spec.op_type == "Gemm":
-        w_shape, w_axis = [cout, cin], 0  # transB = 1, as torch exports Linear
+        w_shape = [cout, cin]  # transB = 1, as torch exports Linear
     else:
-        w_shape, w_axis = [cin, cout], 1
+        w_shape = [cin, cout]
     nodes, inits = [], []
     attrs = {}
     if conv:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..graph.model import weight_source
 from ..quant.plan import QuantLayer
 
 # kept widths measured per axis: the full width, the unit, and evenly spaced multiples of the
@@ -112,6 +113,8 @@ def layer_spec(model, layer: QuantLayer, shapes: dict[str, tuple[int, ...]],
                          pads=ints("pads", (0,) * 2 * nsp), dilations=ints("dilations", (1,) * nsp), group=group,
                          out_elems=int(np.prod(out[1:])), prune_in=prunable[0], prune_out=prunable[1])
     if op in ("Gemm", "MatMul"):
+        if weight_source(model, node.input[0]) == layer.weight:
+            return None  # W @ x: the activation is the second input; not modelled
         if op == "Gemm" and (len(per_sample) != 1 or ("transA" in attrs and attrs["transA"].i)):
             return None
         k, n = per_sample[-1], out[-1]

@@ -122,7 +122,7 @@ class QASSO(torch.optim.Optimizer):
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
                  importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget",
-                 target_latency_ms: float | None = None, latency=None):
+                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "count"):
         if forget not in FORGET_RULES:
             raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
         self.forget = forget
@@ -149,6 +149,10 @@ class QASSO(torch.optim.Optimizer):
         self.target_sparsity, self.target_bops, self.bops_fn = target_sparsity, target_bops, bops_fn
         # latency budget: latency.LatencyModel on rank 0 (None on the other ranks, which take rank 0's plan)
         self.target_latency_ms, self.latency = target_latency_ms, latency
+        if latency_selection not in LATENCY_SELECTIONS:
+            raise ConfigError(f"option 'latency_selection': expected one of {', '.join(LATENCY_SELECTIONS)}, "
+                              f"got '{latency_selection}'")
+        self.latency_selection = latency_selection
         if latency is not None and target_latency_ms is not None:
             fastest = latency.ms(latency.state(max_removal(self.views, group_divisible, set())))
             if fastest > target_latency_ms:
@@ -158,7 +162,9 @@ class QASSO(torch.optim.Optimizer):
                     f"unit the model is predicted at {fastest:.3f} ms ({latency.original_ms / fastest:.2f}x); "
                     "give a smaller --target-speedup or a larger --target-latency-ms")
         self.bit_reduction, self.unit, self.importance = bit_reduction, group_divisible, importance
+        self.module = module
         self.masks = ZeroMasks()
+        self.stopped = False  # a quality guard (optim.guard) ended the pruning: no new removals
         self.step_count = 0
         self.zeroed: set[int] = set()
         self.redundant: list[int] = []  # R of the running period
@@ -177,8 +183,11 @@ class QASSO(torch.optim.Optimizer):
 
     @property
     def target_groups(self) -> int:
-        """K requested by the sparsity budget (before unit rounding)."""
-        return round((self.target_sparsity or 0.0) * len(self.views))
+        """K requested by the sparsity budget (before unit rounding); under a BOPs or latency
+        budget, the count the last plan found for it."""
+        if self.target_sparsity is None:
+            return self.planned or 0
+        return round(self.target_sparsity * len(self.views))
 
     @property
     def structure_version(self) -> int:
@@ -285,12 +294,18 @@ class QASSO(torch.optim.Optimizer):
         self.frozen = True
 
     def _budget(self, s: dict[int, float]) -> int:
-        if self.target_bops is None:
+        """K: the sparsity's count, or the smallest K whose planned removal meets the BOPs target
+        or (latency_selection "count") the latency budget."""
+        if self.target_latency_ms is not None:
+            meets = lambda removed: self.latency.ms(self.latency.state(removed)) <= self.target_latency_ms  # noqa: E731
+        elif self.target_bops is not None:
+            meets = lambda removed: self.bops_fn(removed) <= self.target_bops  # noqa: E731
+        else:
             return self.target_groups
-        lo, hi = 0, len(self.views) - 1  # smallest K whose planned removal meets the BOPs target
+        lo, hi = 0, len(self.views) - 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.bops_fn(plan(self.views, s, mid, self.unit, self.zeroed)) <= self.target_bops:
+            if meets(plan(self.views, s, mid, self.unit, self.zeroed)):
                 hi = mid
             else:
                 lo = mid + 1
@@ -300,10 +315,14 @@ class QASSO(torch.optim.Optimizer):
         remaining = [v for v in self.views if v.id not in self.zeroed]
         s = scores(remaining, ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
-        if self.target_latency_ms is None:
+        if self.stopped:
+            final = set(self.zeroed)
+        elif self.target_latency_ms is None:
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
-        elif self.latency is not None:
+        elif self.latency is not None and self.latency_selection == "knapsack":
             final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
+        elif self.latency is not None:  # "count": the importance plan of the smallest K within the budget
+            final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
         else:  # a latency budget off rank 0: the plan comes from rank 0 below
             final = set(self.zeroed)
         periods = self.stages.pruning_periods
@@ -426,6 +445,22 @@ class QASSO(torch.optim.Optimizer):
             self.zeroed.add(gid)
         self.redundant = []
 
+    # ---- the quality guard's rollback (optim.guard) ------------------------------------------
+    def snapshot(self) -> dict:
+        """Copies of everything a pruning period changes: the module's parameters and buffers
+        (weights, quantizers, BatchNorm statistics) and this optimizer's state."""
+        return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                "optimizer": _cloned(self.state_dict())}
+
+    def rollback(self, snap: dict) -> None:
+        """Back to `snap` (taken at a period's start), and no more removals: the groups zeroed
+        before that period stay the final structure. The step count and the schedule go on."""
+        step, period = self.step_count, self.period
+        self.module.load_state_dict(snap["module"])
+        self.load_state_dict(_cloned(snap["optimizer"]))
+        self.step_count, self.period, self.redundant = step, period, []
+        self.stopped, self.planned = True, len(self.zeroed)
+
     # ---- persistence --------------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()
@@ -434,7 +469,7 @@ class QASSO(torch.optim.Optimizer):
             "period": self.period, "planned": self.planned, "frozen": self.frozen,
             "frozen_bits": [layer.quantizer.frozen_bits.tolist() if self.frozen else None for layer in self.layers],
             "latency": self.latency.snapshot() if self.latency is not None else None,
-            "target_latency_ms": self.target_latency_ms,
+            "target_latency_ms": self.target_latency_ms, "stopped": self.stopped,
         }
         return state
 
@@ -444,6 +479,7 @@ class QASSO(torch.optim.Optimizer):
         super().load_state_dict(state)
         self.step_count, self.period, self.planned = extra["step_count"], extra["period"], extra["planned"]
         self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
+        self.stopped = bool(extra.get("stopped", False))
         self._follow_device()
         self.masks = ZeroMasks()
         for gid in self.zeroed:
@@ -458,7 +494,22 @@ class QASSO(torch.optim.Optimizer):
                 layer.quantizer.freeze_bits(torch.tensor(bits, dtype=layer.quantizer.d.dtype))
 
 
+def _cloned(state):
+    """A deep copy of a state dict whose tensors are cloned (never shared with the live ones)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _cloned(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cloned(v) for v in state)
+    return state
+
+
 FORGET_RULES = ("spec", "budget")
+# under a latency budget: "count" removes the importance plan's groups (optim.selection.plan, as for
+# a sparsity) up to the smallest count predicted within the budget; "knapsack" picks cluster steps
+# by importance per millisecond saved (HALP; optim.selection.plan_latency)
+LATENCY_SELECTIONS = ("count", "knapsack")
 
 
 def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int, rule: str = "spec") -> float:

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import GetaError
-from ..graph.model import OnnxModel
+from ..graph.model import OnnxModel, attr
 from ..graph.normalize import infer_shapes
 from ..qadg.analysis import QADG, Fixup
 from ..qadg.ids import FIXED, Tracked
@@ -118,12 +118,12 @@ class _Editor:
         getattr(self, f"_fix_{fix.kind}")(node, fix)
 
     def _fix_reshape(self, node: onnx.NodeProto, fix: Fixup) -> None:
-        self._fix_target(node, literal_above=0)  # 0 (copy) and -1 (infer) entries stay
+        self._rewrite_target(node, literal_above=0)  # 0 (copy) and -1 (infer) entries stay
 
     def _fix_expand(self, node: onnx.NodeProto, fix: Fixup) -> None:
-        self._fix_target(node, literal_above=1)  # 1 (broadcast) entries stay
+        self._rewrite_target(node, literal_above=1)  # 1 (broadcast) entries stay
 
-    def _fix_target(self, node: onnx.NodeProto, literal_above: int) -> None:
+    def _rewrite_target(self, node: onnx.NodeProto, literal_above: int) -> None:
         """Set the channel-axis entries of a Reshape / Expand target (input 1) to the
         pruned sizes: a constant target is rewritten, a run-time one patched."""
         sizes = self.kept_sizes(node.output[0])
@@ -212,7 +212,7 @@ class _Editor:
         sizes = self.kept_sizes(node.input[0])
         t = self.qadg.tracked[node.input[0]]
         old = self.model.shape(node.input[0])
-        start, end = _get_attr(node, "start") or 0, _get_attr(node, "end")
+        start, end = attr(node, "start") or 0, attr(node, "end")
         positions = list(range(t.rank))[slice(start, end)]
         static, scale = {}, {}
         for k, a in enumerate(positions):
@@ -237,7 +237,7 @@ class _Editor:
             return False
         for reader, i in self.model.consumers(shape):
             index = self.const(reader, 1) if reader.op_type == "Gather" and i == 0 else None
-            if index is None or (_get_attr(reader, "axis") or 0) != 0:
+            if index is None or (attr(reader, "axis") or 0) != 0:
                 return False
             if {int(k) % rank for k in np.ravel(index)} & changed:
                 return False
@@ -286,9 +286,9 @@ class _Editor:
             self.set_const_input(node, 1, starts, "starts")
             self.set_const_input(node, 2, ends, "ends")
         else:
-            axes = list(_get_attr(node, "axes") or range(len(_get_attr(node, "starts"))))
+            axes = list(attr(node, "axes") or range(len(attr(node, "starts"))))
             k = axes.index(axis)
-            starts, ends = list(_get_attr(node, "starts")), list(_get_attr(node, "ends"))
+            starts, ends = list(attr(node, "starts")), list(attr(node, "ends"))
             starts[k], ends[k] = nb, ne
             _set_attr(node, "starts", starts)
             _set_attr(node, "ends", ends)
@@ -326,13 +326,6 @@ class _Editor:
             g.initializer.append(numpy_helper.from_array(np.array(v, dtype=np.int64), n))
         sl = helper.make_node("Slice", [ln_out] + names, [out], name=f"{node.name}__slice")
         self.insert_before(node, [pad, node, sl], replace=True)
-
-
-def _get_attr(node: onnx.NodeProto, name: str):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return None
 
 
 def _drop_attr(node: onnx.NodeProto, name: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..graph.model import OnnxModel
+from ..graph.model import WEIGHT_THROUGH, OnnxModel, attr, weight_source
 from ..graph.stats import op_cost
 from .groups import MemberSlice, PruneGroup
 from .ids import FIXED, Tracked, UnionFind
@@ -23,11 +23,19 @@ from .ids import FIXED, Tracked, UnionFind
 
 @dataclass
 class Fixup:
-    """A node whose attributes or constant inputs depend on pruned sizes (for prune/)."""
+    """A node whose attributes or constant inputs depend on pruned sizes (for prune/: each
+    kind has its rewrite prune.physical._Editor._fix_<kind>; tests/qadg/test_prune.py checks)."""
 
     node: str
-    kind: str  # "reshape" | "expand" | "split" | "slice" | "conv_group" | "layer_norm" | "shape"
+    kind: str  # one of FIXUP_KINDS
     data: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in FIXUP_KINDS:
+            raise ValueError(f"unknown fixup kind {self.kind!r}; add it to FIXUP_KINDS with its rewrite")
+
+
+FIXUP_KINDS = ("reshape", "expand", "split", "slice", "conv_group", "layer_norm", "shape")
 
 
 class Analysis:
@@ -122,20 +130,20 @@ class Analysis:
         node = m.producer(tensor)
         if node is None:
             return False
-        if node.op_type in ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in WEIGHT_THROUGH and node.op_type != "Transpose":
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 self.qdq_params_member(node, axis, ids, role)
             return self.weight_member(node.input[0], axis, ids, role)
         if node.op_type == "Transpose":
             rank = len(m.shape(tensor) or ())
-            perm = _attr(node, "perm", list(reversed(range(rank))))
+            perm = attr(node, "perm", list(reversed(range(rank))))
             return self.weight_member(node.input[0], perm[axis if axis >= 0 else axis + rank], ids, role)
         return False
 
     def qdq_params_member(self, node: onnx.NodeProto, axis: int, ids: np.ndarray, role: str) -> None:
         """Per-axis scale / zero point of a Q or DQ node on `axis` are sliced with it."""
         rank = len(self.model.shape(node.input[0]) or ())
-        q_axis = _attr(node, "axis", 1)
+        q_axis = attr(node, "axis", 1)
         if q_axis < 0:
             q_axis += rank
         for i in (1, 2):
@@ -163,13 +171,6 @@ class Analysis:
     def rank(self, name: str) -> int | None:
         shape = self.model.shape(name)
         return None if shape is None else len(shape)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 @dataclass
@@ -298,7 +299,7 @@ def _removed_cost(model: OnnxModel, members: list[MemberSlice],
 
 def _weight_costs(model: OnnxModel) -> dict[tuple[str, int], list[tuple[int, int]]]:
     """(initializer, axis) -> [(MACs of the weighted op, length of that axis)] for weights
-    read directly (or through DequantizeLinear) by Conv / Gemm / MatMul."""
+    read directly (or through graph.model.WEIGHT_THROUGH ops) by Conv / Gemm / MatMul."""
     out: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
     for node in model.nodes:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
@@ -307,13 +308,7 @@ def _weight_costs(model: OnnxModel) -> dict[tuple[str, int], list[tuple[int, int
         if not cost.macs:
             continue
         for name in node.input[:2]:
-            src = name  # the initializer behind DQ / Transpose (W^T of the legacy exporter)
-            while src and not model.is_initializer(src):
-                p = model.producer(src)
-                if p is None or p.op_type not in ("DequantizeLinear", "Identity", "Cast", "Transpose"):
-                    src = ""
-                    break
-                src = p.input[0]
+            src = weight_source(model, name)  # the initializer behind DQ / Transpose (W^T of the legacy exporter)
             if src:  # removing k of the n slices on a weight axis removes k/n of the MACs
                 dims = model.initializers[src].dims
                 for axis, n in enumerate(dims):

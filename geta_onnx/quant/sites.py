@@ -36,7 +36,7 @@ from torch import fx, nn
 from ..bridge.builder import OnnxModule
 from ..config import QuantConfig
 from ..errors import GetaError
-from ..graph.model import OnnxModel
+from ..graph.model import OnnxModel, attr, weight_chain
 from ..graph.stats import op_cost
 from .nonneg import nonnegative_tensors
 from .plan import QuantLayer, QuantPlan, QuantSite
@@ -80,22 +80,15 @@ def find_layers(model: OnnxModel, trainable: frozenset[str]) -> list[Layer]:
 
 
 def _weight_source(model: OnnxModel, node, slot: int, trainable) -> tuple[str, onnx.NodeProto | None] | None:
+    """(trainable initializer, the Transpose between it and the layer or None) of input `slot`:
+    the bridge trains a weight read directly or behind one Transpose (the legacy exporter's W^T)."""
     if slot >= len(node.input) or not node.input[slot]:
         return None
-    name = node.input[slot]
-    if name in trainable:
-        return name, None
-    producer = model.producer(name)
-    if producer is not None and producer.op_type == "Transpose" and producer.input[0] in trainable:
-        return producer.input[0], producer
-    return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+    chain = weight_chain(model, node.input[slot], through=("Transpose",))
+    if chain is None or len(chain) > 1:
+        return None
+    source = chain[0].input[0] if chain else node.input[slot]
+    return (source, chain[0] if chain else None) if source in trainable else None
 
 
 def _channel_axes(model: OnnxModel, node, w_slot: int, weight: str, transpose) -> tuple[int | None, int | None]:
@@ -109,12 +102,12 @@ def _channel_axes(model: OnnxModel, node, w_slot: int, weight: str, transpose) -
     elif op == "ConvTranspose":
         axis = 1
     elif op == "Gemm":
-        axis = (0 if _attr(node, "transB", 0) else 1) if w_slot == 1 else (1 if _attr(node, "transA", 0) else 0)
+        axis = (0 if attr(node, "transB", 0) else 1) if w_slot == 1 else (1 if attr(node, "transA", 0) else 0)
     else:
         axis = None if rank < 2 else (rank - 1 if w_slot == 1 else rank - 2)
     if axis is None or transpose is None:
         return axis, axis
-    perm = list(_attr(transpose, "perm", None) or reversed(range(rank)))
+    perm = list(attr(transpose, "perm", None) or reversed(range(rank)))
     return axis, int(perm[axis])  # output dim i of a Transpose is its input dim perm[i]
 
 
@@ -177,7 +170,7 @@ def is_thin_conv(model: OnnxModel, layer: Layer) -> bool:
     """A group-1 Conv with few input channels and a shallow reduction (a network's stem),
     or with a single input channel (an audio front end)."""
     node = layer.node
-    if node.op_type != "Conv" or _attr(node, "group", 1) != 1 or layer.transpose is not None:
+    if node.op_type != "Conv" or attr(node, "group", 1) != 1 or layer.transpose is not None:
         return False
     dims = [int(d) for d in model.initializers[layer.weight].dims]  # (M, C, k...)
     if len(dims) < 3:

@@ -18,13 +18,14 @@ def _to(x, device):
 def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, input_names: list[str],
              output: int = 0) -> dict[str, float]:
     """{"loss": mean loss per sample, "accuracy": fraction of correct labels (integer labels),
-    "agreement": fraction of top-1 matches with the teacher (distillation of class logits)}.
-    Leaves the module in eval mode."""
+    "agreement": fraction of top-1 matches with the teacher (distillation of class logits),
+    "cosine": mean per-sample cosine with the teacher's output (distillation of anything else:
+    embeddings, regression heads)}. Leaves the module in eval mode."""
     module.eval()
     ours = isinstance(loss_fn, Loss)
     teacher = ours and loss_fn.uses_teacher
     needs_labels = ours and loss_fn.mode != "kd"
-    loss_sum = samples = correct = labelled = agree = compared = 0.0
+    loss_sum = samples = correct = labelled = agree = compared = cos_sum = cos_n = 0.0
     for batch in loader:
         inputs, target = split_batch(batch, input_names, "eval data")
         inputs, target = tuple(_to(x, device) for x in inputs), _to(target, device)
@@ -42,8 +43,11 @@ def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, 
         if t_out is not None and looks_like_logits(t_out):
             same = out.argmax(1) == t_out.argmax(1)
             agree, compared = agree + float(same.sum()), compared + same.numel()
-    loss_sum, samples, correct, labelled, agree, compared = all_reduce_sum(
-        [loss_sum, samples, correct, labelled, agree, compared], device)
+        elif t_out is not None and t_out.is_floating_point() and t_out.shape == out.shape:
+            cos = torch.nn.functional.cosine_similarity(out.reshape(n, -1).float(), t_out.reshape(n, -1).float(), dim=1)
+            cos_sum, cos_n = cos_sum + float(cos.sum()), cos_n + n
+    loss_sum, samples, correct, labelled, agree, compared, cos_sum, cos_n = all_reduce_sum(
+        [loss_sum, samples, correct, labelled, agree, compared, cos_sum, cos_n], device)
     metrics = {}
     if samples:
         metrics["loss"] = loss_sum / samples
@@ -51,4 +55,6 @@ def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, 
         metrics["accuracy"] = correct / labelled
     if compared:
         metrics["agreement"] = agree / compared
+    if cos_n:
+        metrics["cosine"] = cos_sum / cos_n
     return metrics

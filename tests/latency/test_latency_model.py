@@ -138,27 +138,28 @@ def test_selection_never_exceeds_the_latency_budget():
     assert zeroed <= chosen and lm.ms(lm.state(chosen)) == pytest.approx(fastest)
 
 
-def _qasso(module, plan, qadg, config, lm, budget, steps=30):
+def _qasso(module, plan, qadg, config, lm, budget, steps=30, selection="count"):
     stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2))
     return QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
-                 group_divisible=1, target_latency_ms=budget, latency=lm)
+                 group_divisible=1, target_latency_ms=budget, latency=lm, latency_selection=selection)
 
 
-def test_qasso_meets_a_latency_budget_and_refuses_an_unreachable_one():
+@pytest.mark.parametrize("selection", ["count", "knapsack"])
+def test_qasso_meets_a_latency_budget_and_refuses_an_unreachable_one(selection):
     torch.manual_seed(0)
     model, module, plan, qadg, config = _resnet()
     lm = _synthetic_model(model, plan, qadg)
     full = lm.ms(lm.state(()))
     with pytest.raises(ConfigError, match="out of reach"):
-        _qasso(module, plan, qadg, config, lm, full / 1000)
+        _qasso(module, plan, qadg, config, lm, full / 1000, selection=selection)
     budget = 0.6 * full
-    opt = _qasso(module, plan, qadg, config, lm, budget)
+    opt = _qasso(module, plan, qadg, config, lm, budget, selection=selection)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     for _ in range(30):
         opt.zero_grad()
         module(x).square().mean().backward()
         opt.step()
-    assert 0 < len(opt.zeroed) == opt.planned
+    assert 0 < len(opt.zeroed) == opt.planned == opt.target_groups
     assert min(opt.predicted_ms().values()) <= budget
     state = opt.state_dict()["qasso"]
     assert state["target_latency_ms"] == budget and state["latency"]["original_ms"] == lm.original_ms

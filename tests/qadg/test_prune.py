@@ -83,3 +83,15 @@ def test_pruning_adds_only_the_shape_rewrites_it_needs():
     ffn = [g.id for g in qadg.prunable if g.sources == ["/layers.1/inter/MatMul"]][:16]
     assert _added_ops(model.proto, prune_model(qadg, [head.id])) == {"Mul": 4, "Add": 4}
     assert _added_ops(model.proto, prune_model(qadg, ffn)) == {}
+
+
+def test_every_fixup_kind_has_its_rewrite():
+    """Adding a shape-dependent op to the QADG means a Fixup kind and its physical rewrite:
+    the two lists must match (no kind without a rewrite, no rewrite without a kind)."""
+    from geta_onnx.prune.physical import _Editor
+    from geta_onnx.qadg.analysis import FIXUP_KINDS, Fixup
+
+    rewrites = {name[len("_fix_"):] for name in dir(_Editor) if name.startswith("_fix_")}
+    assert rewrites == set(FIXUP_KINDS)
+    with pytest.raises(ValueError, match="FIXUP_KINDS"):
+        Fixup("node", "transpose")

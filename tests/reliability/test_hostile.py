@@ -118,6 +118,8 @@ BAD_TRAINING_OPTIONS = [
     (["--lr", "inf"], "lr"), (["--target-sparsity", "1.5"], "sparsity"), (["--target-sparsity", "-0.1"], "sparsity"),
     (["--target-sparsity", "nan"], "sparsity"), (["--target-bops", "0"], "bops"), (["--target-bops", "2"], "bops"),
     (["--target-sparsity", "0.3", "--target-bops", "0.1"], "one budget"), (["--group-divisible", "0"], "divisible"),
+    (["--max-accuracy-drop", "1.5"], "max-accuracy-drop"), (["--min-fidelity", "0"], "fidelity"),
+    (["--max-accuracy-drop", "0.01", "--min-fidelity", "0.99"], "one quality guard"),
     (["--target-speedup", "0.5"], "speedup"), (["--target-speedup", "nan"], "speedup"),
     (["--target-latency-ms", "0"], "latency"), (["--target-speedup", "2", "--target-latency-ms", "1"], "one budget"),
     (["--optimizer", "lion"], "optimizer"), (["--seed", "-1"], "seed"), (["--config", "absent.toml"], "absent.toml"),

@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..analysis import Analysis, _attr
+from ...graph.model import attr
+from ..analysis import Analysis
 from ..ids import FIXED, Tracked
-
-attr = _attr
 
 
 def const(an: Analysis, node: onnx.NodeProto, i: int) -> np.ndarray | None:

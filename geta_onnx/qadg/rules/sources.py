@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ...graph.model import WEIGHT_THROUGH, weight_source
 from ..analysis import Analysis, Fixup
 from . import rule
 from .common import FIXED, Tracked, attr, const, stop
@@ -129,15 +130,9 @@ def _is_weight(an: Analysis, name: str) -> bool:
     return _weight_root(an, name) is not None
 
 
-def _weight_root(an: Analysis, name: str, through=("DequantizeLinear", "QuantizeLinear", "Identity", "Cast",
-                                                    "Transpose")) -> str | None:
+def _weight_root(an: Analysis, name: str, through=WEIGHT_THROUGH) -> str | None:
     """The initializer `name` reads through a chain of `through` ops, or None."""
-    while name and not an.model.is_initializer(name):
-        p = an.model.producer(name)
-        if p is None or p.op_type not in through:
-            return None
-        name = p.input[0]
-    return name or None
+    return weight_source(an.model, name, through)
 
 
 @rule("Gemm")

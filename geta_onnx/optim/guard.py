@@ -1,0 +1,79 @@
+"""The quality guard (`--max-accuracy-drop`, `--min-fidelity`): the budget is found inside
+the one training run.
+
+QASSO removes groups period by period. The guard, a training-loop hook, does four things:
+- before each pruning period, it snapshots the module and the optimizer (QASSO.snapshot);
+- after each commit, it scores the model on held-out batches, with BatchNorm statistics
+  re-estimated (train.loop.refreshed_batchnorm);
+- when the drop from the original passes the tolerance, it rolls the period back
+  (QASSO.rollback). No group is removed after that, and the remaining steps train the
+  structure that met the tolerance;
+- before the first period, it scores the quantized, unpruned model, and stops the run when
+  that alone misses the tolerance.
+
+Its resolution is one period: more `[schedule] pruning_periods` give finer steps. The budget
+(sparsity, BOPs or latency) stays the most the run removes. docs/guard.md has the details.
+
+    guard = QualityGuard(opt, schedule, score, baseline=0.91, tolerance=0.005, metric="accuracy")
+    train(..., hooks=[guard])
+    guard.history   # [{"period", "removed", "quality", "drop", "action"}, ...]
+"""
+from __future__ import annotations
+
+from ..errors import GetaError
+from ..train import distributed
+
+
+class QualityGuard:
+    def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str):
+        """`score()`: the quality of the module now on the guard's held-out batches (higher is
+        better); `baseline`: the original's on the same batches."""
+        self.opt, self.schedule, self.score = opt, schedule, score
+        self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
+        self.history: list[dict] = []
+        self.snap: dict | None = None
+
+    def _check(self, period: int, action_over: str) -> bool:
+        """Score now, record it, and whether the drop passes the tolerance (rank 0 decides)."""
+        quality = self.score()
+        drop = self.baseline - quality
+        over = bool(distributed.agree(drop > self.tolerance))
+        self.history.append({"period": period, "removed": len(self.opt.zeroed), "quality": quality, "drop": drop,
+                             "action": action_over if over else "kept"})
+        return over
+
+    def before_step(self, step: int) -> None:
+        info = self.schedule.stage(step)
+        if info.name != "pruning" or info.step_in_period != 0 or self.opt.stopped:
+            return
+        if not self.history and self._check(-1, "start"):
+            h = self.history[-1]
+            raise GetaError(
+                f"--max-accuracy-drop / --min-fidelity: before any pruning, the quantized model already scores "
+                f"{h['quality']:.4f} {self.metric} on the guard's held-out batches, {h['drop']:.4f} below the "
+                f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}); allow a larger drop, train longer, "
+                "or widen the bit ranges (--weight-bits)")
+        self.snap = self.opt.snapshot()
+
+    def after_step(self, step: int, loss) -> dict:
+        info = self.schedule.stage(step)
+        if info.name != "pruning" or info.step_in_period != info.period_steps - 1 or self.snap is None:
+            return {}
+        if self._check(info.period, "rolled back; pruning stopped"):
+            self.opt.rollback(self.snap)
+            self.history[-1]["removed_after"] = len(self.opt.zeroed)
+        self.snap = None
+        return {"drop": f"{self.history[-1]['drop']:+.3f}"}
+
+    # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
+    def state_dict(self) -> dict:
+        return {"history": self.history, "snap": self.snap, "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
+
+    def summary(self) -> dict:
+        """The report's record: the metric, the tolerance, the original's score, every check."""
+        stopped = next((h["period"] for h in self.history if h["action"].startswith("rolled back")), None)
+        return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
+                "stopped_at_period": stopped, "checks": self.history}

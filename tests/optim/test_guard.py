@@ -1,0 +1,111 @@
+"""The quality guard (optim/guard.py): a rollback restores weights, quantizers and the
+optimizer bitwise; on a toy model with a known quality cliff the guard stops at the last
+period that met the tolerance; a run interrupted mid-period resumes bit-identically; a
+tolerance the unpruned model already misses stops the run at the first check."""
+import copy
+
+import pytest
+import torch
+
+from geta_onnx.errors import GetaError
+from geta_onnx.optim.guard import QualityGuard
+from tests.optim.test_qasso import _setup
+
+STEPS = 60  # 3 pruning periods of 8 steps: [18, 42)
+
+
+def _cliff(opt, per_group: float = 0.001):
+    """Quality falls by `per_group` per zeroed group: a cliff the tolerance puts in a known period."""
+    return lambda: 1.0 - per_group * len(opt.zeroed)
+
+
+def _train(module, opt, layers, steps, hooks=(), start=0):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    for k in range(steps):
+        draws = [torch.randn((), generator=gen) for _ in layers]
+        if k < start:
+            continue
+        for h in hooks:
+            h.before_step(k)
+        opt.zero_grad()
+        loss = module(x).square().mean() + sum((layer.quantizer.d * r).sum() for layer, r in zip(layers, draws))
+        loss.backward()
+        opt.step()
+        for h in hooks:
+            h.after_step(k, loss.detach())
+
+
+def test_rollback_restores_weights_quantizers_and_state_bitwise():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    _train(module, opt, layers, 18)  # up to the first pruning period
+    before = copy.deepcopy(module.state_dict())
+    zeroed = set(opt.zeroed)
+    snap = opt.snapshot()
+    _train(module, opt, layers, 26, start=18)  # the first period: forgetting, then the commit
+    assert opt.zeroed != zeroed
+    opt.rollback(snap)
+    for key, value in before.items():
+        assert torch.equal(value, module.state_dict()[key]), key
+    assert opt.zeroed == zeroed and opt.stopped and opt.step_count == 26
+    _train(module, opt, layers, STEPS, start=26)  # no group is removed after a rollback
+    assert opt.zeroed == zeroed
+
+
+def test_guard_stops_at_the_last_period_within_the_tolerance():
+    module, opt, layers, stages = _setup(sparsity=0.6, steps=STEPS)
+    per_period = []
+
+    def score():
+        per_period.append(len(opt.zeroed))
+        return 1.0 - 0.01 * len(opt.zeroed)
+
+    # tolerance: the first period's removal passes, the second's does not
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.0, metric="accuracy")
+    probe_module, probe_opt, probe_layers, _ = _setup(sparsity=0.6, steps=STEPS)
+    removed = []
+    for k in range(STEPS):  # a guard-free run tells how many groups each period removes
+        _train(probe_module, probe_opt, probe_layers, k + 1, start=k)
+        if stages.stage(k).name == "pruning" and stages.stage(k).step_in_period == stages.stage(k).period_steps - 1:
+            removed.append(len(probe_opt.zeroed))
+    assert len(removed) == 3 and removed[0] < removed[1]
+    guard.tolerance = 0.01 * (removed[0] + removed[1]) / 2
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    actions = [h["action"] for h in guard.history]
+    assert actions == ["kept", "kept", "rolled back; pruning stopped"]  # the start check, period 0, period 1
+    assert len(opt.zeroed) == removed[0] and opt.stopped and opt.planned == removed[0]
+    assert guard.summary()["stopped_at_period"] == 1
+
+
+def test_resume_mid_period_is_bit_identical():
+    module, opt, layers, _ = _setup(sparsity=0.5, steps=STEPS)
+    _train(module, opt, layers, STEPS)
+    tolerance = 0.001 * len(opt.zeroed) / 2  # periods remove 1/3, 2/3, 3/3 of it: the second goes back
+
+    def run(steps, start=0, state=None):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+        guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=tolerance, metric="accuracy")
+        if state is not None:
+            module.load_state_dict(state[0])
+            opt.load_state_dict(state[1])
+            guard.load_state_dict(state[2])
+        _train(module, opt, layers, steps, hooks=[guard], start=start)
+        return module, opt, guard
+
+    module, opt, guard = run(STEPS)
+    assert guard.history[-1]["action"].startswith("rolled back")  # the run does exercise a rollback
+    m2, o2, g2 = run(30)  # stopped inside the second period, its snapshot pending
+    assert g2.snap is not None
+    state = (copy.deepcopy(m2.state_dict()), copy.deepcopy(o2.state_dict()), copy.deepcopy(g2.state_dict()))
+    m3, o3, g3 = run(STEPS, start=30, state=state)
+    assert o3.zeroed == opt.zeroed and g3.history == guard.history
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, m3.state_dict()[key]), key
+
+
+def test_a_tolerance_the_unpruned_model_misses_stops_at_the_first_check():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = QualityGuard(opt, stages, lambda: 0.90, baseline=0.95, tolerance=0.01, metric="accuracy")
+    with pytest.raises(GetaError, match="before any pruning.*0.0500 below"):
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    assert not opt.zeroed
