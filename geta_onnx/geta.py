@@ -148,18 +148,18 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
     qadg = analyze(model)
     sched = Schedule.from_config(len(data.train), schedule)
+    kind, value = prune.budget
     bops_fn = None
-    if prune.budget[0] == "target_bops":
+    if kind == "target_bops":
         bops_fn = lambda removed: relative_bops(  # noqa: E731
             plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
-    kind, value = prune.budget
     latency, budget_ms = (_latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
                           if prune.latency_budget else (None, None))
     deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
     opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
                 lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
                 target_sparsity=value if kind == "target_sparsity" else None,
-                target_bops=prune.target_bops if kind == "target_bops" else None, bops_fn=bops_fn,
+                target_bops=value if kind == "target_bops" else None, bops_fn=bops_fn,
                 bit_reduction=optim.bit_reduction or None,
                 group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
                 forget=optim.forget, target_latency_ms=budget_ms, latency=latency,

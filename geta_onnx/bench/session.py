@@ -15,23 +15,31 @@ from ..graph import OnnxModel, load_model
 from ..graph.feeds import example_feeds
 
 
-def open_session(path: str | os.PathLike, threads: int = 2):
-    """A CPU InferenceSession with `threads` intra-op threads and one inter-op thread.
+def session_options(threads: int = 2):
+    """The options every latency measurement runs with: `threads` intra-op threads, one
+    inter-op thread, sequential execution, all graph optimisations, errors-only logging.
 
     Sequential execution and a single inter-op thread keep runs comparable between models:
     parallel branches would otherwise compete for the same cores differently per model."""
     import onnxruntime as ort
 
-    if threads < 1:
-        raise ConfigError(f"option '--threads': must be >= 1, got {threads}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: ORT's warnings would drown the summary
+    return opts
+
+
+def open_session(path: str | os.PathLike, threads: int = 2):
+    """A CPU InferenceSession of the file `path` with session_options(threads)."""
+    import onnxruntime as ort
+
+    if threads < 1:
+        raise ConfigError(f"option '--threads': must be >= 1, got {threads}")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / NoSuchFile types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: onnxruntime cannot load the model ({first})") from None

@@ -51,22 +51,26 @@ def group_effects(layers: list[QuantLayer], groups) -> dict[int, list[tuple[int,
     return effects
 
 
-def _specs(model, plan_layers: list[QuantLayer], groups, shapes) -> tuple[list[QuantLayer], list[LayerSpec]]:
+def _specs(model, plan_layers: list[QuantLayer], groups, shapes) -> tuple[list[LayerSpec], dict]:
+    """The specs of the layers that have one, and each group's effects on them (indices into
+    the returned list): one pass over the groups decides which axes are prunable and feeds
+    the model."""
     effects = group_effects(plan_layers, groups)
     roles: dict[int, set[str]] = {}
     for items in effects.values():
         for i, role, _ in items:
             roles.setdefault(i, set()).add(role)
-    kept_layers, specs = [], []
+    specs, index = [], {}  # index: position in plan_layers -> position in specs
     for i, layer in enumerate(plan_layers):
         r = roles.get(i, set())
         spec = layer_spec(model, layer, shapes, prunable=("in" in r, "out" in r))
         if spec is None:
             log.info("%s: no latency spec for layer %s (its time counts in the rest)", model.label, layer.node)
             continue
-        kept_layers.append(layer)
+        index[i] = len(specs)
         specs.append(spec)
-    return kept_layers, specs
+    kept = {gid: [(index[i], role, n) for i, role, n in items if i in index] for gid, items in effects.items()}
+    return specs, {gid: items for gid, items in kept.items() if items}
 
 
 def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], target: Target, *, unit: int,
@@ -75,12 +79,13 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     """`model`: the graph.OnnxModel trained (its batch dim dynamic); `plan`: quant.QuantPlan;
     `groups`: the QADG's prunable groups; `sample`: one training sample per input (batch 1);
     `int8_reference`: the int8 QDQ export of the unpruned model (latency.reference.int8_export),
-    whose measured time fits the int8 prediction (None: the float fit is used for int8 too)."""
+    whose measured time fits the int8 prediction (None: the int8 layers as measured, plus the
+    float model's rest)."""
     shapes = probe_shapes(model, feeds=sample)
     if not shapes:
         raise ConfigError(f"{model.label}: onnxruntime could not run the model on one training sample, so no "
                           "latency model can be built; use --target-sparsity or --target-bops instead")
-    layers, specs = _specs(model, plan.layers, groups, shapes)
+    specs, effects = _specs(model, plan.layers, groups, shapes)
     if not specs:
         raise ConfigError(f"{model.label}: no prunable layer has a latency model (Conv / ConvTranspose / Gemm / "
                           "MatMul with known shapes); use --target-sparsity or --target-bops instead")
@@ -99,7 +104,6 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     original = _whole_ms(model.proto, feeds, table.target.threads)
     quantized = {la.node for la in plan.layers if la.weight_quantizer is not None}
     int8_ms = _whole_ms(int8_reference, feeds, table.target.threads) if int8_reference is not None else None
-    effects = group_effects(layers, groups)
     return LatencyModel([ModelLayer(s, s.node in quantized) for s in specs], table, original, effects, int8_ms)
 
 

@@ -1,8 +1,8 @@
 """onnxruntime micro-benchmarks that fill a latency table.
 
 Each (layer signature, kept widths, form) is one session of a one-layer graph
-(latency.micro), opened with the options of the latency measurement (bench/session.py:
-sequential, all graph optimisations, the target's threads), warmed up, then timed until
+(latency.micro), opened with the options of the latency measurement
+(bench.session.session_options: sequential, all graph optimisations, the target's threads), warmed up, then timed until
 MIN_RUNS runs and MIN_SECONDS have passed (at most MAX_RUNS); the median minus
 session.run's fixed cost is the entry. One session is alive at a time.
 """
@@ -23,13 +23,9 @@ WARMUP, MIN_RUNS, MAX_RUNS, MIN_SECONDS = 3, 10, 200, 0.02
 def session(proto: onnx.ModelProto, threads: int):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    from ..bench.session import session_options
+
+    return ort.InferenceSession(proto.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def time_ms(proto: onnx.ModelProto, feeds: dict, threads: int, min_seconds: float = MIN_SECONDS) -> float:

@@ -24,6 +24,22 @@ from .spec import LayerSpec
 
 FORMS = ("int8", "float")
 OPSET = 13  # per-axis DequantizeLinear
+X_SCALE, W_SCALE, Y_SCALE = np.float32(0.02), np.float32(0.01), np.float32(0.05)  # any: time does not depend on them
+
+
+def _quant_params() -> list[onnx.TensorProto]:
+    """Scales and zero points of the int8 graphs: uint8 input / output, int8 weight."""
+    return [numpy_helper.from_array(np.array(X_SCALE), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
+            numpy_helper.from_array(np.array(W_SCALE), "ws"), numpy_helper.from_array(np.int8(0), "wz"),
+            numpy_helper.from_array(np.array(Y_SCALE), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]
+
+
+def _model(nodes, x: onnx.ValueInfoProto, y_type: int, inits, domains=("",)) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "layer", [x], [helper.make_tensor_value_info("y", y_type, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, OPSET if d == "" else 1) for d in domains],
+                              producer_name="geta-onnx-latency")
+    proto.ir_version = 8
+    return proto
 
 
 def layer_graph(spec: LayerSpec, cin: int, cout: int, batch: int, form: str) -> tuple[onnx.ModelProto, dict]:
@@ -63,30 +79,23 @@ def layer_graph(spec: LayerSpec, cin: int, cout: int, batch: int, form: str) -> 
         x_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
         feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
     else:
-        x_scale, w_scale = np.float32(0.02), np.float32(0.01)
-        inits += [numpy_helper.from_array(np.array(x_scale), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
-                  numpy_helper.from_array(rng.integers(-127, 128, w_shape).astype(np.int8), "wq"),
-                  numpy_helper.from_array(np.array(w_scale), "ws"), numpy_helper.from_array(np.int8(0), "wz")]
+        inits += _quant_params() + [numpy_helper.from_array(rng.integers(-127, 128, w_shape).astype(np.int8), "wq")]
         nodes += [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"], name="dq_x"),
                   helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wf"], name="dq_w")]
         inputs = ["xf", "wf"]
         if has_bias:
             inits += [numpy_helper.from_array(rng.integers(-1000, 1000, cout).astype(np.int32), "bq"),
-                      numpy_helper.from_array(np.array(x_scale * w_scale, dtype=np.float32), "bs"),
+                      numpy_helper.from_array(np.array(X_SCALE * W_SCALE, dtype=np.float32), "bs"),
                       numpy_helper.from_array(np.int32(0), "bz")]
             nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bf"], name="dq_b"))
             inputs.append("bf")
         out = "yf" if conv else "y"
         nodes.append(helper.make_node(spec.op_type, inputs, [out], name="layer", **attrs))
         if conv:
-            inits += [numpy_helper.from_array(np.array(np.float32(0.05)), "ys"), numpy_helper.from_array(np.uint8(0), "yz")]
             nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"], name="q_y"))
         x_type, y_type = TensorProto.UINT8, (TensorProto.UINT8 if conv else TensorProto.FLOAT)
         feeds = {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", x_type, x_shape)],
-                              [helper.make_tensor_value_info("y", y_type, None)], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="geta-onnx-latency")
-    proto.ir_version = 8
+    proto = _model(nodes, helper.make_tensor_value_info("x", x_type, x_shape), y_type, inits)
     return onnx.shape_inference.infer_shapes(proto, strict_mode=True), feeds
 
 
@@ -94,12 +103,8 @@ def overhead_graph(batch: int) -> tuple[onnx.ModelProto, dict]:
     """A graph that does (almost) nothing: its run time is session.run's fixed cost, taken
     off every micro-benchmark (a whole model pays it once, not once per layer)."""
     node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "overhead", [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [batch])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = 8
+    proto = _model([node], helper.make_tensor_value_info("x", TensorProto.UINT8, [batch]), TensorProto.UINT8, [])
     return proto, {"x": np.zeros(batch, np.uint8)}
-
 
 
 def _nhwc_qlinear_conv(spec: LayerSpec, cin: int, cout: int, batch: int) -> tuple[onnx.ModelProto, dict]:
@@ -107,17 +112,12 @@ def _nhwc_qlinear_conv(spec: LayerSpec, cin: int, cout: int, batch: int) -> tupl
     group = cout if spec.depthwise else spec.group
     h, w = spec.x_shape[1:]
     x_shape = [batch, h, w, cin]
-    inits = [numpy_helper.from_array(np.array(np.float32(0.02)), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
-             numpy_helper.from_array(rng.integers(-127, 128, [cout, cin // group, *spec.kernel]).astype(np.int8), "w"),
-             numpy_helper.from_array(np.array(np.float32(0.01)), "ws"), numpy_helper.from_array(np.int8(0), "wz"),
-             numpy_helper.from_array(np.array(np.float32(0.05)), "ys"), numpy_helper.from_array(np.uint8(0), "yz"),
-             numpy_helper.from_array(rng.integers(-1000, 1000, cout).astype(np.int32), "b")]
+    inits = _quant_params() + [
+        numpy_helper.from_array(rng.integers(-127, 128, [cout, cin // group, *spec.kernel]).astype(np.int8), "w"),
+        numpy_helper.from_array(rng.integers(-1000, 1000, cout).astype(np.int32), "b")]
     node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], name="layer",
                             domain="com.microsoft", channels_last=1, kernel_shape=list(spec.kernel),
                             strides=list(spec.strides), pads=list(spec.pads), dilations=list(spec.dilations), group=group)
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="geta-onnx-latency")
-    proto.ir_version = 8
+    proto = _model([node], helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape), TensorProto.UINT8, inits,
+                   domains=("", "com.microsoft"))
     return proto, {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}

@@ -16,6 +16,7 @@ d of R's output channels, which go to zero anyway, and the kept channels keep th
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -315,16 +316,12 @@ class QASSO(torch.optim.Optimizer):
         remaining = [v for v in self.views if v.id not in self.zeroed]
         s = scores(remaining, ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
-        if self.stopped:
-            final = set(self.zeroed)
-        elif self.target_latency_ms is None:
-            final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
-        elif self.latency is not None and self.latency_selection == "knapsack":
+        if self.stopped or (self.target_latency_ms is not None and self.latency is None):
+            final = set(self.zeroed)  # the guard stopped pruning; or off rank 0: rank 0's plan comes below
+        elif self.target_latency_ms is not None and self.latency_selection == "knapsack":
             final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
-        elif self.latency is not None:  # "count": the importance plan of the smallest K within the budget
+        else:  # the importance plan of the budget's K (for a latency budget, the smallest K within it)
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
-        else:  # a latency budget off rank 0: the plan comes from rank 0 below
-            final = set(self.zeroed)
         periods = self.stages.pruning_periods
         upto = len(final) if period == periods - 1 else round(len(final) * (period + 1) / periods)
         todo = sorted(final - self.zeroed, key=lambda g: s.get(g, 0.0))
@@ -449,15 +446,14 @@ class QASSO(torch.optim.Optimizer):
     def snapshot(self) -> dict:
         """Copies of everything a pruning period changes: the module's parameters and buffers
         (weights, quantizers, BatchNorm statistics) and this optimizer's state."""
-        return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-                "optimizer": _cloned(self.state_dict())}
+        return copy.deepcopy({"module": self.module.state_dict(), "optimizer": self.state_dict()})
 
     def rollback(self, snap: dict) -> None:
         """Back to `snap` (taken at a period's start), and no more removals: the groups zeroed
         before that period stay the final structure. The step count and the schedule go on."""
         step, period = self.step_count, self.period
         self.module.load_state_dict(snap["module"])
-        self.load_state_dict(_cloned(snap["optimizer"]))
+        self.load_state_dict(copy.deepcopy(snap["optimizer"]))  # the live state never aliases the snapshot
         self.step_count, self.period, self.redundant = step, period, []
         self.stopped, self.planned = True, len(self.zeroed)
 
@@ -492,17 +488,6 @@ class QASSO(torch.optim.Optimizer):
         if self.frozen:
             for layer, bits in zip(self.layers, extra["frozen_bits"]):
                 layer.quantizer.freeze_bits(torch.tensor(bits, dtype=layer.quantizer.d.dtype))
-
-
-def _cloned(state):
-    """A deep copy of a state dict whose tensors are cloned (never shared with the live ones)."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: _cloned(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_cloned(v) for v in state)
-    return state
 
 
 FORGET_RULES = ("spec", "budget")

@@ -5,7 +5,6 @@ budget options' precedence. Timing assertions compare widths 4x apart in MACs, s
 on a loaded machine."""
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from geta_onnx.config import QuantConfig, ScheduleConfig
 from geta_onnx.errors import ConfigError
 from geta_onnx.graph import from_proto
 from geta_onnx.graph.probe import probe_shapes
-from geta_onnx.latency import LatencyModel, LatencyTable, Target, build_latency_model, group_effects
+from geta_onnx.latency import LatencyModel, LatencyTable, Target, build_latency_model
 from geta_onnx.latency.build import _specs
 from geta_onnx.latency.measure import fill, measure_entry
 from geta_onnx.latency.model import ModelLayer
@@ -104,7 +103,7 @@ def _resnet():
 def _synthetic_model(model, plan, qadg) -> LatencyModel:
     """Layer times proportional to MACs (plus a width-independent part), no measurement."""
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    layers, specs = _specs(model, plan.layers, qadg.prunable, probe_shapes(model, feeds={"x": x}))
+    specs, effects = _specs(model, plan.layers, qadg.prunable, probe_shapes(model, feeds={"x": x}))
     entries = {}
     for spec in specs:
         cin, cout = spec.width_grid(1)
@@ -112,7 +111,7 @@ def _synthetic_model(model, plan, qadg) -> LatencyModel:
         entries[spec.key] = Entry(cin, cout, {"float": macs + 0.01, "int8": macs / 3 + 0.01})
     table = LatencyTable(TARGET, 0.0, entries)
     full = sum(e.ms["float"][-1, -1] for e in entries.values())
-    return LatencyModel([ModelLayer(s, True) for s in specs], table, full * 1.2, group_effects(layers, qadg.prunable),
+    return LatencyModel([ModelLayer(s, True) for s in specs], table, full * 1.2, effects,
                         int8_original_ms=full / 2)
 
 
