@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--fp32-onnx", help="reuse a trained fp32 export of an earlier run instead of training again")
     p.add_argument("--forget", default="budget", choices=["spec", "budget"],
                    help="forget rate when cos(c, g) < 0 (geta_onnx.optim.qasso.forget_rate)")
-    p.add_argument("--loss", default="auto", help="auto (task), task+kd (with distillation from the fp32 model), kd")
+    p.add_argument("--loss", default="auto", help="auto (task+kd with labels), task, task+kd (with distillation from the fp32 model), kd")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -203,10 +203,11 @@ class Loss:
 
 def make_loss(mode: str = "auto", *, has_labels: bool, module: nn.Module | None = None,
               teacher: nn.Module | None = None, **kw) -> Loss:
-    """mode "auto": the task loss when the data has labels, distillation otherwise. The teacher
-    defaults to a frozen deep copy of `module` taken now (before any training step)."""
+    """mode "auto": task loss + distillation when the data has labels, distillation alone
+    otherwise (the original is a trained model; config.TrainConfig.loss). The teacher defaults
+    to a frozen deep copy of `module` taken now (before any training step)."""
     if mode == "auto":
-        mode = "task" if has_labels else "kd"
+        mode = "task+kd" if has_labels else "kd"
     if mode != "task" and teacher is None:
         if module is None:
             raise ConfigError(f"option 'loss': '{mode}' needs the original model as teacher")

@@ -144,7 +144,7 @@ def labelled(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("loss", ["task", "kd-mse"])
+@pytest.mark.parametrize("loss", ["task", "task+kd", "kd-mse"])
 def test_finetune_lowers_the_loss_and_writes_back(resnet, labelled, tmp_path, loss):
     path = tmp_path / "l1.onnx"
     l1_prune(resnet[0], int(0.5 * model_stats(load_model(resnet[0])).macs), path, unit=8)

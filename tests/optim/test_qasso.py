@@ -27,6 +27,11 @@ def FakeQuantizer(q_m, bits: float, signed: bool = True) -> Quantizer:
     return q
 
 
+# the paper's stage fractions (config.ScheduleConfig's docstring): these tests need pruning periods
+# of several steps on a 60-step run
+PAPER = dict(warmup=0.1, projection=0.2, pruning_start=0.3, pruning=0.4)
+
+
 def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
     """resnet2 with a weight quantizer per conv / Gemm (per tensor, or per output channel:
     axis 0 of every weight here) and one activation quantizer."""
@@ -42,7 +47,7 @@ def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
     act = FakeQuantizer(3.0, 16, signed=False)
     module.add_module("fq_act", act)
     layers.append(QuantTarget("fq_act", act, None, 4, 8, 16))
-    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=4, pruning_periods=3))
+    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=4, pruning_periods=3, **PAPER))
     opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
                 group_divisible=unit)
     return module, opt, layers, stages

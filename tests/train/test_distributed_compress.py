@@ -28,8 +28,9 @@ from geta_onnx.train import load_checkpoint
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "digits"
-WEIGHT_ATOL = 1e-3  # measured max |difference| 1e-5 (weights) after 30 steps; rounding flips in fake-quant add noise
-COMMON = ["--data", f"npz:{SAMPLE / 'digits.npz'}", "--optimizer", "sgd", "--lr", "0.05", "--no-progress"]
+WEIGHT_ATOL = 1e-3  # measured max |difference| 3e-4 (weights) after 30 steps; rounding flips in fake-quant add noise
+COMMON = ["--data", f"npz:{SAMPLE / 'digits.npz'}", "--optimizer", "sgd", "--lr", "0.05", "--no-progress",
+          "--config", Path(__file__).parent / "ddp_task_loss.toml"]
 
 
 def _env() -> dict:

@@ -36,9 +36,9 @@ def test_kl_is_zero_for_equal_logits_and_matches_formula():
     assert torch.allclose(kl_distill(maps, maps * 2, T), kl_distill(rows, rows * 2, T))
 
 
-def test_auto_mode_picks_task_with_labels_and_kd_without():
+def test_auto_mode_picks_task_kd_with_labels_and_kd_without():
     net = torch.nn.Linear(4, 3)
-    assert make_loss("auto", has_labels=True, module=net).mode == "task"
+    assert make_loss("auto", has_labels=True, module=net).mode == "task+kd"
     kd = make_loss("auto", has_labels=False, module=net)
     assert kd.mode == "kd" and kd.teacher is not net and not any(p.requires_grad for p in kd.teacher.parameters())
     x = (torch.randn(8, 4, generator=G),)

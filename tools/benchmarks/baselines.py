@@ -247,7 +247,7 @@ def l1_prune(model_path: str | os.PathLike, target_macs: int, out_path: str | os
 
 
 # --------------------------------------------------------------------------- fine-tuning
-LOSSES = ("task", "kd-mse", "kd-cosine", "kd-bce", "kd-kl")
+LOSSES = ("task", "task+kd", "kd-mse", "kd-cosine", "kd-bce", "kd-kl")
 
 
 class Distill:
@@ -280,7 +280,9 @@ class Distill:
 
 def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = None, output: int = 0):
     """A loss(outputs, target, inputs) for the repo's training loop: "task" (cross-entropy
-    with labels) or "kd-<mse|cosine|bce|kl>" from the teacher model at `teacher_path`."""
+    with labels), "task+kd" (geta-onnx's default loss with labels, the same weights: half
+    cross-entropy, half KL at T = 2 from the teacher) or "kd-<mse|cosine|bce|kl>" from the
+    teacher model at `teacher_path`."""
     from geta_onnx.bridge import to_torch
     from geta_onnx.train import Loss
 
@@ -290,7 +292,10 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
         return Loss("task", output=output)
     if teacher_path is None:
         raise ConfigError(f"finetune: loss '{loss}' needs teacher_path (the original fp32 model)")
-    return Distill(loss[3:], to_torch(load_model(teacher_path)), output)
+    teacher = to_torch(load_model(teacher_path))
+    if loss == "task+kd":
+        return Loss("task+kd", teacher=teacher, output=output)
+    return Distill(loss[3:], teacher, output)
 
 
 @torch.no_grad()
@@ -318,8 +323,9 @@ def finetune(model_path: str | os.PathLike, data, epochs: int, lr: float, out_pa
     bridge and the repo's training loop, then write the trained initializers (weights and
     BatchNorm running statistics) back into the ONNX graph at `out_path`.
 
-    loss: "task" (labels) or "kd-mse" / "kd-cosine" / "kd-bce" / "kd-kl" (label-free:
-    distillation from `teacher_path`, the original model, on output `output`).
+    loss: "task" (labels), "task+kd" (labels and distillation, as geta-onnx's default) or
+    "kd-mse" / "kd-cosine" / "kd-bce" / "kd-kl" (label-free: distillation from
+    `teacher_path`, the original model, on output `output`).
     Returns {"seconds", "epochs", "steps", "loss_before", "loss_after", "history"}, the
     losses measured in eval mode on the first `probe_batches` training batches."""
     from geta_onnx.bridge import to_torch

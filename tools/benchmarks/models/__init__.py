@@ -29,7 +29,9 @@ class Bench:
     epochs: int  # epochs of every compression that trains (geta-onnx and the fine-tuning)
     lr: float  # fine-tuning learning rate (Adam, cosine decay)
     batch_size: int
-    finetune_loss: str = "task"  # see baselines.finetune
+    # see baselines.finetune; with labels "task+kd", the loss geta-onnx trains with by default (equal
+    # losses and epochs: the comparison is of the methods)
+    finetune_loss: str = "task"
     ptq_op_types: list[str] | None = None  # baselines.ptq_int8(op_types=...): None = all
     output: int = 0  # the model output the losses read
     geta_lr: float | None = None  # geta-onnx compress --lr (None: its default)

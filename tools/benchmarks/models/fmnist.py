@@ -45,7 +45,7 @@ def prepare(work: Path, quick: bool, fp32: Path | None = None, epochs: int | Non
         model=path, data_spec=DATA, data=data,
         calibration=calibration_batches(data, s["calibration"], ["image"]),
         quality=lambda p: {**evaluate_onnx(p, data), "percent": True}, quality_label="top-1",
-        epochs=s["epochs"], lr=1e-3, batch_size=s["batch"], finetune_loss="task", geta_lr=1e-3,
+        epochs=s["epochs"], lr=1e-3, batch_size=s["batch"], finetune_loss="task+kd", geta_lr=1e-3,
         geta_config={"data": {"limit": s["limit"]}} if s["limit"] else {},
         latency_shapes=None,
         notes=[f"data `{DATA}` (Debian package dataset-fashion-mnist): {data.n_train} training images"

@@ -65,7 +65,7 @@ def prepare(work: Path, quick: bool) -> Bench:
         model=path, data_spec=DATA, data=data,
         calibration=calibration_batches(data, s["calibration"], ["input"]),
         quality=lambda p: {**evaluate_onnx(p, data), "percent": True}, quality_label="top-1",
-        epochs=s["epochs"], lr=5e-4, batch_size=s["batch"], finetune_loss="task", geta_lr=5e-4,
+        epochs=s["epochs"], lr=5e-4, batch_size=s["batch"], finetune_loss="task+kd", geta_lr=5e-4,
         geta_config={"data": geta_data},
         notes=[f"data `{DATA}` upscaled to {res}x{res}, gray replicated to 3 channels, ImageNet mean / std "
                f"(geta-onnx gets the same through `--config`: [data] resize, mean, std): {data.n_train} training "
