@@ -8,7 +8,7 @@ Files, each written atomically and never over the input model:
     small.report.json     bench/report.py's schema + MACs, sizes, layers, fused ops, versions, settings
     small.report.md       the same for people (bench/render.py)
     small.layers.png      kept channels and bits per layer (bench/plots.py)
-    small.summary.png     quality and latency before / after
+    small.summary.png     quality and latency before / after (and the quality guard's curve)
     small.run/            the training checkpoint (`--resume` continues from it)
 
 Quality is measured in onnxruntime on the data's eval split (the spec's own, else the

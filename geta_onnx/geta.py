@@ -257,7 +257,7 @@ def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: Quant
         sample = first_samples(model, data, 1)
         latency = build_latency_model(model, plan, qadg.prunable, sample, Target.here(*at), unit=prune.group_divisible,
                                       table_path=prune.latency_table or None, progress=progress,
-                                      int8_reference=int8_export(module, plan, qadg, model))
+                                      int8_export_of=lambda removed: int8_export(module, plan, qadg, model, removed))
         kind, value = prune.budget
         budget = value if kind == "target_latency_ms" else latency.original_ms / value
     return latency, distributed.agree(budget)

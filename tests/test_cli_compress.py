@@ -160,7 +160,7 @@ def test_quality_guard_end_to_end(tmp_path):
     out = tmp_path / "guarded.onnx"
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "60",
                                        "--batch-size", "32", "--target-sparsity", "0.9", "--max-accuracy-drop", "0.02",
-                                       "--group-divisible", "8", "--batch", "1,8", "--no-progress", "--no-plots"])
+                                       "--group-divisible", "8", "--batch", "1,8", "--no-progress"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".report.json").read_text())
     guard = report["guard"]
@@ -169,4 +169,9 @@ def test_quality_guard_end_to_end(tmp_path):
     for check in guard["checks"][1:]:  # every commit checked: kept within the tolerance, or rolled back
         assert (check["drop"] <= 0.02) == (check["action"] == "kept")
     assert report["groups"]["removed"] == report["groups"]["planned"]
-    assert "Quality guard (accuracy" in out.with_suffix(".report.md").read_text()
+    assert all(c["sparsity"] == c["removed"] / report["groups"]["prunable"] for c in guard["checks"])
+    assert guard["why"].startswith("period" if guard["stopped_at_period"] is not None else "every period")
+    md = out.with_suffix(".report.md").read_text()
+    assert "## Quality guard" in md and sum(line.startswith("| period ") for line in md.splitlines()) == \
+        len(guard["checks"]) - 1  # the curve: one row per commit
+    assert out.with_suffix(".summary.png").stat().st_size > 0  # with the curve's panel

@@ -62,10 +62,12 @@ def main() -> None:
     views = group_views(module, qadg.groups)
     t0 = time.perf_counter()
     lm = build_latency_model(model, qplan, qadg.prunable, sample, Target.here(a.threads, a.batch), unit=a.unit,
-                             table_path=a.table, int8_reference=int8_export(module, qplan, qadg, model))
+                             table_path=a.table,
+                             int8_export_of=lambda removed: int8_export(module, qplan, qadg, model, removed))
     print(f"{Path(a.model).name}: {len(lm.layers)} layers modelled, table ready in {time.perf_counter() - t0:.1f} s; "
           f"original {lm.original_ms:.3f} ms, layers (float) {lm.layers_float_ms:.3f} ms, "
-          + ", ".join(f"{f}: scale {lm.scale[f]:.3f} rest {lm.remainder[f]:.3f} ms" for f in ("float", "int8")))
+          + ", ".join(f"{f}: scale {lm.scale[f]:.3f} rest {lm.fixed[f]:.3f} fixed + {lm.remainder[f]:.3f} ms shrinking"
+                      for f in ("float", "int8")))
     feeds = {k: np.repeat(v, a.batch, axis=0) for k, v in sample.items()}
     rows = []
     for level in [float(x) for x in a.levels.split(",")]:

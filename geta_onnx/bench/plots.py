@@ -2,7 +2,8 @@
 
 plot_layers:  per weighted layer, kept / total output channels (bars) and the deployed
               weight and activation bit widths (markers), in graph order.
-plot_summary: quality and per-batch latency of the original next to the compressed model.
+plot_summary: quality and per-batch latency of the original next to the compressed model, and
+              the quality guard's curve over the pruning periods when a guard ran.
 Both write atomically through a temporary file.
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def plot_layers(report: dict, path: str | os.PathLike) -> None:
 
 def plot_summary(report: dict, path: str | os.PathLike) -> None:
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    checks = (report.get("guard") or {}).get("checks") or []
+    fig, axes = plt.subplots(1, 3 if checks else 2, figsize=(13.5 if checks else 9, 3.6))
+    left, right = axes[0], axes[1]
     name, values = _quality(report)
     bars = left.bar(["original", "compressed"], values, color=["#a0a0a0", "#3b75af"])
     left.bar_label(bars, fmt="%.4f")
@@ -65,8 +68,31 @@ def plot_summary(report: dict, path: str | os.PathLike) -> None:
     right.set_xticklabels([f"batch {b}" for b in batches])
     right.set_ylabel("onnxruntime p50 latency (ms)")
     right.legend(fontsize=8)
+    if checks:
+        _plot_guard(axes[2], report["guard"])
     fig.tight_layout()
     _save(fig, plt, path)
+
+
+def _plot_guard(ax, guard: dict) -> None:
+    """The quality guard's curve: quality after each commit against the predicted speedup
+    (latency budgets) or the share of groups removed, the tolerance as a dashed line."""
+    checks = guard["checks"]
+    speed = all("predicted_speedup" in c for c in checks)
+    xs = [c["predicted_speedup"] if speed else c.get("sparsity", 0.0) for c in checks]
+    ys = [c["quality"] for c in checks]
+    kept = [c["action"] == "kept" for c in checks]
+    ax.plot([x for x, k in zip(xs, kept) if k], [y for y, k in zip(ys, kept) if k], "o-", color="#3b75af",
+            label="kept")
+    if not all(kept):
+        ax.plot([x for x, k in zip(xs, kept) if not k], [y for y, k in zip(ys, kept) if not k], "x", color="#c0392b",
+                markersize=9, label="rolled back")
+    ax.axhline(guard["baseline"] - guard["tolerance"], color="#808080", linestyle="--", linewidth=1,
+               label="tolerance")
+    ax.set_xlabel("predicted speedup (x)" if speed else "share of groups removed")
+    ax.set_ylabel(guard["metric"])
+    ax.set_title("quality guard, per pruning period")
+    ax.legend(fontsize=8)
 
 
 def _quality(report: dict) -> tuple[str, list[float]]:

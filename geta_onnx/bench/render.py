@@ -82,16 +82,30 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
 
 
 def _guard_lines(guard: dict | None) -> list[str]:
-    """The quality guard's checks, one per pruning period (docs/guard.md)."""
+    """The quality guard's curve: one row per check (before pruning, then each period's
+    commit), with the predicted speedup under a latency budget (docs/guard.md)."""
     if not guard:
         return []
-    checks = "; ".join(("before pruning" if c["period"] < 0 else f"period {c['period'] + 1}")
-                       + f": {c['removed']} groups, {c['quality']:.4f} ({-c['drop']:+.4f}), {c['action']}"
-                       for c in guard["checks"])
-    end = (f"pruning stopped after period {guard['stopped_at_period']}" if guard.get("stopped_at_period") is not None
-           else "every period met it")
-    return [f"Quality guard ({guard['metric']} on held-out batches, original {guard['baseline']:.4f}, tolerance "
-            f"{guard['tolerance']:g}): {end}. Checks: {checks}.", ""]
+    speed = any("predicted_speedup" in c for c in guard["checks"])
+    lines = ["## Quality guard", "",
+             f"{guard['metric']} on held-out batches; original {guard['baseline']:.4f}, tolerance "
+             f"{guard['tolerance']:g}. {guard.get('why') or _guard_end(guard)}.", "",
+             "| check | groups removed | share | " + ("predicted speedup | " if speed else "")
+             + "quality | drop | action |",
+             "|---|---:|---:|" + ("---:|" if speed else "") + "---:|---:|---|"]
+    for c in guard["checks"]:
+        where = "before pruning" if c["period"] < 0 else f"period {c['period'] + 1}"
+        share = f"{c['sparsity']:.1%}" if "sparsity" in c else ""
+        x = f"{c['predicted_speedup']:.2f}x | " if "predicted_speedup" in c else ("| " if speed else "")
+        lines.append(f"| {where} | {c['removed']} | {share} | {x}{c['quality']:.4f} | {c['drop']:+.4f} | "
+                     f"{c['action']} |")
+    return lines + [""]
+
+
+def _guard_end(guard: dict) -> str:
+    """Why pruning ended, for reports written before the guard recorded it."""
+    return (f"pruning stopped after period {guard['stopped_at_period']}" if guard.get("stopped_at_period") is not None
+            else "every period met it")
 
 
 def _fusion_lines(fusion: dict | None) -> list[str]:

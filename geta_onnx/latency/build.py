@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..graph.probe import probe_shapes
 from ..quant.plan import QuantLayer
 from .measure import fill, time_ms
-from .model import LatencyModel, ModelLayer
+from .model import LatencyModel, ModelLayer, probe_removal
 from .spec import LayerSpec, layer_spec
 from .table import LatencyTable, Target, cache_path
 
@@ -75,12 +75,14 @@ def _specs(model, plan_layers: list[QuantLayer], groups, shapes) -> tuple[list[L
 
 def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], target: Target, *, unit: int,
                         table_path: str | None = None, progress: bool = True, log_line=print,
-                        int8_reference=None) -> LatencyModel:
+                        int8_export_of=None) -> LatencyModel:
     """`model`: the graph.OnnxModel trained (its batch dim dynamic); `plan`: quant.QuantPlan;
     `groups`: the QADG's prunable groups; `sample`: one training sample per input (batch 1);
-    `int8_reference`: the int8 QDQ export of the unpruned model (latency.reference.int8_export),
-    whose measured time fits the int8 prediction (None: the int8 layers as measured, plus the
-    float model's rest)."""
+    `int8_export_of(removed group ids)`: the int8 QDQ export of the model with those groups
+    cut, or None (latency.reference.int8_export). The unpruned export's measured time fits the
+    int8 prediction, and a probe structure's (model.probe_removal) splits its rest into a
+    fixed and a shrinking part (no callable: the int8 layers as measured, plus the float
+    model's rest)."""
     shapes = probe_shapes(model, feeds=sample)
     if not shapes:
         raise ConfigError(f"{model.label}: onnxruntime could not run the model on one training sample, so no "
@@ -103,8 +105,15 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     feeds = {k: np.repeat(v, table.target.batch, axis=0) for k, v in sample.items()}
     original = _whole_ms(model.proto, feeds, table.target.threads)
     quantized = {la.node for la in plan.layers if la.weight_quantizer is not None}
-    int8_ms = _whole_ms(int8_reference, feeds, table.target.threads) if int8_reference is not None else None
-    return LatencyModel([ModelLayer(s, s.node in quantized) for s in specs], table, original, effects, int8_ms)
+    layers = [ModelLayer(s, s.node in quantized) for s in specs]
+    int8_ms, probe = None, None
+    reference = int8_export_of(()) if int8_export_of is not None else None
+    if reference is not None:
+        int8_ms = _whole_ms(reference, feeds, table.target.threads)
+        removed = probe_removal(effects, layers, unit)
+        pruned = int8_export_of(removed) if removed else None
+        probe = (removed, _whole_ms(pruned, feeds, table.target.threads)) if pruned is not None else None
+    return LatencyModel(layers, table, original, effects, int8_ms, int8_probe=probe)
 
 
 def _read_table(path: str | None, target: Target) -> LatencyTable | None:

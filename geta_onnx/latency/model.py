@@ -6,7 +6,7 @@
     model.delta(state, [gid, ...])   # change if these groups went too (negative: time saved)
 
 prediction = min over the two exports compress can ship (bench/choice.py), per form f:
-    a_f * sum over layers of t_l(f, kept widths) + R_f * share
+    a_f * sum over layers of t_l(f, kept widths) + F_f + R_f * share
 with f = int8 (each quantized layer's int8 kernel, the others float) or float. Both terms are
 fitted to one measured whole model at full width, W_f: the original for float, an int8 QDQ
 model of the original for int8 (uint8 pooling and the Q / DQ around float ops cost more than
@@ -15,8 +15,15 @@ the time outside the layers (pooling, adds, activations, Q / DQ of unfused ops),
 shrink with the layers' output channels: share = sum_l out_l * kept_cout_l / sum_l out_l *
 cout_l (those ops read and write the channels). When they sum to more (a one-layer float conv
 pays its NCHWc reorders, which a chain of convs pays once: MobileNetV2's layers sum to 1.6x
-the model), R_f = 0 and a_f = W_f / sum scales them down. docs/latency.md gives the measured
-error of this model.
+the model), R_f = 0 and a_f = W_f / sum scales them down.
+
+F_f is the part of the rest that does not shrink (onnxruntime's per-node dispatch, the
+input's Q / transposes). One whole model cannot tell it apart from R_f, so a second int8
+model is measured: the export with a probe structure removed (probe_removal: about half of
+every layer's channels). Its rest W_1 - L_1 = F + R * share_1 splits the full model's rest
+W_0 - L_0 = F + R. On MobileNetV2 about half of the int8 rest was fixed, and without F the
+trained 4.5x structure was predicted 26 % too fast. docs/latency.md gives the measured error
+of this model.
 """
 from __future__ import annotations
 
@@ -44,9 +51,12 @@ class State:
 
 class LatencyModel:
     def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
-                 effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None):
+                 effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None,
+                 int8_probe: tuple[list[int], float] | None = None):
         """`effects`: group id -> [(layer index, "in" | "out", channels removed)].
-        `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float)."""
+        `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float).
+        `int8_probe`: (groups removed, measured ms) of the int8 export of a pruned structure
+        (probe_removal), which splits the int8 rest into F_int8 and R_int8 (None: F = 0)."""
         self.layers, self.table, self.original_ms, self.effects = layers, table, original_ms, effects
         self._entries = [table.entries[la.spec.key] for la in layers]
         self._out = np.array([la.spec.out_elems for la in layers], dtype=np.float64)
@@ -62,12 +72,28 @@ class LatencyModel:
                 self.scale[form], self.remainder[form] = whole / layers_ms, 0.0
             else:
                 self.scale[form], self.remainder[form] = 1.0, whole - layers_ms
+        self.fixed = {"float": 0.0, "int8": 0.0}
+        if int8_probe is not None and int8_original_ms is not None:
+            self._split_rest("int8", *int8_probe)
+
+    def _split_rest(self, form: str, removed, measured_ms: float) -> None:
+        """F_form and R_form from the rest of the full model (R now) and of the probe: with
+        share s, rest_probe = F + R' s and F + R' = R. Clipped to 0 <= F <= R; a probe that
+        keeps nearly everything (s > 0.9) cannot tell them apart and leaves F = 0."""
+        probe = self.state(removed)
+        share = self._share(probe.removed_out)
+        layers_ms = float((probe.t_deployed if form == "int8" else probe.t_float).sum())
+        rest, probe_rest = self.remainder[form], measured_ms - self.scale[form] * layers_ms
+        if share > 0.9 or rest <= 0:
+            return
+        variable = min(max((rest - probe_rest) / (1.0 - share), 0.0), rest)
+        self.fixed[form], self.remainder[form] = rest - variable, variable
 
     # ---- persistence: a resumed run plans with the numbers it started with -------------
     def snapshot(self) -> dict:
         """The measured numbers (plain JSON) the plans depend on."""
         return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
-                "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
+                "fixed": dict(self.fixed), "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
 
     def restore(self, snap: dict) -> None:
         from .table import Entry
@@ -75,6 +101,7 @@ class LatencyModel:
         self.original_ms = float(snap["original_ms"])
         self.remainder = {k: float(v) for k, v in snap["remainder"].items()}
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
+        self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}
         self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
 
     # ---- one layer --------------------------------------------------------------------
@@ -109,8 +136,8 @@ class LatencyModel:
         return self._forms(float(s.t_deployed.sum()), float(s.t_float.sum()), self._share(s.removed_out))
 
     def _forms(self, deployed: float, flt: float, share: float) -> dict[str, float]:
-        return {"int8": self.scale["int8"] * deployed + self.remainder["int8"] * share,
-                "float": self.scale["float"] * flt + self.remainder["float"] * share}
+        return {"int8": self.scale["int8"] * deployed + self.fixed["int8"] + self.remainder["int8"] * share,
+                "float": self.scale["float"] * flt + self.fixed["float"] + self.remainder["float"] * share}
 
     def ms(self, s: State) -> float:
         return min(self.forms_ms(s).values())
@@ -140,3 +167,27 @@ class LatencyModel:
         for i, (rin, rout) in self._changed(s, groups).items():
             s.removed_in[i], s.removed_out[i] = rin, rout
             s.t_deployed[i], s.t_float[i] = self._times(i, rin, rout)
+
+
+def probe_removal(effects: dict[int, list[tuple[int, str, int]]], layers: list[ModelLayer], unit: int = 1) -> list[int]:
+    """Groups, taken in id order, whose removal takes from every layer at most the multiple of
+    `unit` nearest below half of its input and output channels: a structure about half as
+    wide, spread over the model, at widths on the unit (as QASSO keeps them), for the probe
+    measurement (LatencyModel's int8_probe). Deterministic, so a resumed run measures the same."""
+    cap_in = [unit * (la.spec.cin // (2 * unit)) for la in layers]
+    cap_out = [unit * (la.spec.cout // (2 * unit)) for la in layers]
+    removed_in = [0] * len(layers)
+    removed_out = [0] * len(layers)
+    chosen = []
+    for gid in sorted(effects):
+        rin, rout = {}, {}
+        for i, role, count in effects[gid]:
+            target = rin if role == "in" else rout
+            target[i] = target.get(i, removed_in[i] if role == "in" else removed_out[i]) + count
+        if all(n <= cap_in[i] for i, n in rin.items()) and all(n <= cap_out[i] for i, n in rout.items()):
+            for i, n in rin.items():
+                removed_in[i] = n
+            for i, n in rout.items():
+                removed_out[i] = n
+            chosen.append(gid)
+    return chosen

@@ -16,7 +16,7 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
 
     guard = QualityGuard(opt, schedule, score, baseline=0.91, tolerance=0.005, metric="accuracy")
     train(..., hooks=[guard])
-    guard.history   # [{"period", "removed", "quality", "drop", "action"}, ...]
+    guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
 """
 from __future__ import annotations
 
@@ -38,9 +38,18 @@ class QualityGuard:
         quality = self.score()
         drop = self.baseline - quality
         over = bool(distributed.agree(drop > self.tolerance))
-        self.history.append({"period": period, "removed": len(self.opt.zeroed), "quality": quality, "drop": drop,
+        self.history.append({"period": period, "removed": len(self.opt.zeroed), "sparsity": self.opt.group_sparsity(),
+                             **self._speedup(), "quality": quality, "drop": drop,
                              "action": action_over if over else "kept"})
         return over
+
+    def _speedup(self) -> dict:
+        """{"predicted_speedup": original / predicted time of the structure now} under a latency
+        model (the faster export form, as compress ships), else {}: the curve's x axis."""
+        predicted = self.opt.predicted_ms()
+        if not predicted:
+            return {}
+        return {"predicted_speedup": self.opt.latency.original_ms / min(predicted.values())}
 
     def before_step(self, step: int) -> None:
         info = self.schedule.stage(step)
@@ -75,5 +84,7 @@ class QualityGuard:
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
         stopped = next((h["period"] for h in self.history if h["action"].startswith("rolled back")), None)
+        why = (f"period {stopped + 1} dropped the quality past the tolerance: rolled back" if stopped is not None
+               else "every period met the tolerance: the budget bounded the removal")
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
-                "stopped_at_period": stopped, "checks": self.history}
+                "stopped_at_period": stopped, "why": why, "checks": self.history}

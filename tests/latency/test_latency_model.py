@@ -18,7 +18,7 @@ from geta_onnx.graph.probe import probe_shapes
 from geta_onnx.latency import LatencyModel, LatencyTable, Target, build_latency_model
 from geta_onnx.latency.build import _specs
 from geta_onnx.latency.measure import fill, measure_entry
-from geta_onnx.latency.model import ModelLayer
+from geta_onnx.latency.model import ModelLayer, probe_removal
 from geta_onnx.latency.spec import LayerSpec
 from geta_onnx.latency.table import Entry, cache_path
 from geta_onnx.optim import QASSO, quant_targets
@@ -135,6 +135,42 @@ def test_selection_never_exceeds_the_latency_budget():
     zeroed = set(list(previous)[:2])
     chosen = plan_latency(views, scores, fastest / 2, 1, zeroed, lm)
     assert zeroed <= chosen and lm.ms(lm.state(chosen)) == pytest.approx(fastest)
+
+
+def test_probe_removal_halves_every_layer_on_the_unit():
+    model, module, plan, qadg, _ = _resnet()
+    lm = _synthetic_model(model, plan, qadg)
+    for unit in (1, 4):
+        chosen = probe_removal(lm.effects, lm.layers, unit)
+        assert chosen == sorted(chosen) and chosen == probe_removal(lm.effects, lm.layers, unit)  # deterministic
+        state = lm.state(chosen)
+        for la, rin, rout in zip(lm.layers, state.removed_in, state.removed_out):
+            assert rout <= la.spec.cout // 2 and rin <= la.spec.cin // 2, la.spec.node
+            if unit > 1 and la.spec.cout % unit == 0:
+                assert (la.spec.cout - rout) % unit == 0, la.spec.node  # kept widths on the unit
+        assert 0.3 < lm._share(state.removed_out) < 0.9  # about half as wide
+
+
+def test_the_probe_splits_the_int8_rest_into_fixed_and_shrinking():
+    """Whole-model times made as layers + F + R * share: the probe recovers F and R, and the
+    prediction of another structure is then exact; a probe that keeps nearly all cannot."""
+    model, module, plan, qadg, _ = _resnet()
+    lm = _synthetic_model(model, plan, qadg)
+    fixed, shrinking = 0.3, 0.5
+    truth = lambda st: float(st.t_deployed.sum()) + fixed + shrinking * lm._share(st.removed_out)  # noqa: E731
+    full, probe = lm.state(()), probe_removal(lm.effects, lm.layers)
+    fitted = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(full),
+                          int8_probe=(probe, truth(lm.state(probe))))
+    assert fitted.fixed["int8"] == pytest.approx(fixed) and fitted.remainder["int8"] == pytest.approx(shrinking)
+    other = sorted(lm.effects)[::3]
+    assert fitted.forms_ms(fitted.state(other))["int8"] == pytest.approx(truth(lm.state(other)))
+    assert lm.fixed["int8"] == 0 and lm.forms_ms(lm.state(other))["int8"] < truth(lm.state(other))  # without: too fast
+    restored = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(full))
+    restored.restore(json.loads(json.dumps(fitted.snapshot())))  # a resumed run plans with the same split
+    assert restored.fixed == fitted.fixed and restored.remainder == fitted.remainder
+    near = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(full),
+                        int8_probe=(other[:1], truth(lm.state(other[:1]))))
+    assert near.fixed["int8"] == 0  # share > 0.9: not told apart
 
 
 def _qasso(module, plan, qadg, config, lm, budget, steps=30, selection="count"):

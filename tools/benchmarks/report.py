@@ -107,18 +107,45 @@ def _quality(r: dict) -> str:
     return f"{v:.2%}" if r["quality"].get("percent") else f"{v:.4f}"
 
 
+def _predicted(r: dict) -> tuple[int, float] | None:
+    """(batch, ms) the latency model of a geta-onnx row predicted (rows of a latency budget,
+    docs/latency.md: the faster of the int8 and float exports, as compress ships the faster), else None."""
+    lat = (r.get("report") or {}).get("latency_model")
+    if not lat or not lat.get("predicted_ms"):
+        return None
+    return int(lat["batch"]), min(lat["predicted_ms"].values())
+
+
 def table(result: dict) -> str:
     batches = [str(b) for b in result["latency"]["batches"]]
+    predicted = any(_predicted(r) for r in result["rows"])
     head = (["row", result["quality_label"], "rel. BOPs", "MACs", "size"] + [f"latency b{b}" for b in batches]
-            + [f"speedup b{b}" for b in batches] + ["int8 / float ops", "compression time"])
+            + (["predicted"] if predicted else []) + [f"speedup b{b}" for b in batches]
+            + ["int8 / float ops", "compression time"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [r["label"], _quality(r), f"{r['relative_bops']:.4f}", f"{r['macs'] / 1e6:.1f} M", _fmt_size(r["size_bytes"])]
         cells += [f"{r['latency_ms'][b]:.2f} ms" for b in batches]
+        if predicted:
+            p = _predicted(r)
+            cells.append(f"{p[1]:.2f} ms (b{p[0]})" if p else "")
         cells += [f"{r['speedup'][b]:.2f}x" for b in batches]
         cells += [f"{r['fusion']['int8']} / {r['fusion']['float']}", _fmt_time(r["seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fp32_training_line(result: dict) -> list[str]:
+    """The compression times beside fp32 training of the original for the same epochs (the
+    preparation's own training, scaled to the compression epochs), when the benchmark trained it."""
+    prep, s = result.get("prep") or {}, result["settings"]
+    if not prep.get("fp32_train_seconds") or not prep.get("fp32_epochs"):
+        return []
+    fp32 = prep["fp32_train_seconds"] * s["epochs"] / prep["fp32_epochs"]
+    geta = [r for r in result["rows"] if r["kind"] == "geta"]
+    ratios = ", ".join(f"{r['id']} {r['seconds'] / fp32:.2f}x" for r in geta)
+    return [f"- fp32 training of the original for the same {s['epochs']} epochs (torch, no compression): "
+            f"{_fmt_time(fp32)}" + (f"; geta-onnx compression time over it: {ratios}" if ratios else "")]
 
 
 def model_section(result: dict, png: str) -> str:
@@ -140,6 +167,7 @@ def model_section(result: dict, png: str) -> str:
             f"lr {s['lr']:g}, cosine decay, batch {s['batch_size']}, loss `{s['finetune_loss']}`; PTQ calibration: "
             f"{s['calibration_samples']} training samples, op types: {s.get('ptq_op_types') or 'all'}; L1 kept widths: "
             f"multiples of {s['unit']}"]
+    out += fp32_training_line(result)
     out += [f"- {n}" for n in result.get("notes", [])]
     if result.get("findings"):  # MODEL.findings.md beside the JSON: what the numbers mean, written by hand
         out += ["", "### Findings", "", result["findings"].strip()]
@@ -175,8 +203,9 @@ Columns: quality (the model's metric, measured in onnxruntime on held-out data);
 (MACs x weight bits x activation bits over the fp32 original at 32 x 32 bits, weighted layers
 only; geta-onnx rows from its report, which knows the learned bit widths); MACs per sample
 (symbolic dims count 1); file size; onnxruntime CPU latency at batch 1 and 32 (median; all rows
-of a model timed in one `geta_onnx.bench.measure_latency` call: rotating blocks, one live session at a time); speedup against the
-fp32 original; integer kernels onnxruntime fused vs weighted ops left in float; wall-clock time
+of a model timed in one `geta_onnx.bench.measure_latency` call: rotating blocks, one live session at a time); for
+geta-onnx rows with a latency budget, the time its latency model predicted at the budget's batch
+(docs/latency.md); speedup against the fp32 original; integer kernels onnxruntime fused vs weighted ops left in float; wall-clock time
 of the compression itself (PTQ: pre-processing + calibration; L1 rows: pruning + fine-tuning
 (+ PTQ); geta-onnx: training + export as its report gives it).
 """

@@ -146,7 +146,7 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
 
 def _report_summary(report: dict) -> dict:
     keys = ("accuracy", "fidelity", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity",
-            "wall_time_s", "groups")
+            "wall_time_s", "groups", "latency_model")
     return {k: report[k] for k in keys if k in report}
 
 
