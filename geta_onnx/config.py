@@ -48,6 +48,10 @@ class QuantConfig:
     # int8 kernels at int8 size and only cost accuracy. false: the paper's free widths in
     # [b_l, b_u] (BOPs studies; always so under a target_bops budget, which counts those widths)
     deployable_bits: bool = True
+    # under a latency budget with the ort profile, a layer whose int8 kernel the latency table times
+    # more than 1.2x slower than its float kernel (latency.model.INT8_SLOWER) stays in float, reported
+    # as "latency" in the layer table (docs/latency.md)
+    float_by_latency: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float

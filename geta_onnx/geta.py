@@ -7,6 +7,7 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -20,7 +21,8 @@ from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
 from .quant.plan import QuantPlan
 from .quant.sites import attach_quantizers
-from .train import Data, Schedule, TrainResult, lr_scheduler, make_loss, split_batch, train
+from .train import (CHECKPOINT, Data, Schedule, TrainResult, load_checkpoint, lr_scheduler, make_loss, split_batch,
+                    train)
 
 
 @dataclass
@@ -155,6 +157,15 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
             plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
     latency, budget_ms = (_latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
                           if prune.latency_budget else (None, None))
+    if prune.latency_budget and quant.float_by_latency and profile == "ort":
+        slow = _float_by_latency(latency, checkpoint_dir if resume else None)
+        if slow:  # again from a fresh bridge: those layers get no quantizer, the model is timed again
+            module = to_torch(model)
+            module.per_sample = per_sample
+            plan = attach_quantizers(module, model, quant, keep_float={n: "latency" for n in slow})
+            calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
+            latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
+                                                train_config.progress)
     deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
     opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
                 lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
@@ -186,6 +197,23 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__}
     return out
+
+
+def _float_by_latency(latency, resume_dir) -> list[str]:
+    """The layers kept in float because the latency table times their int8 kernel slower
+    (LatencyModel.slower_in_int8), decided on rank 0 and agreed. A resumed run decides from
+    the table entries its checkpoint holds, so it rebuilds the module it saved."""
+    from .train import distributed
+
+    slow = None
+    if latency is not None:
+        ckpt = Path(resume_dir) / CHECKPOINT if resume_dir is not None else None
+        if ckpt is not None and ckpt.is_file():
+            saved = (load_checkpoint(ckpt).get("optimizer") or {}).get("qasso", {}).get("latency")
+            if saved:
+                latency.restore(saved)
+        slow = latency.slower_in_int8()
+    return distributed.agree(slow) or []
 
 
 class _FirstBatches:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from geta_onnx.bench import read_report
 from geta_onnx.bench.choice import Candidate, pick
 from geta_onnx.cli import main
+from geta_onnx.latency.table import LatencyTable, Target, cache_path
 from tests.e2e.digits import write_problem
 
 pytestmark = pytest.mark.slow
@@ -150,6 +151,25 @@ def test_latency_budget_end_to_end(tmp_path):
     assert report["groups"]["removed"] == report["groups"]["planned"] > 0
     assert report["settings"]["prune"]["target_speedup"] == 2.5 and report["settings"]["prune"]["target_sparsity"] is None
     assert "Latency budget at batch 8" in out.with_suffix(".report.md").read_text()
+
+    # a table (of another target) that times one layer's int8 kernel 10x slower than its float one
+    # and every other 10x faster: that layer stays in float ("latency"), the others are quantized;
+    # --int8-only ships the QDQ model
+    cached = LatencyTable.load(cache_path(Target(**lat["table_target"])))  # the table the first run measured
+    key = next(k for k in cached.entries if k.startswith("Gemm") or k.startswith("MatMul"))
+    for k, entry in cached.entries.items():
+        entry.ms["int8"] = entry.ms["float"] * (10 if k == key else 0.1)
+    table = tmp_path / "slow_gemm.json"
+    LatencyTable(Target("onnxruntime 0.0", "a slow-int8 cpu", 2, 8), 0.0, cached.entries).save(table)
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                       "--batch-size", "32", "--target-speedup", "2.5", "--group-divisible", "8",
+                                       "--batch", "1,8", "--no-progress", "--no-plots", "--force", "--int8-only",
+                                       "--latency-table", str(table)])
+    assert result.exit_code == 0, result.output
+    layers = json.loads(out.with_suffix(".report.json").read_text())["layers"]
+    slow = [la for la in layers if la["float_reason"] == "latency"]
+    assert len(slow) == 1 and slow[0]["op_type"] in ("Gemm", "MatMul") and slow[0]["weight_bits"] is None
+    assert any(la["weight_bits"] for la in layers)  # the others stay int8
 
 
 def test_quality_guard_end_to_end(tmp_path):

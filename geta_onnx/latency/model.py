@@ -35,6 +35,11 @@ from .spec import LayerSpec
 from .table import LatencyTable
 
 
+# a layer stays in float when its int8 kernel is this much slower than its float kernel: a float
+# layer between int8 ones also pays a DequantizeLinear and a QuantizeLinear, which neither timing holds
+INT8_SLOWER = 1.2
+
+
 @dataclass
 class ModelLayer:
     spec: LayerSpec
@@ -103,6 +108,21 @@ class LatencyModel:
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
         self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}
         self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
+
+    # ---- precision ----------------------------------------------------------------------
+    def slower_in_int8(self, margin: float = INT8_SLOWER) -> list[str]:
+        """Node names of the quantized layers whose int8 kernel the table times more than
+        `margin` x slower than their float kernel at full width (e.g. a 256 -> 10 Gemm head:
+        2.8x at batch 32). Raw table times, no fitted scale, so that a resumed run that loads
+        the same table decides the same."""
+        slow = []
+        for la, entry in zip(self.layers, self._entries):
+            if not la.quantized or "int8" not in entry.ms:
+                continue
+            cin, cout = la.spec.widths(la.spec.cin, la.spec.cout)
+            if entry.at("int8", cin, cout) > margin * entry.at("float", cin, cout):
+                slow.append(la.spec.node)
+        return slow
 
     # ---- one layer --------------------------------------------------------------------
     def layer_ms(self, i: int, form: str, removed_in: int = 0, removed_out: int = 0) -> float:

@@ -46,7 +46,9 @@ class QuantLayer:
     macs: int | None
     weight_quantizer: str | None  # qualified name; None when kept in float
     act_quantizer: str | None
-    skipped: str = ""  # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", or ""
+    # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", "latency" (int8 timed
+    # slower), or ""
+    skipped: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -111,13 +111,16 @@ def _channel_axes(model: OnnxModel, node, w_slot: int, weight: str, transpose) -
     return axis, int(perm[axis])  # output dim i of a Transpose is its input dim perm[i]
 
 
-def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig) -> QuantPlan:
-    """Insert quantizers into `module` (in place) following `config`; returns the plan."""
+def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
+                      keep_float: dict[str, str] | None = None) -> QuantPlan:
+    """Insert quantizers into `module` (in place) following `config`; returns the plan.
+    `keep_float`: node name -> reason, more layers kept in float (e.g. "latency": the
+    latency model times their int8 kernel slower, geta._float_by_latency)."""
     if "quantizers" in module._modules:
         raise GetaError("the module already has quantizers; attach them to a fresh bridge.to_torch(model)")
     trainable = frozenset(n for q, n in module.initializer_of.items() if q.startswith("params."))
     layers = find_layers(model, trainable)
-    skipped = _skip_reasons(model, layers, config)
+    skipped = {**(keep_float or {}), **_skip_reasons(model, layers, config)}
     nonneg = nonnegative_tensors(model, trainable)
     fx_of = {n.target: n for n in module.graph.nodes if n.op == "call_module"}
     module.add_module("quantizers", nn.Module())

@@ -173,6 +173,17 @@ def test_the_probe_splits_the_int8_rest_into_fixed_and_shrinking():
     assert near.fixed["int8"] == 0  # share > 0.9: not told apart
 
 
+def test_layers_whose_int8_kernel_is_slower_stay_float_and_a_resume_decides_the_same():
+    model, module, plan, qadg, _ = _resnet()
+    lm = _synthetic_model(model, plan, qadg)  # int8 = float / 3 (+ a constant): every layer int8
+    assert lm.slower_in_int8() == []
+    saved = json.loads(json.dumps(lm.snapshot()))
+    slow = lm.layers[-1].spec
+    saved["entries"][slow.key]["int8"] = (np.asarray(saved["entries"][slow.key]["float"]) * 1.5).tolist()
+    lm.restore(saved)  # what _float_by_latency does on resume: the checkpoint's entries decide
+    assert lm.slower_in_int8() == [slow.node] and lm.slower_in_int8(margin=2.0) == []
+
+
 def _qasso(module, plan, qadg, config, lm, budget, steps=30, selection="count"):
     stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2))
     return QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
