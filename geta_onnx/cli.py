@@ -263,34 +263,18 @@ def train(model: str, out_dir: str, **options) -> None:
     """Train MODEL once with GETA (structured pruning + mixed-precision QAT) on --data.
 
     Writes OUT/checkpoint.safetensors (resumable with --resume) and OUT/summary.json."""
-    from pathlib import Path
-
-    from .geta import run_geta
-    from .io import write_text_atomic
-    from .outputs import refuse_overlap
-    from .preflight import prepare_run
-    from .runs import RunFolder
     from .train import distributed
+    from .train_job import train_model
 
-    settings = settings_from_options(options)
     spec = options["data_spec"]
-    refuse_overlap({"-o": out_dir}, models=[model], data=[spec], files=[p for p in [options["config_file"]] if p])
-    loaded, data, record, batch = prepare_run(model, spec, settings, judge=not options["skip_data_check"])
-    with RunFolder(out_dir, record, resume=options["resume"], force=options["force"]):
-        result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
-                          schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,
-                          resume=options["resume"], config=record, per_sample=batch.static and not batch.dynamic,
-                          latency_at=settings.latency_at(batch.static), profile=settings.export.profile)
-        summary = {"model": model, "data": spec, "settings": settings.to_dict(), "batch": batch.describe(),
-                   **result.metrics,
-                   "bits": result.bits, "history": result.train.history}
-        if distributed.info().is_main:
-            write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-            m = result.metrics
-            acc = f", accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
-            click.echo(f"trained {result.train.steps} steps: {m['removed_groups']} of {m['prunable_groups']} groups "
-                       f"removed ({m['group_sparsity']:.1%}), relative BOPs {m['relative_bops']:.4f}{acc}")
-            click.echo(f"wrote {out_dir}/checkpoint.safetensors and {out_dir}/summary.json")
+    m = train_model(model, spec, out_dir, settings_from_options(options), resume=options["resume"],
+                    force=options["force"], check_data=not options["skip_data_check"],
+                    inputs=tuple(p for p in [options["config_file"]] if p))
+    if m is not None:
+        acc = f", accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
+        click.echo(f"trained {m['steps']} steps: {m['removed_groups']} of {m['prunable_groups']} groups "
+                   f"removed ({m['group_sparsity']:.1%}), relative BOPs {m['relative_bops']:.4f}{acc}")
+        click.echo(f"wrote {out_dir}/checkpoint.safetensors and {out_dir}/summary.json")
     if distributed.launched():
         distributed.clean_exit()
 

@@ -33,6 +33,24 @@ def test_train_writes_checkpoint_and_summary(problem, tmp_path):
     assert "groups removed" in result.output
 
 
+def test_train_model_is_the_library_function_behind_the_command(problem, tmp_path):
+    """geta_onnx.train_model, as `geta-onnx train` runs it: the returned summary is the file's,
+    and a second run into the same folder is refused without force."""
+    import geta_onnx
+    from geta_onnx.errors import ConfigError
+    from geta_onnx.settings import Settings
+
+    model, npz, _ = problem
+    settings = Settings().override("schedule", steps=40).override("data", batch_size=32).override(
+        "prune", group_divisible=1).override("train", progress=False)
+    out = tmp_path / "lib"
+    summary = geta_onnx.train_model(model, f"npz:{npz}", out, settings)
+    assert json.loads(json.dumps(summary, default=str)) == json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["removed_groups"] > 0 and (out / "checkpoint.safetensors").is_file()
+    with pytest.raises(ConfigError, match="force"):
+        geta_onnx.train_model(model, f"npz:{npz}", out, settings)
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("[prune]\ntarget_sparsty = 0.5\n", "did you mean 'target_sparsity'"),
     ("[pruning]\n", "did you mean 'prune'"),
