@@ -18,10 +18,14 @@ def run(tmp_path_factory):
     onnx_path, npz, fp32_acc = write_problem(tmp_path_factory.mktemp("digits"))
     model = load_model(onnx_path)
     data = load_data(f"npz:{npz}", DataConfig(batch_size=32), model=model, seed=0)
+    # the paper's schedule and the task loss, not the fine-tuning defaults: with activations
+    # projected down to 4 bits, this 1,200-step run scored 99.2 % so, 98.1 % with the default
+    # schedule and 96.9 % with distillation added (1 thread; docs/algorithm.md section 3)
     result = run_geta(model, data, quant=QuantConfig(weight_bits=(4, 8), act_bits=(4, 8)),
                       prune=PruneConfig(target_sparsity=0.5, group_divisible=1),
-                      optim=OptimConfig(optimizer="adam", lr=1e-3), schedule=ScheduleConfig(steps=1200),
-                      train_config=TrainConfig(progress=False))
+                      optim=OptimConfig(optimizer="adam", lr=1e-3),
+                      schedule=ScheduleConfig(steps=1200, warmup=0.1, projection=0.2, pruning_start=0.3, pruning=0.4),
+                      train_config=TrainConfig(progress=False, loss="task"))
     return result, fp32_acc
 
 
