@@ -184,6 +184,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                    progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
                    output=train_config.output, config=config, sync_batchnorm=train_config.sync_batchnorm,
                    amp=train_config.amp)
+    if guard is not None:
+        guard.finish()  # the end check: a final model past the tolerance falls back to the last one within it
     out = GetaResult(module, plan, qadg, opt, result)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,

@@ -194,4 +194,7 @@ def test_quality_guard_end_to_end(tmp_path):
     md = out.with_suffix(".report.md").read_text()
     assert "## Quality guard" in md and sum(line.startswith("| period ") for line in md.splitlines()) == \
         len(guard["checks"]) - 1  # the curve: one row per commit
+    end = guard["end"]  # the end check: kept within the tolerance, or the fallback scored again
+    assert (end["drop"] <= 0.02) == (end["action"] == "kept")
+    assert "| end of training " in md and (("| fallback: " in md) == ("quality_after" in end))
     assert out.with_suffix(".summary.png").stat().st_size > 0  # with the curve's panel

@@ -99,6 +99,14 @@ def _guard_lines(guard: dict | None) -> list[str]:
         x = f"{c['predicted_speedup']:.2f}x | " if "predicted_speedup" in c else ("| " if speed else "")
         lines.append(f"| {where} | {c['removed']} | {share} | {x}{c['quality']:.4f} | {c['drop']:+.4f} | "
                      f"{c['action']} |")
+    end = guard.get("end")
+    if end:  # the end check (after the cool-down), and the fallback when it missed the tolerance
+        gap = "| | | " + ("| " if speed else "")
+        lines.append(f"| end of training {gap}{end['quality']:.4f} | {end['drop']:+.4f} | {end['action']} |")
+        if "quality_after" in end:
+            at = "before pruning" if end["fallback_period"] < 0 else f"after period {end['fallback_period'] + 1}"
+            lines.append(f"| fallback: the state {at} {gap}{end['quality_after']:.4f} | {end['drop_after']:+.4f} | "
+                         "shipped |")
     return lines + [""]
 
 

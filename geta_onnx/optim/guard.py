@@ -1,22 +1,27 @@
 """The quality guard (`--max-accuracy-drop`, `--min-fidelity`): the budget is found inside
 the one training run.
 
-QASSO removes groups period by period. The guard, a training-loop hook, does four things:
+QASSO removes groups period by period. The guard, a training-loop hook, does five things:
 - before each pruning period, it snapshots the module and the optimizer (QASSO.snapshot);
 - after each commit, it scores the model on held-out batches, with BatchNorm statistics
-  re-estimated (train.loop.refreshed_batchnorm);
+  re-estimated (train.loop.refreshed_batchnorm), and keeps a snapshot of the last state
+  that met the tolerance;
 - when the drop from the original passes the tolerance, it rolls the period back
   (QASSO.rollback). No group is removed after that, and the remaining steps train the
   structure that met the tolerance;
 - before the first period, it scores the quantized, unpruned model, and stops the run when
-  that alone misses the tolerance.
+  that alone misses the tolerance;
+- after the last step (`finish`), it scores the final model; when that misses the tolerance,
+  the run falls back to the last snapshot that met it (QASSO.fall_back).
 
 Its resolution is one period: more `[schedule] pruning_periods` give finer steps. The budget
 (sparsity, BOPs or latency) stays the most the run removes. docs/guard.md has the details.
 
     guard = QualityGuard(opt, schedule, score, baseline=0.91, tolerance=0.005, metric="accuracy")
     train(..., hooks=[guard])
+    guard.finish()  # after training: the end check, and the fallback when it misses
     guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
+    guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after")}
 """
 from __future__ import annotations
 
@@ -31,7 +36,11 @@ class QualityGuard:
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.history: list[dict] = []
-        self.snap: dict | None = None
+        self.snap: dict | None = None  # the running period's start (its rollback target)
+        # the last state a check found within the tolerance (the fallback target):
+        # {"state": a snapshot, "step": taken after this step, "period": of the check (-1: before pruning)}
+        self.good: dict | None = None
+        self.end: dict | None = None  # the end check (finish)
 
     def _check(self, period: int, action_over: str) -> bool:
         """Score now, record it, and whether the drop passes the tolerance (rank 0 decides)."""
@@ -62,29 +71,56 @@ class QualityGuard:
                 f"{h['quality']:.4f} {self.metric} on the guard's held-out batches, {h['drop']:.4f} below the "
                 f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}); allow a larger drop, train longer, "
                 "or widen the bit ranges (--weight-bits)")
-        self.snap = self.opt.snapshot()
+        if self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
+            self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": self.history[-1]["period"]}
+        self.snap = self.good["state"]  # the state the last check scored: within the tolerance
 
     def after_step(self, step: int, loss) -> dict:
         info = self.schedule.stage(step)
         if info.name != "pruning" or info.step_in_period != info.period_steps - 1 or self.snap is None:
             return {}
         if self._check(info.period, "rolled back; pruning stopped"):
-            self.opt.rollback(self.snap)
+            self.opt.rollback(self.snap)  # back to self.good: the period's start met the tolerance
             self.history[-1]["removed_after"] = len(self.opt.zeroed)
+        else:  # the next period (if any) starts from this state and takes this copy as its snapshot
+            self.good = {"state": self.opt.snapshot(), "step": step, "period": info.period}
         self.snap = None
         return {"drop": f"{self.history[-1]['drop']:+.3f}"}
 
+    def finish(self) -> None:
+        """The end check, after the last step: score the final model; when it misses the
+        tolerance, fall back to the last state a check found within it (its structure is the
+        final one, since no group is removed after that state; the fallback gives up what
+        training did since, the cool-down's included) and score that again."""
+        if self.good is None or self.end is not None:  # no pruning period ran, or finished (a resume)
+            return
+        quality = self.score()
+        drop = self.baseline - quality
+        self.end = {"quality": quality, "drop": drop, "action": "kept"}
+        if not distributed.agree(drop > self.tolerance):
+            return
+        self.opt.fall_back(self.good["state"])
+        after = self.score()
+        self.end.update({"action": "fell back to the last state within the tolerance",
+                         "fallback_period": self.good["period"],
+                         "quality_after": after, "drop_after": self.baseline - after})
+
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
-        return {"history": self.history, "snap": self.snap, "baseline": self.baseline}
+        return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
+        self.good = state.get("good")
 
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
         stopped = next((h["period"] for h in self.history if h["action"].startswith("rolled back")), None)
         why = (f"period {stopped + 1} dropped the quality past the tolerance: rolled back" if stopped is not None
                else "every period met the tolerance: the budget bounded the removal")
+        if self.end is not None and "quality_after" in self.end:
+            why += (f"; the final model missed it ({self.end['drop']:+.4f}), so the run fell back to the last state "
+                    "within it, without the training since")
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
-                "stopped_at_period": stopped, "why": why, "checks": self.history}
+                "stopped_at_period": stopped, "why": why, "checks": self.history,
+                **({"end": self.end} if self.end is not None else {})}

@@ -256,8 +256,7 @@ class QASSO(torch.optim.Optimizer):
         if stage in ("projection", "pruning"):
             self._project_bits()
         if self.frozen:  # cool-down: d follows the frozen bits as q_m and t keep training
-            for layer in self.layers:
-                layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
+            self._follow_frozen_bits()
         if stage == "pruning" and info.step_in_period == info.period_steps - 1:
             self._commit()
         self.masks.apply()
@@ -293,6 +292,10 @@ class QASSO(torch.optim.Optimizer):
         for layer in self.layers:
             layer.quantizer.freeze_bits(layer.deployable(layer.bits()))
         self.frozen = True
+
+    def _follow_frozen_bits(self) -> None:
+        for layer in self.layers:
+            layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
 
     def _budget(self, s: dict[int, float]) -> int:
         """K: the sparsity's count, or the smallest K whose planned removal meets the BOPs target
@@ -456,6 +459,20 @@ class QASSO(torch.optim.Optimizer):
         self.load_state_dict(copy.deepcopy(snap["optimizer"]))  # the live state never aliases the snapshot
         self.step_count, self.period, self.redundant = step, period, []
         self.stopped, self.planned = True, len(self.zeroed)
+
+    @torch.no_grad()
+    def fall_back(self, snap: dict) -> None:
+        """The end of a guarded run whose final model missed the tolerance: back to `snap` (the
+        last state the guard found within it), as rollback. Bits frozen since (the cool-down)
+        are frozen again from the snapshot's widths, snapped to the deployed ones, so the
+        export gets widths its runtime executes as after any cool-down."""
+        frozen = self.frozen
+        if frozen:  # frozen_bits is a None buffer in a snapshot taken before the freeze: not restored by it
+            for layer in self.layers:
+                layer.quantizer.unfreeze()
+        self.rollback(snap)
+        if frozen and not self.frozen:
+            self._freeze_bits()
 
     # ---- persistence --------------------------------------------------------------------
     def state_dict(self):

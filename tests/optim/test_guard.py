@@ -109,3 +109,50 @@ def test_a_tolerance_the_unpruned_model_misses_stops_at_the_first_check():
     with pytest.raises(GetaError, match="before any pruning.*0.0500 below"):
         _train(module, opt, layers, STEPS, hooks=[guard])
     assert not opt.zeroed
+
+
+def _scores(values):
+    """A score() that returns `values` in turn: the guard's checks in the order they run."""
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_end_check_falls_back_to_the_last_state_within_the_tolerance():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    # the start check and the 3 periods meet the tolerance; the final model (after the
+    # cool-down) misses it; the fallback state scores within it again
+    guard = QualityGuard(opt, stages, _scores([1.0] * 4 + [0.5, 0.995]), baseline=1.0, tolerance=0.01,
+                         metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert opt.frozen and guard.good["period"] == 2 and guard.good["step"] == 41  # the last commit's state
+    good = copy.deepcopy(guard.good["state"]["module"])
+    zeroed = set(opt.zeroed)
+    guard.finish()
+    end = guard.summary()["end"]
+    assert end["action"].startswith("fell back") and end["fallback_period"] == 2
+    assert end["drop"] == pytest.approx(0.5) and end["drop_after"] == pytest.approx(0.005)
+    assert "fell back" in guard.summary()["why"]
+    state = module.state_dict()
+    for key, value in good.items():  # weights, q_m and statistics bitwise; d follows the re-frozen widths
+        if not key.endswith(".d"):
+            assert torch.equal(value, state[key]), key
+    assert set(opt.zeroed) == zeroed and opt.frozen
+    for layer in layers:  # frozen again at whole widths inside [low, high], d consistent with them
+        bits = layer.quantizer.frozen_bits
+        assert torch.equal(bits, bits.round()) and bool(((bits >= layer.low) & (bits <= layer.high)).all())
+        assert torch.allclose(layer.quantizer.bits(), layer.deployable(bits))
+    for view in opt.views:  # removed groups still exactly zero
+        if view.id in zeroed:
+            assert all(float(s.param.detach().index_select(s.axis, s.index).abs().max()) == 0 for s in view.slices)
+
+
+def test_end_check_keeps_a_final_model_within_the_tolerance():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = QualityGuard(opt, stages, _scores([1.0] * 4 + [0.999]), baseline=1.0, tolerance=0.01, metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    before = copy.deepcopy(module.state_dict())
+    guard.finish()
+    assert guard.end == {"quality": 0.999, "drop": pytest.approx(0.001), "action": "kept"}
+    for key, value in before.items():
+        assert torch.equal(value, module.state_dict()[key]), key
+    guard.finish()  # a second call (a resumed finished run calls it again) scores nothing more
