@@ -192,6 +192,9 @@ class PruneConfig:
     # rolled back and pruning stops there; the budget stays the most the run removes. None: off
     max_quality_drop: float | None = None
     guard_batches: int = 8  # eval batches each guard check scores (cost: one eval of them per period)
+    # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
+    # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
+    guard_float_layers: int = 8
     group_divisible: int = 16  # kept channels per layer: a multiple of this (heads are whole anyway)
     importance: tuple[float, float, float, float, float] = (0.2, 0.2, 0.2, 0.2, 0.2)
     # magnitude, avg magnitude, cosine, first- and second-order Taylor
@@ -210,6 +213,7 @@ class PruneConfig:
         _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
                f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
         _check(self.guard_batches >= 1, "guard_batches", "must be >= 1")
+        _check(self.guard_float_layers >= 0, "guard_float_layers", "must be >= 0 (0: no layer goes back to float)")
         _check(self.latency_selection in ("count", "knapsack"), "latency_selection",
                f"expected count or knapsack, got '{self.latency_selection}'")
         _check(len(self.importance) == 5 and all(w >= 0 for w in self.importance), "importance",

@@ -10,19 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .bridge import OnnxModule, to_torch
 from .config import OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig
 from .errors import GetaError
 from .graph.model import OnnxModel
 from .optim import QASSO, ImportanceWeights, quant_targets
+from .optim.guard import FloatLayers, QualityGuard
 from .qadg import QADG, analyze
 from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
 from .quant.plan import QuantPlan
 from .quant.sites import attach_quantizers
-from .train import (CHECKPOINT, Data, Schedule, TrainResult, load_checkpoint, lr_scheduler, make_loss, split_batch,
-                    train)
+from .train import (CHECKPOINT, Data, Schedule, TrainResult, distributed, load_checkpoint, lr_scheduler, make_loss,
+                    split_batch, train)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class GetaResult:
     def layers(self) -> list[dict]:
         """Per weighted layer: kept / total output channels and the deployed (rounded) bit
         widths, weight bits averaged over the kept channels; None = kept in float (float_reason:
-        skip_first, skip_last, exclude or thin, as QuantLayer.skipped)."""
+        skip_first, skip_last, exclude, thin, latency or quality, as QuantLayer.skipped)."""
         kept = self._kept()
         rows = []
         for layer in self.plan.layers:
@@ -146,44 +148,46 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,
                      temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output,
                      every_output=train_config.kd_outputs == "all")
-    plan = attach_quantizers(module, model, quant)
-    calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
     qadg = analyze(model)
     sched = Schedule.from_config(len(data.train), schedule)
     kind, value = prune.budget
-    bops_fn = None
-    if kind == "target_bops":
-        bops_fn = lambda removed: relative_bops(  # noqa: E731
-            plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
-    latency, budget_ms = (_latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
-                          if prune.latency_budget else (None, None))
-    if prune.latency_budget and quant.float_by_latency and profile == "ort":
-        slow = _float_by_latency(latency, checkpoint_dir if resume else None)
-        if slow:  # again from a fresh bridge: those layers get no quantizer, the model is timed again
-            module = to_torch(model)
-            module.per_sample = per_sample
-            plan = attach_quantizers(module, model, quant, keep_float={n: "latency" for n in slow})
-            calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
-            latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
-                                                train_config.progress)
-    deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
-    opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
-                lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                target_sparsity=value if kind == "target_sparsity" else None,
-                target_bops=value if kind == "target_bops" else None, bops_fn=bops_fn,
-                bit_reduction=optim.bit_reduction or None,
-                group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
-                forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
-                latency_selection=prune.latency_selection)
-    lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
-    guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config)
-             if prune.max_quality_drop is not None else None)
-    result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs, device=train_config.device,
-                   checkpoint_dir=checkpoint_dir, resume=resume,
-                   hooks=[_Progress(opt)] + ([guard] if guard is not None else []),
-                   progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
-                   output=train_config.output, config=config, sync_batchnorm=train_config.sync_batchnorm,
-                   amp=train_config.amp)
+    saved = _saved_state(checkpoint_dir) if resume else None
+    floated = _floated(saved)  # what the guard put in float before the checkpoint (a restarted run)
+    keep_float = {la["node"]: "quality" for la in (floated or {}).get("layers", [])}
+    while True:
+        module, plan, latency, budget_ms = _quantized_and_timed(model, data, module, qadg, keep_float, quant, prune,
+                                                                train_config, per_sample, latency_at, profile, saved)
+        bops_fn = None
+        if kind == "target_bops":
+            bops_fn = lambda removed, plan=plan: relative_bops(  # noqa: E731
+                plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
+        deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
+        opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
+                    lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum,
+                    weight_decay=optim.weight_decay, target_sparsity=value if kind == "target_sparsity" else None,
+                    target_bops=value if kind == "target_bops" else None, bops_fn=bops_fn,
+                    bit_reduction=optim.bit_reduction or None,
+                    group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
+                    forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
+                    latency_selection=prune.latency_selection)
+        lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
+        guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config, floated)
+                 if prune.max_quality_drop is not None else None)
+        try:
+            result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs,
+                           device=train_config.device, checkpoint_dir=checkpoint_dir, resume=resume,
+                           hooks=[_Progress(opt)] + ([guard] if guard is not None else []),
+                           progress=train_config.progress, seed=train_config.seed, grad_clip=train_config.grad_clip,
+                           output=train_config.output, config=config, sync_batchnorm=train_config.sync_batchnorm,
+                           amp=train_config.amp)
+            break
+        except FloatLayers as chosen:  # the guard's first check: start over with these layers in float
+            floated = chosen.found
+            keep_float.update({node: "quality" for node in chosen.nodes})
+            module, resume, saved = None, False, None
+            if distributed.info().is_main:
+                tqdm.write(f"quality guard: the quantized model misses the tolerance before pruning; "
+                           f"{len(chosen.nodes)} layer(s) back to float ({chosen}), training starts over")
     if guard is not None:
         guard.finish()  # the end check: a final model past the tolerance falls back to the last one within it
     out = GetaResult(module, plan, qadg, opt, result)
@@ -201,44 +205,96 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     return out
 
 
-def _float_by_latency(latency, resume_dir) -> list[str]:
+def _quantized_and_timed(model: OnnxModel, data: Data, module: OnnxModule | None, qadg: QADG,
+                         keep_float: dict[str, str], quant: QuantConfig, prune: PruneConfig,
+                         train_config: TrainConfig, per_sample: bool, latency_at: tuple[int, int], profile: str,
+                         saved: dict | None):
+    """(module, plan, latency model, budget ms): `module` (a fresh bridge when None) with its
+    quantizers attached and calibrated, `keep_float`'s layers in float, and under a latency
+    budget the latency model. Layers whose int8 kernel the table times slower go to float
+    too (reason "latency", added to keep_float), and everything is built again without them."""
+    module, plan = _quantized(model, data, module, keep_float, quant, per_sample)
+    if not prune.latency_budget:
+        return module, plan, None, None
+    latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
+    if quant.float_by_latency and profile == "ort":
+        slow = [n for n in _float_by_latency(latency, saved) if n not in keep_float]
+        if slow:  # again from a fresh bridge: those layers get no quantizer, the model is timed again
+            keep_float.update({n: "latency" for n in slow})
+            module, plan = _quantized(model, data, None, keep_float, quant, per_sample)
+            latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
+                                                train_config.progress)
+    return module, plan, latency, budget_ms
+
+
+def _quantized(model: OnnxModel, data: Data, module: OnnxModule | None, keep_float: dict[str, str],
+               quant: QuantConfig, per_sample: bool) -> tuple[OnnxModule, QuantPlan]:
+    if module is None:
+        module = to_torch(model)
+        module.per_sample = per_sample
+    plan = attach_quantizers(module, model, quant, keep_float=dict(keep_float))
+    calibrate(module, plan, _calibration_batches(module, data, quant.calibration_batches), quant)
+    return module, plan
+
+
+def _saved_state(resume_dir) -> dict | None:
+    """The run folder's checkpoint (for what a resumed run rebuilds its module from), or None."""
+    ckpt = Path(resume_dir) / CHECKPOINT if resume_dir is not None else None
+    return load_checkpoint(ckpt) if ckpt is not None and ckpt.is_file() else None
+
+
+def _floated(saved: dict | None) -> dict | None:
+    """What the quality guard put in float in the checkpointed run (its hook state:
+    FloatLayers.found), or None."""
+    for hook in (saved or {}).get("hooks") or []:
+        if isinstance(hook, dict) and hook.get("floated"):
+            return hook["floated"]
+    return None
+
+
+def _float_by_latency(latency, saved: dict | None) -> list[str]:
     """The layers kept in float because the latency table times their int8 kernel slower
     (LatencyModel.slower_in_int8), decided on rank 0 and agreed. A resumed run decides from
     the table entries its checkpoint holds, so it rebuilds the module it saved."""
-    from .train import distributed
-
     slow = None
     if latency is not None:
-        ckpt = Path(resume_dir) / CHECKPOINT if resume_dir is not None else None
-        if ckpt is not None and ckpt.is_file():
-            saved = (load_checkpoint(ckpt).get("optimizer") or {}).get("qasso", {}).get("latency")
-            if saved:
-                latency.restore(saved)
+        entries = ((saved or {}).get("optimizer") or {}).get("qasso", {}).get("latency")
+        if entries:
+            latency.restore(entries)
         slow = latency.slower_in_int8()
     return distributed.agree(slow) or []
 
 
 class _FirstBatches:
-    """The first `n` batches of a loader, each time it is iterated."""
+    """The first `n` batches of a loader, each time it is iterated. `pinned`: in the order of
+    its epoch 0 every time (train.batching.set_epoch), so that a shuffled training loader gives
+    the same batches to every guard check: the checks then compare the model, not the batches
+    its BatchNorm statistics were refreshed from. A running training epoch keeps its order
+    (drawn when the epoch began), and the next epoch pins its own."""
 
-    def __init__(self, loader, n: int):
-        self.loader, self.n = loader, n
+    def __init__(self, loader, n: int, pinned: bool = False):
+        self.loader, self.n, self.pinned = loader, n, pinned
 
     def __iter__(self):
         import itertools
 
+        from .train.batching import set_epoch
+
+        if self.pinned:
+            set_epoch(self.loader, 0)
         return itertools.islice(iter(self.loader), self.n)
 
 
 def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
-                   prune: PruneConfig, train_config: TrainConfig):
+                   prune: PruneConfig, train_config: TrainConfig, floated: dict | None):
     """optim.guard.QualityGuard on the first `guard_batches` eval batches: top-1 accuracy with
     labels, else the agreement (class logits) or cosine with the original's output. The
-    baseline is the original's score there (quantizers off before training; 1 for fidelity)."""
+    baseline is the original's score there (quantizers off before training; 1 for fidelity).
+    The candidates of its per-layer float fallback: every quantized layer, with its weight,
+    input and output quantizers."""
     from .errors import ConfigError
-    from .optim.guard import QualityGuard
     from .train.evaluate import evaluate
-    from .train.loop import refreshed_batchnorm
+    from .train.loop import BN_REFRESH_BATCHES, refreshed_batchnorm
 
     if data.eval is None:
         raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
@@ -252,9 +308,11 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         module.train(was_training)
         return out
 
+    refresh = _FirstBatches(data.train, BN_REFRESH_BATCHES, pinned=True)
+
     def score() -> float:
         device = next(module.parameters()).device
-        return metrics(refreshed_batchnorm(module, data.train, names, device))[metric]
+        return metrics(refreshed_batchnorm(module, refresh, names, device))[metric]
 
     quantizers = [plan.quantizer(q) for q in dict.fromkeys(s.quantizer for s in plan.sites)]
     enabled = [q.enabled for q in quantizers]
@@ -270,7 +328,10 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
                           "for accuracy, or distillation of class scores / float outputs for fidelity)")
     baseline = original[metric] if metric == "accuracy" else 1.0
-    return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric)
+    candidates = {la.node: [plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)]
+                  for la in plan.layers if la.weight_quantizer is not None}
+    return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
+                        layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated)
 
 
 def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,
@@ -280,7 +341,6 @@ def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: Quant
     from .latency import Target, build_latency_model
     from .latency.reference import int8_export
     from .preflight import first_samples
-    from .train import distributed
 
     latency, budget = None, None
     if distributed.info().is_main:

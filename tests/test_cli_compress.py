@@ -198,3 +198,33 @@ def test_quality_guard_end_to_end(tmp_path):
     assert (end["drop"] <= 0.02) == (end["action"] == "kept")
     assert "| end of training " in md and (("| fallback: " in md) == ("quality_after" in end))
     assert out.with_suffix(".summary.png").stat().st_size > 0  # with the curve's panel
+
+
+def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_path):
+    """2-bit weights and activations: the quantized, unpruned digits CNN misses a 2-point
+    tolerance at the first check, so the guard puts the layers whose quantization costs the
+    most back in float and training starts over; the report names them, the layer table gives
+    the reason, and a resume rebuilds the same float layers from the checkpoint."""
+    model, npz, _ = write_problem(tmp_path)
+    out = tmp_path / "guarded.onnx"
+    args = ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "60", "--batch-size", "32",
+            "--target-sparsity", "0.5", "--max-accuracy-drop", "0.02", "--weight-bits", "2:2", "--act-bits", "2:2",
+            "--group-divisible", "8", "--batch", "1,8", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "back to float" in result.output and "training starts over" in result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    fallback = report["guard"]["float_fallback"]
+    floated = [la["node"] for la in fallback["layers"]]
+    assert floated and report["guard"]["baseline"] - fallback["quality"] > 0.02  # missed by the quantized model
+    assert report["guard"]["baseline"] - fallback["layers"][-1]["quality_cumulative"] <= 0.02  # met with them off
+    assert report["guard"]["checks"][0]["drop"] <= 0.02  # and by the restarted run before pruning
+    reasons = {la["name"]: la["float_reason"] for la in report["layers"]}
+    assert all(reasons[node] == "quality" for node in floated)
+    assert "went back to float" in out.with_suffix(".report.md").read_text()
+    again = CliRunner().invoke(main, args + ["--resume"])
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(out.with_suffix(".report.json").read_text())
+    assert resumed["guard"]["float_fallback"] == fallback
+    assert {la["name"]: la["float_reason"] for la in resumed["layers"]} == reasons
+    assert resumed["groups"] == report["groups"]

@@ -90,6 +90,7 @@ def _guard_lines(guard: dict | None) -> list[str]:
     lines = ["## Quality guard", "",
              f"{guard['metric']} on held-out batches; original {guard['baseline']:.4f}, tolerance "
              f"{guard['tolerance']:g}. {guard.get('why') or _guard_end(guard)}.", "",
+             *_guard_float_lines(guard.get("float_fallback"), guard["baseline"]),
              "| check | groups removed | share | " + ("predicted speedup | " if speed else "")
              + "quality | drop | action |",
              "|---|---:|---:|" + ("---:|" if speed else "") + "---:|---:|---|"]
@@ -108,6 +109,18 @@ def _guard_lines(guard: dict | None) -> list[str]:
             lines.append(f"| fallback: the state {at} {gap}{end['quality_after']:.4f} | {end['drop_after']:+.4f} | "
                          "shipped |")
     return lines + [""]
+
+
+def _guard_float_lines(fallback: dict | None, baseline: float) -> list[str]:
+    """The layers the guard put back in float before pruning: the quality with each one alone
+    in float, and with it and the ones before it."""
+    if not fallback:
+        return []
+    named = ", ".join(f"`{la['node']}` ({la['quality_alone']:.4f} alone in float, {la['quality_cumulative']:.4f} "
+                      "with those before it)" for la in fallback["layers"])
+    return [f"The quantized model missed the tolerance before pruning ({fallback['quality']:.4f}, drop "
+            f"{baseline - fallback['quality']:+.4f}): {len(fallback['layers'])} layer(s) went back to float, those "
+            f"whose quantization cost the most, and training started over: {named}.", ""]
 
 
 def _guard_end(guard: dict) -> str:

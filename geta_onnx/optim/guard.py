@@ -9,8 +9,11 @@ QASSO removes groups period by period. The guard, a training-loop hook, does fiv
 - when the drop from the original passes the tolerance, it rolls the period back
   (QASSO.rollback). No group is removed after that, and the remaining steps train the
   structure that met the tolerance;
-- before the first period, it scores the quantized, unpruned model, and stops the run when
-  that alone misses the tolerance;
+- before the first period, it scores the quantized, unpruned model. When that alone misses
+  the tolerance, it finds the layers whose quantization costs the most (each layer's
+  quantizers turned off in turn, as NNCF's accuracy control does for post-training
+  quantization) and raises FloatLayers: the run starts over with them in float. When no
+  `max_float` layers bring the quality within the tolerance, the run stops;
 - after the last step (`finish`), it scores the final model; when that misses the tolerance,
   the run falls back to the last snapshot that met it (QASSO.fall_back).
 
@@ -25,16 +28,55 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from ..errors import GetaError
 from ..train import distributed
 
 
+class FloatLayers(Exception):
+    """The first check's verdict: these layers go back to float, and the run starts over
+    without their quantizers (geta.run_geta). `found`: {"quality": the quantized model's score,
+    "layers": [{"node", "quality_alone", "quality_cumulative"}]} in the order chosen:
+    quality_alone with only that layer's quantizers off, quality_cumulative with it and every
+    layer before it off."""
+
+    def __init__(self, found: dict):
+        super().__init__(", ".join(la["node"] for la in found["layers"]))
+        self.found = found
+
+    @property
+    def nodes(self) -> list[str]:
+        return [la["node"] for la in self.found["layers"]]
+
+
+@contextmanager
+def _quantizers_off(quantizers):
+    """The quantizers as identities inside the block (Quantizer.enabled), restored after."""
+    was = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, on in zip(quantizers, was):
+            q.enabled = on
+
+
 class QualityGuard:
-    def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str):
+    def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
+                 layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
+                 floated: dict | None = None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
-        better); `baseline`: the original's on the same batches."""
+        better, the same batches on every call); `baseline`: the original's on them.
+        `layer_quantizers`: layer node -> its quantizer modules, the candidates of the per-layer
+        float fallback, of which at most `max_float` go to float (0: none, the run stops at a
+        first check that misses). `floated`: what an earlier attempt of this run put in float
+        (FloatLayers.found): reported, and no second fallback."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
+        self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
+        self.floated = floated
         self.history: list[dict] = []
         self.snap: dict | None = None  # the running period's start (its rollback target)
         # the last state a check found within the tolerance (the fallback target):
@@ -65,15 +107,43 @@ class QualityGuard:
         if info.name != "pruning" or info.step_in_period != 0 or self.opt.stopped:
             return
         if not self.history and self._check(-1, "start"):
+            found = None if self.floated else self._float_fallback(self.history[-1]["quality"])
+            if found:
+                raise FloatLayers(found)
             h = self.history[-1]
+            tried = (f" with {', '.join(la['node'] for la in self.floated['layers'])} in float" if self.floated else
+                     f"; no {self.max_float} layers in float bring it within the tolerance" if self.max_float else "")
             raise GetaError(
                 f"--max-accuracy-drop / --min-fidelity: before any pruning, the quantized model already scores "
                 f"{h['quality']:.4f} {self.metric} on the guard's held-out batches, {h['drop']:.4f} below the "
-                f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}); allow a larger drop, train longer, "
-                "or widen the bit ranges (--weight-bits)")
+                f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}){tried}; allow a larger drop, "
+                "train longer, or widen the bit ranges (--weight-bits, --act-bits)")
         if self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
             self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": self.history[-1]["period"]}
         self.snap = self.good["state"]  # the state the last check scored: within the tolerance
+
+    def _float_fallback(self, quality: float) -> dict | None:
+        """The layers to keep in float, as NNCF's accuracy control picks them: each candidate
+        scored with only its quantizers off, then turned off in the order of that score (best
+        first), one more at a time, until the quality is within the tolerance (FloatLayers.found;
+        `quality`: the quantized model's). None when `max_float` layers do not get there. Rank
+        0's choice is everyone's."""
+        if self.max_float <= 0 or not self.layer_quantizers:
+            return None
+        alone = {}
+        for node, quantizers in self.layer_quantizers.items():
+            with _quantizers_off(quantizers):
+                alone[node] = self.score()
+        ranked = sorted(alone, key=lambda n: -alone[n])  # stable: ties keep the layers' graph order
+        chosen = []
+        for node in ranked[:self.max_float]:
+            off = [q for n in [*(c["node"] for c in chosen), node] for q in self.layer_quantizers[n]]
+            with _quantizers_off(off):
+                cumulative = self.score()
+            chosen.append({"node": node, "quality_alone": alone[node], "quality_cumulative": cumulative})
+            if self.baseline - cumulative <= self.tolerance:
+                return distributed.agree({"quality": quality, "layers": chosen})
+        return distributed.agree(None)
 
     def after_step(self, step: int, loss) -> dict:
         info = self.schedule.stage(step)
@@ -107,11 +177,12 @@ class QualityGuard:
 
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
-        return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good}
+        return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good,
+                "floated": self.floated}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
-        self.good = state.get("good")
+        self.good, self.floated = state.get("good"), state.get("floated")
 
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
@@ -123,4 +194,5 @@ class QualityGuard:
                     "within it, without the training since")
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
-                **({"end": self.end} if self.end is not None else {})}
+                **({"end": self.end} if self.end is not None else {}),
+                **({"float_fallback": self.floated} if self.floated else {})}

@@ -47,7 +47,7 @@ class QuantLayer:
     weight_quantizer: str | None  # qualified name; None when kept in float
     act_quantizer: str | None
     # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", "latency" (int8 timed
-    # slower), or ""
+    # slower), "quality" (the quality guard's per-layer fallback, optim/guard.py), or ""
     skipped: str = ""
 
     def to_dict(self) -> dict:

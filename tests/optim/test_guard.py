@@ -1,14 +1,15 @@
 """The quality guard (optim/guard.py): a rollback restores weights, quantizers and the
 optimizer bitwise; on a toy model with a known quality cliff the guard stops at the last
 period that met the tolerance; a run interrupted mid-period resumes bit-identically; a
-tolerance the unpruned model already misses stops the run at the first check."""
+tolerance the unpruned model already misses puts the costliest layers in float, or stops the
+run at the first check; the end check falls back to the last state within the tolerance."""
 import copy
 
 import pytest
 import torch
 
 from geta_onnx.errors import GetaError
-from geta_onnx.optim.guard import QualityGuard
+from geta_onnx.optim.guard import FloatLayers, QualityGuard
 from tests.optim.test_qasso import _setup
 
 STEPS = 60  # 3 pruning periods of 8 steps: [18, 42)
@@ -156,3 +157,40 @@ def test_end_check_keeps_a_final_model_within_the_tolerance():
     for key, value in before.items():
         assert torch.equal(value, module.state_dict()[key]), key
     guard.finish()  # a second call (a resumed finished run calls it again) scores nothing more
+
+
+def _fallback_guard(opt, stages, layers, max_float, floated=None):
+    """A guard whose quality loses 0.01 for each of the quantizers fq2 and fq5 that is on: the
+    quantized model misses a 0.005 tolerance, and only both of them in float meet it."""
+    hostile = [layers[2].quantizer, layers[5].quantizer]
+    score = lambda: 1.0 - 0.01 * sum(q.enabled for q in hostile)  # noqa: E731
+    candidates = {f"layer{i}": [layer.quantizer] for i, layer in enumerate(layers)}
+    return QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.005, metric="accuracy",
+                        layer_quantizers=candidates, max_float=max_float, floated=floated)
+
+
+def test_first_check_puts_the_costliest_layers_in_float():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = _fallback_guard(opt, stages, layers, max_float=3)
+    with pytest.raises(FloatLayers) as raised:
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    # each alone in float scores 0.99, the rest 0.98: the two go first (graph order on a tie), and
+    # with both off the quality is within the tolerance, so no third layer is taken
+    assert raised.value.found == {"quality": pytest.approx(0.98), "layers": [
+        {"node": "layer2", "quality_alone": pytest.approx(0.99), "quality_cumulative": pytest.approx(0.99)},
+        {"node": "layer5", "quality_alone": pytest.approx(0.99), "quality_cumulative": pytest.approx(1.0)}]}
+    assert all(layer.quantizer.enabled for layer in layers)  # every quantizer back on after the search
+    assert not opt.zeroed
+
+
+def test_first_check_stops_when_the_allowed_layers_cannot_meet_the_tolerance():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = _fallback_guard(opt, stages, layers, max_float=1)
+    with pytest.raises(GetaError, match="no 1 layers in float bring it within"):
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)  # a restarted run falls back only once
+    floated = {"quality": 0.98, "layers": [{"node": "layer2", "quality_alone": 0.99, "quality_cumulative": 0.99}]}
+    guard = _fallback_guard(opt, stages, layers, max_float=3, floated=floated)
+    with pytest.raises(GetaError, match="with layer2 in float"):
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    assert guard.summary()["float_fallback"] == floated
