@@ -46,3 +46,21 @@ def test_config_toml_round_trips():
     sections = {"data": {"resize": True, "mean": (0.485, 0.456, 0.406), "limit": 100}, "train": {"kd": "mse"}}
     back = tomllib.loads(_toml(sections))
     assert back == {"data": {"resize": True, "mean": [0.485, 0.456, 0.406], "limit": 100}, "train": {"kd": "mse"}}
+
+
+def test_budgets_parse_sparsities_speedups_and_guards():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tools.benchmarks.rows import Budget, geta_command
+
+    plain, speed, guarded = Budget("0.3"), Budget("3x"), Budget("4.5x@0.005")
+    assert (plain.tag, plain.option, plain.guard_option(True)) == ("30", ["--target-sparsity", "0.3"], [])
+    assert (speed.tag, speed.option, repr(speed)) == ("3x", ["--target-speedup", "3"], "3x")
+    assert guarded.tag == "4p5x_g0p005" and repr(guarded) == "4.5x@0.005" and guarded.label.endswith("guard 0.005")
+    assert guarded.guard_option(True) == ["--max-accuracy-drop", "0.005"]
+    assert guarded.guard_option(False) == ["--min-fidelity", "0.995"]  # label-free data: fidelity
+    bench = SimpleNamespace(model="m.onnx", data_spec="npz:d.npz", epochs=1, batch_size=8, geta_lr=None,
+                            geta_config=None, data=SimpleNamespace(has_labels=True))
+    cmd, out = geta_command(bench, Path("w"), guarded)
+    assert cmd[cmd.index("--max-accuracy-drop") + 1] == "0.005" and out.name == "geta_4p5x_g0p005.onnx"

@@ -6,7 +6,9 @@
                     the same epochs (fp32; shown so pruning and quantization can be told apart)
     l1-S+ptq        ... then int8 PTQ: the multi-stage pipeline
     geta-S          `geta-onnx compress --target-sparsity S` (one run: pruning + mixed-precision QAT),
-                    or `--target-speedup X` for a budget written "Xx" (e.g. 3x)
+                    or `--target-speedup X` for a budget written "Xx" (e.g. 3x); a budget written
+                    "B@T" (e.g. 4.5x@0.005) adds the quality guard: --max-accuracy-drop T, or
+                    --min-fidelity 1-T for label-free data (docs/guard.md)
 
 A row is a dict: {"id", "label", "path", "kind", "seconds" (wall time of the compression
 itself, 0 for fp32), "details" (what the step returned), "command" (geta rows)}.
@@ -40,27 +42,37 @@ def ptq_row(bench: Bench, work: Path) -> dict:
 
 
 class Budget:
-    """One geta-onnx budget of the benchmark: "0.3" (group sparsity) or "3x" (predicted speedup)."""
+    """One geta-onnx budget of the benchmark: "0.3" (group sparsity) or "3x" (predicted speedup),
+    optionally guarded: "3x@0.005" (a quality-guard tolerance of 0.005)."""
 
     def __init__(self, text: str):
-        text = str(text).strip()
+        text, _, guard = str(text).strip().partition("@")
         self.speedup = text.lower().endswith("x")
         self.value = float(text[:-1] if self.speedup else text)
+        self.guard = float(guard) if guard else None
 
     @property
-    def tag(self) -> str:  # file-safe: geta_30, geta_3x
-        return f"{self.value:g}x".replace(".", "p") if self.speedup else str(round(self.value * 100))
+    def tag(self) -> str:  # file-safe: geta_30, geta_3x, geta_4p5x_g0p005
+        tag = f"{self.value:g}x".replace(".", "p") if self.speedup else str(round(self.value * 100))
+        return tag if self.guard is None else f"{tag}_g{self.guard:g}".replace(".", "p")
 
     @property
     def label(self) -> str:
-        return f"{self.value:g}x target" if self.speedup else f"{self.value:.0%} groups"
+        label = f"{self.value:g}x target" if self.speedup else f"{self.value:.0%} groups"
+        return label if self.guard is None else f"{label}, guard {self.guard:g}"
+
+    def guard_option(self, has_labels: bool) -> list[str]:
+        if self.guard is None:
+            return []
+        return ["--max-accuracy-drop", f"{self.guard:g}"] if has_labels else ["--min-fidelity", f"{1 - self.guard:g}"]
 
     @property
     def option(self) -> list[str]:
         return ["--target-speedup", f"{self.value:g}"] if self.speedup else ["--target-sparsity", f"{self.value:g}"]
 
     def __repr__(self) -> str:
-        return f"{self.value:g}x" if self.speedup else f"{self.value:g}"
+        text = f"{self.value:g}x" if self.speedup else f"{self.value:g}"
+        return text if self.guard is None else f"{text}@{self.guard:g}"
 
 
 def geta_command(bench: Bench, work: Path, budget: Budget) -> tuple[list[str], Path]:
@@ -70,6 +82,7 @@ def geta_command(bench: Bench, work: Path, budget: Budget) -> tuple[list[str], P
     cmd = [str(exe) if exe.exists() else "geta-onnx", "compress", str(bench.model), "--data", bench.data_spec,
            "-o", str(out), *budget.option, "--epochs", str(bench.epochs), "--no-progress",
            "--batch-size", str(bench.batch_size), "--force"]  # a benchmark row is a fresh run, even in a used folder
+    cmd += budget.guard_option(bench.data.has_labels)
     if bench.geta_lr is not None:
         cmd += ["--lr", f"{bench.geta_lr:g}"]
     if bench.geta_config:

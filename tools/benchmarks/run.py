@@ -38,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data subsets and epochs")
     p.add_argument("--out", help="work and results folder (default runs/benchmarks, --quick: runs/benchmarks-quick)")
     p.add_argument("--budgets", default="0.3,0.6",
-                   help="geta-onnx budgets: group sparsities, or predicted speedups written 3x (default 0.3,0.6)")
+                   help="geta-onnx budgets: group sparsities, or predicted speedups written 3x, each optionally "
+                   "guarded: 4.5x@0.005 adds --max-accuracy-drop 0.005 (--min-fidelity 0.995 label-free) "
+                   "(default 0.3,0.6)")
     p.add_argument("--skip-geta", action="store_true", help="no geta-onnx rows; the L1 rows prune to --l1-macs")
     p.add_argument("--l1-macs", default="0.55", help="without geta rows: L1 MAC targets as fractions of the "
                                                      "original, one per budget or one for all (default 0.55)")
