@@ -40,19 +40,26 @@ ETA, ZETA = 0.999, 0.9
 @dataclass
 class QuantTarget:
     """One quantizer as QASSO sees it: its module (geta_onnx.quant.Quantizer: d, q_m, t,
-    signed), the initializer it quantizes (weights; None for activations) with the
-    per-channel axis in the initializer's layout, its bit bounds [low, high] and the
-    upper bound at the start of projection."""
+    signed, bit_range), the initializer it quantizes (weights; None for activations) with the
+    per-channel axis in the initializer's layout, and the upper bound at the start of
+    projection. The bit bounds [low, high] QASSO enforces are the quantizer's own bit_range:
+    one record of them, which the report shows too."""
 
     name: str
     quantizer: nn.Module
     weight: str | None
-    low: float
-    high: float
     start: float
     axis: int | None = None  # per-channel axis of the initializer (None: per tensor)
     # widths the deployed runtime executes (optim.targets.deployable_bits); () = any width in [low, high]
     widths: tuple[int, ...] = ()
+
+    @property
+    def low(self) -> float:
+        return float(self.quantizer.bit_range[0])
+
+    @property
+    def high(self) -> float:
+        return float(self.quantizer.bit_range[1])
 
     def deployable(self, bits: torch.Tensor) -> torch.Tensor:
         """Frozen widths: rounded into [low, high], then each raised to the smallest width the

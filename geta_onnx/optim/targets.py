@@ -31,10 +31,9 @@ def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = No
         if site.quantizer in targets:
             continue
         weight = site.kind == "weight"
-        low, high = config.weight_bits if weight else config.act_bits
         start = config.weight_bits_start if weight else config.act_bits_start
         widths = () if profile is None else deployable_bits(profile, site.op_type, weight, shapes.get(site.tensor, 0))
-        targets[site.quantizer] = QuantTarget(
-            site.quantizer, plan.quantizer(site.quantizer), site.tensor if weight else None, low, high, start,
+        targets[site.quantizer] = QuantTarget(  # the bounds: the quantizer's bit_range (attach_quantizers)
+            site.quantizer, plan.quantizer(site.quantizer), site.tensor if weight else None, start,
             site.init_axis if weight and site.per_channel else None, widths)
     return list(targets.values())

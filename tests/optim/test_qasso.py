@@ -17,12 +17,13 @@ from geta_onnx.qadg import analyze
 from tests.qadg import models
 
 
-def FakeQuantizer(q_m, bits: float, signed: bool = True) -> Quantizer:
+def FakeQuantizer(q_m, bits: float, signed: bool = True, bit_range=(4, 8)) -> Quantizer:
     """A GETA quantizer outside the forward path: the optimizer only sees its scalars.
     q_m a number (per tensor) or a (C,) tensor (per channel along axis 0)."""
     q_m = torch.as_tensor(q_m)
     channels = q_m.numel() if q_m.dim() else None
-    q = Quantizer("weight" if signed else "act", signed=signed, channels=channels, axis=0 if channels else None)
+    q = Quantizer("weight" if signed else "act", signed=signed, channels=channels, axis=0 if channels else None,
+                  bit_range=bit_range)
     q.set_range(q_m, bits)
     return q
 
@@ -43,10 +44,10 @@ def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
         w = module.parameter(name).detach().abs()
         q = FakeQuantizer(w.flatten(1).amax(1) if per_channel else float(w.max()), 16)
         module.add_module(f"fq{i}", q)
-        layers.append(QuantTarget(f"fq{i}", q, name, 4, 8, 16, axis=0 if per_channel else None))
+        layers.append(QuantTarget(f"fq{i}", q, name, 16, axis=0 if per_channel else None))
     act = FakeQuantizer(3.0, 16, signed=False)
     module.add_module("fq_act", act)
-    layers.append(QuantTarget("fq_act", act, None, 4, 8, 16))
+    layers.append(QuantTarget("fq_act", act, None, 16))
     stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=4, pruning_periods=3, **PAPER))
     opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
                 group_divisible=unit)
@@ -284,10 +285,11 @@ def test_deployable_widths_snap_up_inside_the_bounds():
     from geta_onnx.optim.targets import deployable_bits
 
     q = FakeQuantizer(1.0, 8)
-    matmul = QuantTarget("m", q, "w", 4, 8, 16, widths=deployable_bits("ort", "MatMul", True, 2))
-    conv = QuantTarget("c", q, "w", 4, 8, 16, widths=deployable_bits("ort", "Conv", True, 4))
-    narrow = QuantTarget("n", q, "w", 4, 6, 16, widths=deployable_bits("ort", "Conv", True, 4))
-    free = QuantTarget("f", q, "w", 4, 8, 16)
+    matmul = QuantTarget("m", q, "w", 16, widths=deployable_bits("ort", "MatMul", True, 2))
+    conv = QuantTarget("c", q, "w", 16, widths=deployable_bits("ort", "Conv", True, 4))
+    narrow = QuantTarget("n", FakeQuantizer(1.0, 6, bit_range=(4, 6)), "w", 16,
+                         widths=deployable_bits("ort", "Conv", True, 4))
+    free = QuantTarget("f", q, "w", 16)
     bits = torch.tensor([3.2, 4.4, 5.0, 6.6, 7.5, 8.0])
     assert matmul.deployable(bits).tolist() == [4, 4, 8, 8, 8, 8]
     assert conv.deployable(bits).tolist() == [8] * 6
