@@ -16,7 +16,9 @@ from onnx import helper, numpy_helper
 from ..errors import GetaError
 from ..graph.model import OnnxModel, attr
 from ..graph.normalize import infer_shapes
-from ..qadg.analysis import QADG, Fixup
+from ..qadg.analysis import QADG
+from ..qadg.fixups import (ConvGroups, ExpandTarget, Fixup, LayerNormWidth, ReshapeTarget, ShapeRead, SliceBounds,
+                            SplitSizes)
 from ..qadg.ids import FIXED, Tracked
 
 
@@ -114,13 +116,16 @@ class _Editor:
 
     # ---- fixups -----------------------------------------------------------------------
     def apply(self, fix: Fixup) -> None:
-        node = self.nodes[fix.node]
-        getattr(self, f"_fix_{fix.kind}")(node, fix)
+        rewrite = REWRITES.get(type(fix))
+        if rewrite is None:
+            raise GetaError(f"node '{fix.node}': no pruning rewrite for {type(fix).__name__}; add one to "
+                            "prune.physical.REWRITES")
+        getattr(self, rewrite)(self.nodes[fix.node], fix)
 
-    def _fix_reshape(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_reshape(self, node: onnx.NodeProto, fix: ReshapeTarget) -> None:
         self._rewrite_target(node, literal_above=0)  # 0 (copy) and -1 (infer) entries stay
 
-    def _fix_expand(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_expand(self, node: onnx.NodeProto, fix: ExpandTarget) -> None:
         self._rewrite_target(node, literal_above=1)  # 1 (broadcast) entries stay
 
     def _rewrite_target(self, node: onnx.NodeProto, literal_above: int) -> None:
@@ -207,7 +212,7 @@ class _Editor:
         else:
             self.insert_before(before, nodes)
 
-    def _fix_shape(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_shape(self, node: onnx.NodeProto, fix: ShapeRead) -> None:
         """Shape(x) keeps reporting x's original channel widths (see qadg rule `shape_of`)."""
         sizes = self.kept_sizes(node.input[0])
         t = self.qadg.tracked[node.input[0]]
@@ -254,11 +259,11 @@ class _Editor:
         g.node.extend(nodes)
         self.nodes = {n.name: n for n in g.node}
 
-    def _fix_split(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_split(self, node: onnx.NodeProto, fix: SplitSizes) -> None:
         t = self.qadg.tracked[node.input[0]]
         mask = self.kept_mask(t)
-        sizes = [int(mask[b:e].sum()) for b, e in fix.data["parts"]]
-        if sizes == [e - b for b, e in fix.data["parts"]]:
+        sizes = [int(mask[b:e].sum()) for b, e in fix.parts]
+        if sizes == [e - b for b, e in fix.parts]:
             return
         if any(s == 0 for s in sizes):
             raise GetaError(f"Split '{node.name}': pruning would leave an empty output")
@@ -268,10 +273,10 @@ class _Editor:
         else:
             _set_attr(node, "split", sizes)
 
-    def _fix_slice(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_slice(self, node: onnx.NodeProto, fix: SliceBounds) -> None:
         t = self.qadg.tracked[node.input[0]]
         mask = self.kept_mask(t)
-        b, e, axis = fix.data["begin"], fix.data["end"], fix.data["axis"]
+        b, e, axis = fix.begin, fix.end, fix.axis
         nb, ne = int(mask[:b].sum()), int(mask[:e].sum())
         if (nb, ne) == (b, e):
             return
@@ -293,15 +298,15 @@ class _Editor:
             _set_attr(node, "starts", starts)
             _set_attr(node, "ends", ends)
 
-    def _fix_conv_group(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_conv_group(self, node: onnx.NodeProto, fix: ConvGroups) -> None:
         kept = self.kept_sizes(node.output[0]).get(1)
         if kept is not None:
-            _set_attr(node, "group", kept // fix.data["out_per_group"])
+            _set_attr(node, "group", kept // fix.out_per_group)
 
-    def _fix_layer_norm(self, node: onnx.NodeProto, fix: Fixup) -> None:
+    def _fix_layer_norm(self, node: onnx.NodeProto, fix: LayerNormWidth) -> None:
         """LayerNorm over N' < N kept channels, statistics over the original N: pad the
         input with N - N' zeros (what the zeroed channels held), normalise, slice back."""
-        width = fix.data["width"]
+        width = fix.width
         kept = self.kept_sizes(node.input[0]).get(self.qadg.tracked[node.input[0]].axes[0])
         if kept is None or kept == width:
             return
@@ -326,6 +331,13 @@ class _Editor:
             g.initializer.append(numpy_helper.from_array(np.array(v, dtype=np.int64), n))
         sl = helper.make_node("Slice", [ln_out] + names, [out], name=f"{node.name}__slice")
         self.insert_before(node, [pad, node, sl], replace=True)
+
+
+# one rewrite per fixup record type (qadg.fixups; tests/qadg/test_prune.py checks it is complete)
+REWRITES: dict[type, str] = {
+    ReshapeTarget: "_fix_reshape", ExpandTarget: "_fix_expand", SplitSizes: "_fix_split", SliceBounds: "_fix_slice",
+    ConvGroups: "_fix_conv_group", LayerNormWidth: "_fix_layer_norm", ShapeRead: "_fix_shape",
+}
 
 
 def _drop_attr(node: onnx.NodeProto, name: str) -> None:

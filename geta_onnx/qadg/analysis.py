@@ -17,25 +17,9 @@ import onnx
 
 from ..graph.model import WEIGHT_THROUGH, OnnxModel, attr, weight_source
 from ..graph.stats import op_cost
+from .fixups import Fixup
 from .groups import MemberSlice, PruneGroup
 from .ids import FIXED, Tracked, UnionFind
-
-
-@dataclass
-class Fixup:
-    """A node whose attributes or constant inputs depend on pruned sizes (for prune/: each
-    kind has its rewrite prune.physical._Editor._fix_<kind>; tests/qadg/test_prune.py checks)."""
-
-    node: str
-    kind: str  # one of FIXUP_KINDS
-    data: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.kind not in FIXUP_KINDS:
-            raise ValueError(f"unknown fixup kind {self.kind!r}; add it to FIXUP_KINDS with its rewrite")
-
-
-FIXUP_KINDS = ("reshape", "expand", "split", "slice", "conv_group", "layer_norm", "shape")
 
 
 class Analysis:

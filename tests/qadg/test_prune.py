@@ -6,6 +6,7 @@ import onnx
 import pytest
 
 from geta_onnx.bridge import run_onnxruntime
+from geta_onnx.errors import GetaError
 from geta_onnx.graph import from_proto, load_model
 from geta_onnx.prune import prune_model, zeroed_groups
 from geta_onnx.qadg import analyze
@@ -86,12 +87,15 @@ def test_pruning_adds_only_the_shape_rewrites_it_needs():
 
 
 def test_every_fixup_kind_has_its_rewrite():
-    """Adding a shape-dependent op to the QADG means a Fixup kind and its physical rewrite:
-    the two lists must match (no kind without a rewrite, no rewrite without a kind)."""
-    from geta_onnx.prune.physical import _Editor
-    from geta_onnx.qadg.analysis import FIXUP_KINDS, Fixup
+    """Adding a shape-dependent op to the QADG means a fixup record type (qadg.fixups) and its
+    physical rewrite: one rewrite per type, each an editor method, and a record without one
+    is refused by name, never skipped."""
+    from geta_onnx.prune.physical import REWRITES, _Editor
+    from geta_onnx.qadg.fixups import FIXUP_TYPES, Fixup
 
-    rewrites = {name[len("_fix_"):] for name in dir(_Editor) if name.startswith("_fix_")}
-    assert rewrites == set(FIXUP_KINDS)
-    with pytest.raises(ValueError, match="FIXUP_KINDS"):
-        Fixup("node", "transpose")
+    assert set(REWRITES) == set(FIXUP_TYPES)
+    assert all(callable(getattr(_Editor, name, None)) for name in REWRITES.values())
+    assert {name for name in dir(_Editor) if name.startswith("_fix_")} == set(REWRITES.values())
+    editor = _Editor.__new__(_Editor)
+    with pytest.raises(GetaError, match="no pruning rewrite for Fixup"):
+        editor.apply(Fixup("node"))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..analysis import Analysis, Fixup
+from ..analysis import Analysis
+from ..fixups import ExpandTarget, LayerNormWidth
 from . import rule
 from .common import FIXED, Tracked, attr, axis_of, broadcast_full, const, passthrough, stop
 
@@ -170,7 +171,7 @@ def _expanded_initializer(an: Analysis, name: str, spanning: list[int], ids: np.
         out_rank = an.rank(node.output[0]) or rank
         an.set(node.output[0], Tracked((a - (rank - out_rank),), line, out_rank, True))
         if node.op_type == "Expand":
-            an.fixups.append(Fixup(node.name, "expand", {"axes": [a - (rank - out_rank)]}))
+            an.fixups.append(ExpandTarget(node.name))
     return True
 
 
@@ -221,7 +222,7 @@ def layer_norm(an: Analysis, node: onnx.NodeProto) -> None:
         for i in (1, 2):
             if i < len(node.input) and node.input[i]:
                 an.weight_member(node.input[i], 0, t.ids, "out")
-        an.fixups.append(Fixup(node.name, "layer_norm", {"width": len(t.ids)}))
+        an.fixups.append(LayerNormWidth(node.name, width=len(t.ids)))
         an.set(node.output[0], t.with_zero_ok(True))
     else:
         has_bias = len(node.input) > 2 and bool(node.input[2])

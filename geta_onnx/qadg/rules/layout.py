@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..analysis import Analysis, Fixup
+from ..analysis import Analysis
+from ..fixups import ExpandTarget, ReshapeTarget, ShapeRead, SliceBounds, SplitSizes
 from . import rule
 from .common import FIXED, Tracked, attr, axis_of, broadcast_full, const, passthrough, stop
 from .elementwise import _untracked_operand
@@ -180,7 +181,7 @@ def reshape(an: Analysis, node: onnx.NodeProto) -> None:
     ids = np.ascontiguousarray(full[index])  # (C,) -> (C*H*W,) repeats; (H*D,) -> (H, D) splits
     an.set(node.output[0], Tracked(tuple(sorted(out_axes)), ids, len(dst), t.zero_ok))
     if node.op_type == "Reshape":
-        an.fixups.append(Fixup(node.name, "reshape", {"axes": sorted(out_axes)}))
+        an.fixups.append(ReshapeTarget(node.name))
 
 
 @rule("Transpose")
@@ -290,8 +291,8 @@ def split(an: Analysis, node: onnx.NodeProto) -> None:
     parts = []
     for o, b, e in zip(node.output, bounds[:-1], bounds[1:]):
         an.set(o, Tracked((axis,), t.ids[b:e], t.rank, t.zero_ok))
-        parts.append([int(b), int(e)])
-    an.fixups.append(Fixup(node.name, "split", {"axis": axis, "parts": parts}))
+        parts.append((int(b), int(e)))
+    an.fixups.append(SplitSizes(node.name, parts=tuple(parts)))
 
 
 @rule("Slice")
@@ -320,7 +321,7 @@ def slice_(an: Analysis, node: onnx.NodeProto) -> None:
         n = len(t.ids)
         b, e2, _ = slice(s, e, 1).indices(n)
         ids = t.ids[b:e2]
-        an.fixups.append(Fixup(node.name, "slice", {"axis": a, "begin": b, "end": e2}))
+        an.fixups.append(SliceBounds(node.name, axis=int(a), begin=int(b), end=int(e2)))
     an.set(node.output[0], Tracked(t.axes, ids, t.rank, t.zero_ok))
 
 
@@ -335,7 +336,7 @@ def expand(an: Analysis, node: onnx.NodeProto) -> None:
         return
     shift = out_rank - t.rank
     an.set(node.output[0], Tracked(tuple(a + shift for a in t.axes), t.ids, out_rank, t.zero_ok))
-    an.fixups.append(Fixup(node.name, "expand", {"axes": [a + shift for a in t.axes]}))
+    an.fixups.append(ExpandTarget(node.name))
 
 
 @rule("Tile")
@@ -453,7 +454,7 @@ def shape_of(an: Analysis, node: onnx.NodeProto) -> None:
     built at an original width that meets pruned channels is caught as a barrier by the
     elementwise rules."""
     if an.get(node.input[0]) is not None:
-        an.fixups.append(Fixup(node.name, "shape", {}))
+        an.fixups.append(ShapeRead(node.name))
 
 
 @rule("Size")

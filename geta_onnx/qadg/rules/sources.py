@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 
 from ...graph.model import WEIGHT_THROUGH, weight_source
-from ..analysis import Analysis, Fixup
+from ..analysis import Analysis
+from ..fixups import ConvGroups
 from . import rule
 from .common import FIXED, Tracked, attr, const, stop
 
@@ -94,7 +95,7 @@ def _grouped(an: Analysis, node: onnx.NodeProto, out_ids: np.ndarray, group: int
     for j in range(group):
         block = np.concatenate([t.ids[j * a:(j + 1) * a], out_ids[j * b:(j + 1) * b]])
         an.union_along(block[None, :], 1, hint="conv_group" if a * b > 1 else None)
-    an.fixups.append(Fixup(node.name, "conv_group", {"in_per_group": a, "out_per_group": b}))
+    an.fixups.append(ConvGroups(node.name, out_per_group=b))
 
 
 @rule("ConvTranspose")
@@ -120,7 +121,7 @@ def conv_transpose(an: Analysis, node: onnx.NodeProto) -> None:
             for j in range(group):
                 an.union_along(np.concatenate([t.ids[j * a:(j + 1) * a], ids[j * b:(j + 1) * b]])[None], 1,
                                hint="conv_group")
-            an.fixups.append(Fixup(node.name, "conv_group", {"in_per_group": a, "out_per_group": b}))
+            an.fixups.append(ConvGroups(node.name, out_per_group=b))
     ok = _bias(an, node, 2, ids)
     an.set(node.output[0], Tracked((1,), ids, len(wshape), ok))
 
