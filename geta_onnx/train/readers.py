@@ -93,14 +93,15 @@ def read_npz(rest: str, input_names: list[str]) -> Arrays:
         raise DataError(f"npz:{path}: cannot read the file ({e}); write it with numpy.savez") from None
     if keys is not None:
         xkeys, ykey = [keys[0]], (keys[1] if len(keys) == 2 else None)
-    elif len(input_names) > 1 and all(n in arrays for n in input_names):  # one array per model input
-        xkeys, ykey = list(input_names), ("y" if "y" in arrays else None)
+    elif (len(input_names) > 1 or "x" not in arrays) and input_names and all(n in arrays for n in input_names):
+        xkeys, ykey = list(input_names), ("y" if "y" in arrays else None)  # one array per model input, by name
     else:
         xkeys, ykey = ["x"], ("y" if "y" in arrays else None)
     for k in xkeys + ([ykey] if ykey else []):
         if k not in arrays:
+            named = f" or after the model's inputs ({', '.join(input_names)})" if input_names else ""
             raise DataError(f"npz:{path}: no array '{k}' (the file has: {', '.join(sorted(arrays)) or 'nothing'}); "
-                            "name the arrays x and y, or give the keys as npz:FILE:XKEY,YKEY")
+                            f"name the arrays x and y{named}, or give the keys as npz:FILE:XKEY,YKEY")
     names = ["x"] if len(xkeys) == 1 else xkeys  # data.py matches names to model inputs
     x = {n: arrays[k] for n, k in zip(names, xkeys)}
     y = arrays[ykey] if ykey else None

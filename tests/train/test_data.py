@@ -70,6 +70,19 @@ def test_npz_keys_eval_arrays_and_limit(tmp_path):
     assert torch.equal(_all(data.eval)[1], torch.from_numpy(y[:7]))
 
 
+def test_npz_arrays_named_after_the_model_input(tmp_path, cnn):
+    """A single-input model's array may be named after its input instead of x (as several
+    inputs are); a file with neither names both choices in its error."""
+    x, y = blobs(30)
+    name = cnn[0].inputs[0].name
+    np.savez(tmp_path / "n.npz", **{name: x, "y": y})
+    data = load_data(f"npz:{tmp_path / 'n.npz'}", DataConfig(batch_size=10, val_split=0, shuffle=False), model=cnn[0])
+    assert data.n_train == 30 and data.has_labels and torch.equal(_all(data.train)[0], torch.from_numpy(x))
+    np.savez(tmp_path / "m.npz", img=x)
+    assert_one_line_error(f"npz:{tmp_path / 'm.npz'}", rf"no array 'x' .*or after the model's inputs \({name}\)",
+                          model=cnn[0])
+
+
 def test_uint8_images_get_a_channel_and_unit_scale(tmp_path, cnn):
     r = np.random.default_rng(0)
     x = r.integers(0, 256, (20, 8, 8)).astype(np.uint8)
