@@ -93,9 +93,9 @@ class _Progress:
 
 
 def _calibration_batches(module: OnnxModule, data: Data, n: int):
-    for k, batch in enumerate(data.train):
-        if k >= n:
-            return
+    """The first `n` training batches of epoch 0's order: the same whatever iterated the loader
+    before (the preflight checks, a restarted attempt's training)."""
+    for batch in _FirstBatches(data.train, n, pinned=True):
         inputs, _ = split_batch(batch, module.input_names, f"data '{data.spec}'")
         yield tuple(inputs)
 
