@@ -328,7 +328,7 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
                           "for accuracy, or distillation of class scores / float outputs for fidelity)")
     baseline = original[metric] if metric == "accuracy" else 1.0
-    candidates = {la.node: [plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)]
+    candidates = {la.node: {site.quantizer: plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)}
                   for la in plan.layers if la.weight_quantizer is not None}
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated)

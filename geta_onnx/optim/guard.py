@@ -69,9 +69,9 @@ class QualityGuard:
                  floated: dict | None = None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
-        `layer_quantizers`: layer node -> its quantizer modules, the candidates of the per-layer
-        float fallback, of which at most `max_float` go to float (0: none, the run stops at a
-        first check that misses). `floated`: what an earlier attempt of this run put in float
+        `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
+        use, the candidates of the per-layer float fallback, of which at most `max_float` go
+        to float (0: none, the run stops at a first check that misses). `floated`: what an earlier attempt of this run put in float
         (FloatLayers.found): reported, and no second fallback."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
@@ -131,19 +131,30 @@ class QualityGuard:
         if self.max_float <= 0 or not self.layer_quantizers:
             return None
         alone = {}
-        for node, quantizers in self.layer_quantizers.items():
-            with _quantizers_off(quantizers):
+        for node in self.layer_quantizers:
+            with _quantizers_off(self._gone_with({node})):
                 alone[node] = self.score()
         ranked = sorted(alone, key=lambda n: -alone[n])  # stable: ties keep the layers' graph order
         chosen = []
         for node in ranked[:self.max_float]:
-            off = [q for n in [*(c["node"] for c in chosen), node] for q in self.layer_quantizers[n]]
-            with _quantizers_off(off):
+            with _quantizers_off(self._gone_with({c["node"] for c in chosen} | {node})):
                 cumulative = self.score()
             chosen.append({"node": node, "quality_alone": alone[node], "quality_cumulative": cumulative})
             if self.baseline - cumulative <= self.tolerance:
                 return distributed.agree({"quality": quality, "layers": chosen})
         return distributed.agree(None)
+
+    def _gone_with(self, nodes: set[str]) -> list:
+        """The quantizers that a run with `nodes` in float would not have: those no other
+        quantized layer uses. An activation quantizer shared with a layer that stays quantized
+        stays (the float layer then reads the quantized tensor, as in the export), so the score
+        is the restarted run's."""
+        users: dict[str, set[str]] = {}
+        for node, quantizers in self.layer_quantizers.items():
+            for name in quantizers:
+                users.setdefault(name, set()).add(node)
+        every = {name: q for quantizers in self.layer_quantizers.values() for name, q in quantizers.items()}
+        return [every[name] for name, used_by in users.items() if used_by <= nodes]
 
     def after_step(self, step: int, loss) -> dict:
         info = self.schedule.stage(step)

@@ -164,7 +164,7 @@ def _fallback_guard(opt, stages, layers, max_float, floated=None):
     quantized model misses a 0.005 tolerance, and only both of them in float meet it."""
     hostile = [layers[2].quantizer, layers[5].quantizer]
     score = lambda: 1.0 - 0.01 * sum(q.enabled for q in hostile)  # noqa: E731
-    candidates = {f"layer{i}": [layer.quantizer] for i, layer in enumerate(layers)}
+    candidates = {f"layer{i}": {layer.name: layer.quantizer} for i, layer in enumerate(layers)}
     return QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.005, metric="accuracy",
                         layer_quantizers=candidates, max_float=max_float, floated=floated)
 
@@ -194,3 +194,21 @@ def test_first_check_stops_when_the_allowed_layers_cannot_meet_the_tolerance():
     with pytest.raises(GetaError, match="with layer2 in float"):
         _train(module, opt, layers, STEPS, hooks=[guard])
     assert guard.summary()["float_fallback"] == floated
+
+
+def test_a_shared_activation_quantizer_goes_only_with_all_its_layers():
+    """Two layers read one quantized activation (its quantizer costs 0.02): one of them alone
+    in float keeps it (the other still quantizes that tensor, and the float layer reads it
+    quantized, as the export does), so only both together remove it."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    shared = layers[7].quantizer
+    score = lambda: 1.0 - 0.02 * shared.enabled  # noqa: E731
+    candidates = {"a": {"fq0": layers[0].quantizer, "fq_act": shared},
+                  "b": {"fq1": layers[1].quantizer, "fq_act": shared}, "c": {"fq2": layers[2].quantizer}}
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.005, metric="accuracy",
+                         layer_quantizers=candidates, max_float=3)
+    with pytest.raises(FloatLayers) as raised:
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [(la["node"], la["quality_alone"], la["quality_cumulative"]) for la in raised.value.found["layers"]] == [
+        ("a", pytest.approx(0.98), pytest.approx(0.98)), ("b", pytest.approx(0.98), pytest.approx(1.0))]
+    assert shared.enabled
