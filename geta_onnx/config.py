@@ -26,7 +26,7 @@ class QuantConfig:
     # [b_l, b_u] for activations. 8 by default: both profiles run activations in 8-bit
     # containers, so fewer bits buy no speed, and a range below 8 bits (scale d = q_m / (2^b - 1))
     # makes the uint8 Q span 255 d > q_m, past a Relu6's 6: onnxruntime then keeps the Clip
-    # and runs the conv in float (MobileNetV2 benchmark: 5 convs, 0.51x the fp32 speed at batch 1)
+    # and runs the conv in float (docs/measurements.md, "Activations default to 8 bits")
     act_bits: tuple[int, int] = (8, 8)
     weight_bits_start: int = 16  # upper bound at the start of the projection stage
     act_bits_start: int = 16
@@ -40,7 +40,7 @@ class QuantConfig:
     quantize_outputs: bool = True
     # keep in float the group-1 convs with < 8 input channels and a reduction depth < 256 (the
     # stem of a CNN): onnxruntime's int8 QLinearConv is slower than its float Conv there
-    # (quant.sites.THIN_CHANNELS: measured 0.2-0.9x)
+    # (quant.sites.THIN_CHANNELS; docs/measurements.md, "Thin stems stay float")
     float_thin_convs: bool = True
     # cool-down freezes each width at one the export profile's runtime executes in its own format
     # (optim.targets.DEPLOYABLE: ort MatMul weights 4 or 8, everything else 8; a learned 5-7 goes up
@@ -248,7 +248,7 @@ class OptimConfig:
     bit_reduction: float = 0.0  # bits per projection period; 0: (start - b_u) / B
     # forget rate when cos(c, g) < 0 (optim.qasso.forget_rate): "budget" (default) forgets R
     # progressively within the descent budget; "spec" takes the paper's 0.1 % of it (docs/algorithm.md),
-    # which leaves R nearly untouched until the commit (measured: 88.30 vs 88.88 % on Fashion-MNIST)
+    # which leaves R nearly untouched until the commit, and scored lower (docs/measurements.md, "End to end")
     forget: str = "budget"
 
     def __post_init__(self):

@@ -9,8 +9,8 @@ waste it is said first, in one line, before any step is taken.
   outputs are finite and differ between samples, and with class labels it scores clearly
   above chance. A model near chance on the user's data almost always means the data is
   prepared differently from the model's training (scale, mean / std, resize, channel order),
-  and a run on it trains for nothing (the check that a 34-minute run on unnormalised images,
-  18 % top-1 for 10 classes, would have been stopped by). `--skip-data-check` skips it.
+  and a run on it trains for nothing (docs/measurements.md, "Preflight: the data check").
+  `--skip-data-check` skips it.
 The loss's reach (a gradient path from the output to the weights) is checked on the bridged
 module by geta.run_geta, which has it.
 """

@@ -10,10 +10,9 @@ round), so a noisy neighbour or a frequency change on this shared machine slows 
 alike instead of whichever happened to run then. ONE session is alive at a time: each block
 opens its model's session, warms it up, times it and closes it. With onnxruntime's default
 thread spinning, the pool threads of the other live sessions spin and take cores from the
-session being timed: alternating run by run over two live sessions measured the
-Fashion-MNIST ResNet at batch 32 on 2 cores as 23.0 ms (fp32) / 6.4 ms (compressed), each one
-alone 10.3 / 1.6 ms (a 2-4x error, larger for the smaller model); blocks over five live
-sessions still doubled some rows on a second call. One live session is also how a model is
+session being timed: alternating run by run over two live sessions was off by 2-4x (docs/
+measurements.md, "Latency measurement: blocks, not run-by-run alternation"), and blocks over
+five live sessions still doubled some rows on a second call. One live session is also how a model is
 deployed. Latencies are wall-clock milliseconds per batch (one session.run call).
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ Forms (what the export writes, export/qdq.py, and what onnxruntime fuses it into
 - "int8": a 2-D Conv is onnxruntime's channels-last QLinearConv (com.microsoft, uint8 NHWC in
   and out): the kernel its layout transformer gives every QDQ conv of a model, where the
   NCHW <-> NHWC transposes happen once per chain, not per layer (a one-layer QDQ graph pays
-  two: 0.30 vs 0.21 ms for a 3x3 32->64 conv at 28x28, batch 8). Other layers: a uint8 input,
+  two; docs/latency.md). Other layers: a uint8 input,
   DQ -> layer (its weight as DQ(int8), its bias as DQ(int32)) and, for a ConvTranspose / 1-D /
   3-D conv, Q -> uint8 output. A Gemm / MatMul keeps its float output (a classifier's logits,
   a projection feeding a bias Add): QGemm / MatMulIntegerToFloat.

@@ -14,16 +14,15 @@ their float versions). When the layers sum to less than W_f, a_f = 1 and R_f = W
 the time outside the layers (pooling, adds, activations, Q / DQ of unfused ops), taken to
 shrink with the layers' output channels: share = sum_l out_l * kept_cout_l / sum_l out_l *
 cout_l (those ops read and write the channels). When they sum to more (a one-layer float conv
-pays its NCHWc reorders, which a chain of convs pays once: MobileNetV2's layers sum to 1.6x
-the model), R_f = 0 and a_f = W_f / sum scales them down.
+pays its NCHWc reorders, which a chain of convs pays once; docs/latency.md), R_f = 0 and
+a_f = W_f / sum scales them down.
 
 F_f is the part of the rest that does not shrink (onnxruntime's per-node dispatch, the
 input's Q / transposes). One whole model cannot tell it apart from R_f, so a second int8
 model is measured: the export with a probe structure removed (probe_removal: about half of
 every layer's channels). Its rest W_1 - L_1 = F + R * share_1 splits the full model's rest
-W_0 - L_0 = F + R. On MobileNetV2 about half of the int8 rest was fixed, and without F the
-trained 4.5x structure was predicted 26 % too fast. docs/latency.md gives the measured error
-of this model.
+W_0 - L_0 = F + R. docs/latency.md gives the measured split and the error of this model
+with and without F.
 """
 from __future__ import annotations
 
@@ -112,9 +111,9 @@ class LatencyModel:
     # ---- precision ----------------------------------------------------------------------
     def slower_in_int8(self, margin: float = INT8_SLOWER) -> list[str]:
         """Node names of the quantized layers whose int8 kernel the table times more than
-        `margin` x slower than their float kernel at full width (e.g. a 256 -> 10 Gemm head:
-        2.8x at batch 32). Raw table times, no fitted scale, so that a resumed run that loads
-        the same table decides the same."""
+        `margin` x slower than their float kernel at full width (e.g. a narrow classifier
+        head, docs/latency.md). Raw table times, no fitted scale, so that a resumed run that
+        loads the same table decides the same."""
         slow = []
         for la, entry in zip(self.layers, self._entries):
             if not la.quantized or "int8" not in entry.ms:

@@ -349,8 +349,8 @@ class QASSO(torch.optim.Optimizer):
         descent direction (a finer step only shrinks the rounding term). We cap d there rather
         than set it to the bound: setting it put a per-tensor layer at b_l (the coarsest step,
         the bound wherever cos(r, g) >= 0) as soon as R touched any of its channels, and the
-        cool-down froze it there: CREPE's three layers next to pruned channels all ended at
-        4-bit weights, the benchmark's RPA 64.8 % (cap: see docs/measurements.md)."""
+        cool-down froze it there (CREPE's layers next to pruned channels all ended at their
+        lowest width: docs/measurements.md, "QASSO: the forgetting rule caps the step size")."""
         lr = self.param_groups[0]["lr"]
         slices = merge_slices([self._by_id[g] for g in self.redundant])  # one per (tensor, axis)
         quantized = [s for s in slices if s.name in self._weight_layer]
@@ -527,10 +527,10 @@ def forget_rate(cos_cg: float, step_norm: float, c_norm: float, steps_left: int,
     cos(c, g) >= 0: 1 / (T - tau), so R reaches zero at the period's end. cos(c, g) < 0: the
     step alpha g + gamma c stays a descent direction while gamma < bound = alpha ||g|| /
     (|cos| ||c||). "spec" takes (1 - eta) bound, 0.1 % of that budget: with Adam directions
-    (alpha ||g|| small, cos slightly negative on most steps) R keeps 67-97 % of its norm until
-    the commit zeroes it (docs/measurements.md). "budget" takes min(1 / (T - tau), eta bound):
-    the same descent guarantee, progressive forgetting whenever the budget allows it (the
-    default: 88.88 vs 88.30 % on the Fashion-MNIST ResNet, docs/measurements.md)."""
+    (alpha ||g|| small, cos slightly negative on most steps) R keeps most of its norm until
+    the commit zeroes it. "budget" takes min(1 / (T - tau), eta bound): the same descent
+    guarantee, progressive forgetting whenever the budget allows it (the default, the more
+    accurate one: docs/measurements.md, "End to end")."""
     if cos_cg >= 0:
         return 1.0 / steps_left
     bound = step_norm / (-cos_cg * c_norm) if c_norm > 0 else math.inf

@@ -159,13 +159,9 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
 
 # A plain Conv (group 1) reading fewer than THIN_CHANNELS input channels over a reduction depth
 # (channels x kernel area) below THIN_DEPTH is slower as onnxruntime's QLinearConv than as its
-# float Conv: measured on onnxruntime 1.32 (2 threads), 1->16 at 28x28 0.36x / 0.18x (batch 1 /
-# 32), 3->32 at 56x56 0.60x / 0.78x, 3->32 k5 0.53x / 0.88x, 4->32 0.64x at batch 32; while
-# 8->32 (depth 72) runs 1.7x / 2.3x faster and a ViT patch conv 3->192 k16 (depth 768) 2.4x / 2.8x.
-# A SINGLE input channel stays float at any depth: onnxruntime's float Conv has a direct kernel
-# for it while QLinearConv pays an im2col. Measured (tools/bench_conv_int8.py, batch 1 / 32):
-# CREPE's 1->128 k512 stride 4 0.94x / 0.83x, pruned to 1->48 0.41x / 0.35x, 1->128 k512
-# stride 512 0.79x / 0.75x; with two channels 2->128 k256 already 1.74x / 1.61x.
+# float Conv, while deeper convs run 1.3-6x faster in int8. A SINGLE input channel stays float
+# at any depth: onnxruntime's float Conv has a direct kernel for it while QLinearConv pays an
+# im2col. The measurements (tools/bench_conv_int8.py): docs/measurements.md, "Thin stems stay float".
 THIN_CHANNELS, THIN_DEPTH = 8, 256
 
 

@@ -21,8 +21,8 @@ one process with the same settings (docs/distributed.md):
 - decisions (QASSO's pruning plan) are taken from rank 0 (agree);
 - only rank 0 writes checkpoints and outputs and shows progress.
 
-Entry points end with clean_exit(): with gloo on CPU a plain interpreter exit aborts
-(SIGABRT) 10-25 % of the time; destroying the process group, flushing and os._exit(0) does not.
+Entry points end with clean_exit(): with gloo on CPU a plain interpreter exit sometimes aborts
+(SIGABRT; docs/distributed.md); destroying the process group, flushing and os._exit(0) does not.
 """
 from __future__ import annotations
 
