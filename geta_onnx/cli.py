@@ -434,8 +434,10 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
 
 @main.command()
 @click.argument("report_path", metavar="REPORT")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0, max=1), required=True, callback=_finite,
-              help="Largest allowed accuracy drop as a fraction (0.01 = 1 point).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0, max=1), callback=_finite,
+              help="Largest allowed accuracy drop as a fraction (0.01 = 1 point); for a label-free report, the "
+              "fidelity loss. Default: the tolerance of the run's quality guard (compress --max-accuracy-drop / "
+              "--min-fidelity), when it had one.")
 @click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), required=True, callback=_finite,
               help="Smallest allowed original / compressed latency.")
 @click.option("--max-relative-bops", type=click.FloatRange(min=0, min_open=True, max=1), callback=_finite,
@@ -449,6 +451,13 @@ def gate(report_path: str, max_accuracy_drop: float, min_speedup: float, max_rel
     from .bench import check_budgets, read_report
 
     report = read_report(report_path)
+    if max_accuracy_drop is None:  # the quality the run was guarded to: the same figure, judged on the export
+        guard = report.get("guard") or {}
+        if "tolerance" not in guard:
+            raise click.UsageError(f"{report_path}: its run had no quality guard to take the tolerance from; "
+                                   "give --max-accuracy-drop")
+        max_accuracy_drop = float(guard["tolerance"])
+        click.echo(f"quality budget: {max_accuracy_drop:g}, the tolerance of the run's quality guard")
     checks = check_budgets(report, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
                            max_relative_bops=max_relative_bops, batch=batch, label=report_path)
     width = max(len(c.name) for c in checks)

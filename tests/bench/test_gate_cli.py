@@ -94,3 +94,19 @@ def test_gate_option_errors(report, tmp_path):
     result = CliRunner().invoke(main, ["gate", _write(tmp_path, report), "--max-accuracy-drop", "0.01",
                                        "--min-speedup", "1", "--max-relative-bops", "0.1"])
     assert result.exit_code == 1 and "relative_bops" in result.output
+
+
+def test_gate_takes_the_guard_tolerance_by_default(report, tmp_path):
+    """Without --max-accuracy-drop the gate judges the export by the tolerance the run was
+    guarded to; a report of an unguarded run needs the option (a usage error, exit 2)."""
+    path = _write(tmp_path, report)
+    result = CliRunner().invoke(main, ["gate", path, "--min-speedup", "1.5"])
+    assert result.exit_code == 2 and "no quality guard" in result.output and "Traceback" not in result.output
+    guarded = _write(tmp_path, {**report, "guard": {"metric": "accuracy", "tolerance": 0.004, "baseline": 0.92,
+                                                    "checks": []}})
+    result = CliRunner().invoke(main, ["gate", guarded, "--min-speedup", "1.5"])
+    assert result.exit_code == 1 and "the tolerance of the run's quality guard" in result.output  # 0.5 > 0.4 points
+    assert "FAIL  accuracy drop" in result.output
+    loose = _write(tmp_path, {**report, "guard": {"metric": "accuracy", "tolerance": 0.01, "baseline": 0.92,
+                                                  "checks": []}})
+    assert CliRunner().invoke(main, ["gate", loose, "--min-speedup", "1.5"]).exit_code == 0
