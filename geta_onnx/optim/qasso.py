@@ -333,11 +333,20 @@ class QASSO(torch.optim.Optimizer):
         else:  # the importance plan of the budget's K (for a latency budget, the smallest K within it)
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
         periods = self.stages.pruning_periods
-        upto = len(final) if period == periods - 1 else round(len(final) * (period + 1) / periods)
-        todo = sorted(final - self.zeroed, key=lambda g: s.get(g, 0.0))
+        step = final
+        if period < periods - 1 and not self.stopped:
+            # this period's share of the plan, itself a plan: every layer's kept width after each
+            # commit is on the unit, as at the end, since the quality guard may stop at any commit
+            # (a slice of the score-sorted plan left widths such as 17 of 32, which onnxruntime
+            # runs slower than the unpruned layer). Groups outside the final plan come last.
+            upto = round(len(final) * (period + 1) / periods)
+            outside = max(s.values(), default=0.0) + 1.0
+            step = plan(self.views, {g: (v if g in final else outside + v) for g, v in s.items()}, upto,
+                        self.unit, self.zeroed)
+        todo = sorted(step - self.zeroed, key=lambda g: s.get(g, 0.0))
         # under torchrun every rank scores the same all-reduced gradients; rank 0's plan is taken
         # so that a last-bit difference can never split the ranks' structures
-        self.planned, self.redundant = distributed.agree((len(final), todo[:max(0, upto - len(self.zeroed))]))
+        self.planned, self.redundant = distributed.agree((len(final), todo))
         self.period = period
 
     def _forget(self, ghat: dict[int, torch.Tensor], steps: int, tau: int) -> list[tuple[_DEntries, torch.Tensor]]:

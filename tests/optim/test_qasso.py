@@ -165,11 +165,20 @@ def test_kept_channel_counts_are_multiples_of_the_unit():
     assert allowed_removals(64, 16) == [0, 16, 32, 48]
     assert allowed_removals(8, 16) == [0]
     module, opt, layers, stages = _setup(sparsity=0.5, unit=4)
-    _run(module, opt, layers, stages, 60)
-    for cluster in {v.cluster for v in opt.views}:
-        members = [v for v in opt.views if v.cluster == cluster]
-        kept = sum(1 for v in members if v.id not in opt.zeroed)
-        assert kept % 4 == 0 and kept >= 4, (cluster, kept)
+    commits = []
+
+    def aligned(k):  # after every commit, not only the last: the quality guard may stop at any
+        info = stages.stage(k)
+        if info.name != "pruning" or info.step_in_period != info.period_steps - 1:
+            return
+        commits.append(len(opt.zeroed))
+        for cluster in {v.cluster for v in opt.views}:
+            members = [v for v in opt.views if v.cluster == cluster]
+            kept = sum(1 for v in members if v.id not in opt.zeroed)
+            assert kept % 4 == 0 and kept >= 4, (k, cluster, kept)
+
+    _run(module, opt, layers, stages, 60, check=aligned)
+    assert len(commits) == 3 and 0 < commits[0] < commits[1] <= commits[2] == opt.planned  # progressive
     assert opt.planned <= opt.target_groups
 
 
