@@ -285,6 +285,10 @@ class _FirstBatches:
         return itertools.islice(iter(self.loader), self.n)
 
 
+# a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
+GUARD_MIN_SAMPLES = 5
+
+
 def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
                    prune: PruneConfig, train_config: TrainConfig, floated: dict | None):
     """optim.guard.QualityGuard on the first `guard_batches` eval batches: top-1 accuracy with
@@ -328,10 +332,16 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
                           "for accuracy, or distillation of class scores / float outputs for fidelity)")
     baseline = original[metric] if metric == "accuracy" else 1.0
+    samples = sum(len(split_batch(b, names, f"data '{data.spec}'")[0][0]) for b in batches)
+    if metric != "cosine" and prune.max_quality_drop * samples < GUARD_MIN_SAMPLES and distributed.info().is_main:
+        tqdm.write(f"note: the quality guard scores {samples} held-out samples, so a tolerance of "
+                   f"{prune.max_quality_drop:g} is {prune.max_quality_drop * samples:.1f} sample(s): its checks are "
+                   f"at the noise level; more [prune] guard_batches make them firmer")
     candidates = {la.node: {site.quantizer: plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)}
                   for la in plan.layers if la.weight_quantizer is not None}
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
-                        layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated)
+                        layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
+                        samples=samples)
 
 
 def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,

@@ -194,6 +194,7 @@ def test_quality_guard_end_to_end(tmp_path):
     md = out.with_suffix(".report.md").read_text()
     assert "## Quality guard" in md and sum(line.startswith("| period ") for line in md.splitlines()) == \
         len(guard["checks"]) - 1  # the curve: one row per commit
+    assert guard["samples"] > 0 and f"on {guard['samples']} samples of the held-out batches" in md
     end = guard["end"]  # the end check: kept within the tolerance, or the fallback scored again
     assert (end["drop"] <= 0.02) == (end["action"] == "kept")
     assert "| end of training " in md and (("| fallback: " in md) == ("quality_after" in end))
@@ -213,6 +214,7 @@ def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_pat
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "back to float" in result.output and "training starts over" in result.output
+    assert "at the noise level" not in result.output  # 0.02 of the guard's samples is more than 5 of them
     report = json.loads(out.with_suffix(".report.json").read_text())
     fallback = report["guard"]["float_fallback"]
     floated = [la["node"] for la in fallback["layers"]]
@@ -229,3 +231,13 @@ def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_pat
     again_reasons = {la["name"]: la["float_reason"] for la in resumed["layers"]}
     assert all(again_reasons[node] == "quality" for node in floated)  # (the shipped export is timed: may differ)
     assert resumed["groups"] == report["groups"]
+
+
+def test_quality_guard_says_when_its_tolerance_is_below_its_resolution(tmp_path):
+    """A 0.1-point tolerance is less than one of the guard's held-out samples here: the run
+    says its checks are at the noise level (whatever they then decide)."""
+    model, npz, _ = write_problem(tmp_path)
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(tmp_path / "s.onnx"),
+                                       "--steps", "20", "--batch-size", "32", "--max-accuracy-drop", "0.001",
+                                       "--batch", "1", "--no-plots", "--no-progress"])
+    assert "at the noise level" in result.output and "Traceback" not in result.output

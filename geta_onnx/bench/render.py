@@ -88,7 +88,7 @@ def _guard_lines(guard: dict | None) -> list[str]:
         return []
     speed = any("predicted_speedup" in c for c in guard["checks"])
     lines = ["## Quality guard", "",
-             f"{guard['metric']} on held-out batches; original {guard['baseline']:.4f}, tolerance "
+             f"{guard['metric']} on {_guard_samples(guard)}held-out batches; original {guard['baseline']:.4f}, tolerance "
              f"{guard['tolerance']:g}. {guard.get('why') or _guard_end(guard)}.", "",
              *_guard_float_lines(guard.get("float_fallback"), guard["baseline"]),
              "| check | groups removed | share | " + ("predicted speedup | " if speed else "")
@@ -109,6 +109,10 @@ def _guard_lines(guard: dict | None) -> list[str]:
             lines.append(f"| fallback: the state {at} {gap}{end['quality_after']:.4f} | {end['drop_after']:+.4f} | "
                          "shipped |")
     return lines + [""]
+
+
+def _guard_samples(guard: dict) -> str:
+    return f"{guard['samples']} samples of the " if guard.get("samples") else ""
 
 
 def _guard_float_lines(fallback: dict | None, baseline: float) -> list[str]:

@@ -66,17 +66,18 @@ def _quantizers_off(quantizers):
 class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
-                 floated: dict | None = None):
+                 floated: dict | None = None, samples: int | None = None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
         use, the candidates of the per-layer float fallback, of which at most `max_float` go
         to float (0: none, the run stops at a first check that misses). `floated`: what an earlier attempt of this run put in float
-        (FloatLayers.found): reported, and no second fallback."""
+        (FloatLayers.found): reported, and no second fallback. `samples`: how many held-out
+        samples a check scores (reported)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
-        self.floated = floated
+        self.floated, self.samples = floated, samples
         self.history: list[dict] = []
         self.snap: dict | None = None  # the running period's start (its rollback target)
         # the last state a check found within the tolerance (the fallback target):
@@ -204,6 +205,7 @@ class QualityGuard:
             why += (f"; the final model missed it ({self.end['drop']:+.4f}), so the run fell back to the last state "
                     "within it, without the training since")
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
+                **({"samples": self.samples} if self.samples else {}),
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
                 **({"end": self.end} if self.end is not None else {}),
                 **({"float_fallback": self.floated} if self.floated else {})}
