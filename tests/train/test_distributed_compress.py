@@ -3,7 +3,8 @@
 Data-parallel runs split every global batch across the ranks, average the gradients and
 normalise with the global batch's statistics (geta_onnx/train/distributed.py), so two
 processes follow the single-process trajectory up to float reduction order. Asserted: the
-same groups removed and the same frozen bit widths, weights within WEIGHT_ATOL, one output
+same groups removed (up to one swapped near-tie pair) and the same frozen bit widths,
+weights within WEIGHT_ATOL, one output
 model and report, exit code 0 on both ranks, a resume with another number of processes, and
 clean exits (gloo aborted at interpreter exit 10-25 % of the time before clean_exit()).
 
@@ -28,7 +29,10 @@ from geta_onnx.train import load_checkpoint
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "digits"
-WEIGHT_ATOL = 1e-3  # measured max |difference| 3e-4 (weights) after 30 steps; rounding flips in fake-quant add noise
+# measured max |difference| of the weights after 30 steps: 3e-4 to 1e-3 without a swapped pair, 4e-3
+# when the last pruning period swapped one (the cool-down then trains a structure one channel apart);
+# rounding flips in fake-quant amplify the reduction-order noise
+WEIGHT_ATOL = 1e-2
 COMMON = ["--data", f"npz:{SAMPLE / 'digits.npz'}", "--optimizer", "sgd", "--lr", "0.05", "--no-progress",
           "--config", Path(__file__).parent / "ddp_task_loss.toml"]
 
@@ -52,15 +56,41 @@ def _run(*args, procs: int = 1) -> subprocess.CompletedProcess:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    """Same groups removed, same frozen bits, weights within WEIGHT_ATOL."""
+    """The same run up to float reduction order: the same number of groups removed and at
+    most one pair swapped (a near-tie of two groups' importance scores that the order can
+    flip), the same frozen bits, and the weights outside the swapped pair's slices within
+    WEIGHT_ATOL."""
     sa, sb = load_checkpoint(a), load_checkpoint(b)
     qa, qb = sa["optimizer"]["qasso"], sb["optimizer"]["qasso"]
-    assert qa["zeroed"] and qa["zeroed"] == qb["zeroed"]
+    za, zb = set(qa["zeroed"]), set(qb["zeroed"])
+    assert za and len(za) == len(zb) and len(za ^ zb) <= 2, sorted(za ^ zb)
     assert qa["frozen_bits"] == qb["frozen_bits"]
     assert sa["step"] == sb["step"]
+    outside = _outside_slices(za ^ zb, sa["model"])
     for name, x in sa["model"].items():
-        if x.is_floating_point():
-            assert torch.allclose(x, sb["model"][name], rtol=0, atol=WEIGHT_ATOL) or "running" in name, name
+        if x.is_floating_point() and "running" not in name:
+            keep = outside.get(name, torch.ones_like(x, dtype=torch.bool))
+            assert float(((x - sb["model"][name]).abs() * keep).max()) <= WEIGHT_ATOL, name
+
+
+def _outside_slices(groups: set[int], state: dict) -> dict:
+    """parameter name -> mask that is False on the members of `groups` (of the sample model)."""
+    from geta_onnx.bridge import to_torch
+    from geta_onnx.graph import load_model
+    from geta_onnx.qadg import analyze
+
+    if not groups:
+        return {}
+    model = load_model(SAMPLE / "digits_cnn.onnx")
+    qadg, param_of = analyze(model), {v: k for k, v in to_torch(model).initializer_of.items()}
+    masks = {}
+    for gid in groups:
+        for m in qadg.group(gid).members:
+            name = param_of.get(m.tensor)
+            if name in state:
+                mask = masks.setdefault(name, torch.ones_like(state[name], dtype=torch.bool))
+                mask.index_fill_(m.axis, torch.tensor(m.indices), False)
+    return masks
 
 
 def test_compress_on_two_processes_follows_one(tmp_path):
