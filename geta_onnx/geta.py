@@ -6,6 +6,7 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from .qadg import QADG, analyze
 from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
 from .quant.plan import QuantPlan
+from .quant.quantizer import quantizers_off
 from .quant.sites import attach_quantizers
 from .train import (CHECKPOINT, Data, Schedule, TrainResult, distributed, load_checkpoint, lr_scheduler, make_loss,
                     split_batch, train)
+from .train.batching import set_epoch
 
 
 @dataclass
@@ -276,10 +279,6 @@ class _FirstBatches:
         self.loader, self.n, self.pinned = loader, n, pinned
 
     def __iter__(self):
-        import itertools
-
-        from .train.batching import set_epoch
-
         if self.pinned:
             set_epoch(self.loader, 0)
         return itertools.islice(iter(self.loader), self.n)
@@ -318,15 +317,8 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         device = next(module.parameters()).device
         return metrics(refreshed_batchnorm(module, refresh, names, device))[metric]
 
-    quantizers = [plan.quantizer(q) for q in dict.fromkeys(s.quantizer for s in plan.sites)]
-    enabled = [q.enabled for q in quantizers]
-    for q in quantizers:  # the fp32 original: the weights before any step, no quantizer
-        q.enabled = False
-    try:
+    with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
         original = metrics(module)
-    finally:
-        for q, on in zip(quantizers, enabled):
-            q.enabled = on
     metric = next((k for k in ("accuracy", "agreement", "cosine") if k in original), None)
     if metric is None:
         raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "

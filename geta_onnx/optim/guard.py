@@ -28,9 +28,8 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from ..errors import GetaError
+from ..quant.quantizer import quantizers_off
 from ..train import distributed
 
 
@@ -50,19 +49,6 @@ class FloatLayers(Exception):
         return [la["node"] for la in self.found["layers"]]
 
 
-@contextmanager
-def _quantizers_off(quantizers):
-    """The quantizers as identities inside the block (Quantizer.enabled), restored after."""
-    was = [q.enabled for q in quantizers]
-    for q in quantizers:
-        q.enabled = False
-    try:
-        yield
-    finally:
-        for q, on in zip(quantizers, was):
-            q.enabled = on
-
-
 class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
@@ -71,12 +57,19 @@ class QualityGuard:
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
         use, the candidates of the per-layer float fallback, of which at most `max_float` go
-        to float (0: none, the run stops at a first check that misses). `floated`: what an earlier attempt of this run put in float
-        (FloatLayers.found): reported, and no second fallback. `samples`: how many held-out
-        samples a check scores (reported)."""
+        to float (0: none, the run stops at a first check that misses). `floated`: what an
+        earlier attempt of this run put in float (FloatLayers.found): reported, and no second
+        fallback. `samples`: how many held-out samples a check scores (reported)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
+        # quantizer name -> the candidate layers that use it, and -> its module (for _gone_with)
+        self._users: dict[str, set[str]] = {}
+        self._modules: dict[str, object] = {}
+        for node, quantizers in self.layer_quantizers.items():
+            for name, q in quantizers.items():
+                self._users.setdefault(name, set()).add(node)
+                self._modules[name] = q
         self.floated, self.samples = floated, samples
         self.history: list[dict] = []
         self.snap: dict | None = None  # the running period's start (its rollback target)
@@ -133,12 +126,12 @@ class QualityGuard:
             return None
         alone = {}
         for node in self.layer_quantizers:
-            with _quantizers_off(self._gone_with({node})):
+            with quantizers_off(self._gone_with({node})):
                 alone[node] = self.score()
         ranked = sorted(alone, key=lambda n: -alone[n])  # stable: ties keep the layers' graph order
         chosen = []
         for node in ranked[:self.max_float]:
-            with _quantizers_off(self._gone_with({c["node"] for c in chosen} | {node})):
+            with quantizers_off(self._gone_with({c["node"] for c in chosen} | {node})):
                 cumulative = self.score()
             chosen.append({"node": node, "quality_alone": alone[node], "quality_cumulative": cumulative})
             if self.baseline - cumulative <= self.tolerance:
@@ -150,12 +143,7 @@ class QualityGuard:
         quantized layer uses. An activation quantizer shared with a layer that stays quantized
         stays (the float layer then reads the quantized tensor, as in the export), so the score
         is the restarted run's."""
-        users: dict[str, set[str]] = {}
-        for node, quantizers in self.layer_quantizers.items():
-            for name in quantizers:
-                users.setdefault(name, set()).add(node)
-        every = {name: q for quantizers in self.layer_quantizers.values() for name, q in quantizers.items()}
-        return [every[name] for name, used_by in users.items() if used_by <= nodes]
+        return [self._modules[name] for name, used_by in self._users.items() if used_by <= nodes]
 
     def after_step(self, step: int, loss) -> dict:
         info = self.schedule.stage(step)

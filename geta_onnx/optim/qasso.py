@@ -263,7 +263,8 @@ class QASSO(torch.optim.Optimizer):
         if stage in ("projection", "pruning"):
             self._project_bits()
         if self.frozen:  # cool-down: d follows the frozen bits as q_m and t keep training
-            self._follow_frozen_bits()
+            for layer in self.layers:
+                layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
         if stage == "pruning" and info.step_in_period == info.period_steps - 1:
             self._commit()
         self.masks.apply()
@@ -299,10 +300,6 @@ class QASSO(torch.optim.Optimizer):
         for layer in self.layers:
             layer.quantizer.freeze_bits(layer.deployable(layer.bits()))
         self.frozen = True
-
-    def _follow_frozen_bits(self) -> None:
-        for layer in self.layers:
-            layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
 
     def _budget(self, s: dict[int, float]) -> int:
         """K: the sparsity's count, or the smallest K whose planned removal meets the BOPs target

@@ -23,6 +23,7 @@ import torch
 from ..config import QuantConfig
 from ..errors import DataError, GetaError
 from .plan import QuantPlan
+from .quantizer import quantizers_off
 
 BINS = 2048
 
@@ -88,25 +89,19 @@ def calibrate(module: torch.nn.Module, plan: QuantPlan, batches: Iterable, confi
     acts = plan.act_quantizers()
     if not acts:
         return {}
-    every = plan.quantizers()
     hists = {name: AbsHistogram() for name in acts}
-    enabled = {name: q.enabled for name, q in every.items()}
     training = module.training
     hooks = [q.register_forward_pre_hook(lambda _m, args, h=hists[name]: h.add(args[0])) for name, q in acts.items()]
     seen = 0
     try:
-        for q in every.values():
-            q.enabled = False
         module.eval()
-        with torch.no_grad():
+        with quantizers_off(plan.quantizers().values()), torch.no_grad():
             for batch in itertools.islice(batches, config.calibration_batches):  # never pulls one more
                 module(*_inputs(module, batch))
                 seen += 1
     finally:
         for h in hooks:
             h.remove()
-        for name, q in every.items():
-            q.enabled = enabled[name]
         module.train(training)
     if seen == 0:
         raise DataError("calibration got no batches; pass at least one batch of model inputs")

@@ -25,6 +25,9 @@ range: d(32 bits) of q_m = Q_FLOOR is still ~5e-18 > D_FLOOR.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -155,6 +158,21 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------- module
+@contextmanager
+def quantizers_off(quantizers: Iterable["Quantizer"]):
+    """The quantizers as identities inside the block (Quantizer.enabled), their flags restored
+    after: the fp32 model for calibration and for the quality guard's scores."""
+    quantizers = list(quantizers)
+    was = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, on in zip(quantizers, was):
+            q.enabled = on
+
+
 class Quantizer(nn.Module):
     """One quantized tensor: parameters `d`, `q_m` (shape () per tensor, (C,) per channel
     along `axis`) and `t` (a buffer = 1, or a parameter when learned).
