@@ -89,6 +89,8 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
                                               threads=settings.export.threads)
     if batch.static:
         log(f"{model_path}: {batch.describe()}")
+    for line in batch.branches:
+        log(f"{model_path}: {line}")
     with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=paths.run_dir,
@@ -118,6 +120,7 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
+                         branches=batch.branches,
                          wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)
@@ -203,7 +206,7 @@ def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, result, checks: dict,
-            wall: dict, batch: str = "dynamic batch") -> dict:
+            wall: dict, batch: str = "dynamic batch", branches: tuple = ()) -> dict:
     from .bench import build_report
 
     q = checks["quality"]
@@ -240,6 +243,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         fused_ops=checks["fusion"],
         precision=checks["precision"],
         batch=batch,
+        **({"branches": list(branches)} if branches else {}),
         profile=settings.export.profile,
         threads=settings.export.threads,
         wall_time_s={**{k: round(v, 2) for k, v in wall.items()}, "total": round(sum(wall.values()), 2)},

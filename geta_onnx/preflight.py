@@ -44,10 +44,22 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
     if held_out:
         require_held_out(data, data_spec)
+    loaded, branches = decide_branches(loaded, data)
     check_memory(loaded, data, settings.data.batch_size)  # before anything runs a whole batch
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
+    batch.branches = branches
     return batch.model, data, fingerprint(model_path, data_spec, settings), batch
+
+
+def decide_branches(model, data):
+    """(model, one line per decision): If nodes decided on the data's shapes are inlined
+    (graph/branches.py); one that stays is a one-line error."""
+    from .graph.branches import decide_ifs
+
+    if not any(n.op_type == "If" for n in model.proto.graph.node):
+        return model, []
+    return decide_ifs(model, first_samples(model, data, 3))
 
 
 def check_memory(model, data, batch_size: int) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .bridge import OnnxModule, run_bridge, run_onnxruntime, to_torch
+from .graph.branches import decide_ifs
 from .graph.feeds import example_feeds, runnable_shapes
 from .graph.model import OnnxModel
 from .prune import prune_model
@@ -94,6 +95,9 @@ def verify_model(model: OnnxModel, *, shapes=None, max_groups: int | None = None
     if chosen and log is not None:
         log(f"inputs: {chosen}")
     feeds = example_feeds(model, shapes, seed=seed)
+    model, decided = decide_ifs(model, feeds)  # If nodes: the branch these inputs take (graph/branches.py)
+    for line in decided if log is not None else ():
+        log(line)
     module = to_torch(model).eval()
     qadg = analyze(model)
     try:

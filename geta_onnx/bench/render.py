@@ -164,6 +164,8 @@ def _footer(report: dict) -> list[str]:
         lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in w.items()) + ".")
     if report.get("batch", "dynamic batch") != "dynamic batch":
         lines.append(f"Batch: {report['batch']}.")
+    for line in report.get("branches", []):  # If nodes decided before training (graph/branches.py)
+        lines.append(f"Specialised: {line}.")
     t = report.get("training", {})
     if "processes" in t:
         where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"

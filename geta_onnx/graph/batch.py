@@ -47,6 +47,7 @@ class BatchChange:
     dynamic: bool  # `model` accepts any batch
     rewrites: list[str] = field(default_factory=list)
     reason: str = ""  # why the batch could not be made dynamic
+    branches: list[str] = field(default_factory=list)  # If nodes decided on the data (graph/branches.py)
 
     def describe(self) -> str:
         if not self.static:

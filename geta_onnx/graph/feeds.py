@@ -17,11 +17,13 @@ def example_feeds(model: OnnxModel, shapes: dict[str, tuple[int, ...]] | None = 
                           f"{', '.join(vi.name for vi in model.inputs)})")
     rng = np.random.default_rng(seed)
     feeds = {}
+    lead = batch_names(model)
     for vi in model.inputs:
         info = model.info(vi.name)
         dims = (shapes or {}).get(vi.name)
         if dims is None:
-            dims = tuple(d if isinstance(d, int) else (batch if i == 0 else seq) for i, d in enumerate(info.shape or ()))
+            dims = tuple(d if isinstance(d, int) else (batch if i == 0 or d in lead else seq)
+                         for i, d in enumerate(info.shape or ()))
         dtype = info.np_dtype
         if dtype.kind == "f":
             feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
@@ -39,6 +41,13 @@ def example_feeds(model: OnnxModel, shapes: dict[str, tuple[int, ...]] | None = 
         else:
             feeds[vi.name] = np.zeros(dims, dtype=dtype)
     return feeds
+
+
+def batch_names(model: OnnxModel) -> set[str]:
+    """The symbolic names of the inputs' leading dims: the batch, also where another input
+    carries it elsewhere (a recurrent state [layers, batch, hidden])."""
+    firsts = {(info.shape or (None,))[0] for info in (model.info(vi.name) for vi in model.inputs) if info}
+    return {d for d in firsts if isinstance(d, str)}
 
 
 def _embedding_rows(model: OnnxModel, name: str, depth: int = 4) -> int | None:
@@ -76,8 +85,9 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
         if dims_of.get(name) is not None and len(dims) != len(dims_of[name]):
             raise ConfigError(f"option '--shape': input '{name}' of {model.label} has {len(dims_of[name])} dims, "
                               f"got {len(dims)} ({'x'.join(map(str, dims))})")
+    lead = batch_names(model)
     open_dims = {name: dims for name, dims in dims_of.items()
-                 if name not in given and dims and any(not isinstance(d, int) for d in dims[1:])}
+                 if name not in given and dims and any(not isinstance(d, int) and d not in lead for d in dims[1:])}
     if not open_dims and not given:
         return given, ""
     from .session import ort_session
@@ -100,7 +110,8 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
     for size in sizes:
         shapes = dict(given)
         for name, dims in open_dims.items():
-            shapes[name] = tuple(d if isinstance(d, int) else (batch if i == 0 else size) for i, d in enumerate(dims))
+            shapes[name] = tuple(d if isinstance(d, int) else (batch if i == 0 or d in lead else size)
+                                 for i, d in enumerate(dims))
         try:
             _run_nonempty(session, example_feeds(model, shapes, batch=batch))
             chosen = ", ".join(f"{n}={'x'.join(map(str, shapes[n]))}" for n in open_dims)

@@ -10,11 +10,13 @@ Each pass takes a ModelProto and returns a new one; `normalize_model` runs them 
                        Transpose(W) -> MatMul keeps W trainable and a weight used twice
                        stays one tensor
 4. fold_constant_nodes the remaining Constant nodes become initializers
-5. unlink_identity_initializers
+5. inline_constant_ifs  an If whose condition is a constant becomes its taken branch
+                       (graph/branches.py; conditions on shapes are decided on the data)
+6. unlink_identity_initializers
                        Identity(initializer) becomes an initializer of its own: the
                        legacy exporter links EQUAL-valued tensors this way (e.g. zero
                        biases of different layers), which were independent parameters
-6. infer_shapes        onnx shape inference with data propagation; onnxruntime's
+7. infer_shapes        onnx shape inference with data propagation; onnxruntime's
                        symbolic shape inference where dims stay symbolic or unknown
 """
 from __future__ import annotations
@@ -40,10 +42,20 @@ _MAX_FOLD_ELEMENTS = 1 << 20
 
 def normalize_model(model: OnnxModel) -> OnnxModel:
     proto = model.proto
-    for step in (name_nodes, toposort, fold_constants, fold_constant_nodes, unlink_identity_initializers):
+    for step in (name_nodes, toposort, fold_constants, fold_constant_nodes, inline_constant_ifs,
+                 unlink_identity_initializers):
         proto = step(proto)
     proto = infer_shapes(proto, label=model.label)
     return OnnxModel(proto, model.path)
+
+
+def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from .branches import inline_ifs
+
+    proto, notes = inline_ifs(proto)
+    for line in notes:
+        log.info(line)
+    return proto
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -231,7 +243,7 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     proto = _copy(proto)
     keep = [n for n in proto.graph.node if n.name not in drop]
-    needed = {x for n in keep for x in n.input} | outputs
+    needed = {x for n in keep for x in list(n.input) + _subgraph_inputs(n)} | outputs  # If bodies read outer names
     del proto.graph.node[:]
     proto.graph.node.extend(keep)
     for name, value in folded.items():

@@ -1,0 +1,287 @@
+"""If nodes whose branch is decided before training: the taken branch replaces the node.
+
+The bridge trains one static graph, and the QADG groups channels of one graph, so an `If`
+is inlined when its condition cannot change between the samples a run sees:
+- a constant condition (after constant folding), always;
+- a condition computed from tensor SHAPES only (Shape / Size, constants and shape
+  arithmetic: `if frames == 1: squeeze`, `if state.shape[0] != 0`), at the shapes of the
+  user's data. It is evaluated in onnxruntime on those samples at two batch sizes (all of
+  them, and the first alone); both must agree, so the batch a model is trained at and the
+  batch it runs at later take the same branch.
+A condition that reads the VALUES of an input (`if sr == 16000` with `sr` fed at run time)
+is never decided here: the node stays, and the bridge's unsupported-op error names it.
+
+Inlining: the branch's nodes and initializers move into the main graph in place of the If
+(names that clash with the main graph get the If's name as prefix, nested subgraphs'
+references included); each branch output takes the If output's name (an Identity when the
+branch passes an outer tensor or one tensor twice). Nested Ifs are decided in later rounds.
+The decisions are returned as one line each, for the log and the report.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import ModelLoadError
+
+MAX_ROUNDS = 8  # nested Ifs: one level per round
+_SHAPE_OPS = ("Shape", "Size")  # their outputs depend on shapes only
+
+
+def inline_ifs(proto: onnx.ModelProto, samples: dict[str, np.ndarray] | None = None, *,
+               label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
+    """(proto with decided Ifs inlined, one line per decision). `samples`: a few samples of
+    every graph input (first axis the batch); None decides constant conditions only."""
+    from .normalize import fold_constant_nodes, fold_constants, toposort
+
+    notes: list[str] = []
+    for _ in range(MAX_ROUNDS):
+        ifs = [n for n in proto.graph.node if n.op_type == "If" and n.domain in ("", "ai.onnx")]
+        if not ifs:
+            break
+        decided = _constant_conditions(proto, ifs)
+        shaped = [n for n in ifs if n.name not in decided and _shape_only(proto, n.input[0])]
+        if shaped and samples:
+            decided.update(_evaluate(proto, shaped, samples, label))
+        if not decided:
+            break
+        for node in ifs:
+            if node.name in decided:
+                how = "constant" if node.name not in {n.name for n in shaped} else "at the data's shapes"
+                notes.append(f"If '{node.name}': condition {bool(decided[node.name])} ({how}); "
+                             f"{'then' if decided[node.name] else 'else'} branch inlined")
+        proto = _drop_dead(_splice(proto, decided))
+        proto = fold_constant_nodes(fold_constants(toposort(proto)))
+    return proto, notes
+
+
+def value_conditions(proto: onnx.ModelProto) -> dict[str, list[str]]:
+    """If node -> the graph inputs whose VALUES its condition reads (never decided here)."""
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type == "If":
+            reads = _value_inputs(proto, n.input[0])
+            if reads:
+                out[n.name] = reads
+    return out
+
+
+def decide_ifs(model, samples: dict[str, np.ndarray]):
+    """(OnnxModel with every If decided on `samples` inlined and re-normalised, one line per
+    decision); an If that stays is a one-line ModelLoadError (check_no_ifs_left)."""
+    from .model import OnnxModel
+    from .normalize import normalize_model
+
+    if not any(n.op_type == "If" for n in model.proto.graph.node):
+        return model, []
+    proto, notes = inline_ifs(model.proto, samples, label=model.label)
+    check_no_ifs_left(proto, model.label)
+    return normalize_model(OnnxModel(proto, model.path)), notes
+
+
+# ---- deciding ------------------------------------------------------------------------------
+def _constant_conditions(proto: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict[str, bool]:
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for n in ifs:
+        if n.input[0] in inits:
+            out[n.name] = bool(onnx.numpy_helper.to_array(inits[n.input[0]]).reshape(-1)[0])
+    return out
+
+
+def _ancestry(proto: onnx.ModelProto, tensor: str) -> tuple[set[str], set[str]]:
+    """(graph inputs read by value, graph inputs read through Shape / Size only) on the way
+    to `tensor`."""
+    from .normalize import _subgraph_inputs
+
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inputs = {i.name for i in proto.graph.input}
+    by_value, by_shape, seen = set(), set(), set()
+    stack = [(tensor, False)]
+    while stack:
+        name, shape_only = stack.pop()
+        if (name, shape_only) in seen or not name:
+            continue
+        seen.add((name, shape_only))
+        if name in inputs:
+            (by_shape if shape_only else by_value).add(name)
+            continue
+        node = producers.get(name)
+        if node is None:
+            continue  # an initializer
+        through = shape_only or node.op_type in _SHAPE_OPS
+        stack.extend((x, through) for x in list(node.input) + _subgraph_inputs(node))
+    return by_value, by_shape
+
+
+def _shape_only(proto: onnx.ModelProto, tensor: str) -> bool:
+    return not _ancestry(proto, tensor)[0]
+
+
+def _value_inputs(proto: onnx.ModelProto, tensor: str) -> list[str]:
+    return sorted(_ancestry(proto, tensor)[0])
+
+
+def _evaluate(proto: onnx.ModelProto, ifs: list[onnx.NodeProto], samples: dict[str, np.ndarray],
+              label: str) -> dict[str, bool]:
+    """Each If's condition in onnxruntime on `samples` (all, then the first alone); only the
+    conditions that agree (every element, both runs) are returned."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    conds = list(dict.fromkeys(n.input[0] for n in ifs))
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(c, onnx.TensorProto.BOOL, None) for c in conds)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        runs = [session.run(None, {k: samples[k] for k in names}),
+                session.run(None, _first_sample(proto, {k: samples[k] for k in names}))]
+    except Exception as e:  # noqa: BLE001 - onnxruntime's error text is the finding
+        raise ModelLoadError(f"{label}: cannot evaluate the conditions of its If nodes on the data "
+                             f"({str(e).splitlines()[0]}); check that the data fits the model's inputs") from None
+    values = {}
+    for i, c in enumerate(conds):
+        seen = {bool(v) for run in runs for v in np.asarray(run[i]).reshape(-1)}
+        if len(seen) == 1:
+            values[c] = seen.pop()
+    return {n.name: values[n.input[0]] for n in ifs if n.input[0] in values}
+
+
+def _first_sample(proto: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`samples` cut to one along each input's batch axis: the axis whose symbolic dim is the
+    first input's leading one (e.g. `state` [2, batch, 128]), else axis 0; scalars as they are."""
+    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    lead = next((d[0] for d in dims.values() if d and d[0]), None)
+    out = {}
+    for k, x in samples.items():
+        x = np.asarray(x)
+        axis = dims.get(k, []).index(lead) if lead in dims.get(k, []) else 0
+        out[k] = x if x.ndim == 0 else np.take(x, [0], axis=axis)
+    return out
+
+
+# ---- inlining ------------------------------------------------------------------------------
+def _splice(proto: onnx.ModelProto, decided: dict[str, bool]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    taken = ({i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+             | {n.name for n in g.node})
+    nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        if node.name not in decided:
+            nodes.append(node)
+            continue
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if decided[node.name] else "else_branch"))
+        nodes.extend(_inline(branch, node, taken, g))
+    del g.node[:]
+    g.node.extend(nodes)
+    return out
+
+
+def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, taken: set[str], g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The branch's nodes, renamed to fit the main graph; its initializers are added to `g`."""
+    local = {t.name for t in branch.initializer} | {o for n in branch.node for o in n.output if o}
+    rename = {}
+    for name in sorted(local):
+        new = name if name not in taken else _fresh(f"{node.name}/{name}", taken)
+        taken.add(new)
+        rename[name] = new
+    # each branch output produced inside the branch becomes the If output (first use only)
+    produced = {o for n in branch.node for o in n.output}
+    claimed: set[str] = set()
+    identities = []
+    for src, dst in zip([o.name for o in branch.output], node.output):
+        if not dst:
+            continue
+        if src in produced and src not in claimed:
+            rename[src] = dst
+            claimed.add(src)
+        else:
+            identities.append((src, dst))
+    for t in branch.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(t)
+        copy.name = rename[t.name]
+        g.initializer.append(copy)
+    out = []
+    for n in branch.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        _rename_node(copy, rename)
+        if copy.name in taken:
+            copy.name = _fresh(f"{node.name}/{copy.name}", taken)
+        taken.add(copy.name)
+        out.append(copy)
+    for src, dst in identities:
+        out.append(helper.make_node("Identity", [rename.get(src, src)], [dst],
+                                    name=_fresh(f"{node.name}/output_{dst}", taken)))
+    return out
+
+
+def _drop_dead(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Nodes none of whose outputs is read any more (the decided conditions' arithmetic), and
+    initializers nothing reads."""
+    from .normalize import _subgraph_inputs
+
+    g = proto.graph
+    while True:
+        read = {o.name for o in g.output} | {x for n in g.node for x in list(n.input) + _subgraph_inputs(n)}
+        live = [n for n in g.node if any(o in read for o in n.output if o)]
+        if len(live) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(live)
+    read |= {i.name for i in g.input}  # an initializer listed as a graph input stays declared
+    inits = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return proto
+
+
+def _rename_node(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Inputs and outputs of `node`, and the outer-scope reads of its subgraphs."""
+    for i, x in enumerate(node.input):
+        node.input[i] = rename.get(x, x)
+    for i, x in enumerate(node.output):
+        node.output[i] = rename.get(x, x)
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            shadow = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {
+                o for n in sub.node for o in n.output}
+            inner = {k: v for k, v in rename.items() if k not in shadow}
+            for n in sub.node:
+                _rename_node(n, inner)
+            for o in sub.output:
+                o.name = inner.get(o.name, o.name)
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def check_no_ifs_left(proto: onnx.ModelProto, label: str) -> None:
+    """A one-line error for an If that stays: the inputs its condition reads by value, or
+    else a condition that changes with the batch."""
+    left = [n for n in proto.graph.node if n.op_type == "If"]
+    if not left:
+        return
+    node = left[0]
+    reads = _value_inputs(proto, node.input[0])
+    if reads:
+        raise ModelLoadError(f"{label}: If node '{node.name}' branches on the values of input(s) {', '.join(reads)}; "
+                             "geta-onnx trains one static graph, so export the model for one branch (e.g. with that "
+                             "input fixed) and compress that file")
+    raise ModelLoadError(f"{label}: If node '{node.name}' branches on tensor shapes, and its condition differs "
+                         "between the data's batch and a batch of 1 (or no data decided it); export the model "
+                         "without that branch, or train on data of the shapes it is deployed at")
