@@ -113,7 +113,9 @@ def require_held_out(data, spec: str) -> None:
 
 
 def check_model(model, output: int) -> None:
-    """The scored output exists and is float; there are float weights to train."""
+    """The scored output exists and is float; there are float weights to train; every input
+    takes the samples on its first axis."""
+    check_batch_axes(model)
     outs = list(model.outputs)
     if not 0 <= output < len(outs):
         raise ConfigError(f"option 'train.output': {model.label} has {len(outs)} output(s) "
@@ -126,6 +128,28 @@ def check_model(model, output: int) -> None:
     floats = [t for t in model.proto.graph.initializer if t.data_type in (1, 10, 11, 16) and _numel(t) > 1]
     if not floats:
         raise GetaError(f"{model.label}: the model has no float weights, so there is nothing to train or compress")
+
+
+def check_batch_axes(model) -> None:
+    """The data feeds samples along axis 0 of every input: an input that carries the batch
+    elsewhere (a recurrent state [layers, batch, hidden]) or has no axis (a scalar) cannot be
+    fed from it."""
+    from .graph.feeds import batch_names
+
+    lead = batch_names(model)
+    for vi in model.inputs:
+        info = model.info(vi.name)
+        shape = info.shape if info is not None else None
+        if shape == ():
+            raise GetaError(f"{model.label}: input '{vi.name}' is a scalar (rank 0), one value for a whole batch; the "
+                            "data gives every input one entry per sample. Export the model with that value fixed "
+                            "(a constant instead of the input) and compress that file")
+        moved = [i for i, d in enumerate(shape or ()) if i > 0 and d in lead] if shape and shape[0] not in lead else []
+        if moved:
+            dims = ", ".join(str(d) for d in shape)
+            raise GetaError(f"{model.label}: input '{vi.name}' [{dims}] carries the batch on axis {moved[0]}; the data "
+                            "gives every input its samples along axis 0. Export the model with that input batch-first "
+                            "and compress that file")
 
 
 def _numel(tensor) -> int:

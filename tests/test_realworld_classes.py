@@ -173,3 +173,32 @@ def test_an_if_on_a_shape_is_decided_on_the_data_and_gone_from_the_output(tmp_pa
     assert "else branch inlined" in output
     assert dims == ["batch", 4, "time"]
     assert report["groups"]["removed"] > 0
+
+
+def _two_input_model(tmp_path, second: list) -> tuple:
+    """x [N, 4] @ W + a second input of dims `second` (broadcast): a recurrent state [2, N, 4]
+    or a scalar [] that the data cannot feed along axis 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "s"], ["y"])], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, second)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "N", 4] if second else ["N", 4])], [w])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(32, 4)).astype(np.float32),
+             s=np.float32(1.0) if not second else rng.normal(size=(32, 2, 4)).astype(np.float32))
+    return path, tmp_path / "d.npz"
+
+
+@pytest.mark.parametrize("second, message", [([2, "N", 4], "carries the batch on axis 1"),
+                                             ([], "is a scalar (rank 0)")])
+def test_inputs_the_data_cannot_feed_along_axis_0_are_one_line_errors(tmp_path, second, message):
+    model, data = _two_input_model(tmp_path, second)
+    res = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{data}", "-o", str(tmp_path / "o.onnx"),
+                                    "--steps", "4", "--no-plots", "--no-progress", "--skip-data-check"])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "input 's'" in res.output and "Traceback" not in res.output

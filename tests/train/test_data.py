@@ -83,6 +83,13 @@ def test_npz_arrays_named_after_the_model_input(tmp_path, cnn):
                           model=cnn[0])
 
 
+def test_a_scalar_npz_array_is_a_one_line_error(tmp_path):
+    """Every array holds one entry per sample; a scalar (e.g. a sample rate) used to crash in len()."""
+    x, y = blobs(20)
+    np.savez(tmp_path / "s.npz", x=np.float32(3.0), y=y)
+    assert_one_line_error(f"npz:{tmp_path / 's.npz'}", r"array 'x' is a scalar; every array holds one entry per sample")
+
+
 def test_uint8_images_get_a_channel_and_unit_scale(tmp_path, cnn):
     r = np.random.default_rng(0)
     x = r.integers(0, 256, (20, 8, 8)).astype(np.uint8)
