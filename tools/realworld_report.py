@@ -125,7 +125,7 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     """An npz for `model_path`: photo crops for image-like inputs, seeded examples otherwise."""
     from geta_onnx.graph import load_model
     from geta_onnx.graph.batch import static_batch_one
-    from geta_onnx.graph.feeds import example_feeds, runnable_shapes
+    from geta_onnx.graph.feeds import batch_names, example_feeds, runnable_shapes
     from samples.photos import photo_crops
 
     model = load_model(model_path)
@@ -133,7 +133,8 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     arrays = {}
     for vi in model.inputs:
         dims = shapes.get(vi.name) or model.info(vi.name).shape
-        per = tuple(int(d) for d in dims[1:])
+        lead = [i for i, d in enumerate(dims) if d in batch_names(model)]  # the batch axis (a state's may be 1)
+        per = tuple(int(d) for i, d in enumerate(dims) if i != (lead[0] if lead else 0))
         if len(per) == 3 and per[0] in (1, 3) and model.info(vi.name).np_dtype.kind == "f":
             arrays[vi.name] = photo_crops(n, per)
         else:
