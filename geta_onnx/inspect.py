@@ -24,12 +24,22 @@ def _shape_str(model: OnnxModel, vi: onnx.ValueInfoProto) -> dict:
 def unsupported_ops(model: OnnxModel) -> list[dict]:
     registry._ensure_loaded()
     seen: dict[tuple, dict] = {}
+    decided = set(shape_decided_ifs(model))
     for n in model.nodes:
-        if registry.lookup(n.domain, n.op_type, model.opset(n.domain)) is None:
+        if n.name not in decided and registry.lookup(n.domain, n.op_type, model.opset(n.domain)) is None:
             key = (n.domain or "ai.onnx", n.op_type, model.opset(n.domain))
             entry = seen.setdefault(key, {"domain": key[0], "op_type": n.op_type, "opset": key[2], "nodes": []})
             entry["nodes"].append(n.name)
     return list(seen.values())
+
+
+def shape_decided_ifs(model: OnnxModel) -> list[str]:
+    """If nodes whose condition reads shapes only: compress decides them on the data and
+    trains the taken branch (graph/branches.py)."""
+    from .graph.branches import value_conditions
+
+    reads = value_conditions(model.proto)
+    return [n.name for n in model.nodes if n.op_type == "If" and n.name not in reads]
 
 
 def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
@@ -48,6 +58,7 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         **stats.to_dict(),
         "unsupported_ops": unsupported_ops(model),
+        "shape_decided_ifs": shape_decided_ifs(model),
         "groups": {**qadg.summary(), "unprunable_reasons": dict(reasons.most_common()),
                    "list": [g.to_dict() for g in qadg.groups]},
     }
@@ -91,6 +102,9 @@ def render_text(r: dict) -> str:
     for reason, n in list(g["unprunable_reasons"].items())[:8]:
         lines.append(f"  not prunable: {n} group(s): {reason}")
     lines.append("")
+    if r.get("shape_decided_ifs"):
+        ifs = r["shape_decided_ifs"]
+        lines.append(f"If nodes        {len(ifs)} on tensor shapes, decided on the data before training (e.g. {ifs[0]})")
     if r["unsupported_ops"]:
         lines.append("unsupported ops (the bridge cannot train this model until they are supported):")
         for u in r["unsupported_ops"]:

@@ -162,3 +162,15 @@ def test_a_condition_on_the_batch_size_stays(tmp_path):
     assert not notes
     with pytest.raises(ModelLoadError, match="differs between the data's batch and a batch of 1"):
         check_no_ifs_left(proto, "test")
+
+
+def test_inspect_counts_a_shape_if_as_decided_and_a_value_if_as_unsupported(scripted, tmp_path):
+    from geta_onnx.inspect import inspect_model
+
+    r = inspect_model(scripted)
+    assert r["shape_decided_ifs"] and not r["unsupported_ops"]
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+             helper.make_node("Greater", ["s", "zero"], ["c"])]
+    r = inspect_model(_save(tmp_path, _if_model(nodes, "c")))
+    assert not r["shape_decided_ifs"] and [u["op_type"] for u in r["unsupported_ops"]] == ["If"]
