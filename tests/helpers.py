@@ -117,3 +117,35 @@ def assert_gradcheck(module, feeds, atol: float = 1e-5, rtol: float = 1e-3):
         return tuple(o for o in outs if o.is_floating_point())
 
     assert torch.autograd.gradcheck(f, tuple(args[i] for i in float_idx), atol=atol, rtol=rtol, eps=1e-6)
+
+
+@torch.jit.script
+def _pool_time(h):
+    if h.shape[-1] == 1:  # exported as If(Equal(Shape(h)[-1], 1)), with a nested If inside squeeze
+        return h.squeeze(-1)
+    return h.mean(-1)
+
+
+class ScriptedCNN(torch.nn.Module):
+    """Conv1d x2 and a torch.jit.script pooling helper whose `if` on the length exports as an
+    ONNX If node (graph/branches.py decides it on the data)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv1d(4, 16, 3, padding=1), torch.nn.Conv1d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(_pool_time(torch.relu(self.c2(torch.relu(self.c1(x))))))
+
+
+def export_scripted_cnn(path, classes: int = 3) -> None:
+    """ScriptedCNN, seeded, by the legacy exporter with a dynamic batch and length (x: N x 4 x T)."""
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ScriptedCNN(classes).eval(), (torch.randn(2, 4, 6),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 2: "time"}, "y": {0: "batch"}})

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from geta_onnx.cli import main
+from tests.helpers import export_scripted_cnn
 
 pytestmark = pytest.mark.slow
 
@@ -139,31 +140,9 @@ def test_verify_at_a_shape_the_bridge_cannot_run_fails_in_one_line(pool_cnn):
     assert "Traceback" not in res.output and "internal error" not in res.output
 
 
-@torch.jit.script
-def _pool_time(h):
-    if h.shape[-1] == 1:  # exported as an If on the length: decided on the data (graph/branches.py)
-        return h.squeeze(-1)
-    return h.mean(-1)
-
-
-class ScriptedCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv1d(4, 16, 3, padding=1), nn.Conv1d(16, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x):
-        return self.fc(_pool_time(torch.relu(self.c2(torch.relu(self.c1(x))))))
-
-
 def test_an_if_on_a_shape_is_decided_on_the_data_and_gone_from_the_output(tmp_path):
-    torch.manual_seed(0)
     model = tmp_path / "scripted.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(ScriptedCNN().eval(), (torch.randn(2, 4, 6),), str(model), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", 2: "time"}, "y": {0: "batch"}})
+    export_scripted_cnn(model, classes=5)
     assert any(n.op_type == "If" for n in onnx.load(str(model)).graph.node)
     x = np.random.default_rng(0).normal(size=(160, 4, 6)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)

@@ -1,7 +1,6 @@
 """If nodes decided before training (geta_onnx/graph/branches.py): a torch.jit.script export
 that branches on a tensor's length, constant conditions, nested Ifs whose names clash with
 the main graph, and the conditions that must stay undecided (input values, the batch)."""
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -10,43 +9,21 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.errors import ModelLoadError
 from geta_onnx.graph import OnnxModel, load_model
 from geta_onnx.graph.branches import check_no_ifs_left, inline_ifs
 from geta_onnx.graph.normalize import normalize_model
+from tests.helpers import export_scripted_cnn
 
 ATOL = 1e-5  # float32, the same ops in a different graph
 
 
-@torch.jit.script
-def _pool(h):
-    if h.shape[-1] == 1:  # exported as If(Equal(Shape(h)[-1], 1)), a nested If inside squeeze
-        return h.squeeze(-1)
-    return h.mean(-1)
-
-
-class ScriptedNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv1d(4, 16, 3, padding=1), nn.Conv1d(16, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.fc(_pool(torch.relu(self.c2(torch.relu(self.c1(x))))))
-
-
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory):
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("branches") / "scripted.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(ScriptedNet().eval(), (torch.randn(2, 4, 6),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", 2: "time"}, "y": {0: "batch"}})
+    export_scripted_cnn(path)
     return path
 
 
