@@ -21,10 +21,11 @@ def _shape_str(model: OnnxModel, vi: onnx.ValueInfoProto) -> dict:
     return {"name": vi.name, "dtype": dtype, "shape": shape}
 
 
-def unsupported_ops(model: OnnxModel) -> list[dict]:
+def unsupported_ops(model: OnnxModel, decided: list[str] = ()) -> list[dict]:
+    """Ops the bridge lacks, but for the `decided` If nodes (shape_decided_ifs)."""
     registry._ensure_loaded()
     seen: dict[tuple, dict] = {}
-    decided = set(shape_decided_ifs(model))
+    decided = set(decided)
     for n in model.nodes:
         if n.name not in decided and registry.lookup(n.domain, n.op_type, model.opset(n.domain)) is None:
             key = (n.domain or "ai.onnx", n.op_type, model.opset(n.domain))
@@ -48,6 +49,7 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         model = with_input_shapes(model, shapes)
     stats = model_stats(model)
     qadg = analyze(model)
+    ifs = shape_decided_ifs(model)
     reasons = Counter(g.reason for g in qadg.groups if not g.prunable)
     return {
         "model": str(path),
@@ -57,8 +59,8 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "inputs": [_shape_str(model, vi) for vi in model.inputs],
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         **stats.to_dict(),
-        "unsupported_ops": unsupported_ops(model),
-        "shape_decided_ifs": shape_decided_ifs(model),
+        "unsupported_ops": unsupported_ops(model, ifs),
+        "shape_decided_ifs": ifs,
         "groups": {**qadg.summary(), "unprunable_reasons": dict(reasons.most_common()),
                    "list": [g.to_dict() for g in qadg.groups]},
     }

@@ -144,10 +144,12 @@ def check_batch_axes(model) -> None:
             raise GetaError(f"{model.label}: input '{vi.name}' is a scalar (rank 0), one value for a whole batch; the "
                             "data gives every input one entry per sample. Export the model with that value fixed "
                             "(a constant instead of the input) and compress that file")
-        moved = [i for i, d in enumerate(shape or ()) if i > 0 and d in lead] if shape and shape[0] not in lead else []
-        if moved:
+        if not shape or shape[0] in lead:
+            continue
+        moved = next((i for i, d in enumerate(shape) if d in lead), None)
+        if moved is not None:
             dims = ", ".join(str(d) for d in shape)
-            raise GetaError(f"{model.label}: input '{vi.name}' [{dims}] carries the batch on axis {moved[0]}; the data "
+            raise GetaError(f"{model.label}: input '{vi.name}' [{dims}] carries the batch on axis {moved}; the data "
                             "gives every input its samples along axis 0. Export the model with that input batch-first "
                             "and compress that file")
 

@@ -130,11 +130,11 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
 
     model = load_model(model_path)
     shapes, _ = runnable_shapes(model, batch=1 if static_batch_one(model) else 2)
-    arrays = {}
+    arrays, lead = {}, batch_names(model)
     for vi in model.inputs:
         dims = shapes.get(vi.name) or model.info(vi.name).shape
-        lead = [i for i, d in enumerate(dims) if d in batch_names(model)]  # the batch axis (a state's may be 1)
-        per = tuple(int(d) for i, d in enumerate(dims) if i != (lead[0] if lead else 0))
+        axis = next((i for i, d in enumerate(model.info(vi.name).shape) if d in lead), 0)  # a state's may be 1
+        per = tuple(int(d) for i, d in enumerate(dims) if i != axis)
         if len(per) == 3 and per[0] in (1, 3) and model.info(vi.name).np_dtype.kind == "f":
             arrays[vi.name] = photo_crops(n, per)
         else:

@@ -8,6 +8,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph.model import attr as node_attr
+from ..graph.model import fresh_name
 from ..graph.normalize import infer_shapes, toposort
 
 
@@ -50,11 +51,7 @@ class Graph:
 
     # ---- edits -------------------------------------------------------------------------
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._names:
-            name, k = f"{base}_{k}", k + 1
-        self._names.add(name)
-        return name
+        return fresh_name(base, self._names)
 
     def add_init(self, base: str, value: np.ndarray, tensor: onnx.TensorProto | None = None) -> str:
         name = self.unique(base)

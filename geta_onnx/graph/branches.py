@@ -9,7 +9,7 @@ is inlined when its condition cannot change between the samples a run sees:
   them, and the first alone); both must agree, so the batch a model is trained at and the
   batch it runs at later take the same branch.
 A condition that reads the VALUES of an input (`if sr == 16000` with `sr` fed at run time)
-is never decided here: the node stays, and the bridge's unsupported-op error names it.
+is never decided here: the node stays, and check_no_ifs_left's one-line error names the input.
 
 Inlining: the branch's nodes and initializers move into the main graph in place of the If
 (names that clash with the main graph get the If's name as prefix, nested subgraphs'
@@ -24,6 +24,7 @@ import onnx
 from onnx import helper
 
 from ..errors import ModelLoadError
+from .model import fresh_name
 
 MAX_ROUNDS = 8  # nested Ifs: one level per round
 _SHAPE_OPS = ("Shape", "Size")  # their outputs depend on shapes only
@@ -41,14 +42,14 @@ def inline_ifs(proto: onnx.ModelProto, samples: dict[str, np.ndarray] | None = N
         if not ifs:
             break
         decided = _constant_conditions(proto, ifs)
-        shaped = [n for n in ifs if n.name not in decided and _shape_only(proto, n.input[0])]
+        shaped = {n.name for n in ifs if n.name not in decided and not _value_inputs(proto, n.input[0])}
         if shaped and samples:
-            decided.update(_evaluate(proto, shaped, samples, label))
+            decided.update(_evaluate(proto, [n for n in ifs if n.name in shaped], samples, label))
         if not decided:
             break
         for node in ifs:
             if node.name in decided:
-                how = "constant" if node.name not in {n.name for n in shaped} else "at the data's shapes"
+                how = "at the data's shapes" if node.name in shaped else "constant"
                 notes.append(f"If '{node.name}': condition {bool(decided[node.name])} ({how}); "
                              f"{'then' if decided[node.name] else 'else'} branch inlined")
         proto = _drop_dead(_splice(proto, decided))
@@ -90,37 +91,24 @@ def _constant_conditions(proto: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> d
     return out
 
 
-def _ancestry(proto: onnx.ModelProto, tensor: str) -> tuple[set[str], set[str]]:
-    """(graph inputs read by value, graph inputs read through Shape / Size only) on the way
-    to `tensor`."""
-    from .normalize import _subgraph_inputs
+def _value_inputs(proto: onnx.ModelProto, tensor: str) -> list[str]:
+    """The graph inputs whose VALUES `tensor` depends on; the walk stops at Shape / Size,
+    whose outputs depend on shapes only."""
+    from .normalize import node_reads
 
     producers = {o: n for n in proto.graph.node for o in n.output}
     inputs = {i.name for i in proto.graph.input}
-    by_value, by_shape, seen = set(), set(), set()
-    stack = [(tensor, False)]
+    reads, seen, stack = set(), set(), [tensor]
     while stack:
-        name, shape_only = stack.pop()
-        if (name, shape_only) in seen or not name:
+        name = stack.pop()
+        if name in seen or not name:
             continue
-        seen.add((name, shape_only))
+        seen.add(name)
         if name in inputs:
-            (by_shape if shape_only else by_value).add(name)
-            continue
-        node = producers.get(name)
-        if node is None:
-            continue  # an initializer
-        through = shape_only or node.op_type in _SHAPE_OPS
-        stack.extend((x, through) for x in list(node.input) + _subgraph_inputs(node))
-    return by_value, by_shape
-
-
-def _shape_only(proto: onnx.ModelProto, tensor: str) -> bool:
-    return not _ancestry(proto, tensor)[0]
-
-
-def _value_inputs(proto: onnx.ModelProto, tensor: str) -> list[str]:
-    return sorted(_ancestry(proto, tensor)[0])
+            reads.add(name)
+        elif name in producers and producers[name].op_type not in _SHAPE_OPS:  # else an initializer, or shapes
+            stack.extend(node_reads(producers[name]))
+    return sorted(reads)
 
 
 def _evaluate(proto: onnx.ModelProto, ifs: list[onnx.NodeProto], samples: dict[str, np.ndarray],
@@ -154,14 +142,18 @@ def _evaluate(proto: onnx.ModelProto, ifs: list[onnx.NodeProto], samples: dict[s
 
 
 def _first_sample(proto: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`samples` cut to one along each input's batch axis: the axis whose symbolic dim is the
-    first input's leading one (e.g. `state` [2, batch, 128]), else axis 0; scalars as they are."""
-    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
-    lead = next((d[0] for d in dims.values() if d and d[0]), None)
+    """`samples` cut to one along each input's batch axis (feeds.batch_names: a state
+    [2, batch, 128] carries it on axis 1), else axis 0; scalars as they are."""
+    from .feeds import batch_names
+    from .model import OnnxModel
+
+    model = OnnxModel(proto)
+    lead = batch_names(model)
     out = {}
     for k, x in samples.items():
         x = np.asarray(x)
-        axis = dims.get(k, []).index(lead) if lead in dims.get(k, []) else 0
+        dims = list((model.info(k).shape if model.info(k) else None) or ())
+        axis = next((i for i, d in enumerate(dims) if d in lead), 0)
         out[k] = x if x.ndim == 0 else np.take(x, [0], axis=axis)
     return out
 
@@ -190,7 +182,7 @@ def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, taken: set[str], g: o
     local = {t.name for t in branch.initializer} | {o for n in branch.node for o in n.output if o}
     rename = {}
     for name in sorted(local):
-        new = name if name not in taken else _fresh(f"{node.name}/{name}", taken)
+        new = name if name not in taken else fresh_name(f"{node.name}/{name}", taken)
         taken.add(new)
         rename[name] = new
     # each branch output produced inside the branch becomes the If output (first use only)
@@ -216,23 +208,23 @@ def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, taken: set[str], g: o
         copy.CopyFrom(n)
         _rename_node(copy, rename)
         if copy.name in taken:
-            copy.name = _fresh(f"{node.name}/{copy.name}", taken)
+            copy.name = fresh_name(f"{node.name}/{copy.name}", taken)
         taken.add(copy.name)
         out.append(copy)
     for src, dst in identities:
         out.append(helper.make_node("Identity", [rename.get(src, src)], [dst],
-                                    name=_fresh(f"{node.name}/output_{dst}", taken)))
+                                    name=fresh_name(f"{node.name}/output_{dst}", taken)))
     return out
 
 
 def _drop_dead(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Nodes none of whose outputs is read any more (the decided conditions' arithmetic), and
     initializers nothing reads."""
-    from .normalize import _subgraph_inputs
+    from .normalize import node_reads
 
     g = proto.graph
     while True:
-        read = {o.name for o in g.output} | {x for n in g.node for x in list(n.input) + _subgraph_inputs(n)}
+        read = {o.name for o in g.output} | {x for n in g.node for x in node_reads(n)}
         live = [n for n in g.node if any(o in read for o in n.output if o)]
         if len(live) == len(g.node):
             break
@@ -260,14 +252,6 @@ def _rename_node(node: onnx.NodeProto, rename: dict[str, str]) -> None:
                 _rename_node(n, inner)
             for o in sub.output:
                 o.name = inner.get(o.name, o.name)
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
 
 
 def check_no_ifs_left(proto: onnx.ModelProto, label: str) -> None:

@@ -52,6 +52,15 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `taken`, which it joins."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
 # ops a weight may pass through between its initializer and the layer reading it: the QADG's
 # groups and costs and the physical pruning see the same initializer behind them
 WEIGHT_THROUGH = ("DequantizeLinear", "QuantizeLinear", "Identity", "Cast", "Transpose")

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, ModelLoadError
 from .internals import symbolic_shapes
-from .model import FLOAT_TYPES, OnnxModel
+from .model import FLOAT_TYPES, OnnxModel, fresh_name
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,7 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     taken = {n.name for n in proto.graph.node if n.name}
     for i, node in enumerate(proto.graph.node):
         if not node.name or seen[node.name]:
-            base = node.name or f"{node.op_type}_{i}"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
-            taken.add(name)
+            node.name = fresh_name(node.name or f"{node.op_type}_{i}", taken)
         seen[node.name] += 1
     return proto
 
@@ -88,7 +83,7 @@ def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
     deps: list[set[int]] = []
     for n in g.node:
         need = set()
-        for name in list(n.input) + _subgraph_inputs(n):
+        for name in node_reads(n):
             if name not in available and name in producers:
                 need.add(producers[name])
         deps.append(need)
@@ -124,16 +119,17 @@ def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
-    """Outer-scope names read by If / Loop / Scan bodies."""
-    names: list[str] = []
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor name `node` reads: its inputs and, for If / Loop / Scan, the outer-scope
+    names its bodies read."""
+    names = list(node.input)
     for attr in node.attribute:
         for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
             local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
             for n in sub.node:
                 local.update(n.output)
             for n in sub.node:
-                names.extend(x for x in list(n.input) + _subgraph_inputs(n) if x and x not in local)
+                names.extend(x for x in node_reads(n) if x and x not in local)
     return names
 
 
@@ -243,7 +239,7 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     proto = _copy(proto)
     keep = [n for n in proto.graph.node if n.name not in drop]
-    needed = {x for n in keep for x in list(n.input) + _subgraph_inputs(n)} | outputs  # If bodies read outer names
+    needed = {x for n in keep for x in node_reads(n)} | outputs  # If bodies read outer names too
     del proto.graph.node[:]
     proto.graph.node.extend(keep)
     for name, value in folded.items():
