@@ -59,6 +59,7 @@ WHEELS = [
     WheelFile("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx"),
     WheelFile("silero_vad_op15", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
     WheelFile("silero_vad_ifless", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx"),
+    WheelFile("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),  # JAX -> tf2onnx
 ]
 BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
@@ -129,6 +130,9 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     from samples.photos import photo_crops
 
     model = load_model(model_path)
+    if model_path.stem == "magika":
+        np.savez(out, x=file_byte_features(n))
+        return f"npz:{out}"
     shapes, _ = runnable_shapes(model, batch=1 if static_batch_one(model) else 2)
     arrays, lead = {}, batch_names(model)
     for vi in model.inputs:
@@ -143,6 +147,25 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     key = {model.inputs[0].name: "x"} if len(model.inputs) == 1 else {}
     np.savez(out, **{key.get(k, k): v for k, v in arrays.items()})
     return f"npz:{out}"
+
+
+def file_byte_features(n: int, size: int = 1024, pad: int = 256) -> np.ndarray:
+    """Magika's input for `n` real files of this machine (the Python installation's modules,
+    libraries and data: text, source, ELF, archives...): the first `size` bytes after
+    leading whitespace, then the last `size` bytes before trailing whitespace, each padded
+    with `pad` (magika's features, [n, 2 * size] int32)."""
+    root = Path(os.__file__).parent
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.stat().st_size >= 16)
+    picks = np.random.default_rng(0).choice(len(paths), size=min(n, len(paths)), replace=False)
+    rows = []
+    for i in sorted(picks):
+        data = paths[i].read_bytes()
+        beg, end = data.lstrip()[:size], data.rstrip()[-size:]
+        row = np.full(2 * size, pad, dtype=np.int32)
+        row[:len(beg)] = np.frombuffer(beg, dtype=np.uint8)
+        row[2 * size - len(end):] = np.frombuffer(end, dtype=np.uint8)
+        rows.append(row)
+    return np.stack(rows)
 
 
 # ---- steps ---------------------------------------------------------------------------------

@@ -50,8 +50,13 @@ def batch_names(model: OnnxModel) -> set[str]:
     return {d for d in firsts if isinstance(d, str)}
 
 
+_INDEX_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Flatten", "Squeeze", "Expand")
+
+
 def _embedding_rows(model: OnnxModel, name: str, depth: int = 4) -> int | None:
-    """Rows of the embedding table that `name` indexes (through Cast / Add...), if any."""
+    """How many values the integer input `name` indexes (through Cast / Reshape...), if
+    it indexes anything: the rows of an embedding table it gathers from, the depth of a
+    OneHot, or the classes of a one-hot spelled Equal(x, range) (tf2onnx's JAX one_hot)."""
     frontier = [name]
     for _ in range(depth):
         nxt = []
@@ -59,10 +64,26 @@ def _embedding_rows(model: OnnxModel, name: str, depth: int = 4) -> int | None:
             for node, i in model.consumers(t):
                 if node.op_type == "Gather" and i == 1 and model.is_initializer(node.input[0]):
                     return int(model.initializers[node.input[0]].dims[0])
-                if node.op_type in ("Cast", "Unsqueeze", "Reshape", "Flatten", "Squeeze"):
+                if node.op_type == "OneHot" and i == 0 and model.is_initializer(node.input[1]):
+                    return int(np.asarray(model.array(node.input[1])).reshape(-1)[0])
+                if node.op_type == "Equal":
+                    classes = _constant_through(model, node.input[1 - i])
+                    if classes is not None and classes.size > 1:
+                        return int(classes.max()) + 1
+                if node.op_type in _INDEX_THROUGH and i == 0:
                     nxt.extend(node.output)
         frontier = nxt
     return None
+
+
+def _constant_through(model: OnnxModel, name: str) -> np.ndarray | None:
+    """The initializer behind `name` through shape-only ops (Reshape / Expand / Cast...)."""
+    while not model.is_initializer(name):
+        node = model.producer(name)
+        if node is None or node.op_type not in _INDEX_THROUGH:
+            return None
+        name = node.input[0]
+    return np.asarray(model.array(name))
 
 
 # sizes tried for symbolic dims other than the batch, in order: image side lengths when an

@@ -143,3 +143,79 @@ def offset_layernorm_model(batch: int = 2):
     ]
     x = rng(11).standard_normal((batch, 5, 6)).astype(np.float32)
     return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def _sum_layernorm(w: "_Weights", x: str, c: int, prefix: str, centered: bool) -> tuple[list, str]:
+    """LayerNorm over the last axis of `x` (c channels) written out with ReduceSum and a
+    constant 1/c, as tf2onnx writes a Keras / JAX LayerNorm. centered=False takes the
+    variance as E[x^2] - E[x]^2 (JAX); centered=True as E[(x - E[x])^2] (torch's
+    decomposition), where a zeroed channel is -E[x] inside the sum."""
+    n = helper.make_node
+    p = prefix
+    w.inits[f"{p}.axes"] = np.array([-1], dtype=np.int64)
+    w.inits[f"{p}.inv_c"] = np.array([1.0 / c], dtype=np.float32)
+    w.inits[f"{p}.eps"] = np.array([1e-6], dtype=np.float32)
+    w.inits[f"{p}.zero"] = np.array([0.0], dtype=np.float32)
+    sq_in = f"{p}.d" if centered else x
+    nodes = [
+        n("ReduceSum", [x, f"{p}.axes"], [f"{p}.s"], name=f"{p}_sum"),
+        n("Mul", [f"{p}.s", f"{p}.inv_c"], [f"{p}.mean"], name=f"{p}_mean"),
+        n("Sub", [x, f"{p}.mean"], [f"{p}.d"], name=f"{p}_center"),
+        n("Mul", [sq_in, sq_in], [f"{p}.sq"], name=f"{p}_square"),
+        n("ReduceSum", [f"{p}.sq", f"{p}.axes"], [f"{p}.s2"], name=f"{p}_sum2"),
+        n("Mul", [f"{p}.s2", f"{p}.inv_c"], [f"{p}.m2"], name=f"{p}_mean2"),
+    ]
+    if centered:
+        nodes.append(n("Identity", [f"{p}.m2"], [f"{p}.var"], name=f"{p}_var"))
+    else:
+        nodes += [n("Mul", [f"{p}.mean", f"{p}.mean"], [f"{p}.mm"], name=f"{p}_mean_sq"),
+                  n("Sub", [f"{p}.m2", f"{p}.mm"], [f"{p}.v0"], name=f"{p}_var0"),
+                  n("Max", [f"{p}.zero", f"{p}.v0"], [f"{p}.var"], name=f"{p}_var")]
+    nodes += [
+        n("Add", [f"{p}.var", f"{p}.eps"], [f"{p}.ve"], name=f"{p}_eps"),
+        n("Sqrt", [f"{p}.ve"], [f"{p}.std"], name=f"{p}_sqrt"),
+        n("Reciprocal", [f"{p}.std"], [f"{p}.rstd"], name=f"{p}_rsqrt"),
+        n("Mul", [f"{p}.rstd", w(f"{p}.g", c)], [f"{p}.scale"], name=f"{p}_gamma"),  # [B, T, 1] * [C]
+        n("Mul", [f"{p}.d", f"{p}.scale"], [f"{p}.n"], name=f"{p}_norm"),
+        n("Add", [f"{p}.n", w(f"{p}.b", c)], [f"{p}.y"], name=f"{p}_beta"),
+    ]
+    return nodes, f"{p}.y"
+
+
+def sum_layernorm_model(batch: int = 2, centered: bool = False):
+    """MatMul 6->8 (+ bias), Relu, a LayerNorm written out with ReduceSum (_sum_layernorm),
+    MatMul 8->4. JAX's E[x^2] - E[x]^2: a zeroed channel adds 0 to both sums and the
+    divisor is a constant, so the 8 channels can go. torch's centered variance: the zeroed
+    channel adds E[x]^2, so they cannot."""
+    w = _Weights(12)
+    n = helper.make_node
+    ln, y = _sum_layernorm(w, "a2", 8, "ln", centered)
+    nodes = [
+        n("MatMul", ["x", w("fc1.w", 6, 8)], ["a"], name="fc1"),
+        n("Add", ["a", w("fc1.b", 8)], ["a1"], name="fc1_bias"),
+        n("Relu", ["a1"], ["a2"], name="relu"),
+        *ln,
+        n("MatMul", [y, w("fc2.w", 8, 4)], ["y"], name="fc2"),
+    ]
+    x = rng(13).standard_normal((batch, 5, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}
+
+
+def patch_fold_model(batch: int = 2):
+    """magika-style: MatMul 3->4 per time step of x [B, 8, 3], Relu, a Reshape that folds 4
+    steps into the features ([B, 8, 4] -> [B, 2, 16]: feature c sits at 16 positions' c, c+4,
+    c+8, c+12), a per-time-step offset [1, 2, 1], Transpose, Conv1d 16->5. The offset is
+    not per channel; each of the 4 channels can go with its 4 input columns of the conv."""
+    w = _Weights(14)
+    n = helper.make_node
+    w.inits["fold"] = np.array([0, 2, 16], dtype=np.int64)
+    nodes = [
+        n("MatMul", ["x", w("fc.w", 3, 4)], ["a"], name="fc"),
+        n("Relu", ["a"], ["a1"], name="relu"),
+        n("Reshape", ["a1", "fold"], ["f"], name="fold"),
+        n("Add", ["f", w("time.b", 1, 2, 1)], ["f1"], name="time_offset"),
+        n("Transpose", ["f1"], ["t"], perm=[0, 2, 1], name="to_nct"),
+        n("Conv", ["t", w("conv.w", 5, 16, 1), w("conv.b", 5)], ["y"], name="conv"),
+    ]
+    x = rng(15).standard_normal((batch, 8, 3)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], w.inits), {"x": x}

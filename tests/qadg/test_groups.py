@@ -80,6 +80,30 @@ def test_a_nonzero_channel_in_layernorm_statistics_cannot_go():
     assert "LayerNormalization" in fc1[0].reason
 
 
+def test_a_layernorm_written_with_reducesum_lets_its_channels_go():
+    """tf2onnx's LayerNorm (ReduceSum x 1/C, E[x^2] - E[x]^2, rsqrt * gamma): a zeroed channel
+    adds nothing to either sum, so each channel is a group with its gamma and beta entries.
+    Written with the centered variance, the zeroed channel adds E[x]^2: a barrier, named."""
+    qadg = analyze(from_proto(models.sum_layernorm_model()[0]))
+    fc1 = _by_sources(qadg)[("fc1",)]
+    assert len(fc1) == 8 and all(g.prunable for g in fc1)
+    assert {m.tensor for m in fc1[0].members} == {"fc1.w", "fc1.b", "ln.g", "ln.b", "fc2.w"}
+    centered = _by_sources(analyze(from_proto(models.sum_layernorm_model(centered=True)[0])))[("fc1",)]
+    assert len(centered) == 8 and not any(g.prunable for g in centered)
+    assert "sums over the channel axis where a zeroed channel is not 0" in centered[0].reason
+
+
+def test_time_steps_folded_into_features_keep_one_group_per_channel():
+    """[B, 8, 4] -> [B, 2, 16] puts channel c at features c, c+4, c+8, c+12 of every row; a
+    per-row offset does not tie the channels together."""
+    qadg = analyze(from_proto(models.patch_fold_model()[0]))
+    fc = _by_sources(qadg)[("fc",)]
+    assert len(fc) == 4 and all(g.prunable for g in fc)
+    assert all({m.tensor for m in g.members} == {"fc.w", "conv.w"} for g in fc)
+    conv_in = [m.indices for g in fc for m in g.members if m.tensor == "conv.w"]
+    assert sorted(conv_in) == [(c, c + 4, c + 8, c + 12) for c in range(4)]
+
+
 def test_op_without_rule_is_a_barrier_not_a_crash():
     qadg = analyze(from_proto(models.unknown_op_model()[0]))
     a_groups = [g for g in qadg.groups if g.sources == ["A"]]

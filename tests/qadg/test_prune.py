@@ -50,7 +50,8 @@ def test_zeroed_groups_are_found_from_trained_values():
 
 
 @pytest.mark.parametrize("build", [models.resnet2, models.concat_model, models.depthwise_model, models.unknown_op_model,
-                                   models.offset_model, models.offset_layernorm_model])
+                                   models.offset_model, models.offset_layernorm_model,
+                                   models.sum_layernorm_model, models.patch_fold_model])
 def test_every_group_is_zero_invariant(build):
     proto, _ = build()
     checks, _ = verify_model(from_proto(proto))

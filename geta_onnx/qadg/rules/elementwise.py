@@ -155,12 +155,17 @@ def _expanded_initializer(an: Analysis, name: str, spanning: list[int], ids: np.
     chain, src = [], name
     while not an.model.is_initializer(src):
         node = an.model.producer(src)
-        if node is None or node.op_type not in ("Expand", "Slice", "Identity", "Cast"):
+        if node is None or node.op_type not in ("Expand", "Slice", "Identity", "Cast", "Mul"):
             return False
         if node.op_type == "Slice" and not _slice_spares_axis(an, node, a - (rank - (an.rank(src) or rank))):
             return False
         chain.append(node)
-        src = node.input[0]
+        if node.op_type == "Mul":
+            src = _per_channel_factor(an, node, a - (rank - (an.rank(src) or rank)))
+            if src is None:
+                return False
+        else:
+            src = node.input[0]
     dims = list(an.model.initializers[src].dims)
     init_axis = a - (rank - len(dims))
     line = np.moveaxis(np.broadcast_to(ids, ids.shape), a, 0).reshape(ids.shape[a], -1)[:, 0]
@@ -173,6 +178,23 @@ def _expanded_initializer(an: Analysis, name: str, spanning: list[int], ids: np.
         if node.op_type == "Expand":
             an.fixups.append(ExpandTarget(node.name))
     return True
+
+
+def _per_channel_factor(an: Analysis, node: onnx.NodeProto, axis: int) -> str | None:
+    """The operand of Mul `node` that spans output axis `axis` when the other one does not
+    (and carries no channels): LayerNorm's rsqrt(var)[B, T, 1] * gamma[C] as tf2onnx writes
+    it. The product is 0 on a channel whose gamma entry is zeroed."""
+    out_rank = an.rank(node.output[0])
+    if out_rank is None or any(an.get(x) is not None for x in node.input):
+        return None
+    spans = []
+    for x in node.input:
+        shape = an.model.shape(x)
+        if shape is None:
+            return None
+        k = axis - (out_rank - len(shape))
+        spans.append(k >= 0 and shape[k] != 1)
+    return node.input[spans.index(True)] if spans.count(True) == 1 else None
 
 
 def _slice_spares_axis(an: Analysis, node: onnx.NodeProto, axis: int) -> bool:

@@ -179,9 +179,28 @@ def reshape(an: Analysis, node: onnx.NodeProto) -> None:
         return
     index = tuple(slice(None) if a in out_axes else 0 for a in range(len(dst)))
     ids = np.ascontiguousarray(full[index])  # (C,) -> (C*H*W,) repeats; (H*D,) -> (H, D) splits
-    an.set(node.output[0], Tracked(tuple(sorted(out_axes)), ids, len(dst), t.zero_ok))
+    axes, ids = _drop_constant_axes(sorted(out_axes), ids)
+    an.set(node.output[0], Tracked(tuple(axes), ids, len(dst), t.zero_ok))
     if node.op_type == "Reshape":
         an.fixups.append(ReshapeTarget(node.name))
+
+
+def _drop_constant_axes(axes: list[int], ids: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Stop tracking the axes along which the channel id never changes: folding time steps
+    into features ((T, C) -> (T/4, 4*C), a JAX / TF "patch" reshape) leaves the outer T/4
+    axis with the same ids in every row. Pruning removes nothing along such an axis, and
+    tracking it would make a per-time-step constant (a LayerNorm scale over T) look like a
+    per-channel weight and tie every channel together."""
+    while len(axes) > 1:
+        for k in range(len(axes)):
+            if ids.shape[k] > 1 and not np.all(ids == np.take(ids, [0], axis=k)):
+                continue
+            axes = axes[:k] + axes[k + 1:]
+            ids = np.ascontiguousarray(np.take(ids, 0, axis=k))
+            break
+        else:
+            break
+    return axes, ids
 
 
 @rule("Transpose")
@@ -402,6 +421,14 @@ REDUCE_ZERO = {"ReduceMean": True, "ReduceSum": True, "ReduceMax": True, "Reduce
                "ReduceLogSum": False}
 
 
+# Reductions over every channel axis that a zeroed channel does not change: it adds 0 to a
+# sum (of values, of squares, of magnitudes), so the sum over the kept channels is the
+# same number. The output carries no channel, and the group ends there (a decomposed
+# LayerNorm's E[x] and E[x^2] with a constant 1/C, as tf2onnx writes it). ReduceMean is
+# not one: its divisor would shrink with the channels.
+CHANNEL_SINKS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
+
+
 @rule(*REDUCE_ZERO)
 def reduce(an: Analysis, node: onnx.NodeProto) -> None:
     t = an.get(node.input[0])
@@ -418,7 +445,10 @@ def reduce(an: Analysis, node: onnx.NodeProto) -> None:
     ids, tracked_axes = t.ids, list(t.axes)
     if reduced_tracked:
         if len(reduced_tracked) == len(t.axes):
-            stop(an, node, "reduces over the channel axis (mixes channels)")
+            if t.zero_ok and node.op_type in CHANNEL_SINKS:
+                return  # the channels end here: see CHANNEL_SINKS
+            stop(an, node, "reduces over the channel axis (mixes channels)" if t.zero_ok or node.op_type
+                 not in CHANNEL_SINKS else "sums over the channel axis where a zeroed channel is not 0")
             return
         for a in sorted(reduced_tracked, reverse=True):  # whole heads: (H, D) reduced over D
             ids = an.union_along(ids, tracked_axes.index(a), hint="head")
