@@ -85,11 +85,11 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
     paths = OutputPaths.beside(out_path, model_path)
     refuse_overlap(paths.by_option(), models=[model_path], data=[data_spec], files=inputs)
     t0 = time.perf_counter()
-    loaded, data, record, batch = prepare_run(model_path, data_spec, settings, judge=check_data, held_out=True,
-                                              threads=settings.export.threads)
+    loaded, data, record, batch, settings = prepare_run(model_path, data_spec, settings, judge=check_data,
+                                                        held_out=True, threads=settings.export.threads)
     if batch.static:
         log(f"{model_path}: {batch.describe()}")
-    for line in batch.branches:
+    for line in batch.notes + batch.branches:
         log(f"{model_path}: {line}")
     with RunFolder(paths.run_dir, record, resume=resume, force=force, creates=[paths.model.parent]):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,

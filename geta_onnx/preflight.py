@@ -30,15 +30,18 @@ MIN_HELD_OUT = 10  # fewer held-out samples measure nothing
 
 def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, held_out: bool = False,
                 threads: int = 2):
-    """(model to train, Data, settings fingerprint, graph.batch.BatchChange) of a training
-    run, every check above passed. `held_out`: the run scores the result (compress), so it
+    """(model to train, Data, settings fingerprint, graph.batch.BatchChange, settings) of a
+    training run, every check above passed; the settings are the given ones with the scored
+    output resolved (scored_output), the fingerprint is of the given ones. `held_out`: the run scores the result (compress), so it
     needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
     proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
     from .graph import load_model
     from .runs import fingerprint
     from .train import load_data
 
+    given = settings
     loaded = load_model(model_path)
+    settings, output_note = scored_output(loaded, settings)
     check_model(loaded, settings.train.output)
     check_device(settings.train.device)
     data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
@@ -49,7 +52,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
-    return batch.model, data, fingerprint(model_path, data_spec, settings), batch
+    batch.notes = [output_note] if output_note else []
+    return batch.model, data, fingerprint(model_path, data_spec, given), batch, settings
 
 
 def decide_branches(model, data):
@@ -110,6 +114,27 @@ def require_held_out(data, spec: str) -> None:
                         f"at least {MIN_HELD_OUT}, never the training samples: give an eval split (eval_x / eval_y "
                         "in the npz, t10k files for idx:, an eval loader for py:) or more samples (data.val_split "
                         "holds out a share of them)")
+
+
+def scored_output(model, settings):
+    """(settings, a line to log or None): the output the loss reads is output 0 unless it is
+    not a float tensor and another output is (scikit-learn's classifiers export an int64
+    `label` first, then `probabilities`): then the first float output. Set [train] output
+    to choose another."""
+    outs = list(model.outputs)
+    if settings.train.output != 0 or not outs or _is_float_output(model, outs[0].name):
+        return settings, None
+    first = next((i for i, o in enumerate(outs) if _is_float_output(model, o.name)), None)
+    if first is None:
+        return settings, None  # check_model says what to do
+    note = (f"output '{outs[0].name}' is not a float tensor; the loss reads output {first} ('{outs[first].name}'), "
+            "[train] output chooses another")
+    return settings.override("train", output=first), note
+
+
+def _is_float_output(model, name: str) -> bool:
+    info = model.info(name)
+    return info is None or not info.elem_type or np.dtype(info.np_dtype).kind == "f"
 
 
 def check_model(model, output: int) -> None:

@@ -30,7 +30,7 @@ def train_model(model_path: str | os.PathLike, data_spec: str, out_dir: str | os
     from .train import distributed
 
     refuse_overlap({"-o": out_dir}, models=[model_path], data=[data_spec], files=inputs)
-    loaded, data, record, batch = prepare_run(model_path, data_spec, settings, judge=check_data)
+    loaded, data, record, batch, settings = prepare_run(model_path, data_spec, settings, judge=check_data)
     with RunFolder(out_dir, record, resume=resume, force=force):
         result = run_geta(loaded, data, quant=settings.quant, prune=settings.prune, optim=settings.optim,
                           schedule=settings.schedule, train_config=settings.train, checkpoint_dir=out_dir,

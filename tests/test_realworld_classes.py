@@ -181,3 +181,52 @@ def test_inputs_the_data_cannot_feed_along_axis_0_are_one_line_errors(tmp_path, 
                                     "--steps", "4", "--no-plots", "--no-progress", "--skip-data-check"])
     assert res.exit_code == 1, res.output
     assert message in res.output and "input 's'" in res.output and "Traceback" not in res.output
+
+
+def _sklearn_style_model(tmp_path):
+    """What skl2onnx writes for StandardScaler + MLPClassifier (opset 21): ai.onnx.ml Scaler,
+    MatMul / Add / Relu, Softmax, then ArgMax -> ArrayFeatureExtractor(classes) -> an int64
+    `label` output FIRST and `probabilities` second; the batch dim has neither value nor name."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.normal(size=(8, 16)) * 0.5, "b1": rng.normal(size=(1, 16)) * 0.1,
+             "w2": rng.normal(size=(16, 3)) * 0.5, "b2": np.zeros((1, 3))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+    inits += [numpy_helper.from_array(np.array([10, 20, 30], dtype=np.int64), "classes"),
+              numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat")]
+    n = helper.make_node
+    nodes = [n("Scaler", ["X"], ["xs"], domain="ai.onnx.ml", offset=[0.5] * 8, scale=[2.0] * 8),
+             n("MatMul", ["xs", "w1"], ["h"]), n("Add", ["h", "b1"], ["h1"]), n("Relu", ["h1"], ["h2"]),
+             n("MatMul", ["h2", "w2"], ["z"]), n("Add", ["z", "b2"], ["z1"]), n("Softmax", ["z1"], ["probabilities"]),
+             n("ArgMax", ["probabilities"], ["am"], axis=1),
+             n("ArrayFeatureExtractor", ["classes", "am"], ["afe"], domain="ai.onnx.ml"),
+             n("Reshape", ["afe", "flat"], ["label"])]
+    x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 8])
+    graph = helper.make_graph(nodes, "skl", [x_info], [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                              helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 1)],
+                              ir_version=10)
+    path = tmp_path / "skl.onnx"
+    onnx.save(proto, str(path))
+    x = rng.uniform(0, 1, size=(200, 8)).astype(np.float32)
+    np.savez(tmp_path / "skl.npz", x=x)
+    return path, tmp_path / "skl.npz", x
+
+
+def test_a_sklearn_export_with_ml_ops_and_an_int_label_first_compresses(tmp_path):
+    """Before: the ai.onnx.ml ops were unsupported, shapes stopped at the Scaler (no group was
+    found), and the int64 label output stopped compress. Now the loss reads `probabilities`
+    (logged), the groups are the 16 hidden units, and the output keeps both outputs and the
+    ml ops at opset 21."""
+    model, data, x = _sklearn_style_model(tmp_path)
+    res = CliRunner().invoke(main, ["verify", str(model)])
+    assert res.exit_code == 0 and "16 prunable" in res.output, res.output
+    proto, report, dims, output = _compress(tmp_path, model, data)
+    assert "the loss reads output 1 ('probabilities')" in output
+    assert [o.name for o in proto.graph.output] == ["label", "probabilities"]
+    assert {(o.domain, o.version) for o in proto.opset_import} >= {("", 21), ("ai.onnx.ml", 1)}
+    assert report["groups"]["removed"] > 0
+    label, probs = ort.InferenceSession(proto.SerializeToString()).run(None, {"X": x[:5]})
+    assert label.dtype == np.int64 and set(label) <= {10, 20, 30}
+    np.testing.assert_array_equal(label, np.array([10, 20, 30])[probs.argmax(1)])

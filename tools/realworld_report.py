@@ -61,6 +61,7 @@ WHEELS = [
     WheelFile("silero_vad_ifless", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx"),
     WheelFile("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),  # JAX -> tf2onnx
 ]
+SKL2ONNX = "skl2onnx==1.20.0"
 BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
@@ -84,6 +85,14 @@ def prepare(dest: Path) -> dict[str, Path]:
                 print(f"skip {wf.name}: {e}")
                 continue
         out[wf.name] = target
+    target = files / "sklearn_mlp.onnx"
+    if not target.exists():
+        try:
+            _export_sklearn(target, wheels)
+        except Exception as e:  # noqa: BLE001
+            print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
+    if target.exists():
+        out[target.stem] = target
     for name, exporter in STATIC_EXPORTS:
         target = files / f"{name}_{exporter}_static.onnx"
         if not target.exists():
@@ -121,6 +130,32 @@ def _export_static(name: str, exporter: str, path: Path) -> None:
                           opset_version=17)
 
 
+def _export_sklearn(path: Path, wheels: Path) -> None:
+    """A scikit-learn pipeline (StandardScaler + MLPClassifier 64-128-64-10 on the digits
+    bundled with scikit-learn) converted by skl2onnx at opset 21: ai.onnx.ml Scaler and
+    ArrayFeatureExtractor ops, an int64 label output first, an unnamed batch dim. skl2onnx
+    is imported from its downloaded (pure Python) wheel, not installed."""
+    import warnings
+
+    import onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    sys.path.insert(0, str(_download(SKL2ONNX, wheels)))
+    from skl2onnx import to_onnx
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=60, random_state=0))
+        clf.fit(x[:1400], y[:1400])
+    proto = to_onnx(clf, x[:1], target_opset={"": 21, "ai.onnx.ml": 3}, options={id(clf): {"zipmap": False}})
+    onnx.save(proto, str(path))
+
+
 # ---- data ----------------------------------------------------------------------------------
 def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     """An npz for `model_path`: photo crops for image-like inputs, seeded examples otherwise."""
@@ -132,6 +167,11 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     model = load_model(model_path)
     if model_path.stem == "magika":
         np.savez(out, x=file_byte_features(n))
+        return f"npz:{out}"
+    if model_path.stem == "sklearn_mlp":  # the digits it was not trained on, label-free like the rest
+        from sklearn.datasets import load_digits
+
+        np.savez(out, x=load_digits().data[1400:].astype(np.float32))
         return f"npz:{out}"
     shapes, _ = runnable_shapes(model, batch=1 if static_batch_one(model) else 2)
     arrays, lead = {}, batch_names(model)

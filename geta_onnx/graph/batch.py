@@ -48,6 +48,7 @@ class BatchChange:
     rewrites: list[str] = field(default_factory=list)
     reason: str = ""  # why the batch could not be made dynamic
     branches: list[str] = field(default_factory=list)  # If nodes decided on the data (graph/branches.py)
+    notes: list[str] = field(default_factory=list)  # other choices made on the model (preflight.scored_output)
 
     def describe(self) -> str:
         if not self.static:

@@ -256,16 +256,65 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - inference is best effort; the bridge works without it
-        log.warning("%s: onnx shape inference failed (%s); continuing without shapes", label, e)
-        inferred = proto
+    inferred = proto
+    for _ in range(4):  # each round may pass one more ai.onnx.ml op on the way
+        try:
+            inferred = onnx.shape_inference.infer_shapes(inferred, check_type=False, strict_mode=False,
+                                                         data_prop=True)
+        except Exception as e:  # noqa: BLE001 - inference is best effort; the bridge works without it
+            log.warning("%s: onnx shape inference failed (%s); continuing without shapes", label, e)
+            break
+        if not _shape_through_ml_ops(inferred):
+            break
     if _has_unknown_shapes(inferred):
         symbolic = symbolic_shapes(inferred, label)
         if symbolic is not None:
-            inferred = symbolic
+            inferred = _keep_known_ranks(symbolic, inferred)
     return inferred
+
+
+def _keep_known_ranks(symbolic: onnx.ModelProto, inferred: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's result, except where onnx inference knew a shape that it lost or
+    guessed with another rank (it stops at an op it does not know, an ai.onnx.ml one)."""
+    known = {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.HasField("shape")}
+    seen = set()
+    for vi in symbolic.graph.value_info:
+        seen.add(vi.name)
+        mine = known.get(vi.name)
+        if mine is not None and (not vi.type.tensor_type.HasField("shape") or
+                                 len(vi.type.tensor_type.shape.dim) != len(mine.type.tensor_type.shape.dim)):
+            vi.CopyFrom(mine)
+    symbolic.graph.value_info.extend(vi for name, vi in known.items() if name not in seen)
+    return symbolic
+
+
+# ai.onnx.ml ops whose output has the input's shape, in float32 (scikit-learn's Scaler
+# in front of a network): onnx and onnxruntime infer no shape for them, so every shape
+# after them would stay unknown.
+_ML_SAME_SHAPE = {"Scaler", "Normalizer"}
+
+
+def _shape_through_ml_ops(proto: onnx.ModelProto) -> bool:
+    """Give the outputs of _ML_SAME_SHAPE nodes their input's shape; True if any was new."""
+    infos = {vi.name: vi for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)}
+    added = False
+    for node in proto.graph.node:
+        if node.domain != "ai.onnx.ml" or node.op_type not in _ML_SAME_SHAPE:
+            continue
+        src, out = infos.get(node.input[0]), node.output[0]
+        have = infos.get(out)
+        if src is None or not src.type.tensor_type.HasField("shape") or \
+                (have is not None and have.type.tensor_type.HasField("shape")):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in src.type.tensor_type.shape.dim]
+        vi = helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, dims)
+        if have is not None:
+            have.CopyFrom(vi)
+        else:
+            proto.graph.value_info.append(vi)
+        added = True
+    return added
 
 
 def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
