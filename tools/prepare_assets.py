@@ -82,6 +82,12 @@ ASSETS: dict[str, Asset] = {
                               "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2")},
         exported=False,
     ),
+    "magika": Asset(  # a JAX model through tf2onnx; the wheel is per platform (a Rust CLI), the .onnx the same
+        "magika", "magika==1.0.3", "magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl",
+        {"magika.onnx": ("magika/models/standard_v3_3/model.onnx",
+                         "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c")},
+        exported=False,
+    ),
 }
 
 

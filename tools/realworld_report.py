@@ -166,6 +166,8 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
 
     model = load_model(model_path)
     if model_path.stem == "magika":
+        from samples.file_bytes import file_byte_features
+
         np.savez(out, x=file_byte_features(n))
         return f"npz:{out}"
     if model_path.stem == "sklearn_mlp":  # the digits it was not trained on, label-free like the rest
@@ -187,25 +189,6 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
     key = {model.inputs[0].name: "x"} if len(model.inputs) == 1 else {}
     np.savez(out, **{key.get(k, k): v for k, v in arrays.items()})
     return f"npz:{out}"
-
-
-def file_byte_features(n: int, size: int = 1024, pad: int = 256) -> np.ndarray:
-    """Magika's input for `n` real files of this machine (the Python installation's modules,
-    libraries and data: text, source, ELF, archives...): the first `size` bytes after
-    leading whitespace, then the last `size` bytes before trailing whitespace, each padded
-    with `pad` (magika's features, [n, 2 * size] int32)."""
-    root = Path(os.__file__).parent
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.stat().st_size >= 16)
-    picks = np.random.default_rng(0).choice(len(paths), size=min(n, len(paths)), replace=False)
-    rows = []
-    for i in sorted(picks):
-        data = paths[i].read_bytes()
-        beg, end = data.lstrip()[:size], data.rstrip()[-size:]
-        row = np.full(2 * size, pad, dtype=np.int32)
-        row[:len(beg)] = np.frombuffer(beg, dtype=np.uint8)
-        row[2 * size - len(end):] = np.frombuffer(end, dtype=np.uint8)
-        rows.append(row)
-    return np.stack(rows)
 
 
 # ---- steps ---------------------------------------------------------------------------------

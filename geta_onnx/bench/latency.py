@@ -63,12 +63,19 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
 
 
 BLOCK_ROUNDS = 5  # blocks of timed runs per model
+# A timed sample of a model that runs in microseconds (a scikit-learn MLP: 12 us) is one
+# run's jitter: such a model's sample is the mean of as many consecutive runs as fill
+# SAMPLE_S, and its warm-up lasts WARMUP_S at least. Models that take longer are timed one
+# run per sample, as before.
+SAMPLE_S = 0.002
+WARMUP_S = 0.02
 
 
 def _blocks(paths, threads: int, feeds, repeats: int, warmup: int) -> np.ndarray:
-    """(models, repeats) seconds: per round, each model (rotating who goes first) opens a
-    session, runs `warmup` untimed runs (allocations, kernel choice, caches; at least one, so a
-    failing model fails before timing), times its block, and closes the session."""
+    """(models, repeats) seconds per run: per round, each model (rotating who goes first)
+    opens a session, runs `warmup` untimed runs (allocations, kernel choice, caches; at least
+    one, so a failing model fails before timing, and WARMUP_S at least), times its block,
+    and closes the session."""
     n = len(paths)
     times = np.zeros((n, repeats))
     rounds = min(BLOCK_ROUNDS, repeats)
@@ -77,14 +84,26 @@ def _blocks(paths, threads: int, feeds, repeats: int, warmup: int) -> np.ndarray
         for k in range(n):
             i = (r + k) % n  # rotate who goes first: no model always runs right after a cold gap
             session = open_session(paths[i], threads)
-            for _ in range(max(warmup, 1)):
-                _run(paths[i], session, feeds[i])
+            inner = _warm_up(paths[i], session, feeds[i], warmup)
             for rep in range(bounds[r], bounds[r + 1]):
                 start = time.perf_counter()
-                session.run(None, feeds[i])
-                times[i, rep] = time.perf_counter() - start
+                for _ in range(inner):
+                    session.run(None, feeds[i])
+                times[i, rep] = (time.perf_counter() - start) / inner
             del session  # its threads go with it: only the next block's session is alive
     return times
+
+
+def _warm_up(path, session, feeds, warmup: int) -> int:
+    """Untimed runs (at least `warmup`, one, and WARMUP_S); returns how many runs a timed
+    sample takes (1, or enough to fill SAMPLE_S)."""
+    start, runs, fastest = time.perf_counter(), 0, float("inf")
+    while runs < max(warmup, 1) or time.perf_counter() - start < WARMUP_S:
+        t = time.perf_counter()
+        _run(path, session, feeds)
+        fastest = min(fastest, time.perf_counter() - t)
+        runs += 1
+    return max(1, int(SAMPLE_S / max(fastest, 1e-7)))
 
 
 def _run(path, session, feeds):

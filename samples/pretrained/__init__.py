@@ -26,6 +26,7 @@ ASSET_FILES: dict[str, tuple[str, ...]] = {
     "crepe": ("tiny.pth", "crepe.onnx"),
     "ppocr_cls": ("ppocr_cls.onnx",),  # files other producers made, shipped in wheels as they are
     "orientation": ("orientation.onnx",),
+    "magika": ("magika.onnx",),
 }
 
 

@@ -1,5 +1,6 @@
 """`geta-onnx bench`: onnxruntime latency in rotating blocks, sizes and ratios (never absolute speed)."""
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -84,9 +85,38 @@ def test_models_run_in_blocks_one_live_session_at_a_time(monkeypatch):
 
     log: list[str] = []
     monkeypatch.setattr(latency, "open_session", lambda path, threads: _Recorder(str(path), log))
+    monkeypatch.setattr(latency, "SAMPLE_S", 0.0)  # one run per sample, one warm-up run (see the next test)
+    monkeypatch.setattr(latency, "WARMUP_S", 0.0)
     times = latency._blocks(["A", "B"], 2, [{}, {}], repeats=10, warmup=1)
     assert times.shape == (2, 10)
     assert log.count("A") == log.count("B") == 10 + latency.BLOCK_ROUNDS  # timed + one warm-up per block
     switches = sum(1 for x, y in zip(log, log[1:]) if x != y)
     assert switches == latency.BLOCK_ROUNDS  # rounds A B | B A | A B ...: blocks join at round borders
     assert log[0] == "A" and not _Recorder.alive
+
+
+class _Sleeper(_Recorder):
+    def __init__(self, name: str, log: list, seconds: float):
+        super().__init__(name, log)
+        self.seconds = seconds
+
+    def run(self, outputs, feeds):
+        super().run(outputs, feeds)
+        if self.seconds:
+            time.sleep(self.seconds)
+
+
+def test_a_microsecond_model_is_timed_over_many_runs_per_sample(monkeypatch):
+    """A sample of a model that runs in microseconds is the mean of the consecutive runs that
+    fill SAMPLE_S (one run's jitter is the size of the run); a model slower than SAMPLE_S
+    keeps one run per sample. Times are per run either way."""
+    from geta_onnx.bench import latency
+
+    log: list[str] = []
+    monkeypatch.setattr(latency, "open_session",
+                        lambda path, threads: _Sleeper(path, log, 0.0 if path == "fast" else 0.004))
+    times = latency._blocks(["fast", "slow"], 2, [{}, {}], repeats=5, warmup=1)
+    assert log.count("fast") > 10 * log.count("slow")
+    assert log.count("slow") >= 5 + latency.BLOCK_ROUNDS  # one run per sample, warm-up runs besides
+    assert times[0].max() < latency.SAMPLE_S / 10  # per run, not per sample
+    assert times[1].min() >= 0.004
