@@ -82,14 +82,17 @@ def main() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Also write the report as JSON.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
               help="Fix an input's dims for MAC counts (symbolic dims count as 1 otherwise).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="Inspect the model with input NAME fixed at VALUE (as compress --input-value trains it).")
 @_friendly_errors
-def inspect(model: str, json_path: str | None, shapes: tuple[str, ...]) -> None:
+def inspect(model: str, json_path: str | None, shapes: tuple[str, ...], input_values: tuple[str, ...]) -> None:
     """Opset, op histogram, parameters, MACs, unsupported ops and pruning groups of MODEL."""
     from .inspect import inspect_model, render_text
     from .io import write_text_atomic
+    from .preflight import input_values as parse_values
 
     _refuse_json_over_inputs(json_path, [model])
-    report = inspect_model(model, shapes=_parse_shapes(shapes))
+    report = inspect_model(model, shapes=_parse_shapes(shapes), values=parse_values(input_values))
     click.echo(render_text(report))
     if json_path:
         write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
@@ -101,19 +104,24 @@ def inspect(model: str, json_path: str | None, shapes: tuple[str, ...]) -> None:
 @click.option("--max-groups", type=click.IntRange(min=1), default=None,
               help="Check a seeded sample of N groups (big models); default: every group.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..", help="Fix an input's dims.")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="Check the model with input NAME fixed at VALUE (as compress --input-value trains it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @_friendly_errors
-def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], seed: int, json_path: str | None) -> None:
+def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], input_values: tuple[str, ...], seed: int,
+           json_path: str | None) -> None:
     """Check that MODEL can be trained and pruned: bridge parity with onnxruntime, gradients,
     and zero-invariance of its pruning groups. Exit 0 only when every check holds."""
     from .graph import load_model
+    from .graph.interface import adapt_interface
     from .io import write_text_atomic
+    from .preflight import input_values as parse_values
     from .verify import verify_model
 
     _refuse_json_over_inputs(json_path, [model])
     fixed = _parse_shapes(shapes)
-    loaded = load_model(model)
+    loaded, _ = adapt_interface(load_model(model), parse_values(input_values))
     checks, qadg = verify_model(loaded, shapes=fixed, max_groups=max_groups, seed=seed, log=click.echo)
     width = max(len(c.name) for c in checks)
     for c in checks:
@@ -202,6 +210,9 @@ def training_options(fn):
         click.option("--lr", type=float, help=f"Learning rate of the weights (default {_default('optim', 'lr')})."),
         click.option("--batch-size", type=int, help=f"Training batch size (default {_default('data', 'batch_size')}); "
                      "under torchrun the global batch, split across the processes."),
+        click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+                     help="Feed input NAME one value for the whole run (a scalar such as a sample rate, sr=16000): "
+                     "the model is compressed for that value; the output keeps the input. Repeatable."),
         click.option("--device", help="cpu, cuda or cuda:N (under torchrun: one GPU per process)."),
         click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
                      help=f"Mixed-precision forward (default {_default('train', 'amp')}); fp16 needs cuda. Weights, QASSO and the "
@@ -247,7 +258,7 @@ def settings_from_options(o: dict):
                    act_bits=_bits(o["act_bits"], "--act-bits"))
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])
     s = s.override("optim", optimizer=o["optimizer"], lr=o["lr"])
-    s = s.override("data", batch_size=o["batch_size"])
+    s = s.override("data", batch_size=o["batch_size"], input_values=tuple(o.get("input_values") or ()) or None)
     s = s.override("train", device=o["device"], seed=o["seed"], amp=o["amp"],
                    progress=False if o["no_progress"] else None)
     return s

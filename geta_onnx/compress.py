@@ -114,13 +114,17 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         if len(candidates) == 1:
             checks["precision"]["why"] = ("TensorRT runs the QDQ model (its latency is not onnxruntime's)"
                                           if settings.export.profile == "tensorrt" else "--int8-only")
+        interface = batch.interface
+        if checks["precision"]["shipped"] != "int8" or (interface and interface.changed):
+            # validated in the adapted interface (graph/interface.py); written in the user's
+            save(interface.restore(candidates[checks["precision"]["shipped"]]) if interface else
+                 candidates[checks["precision"]["shipped"]], paths.model, source=model_path)
         if checks["precision"]["shipped"] != "int8":
-            save(candidates[checks["precision"]["shipped"]], paths.model, source=model_path)
             log(f"wrote the float twin to {paths.model}: {checks['precision']['why']}")
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
-                         branches=batch.branches,
+                         branches=batch.branches, interface=interface.describe() if interface else [],
                          wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)
@@ -163,7 +167,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         for name in names[1:]:
             files[name] = Path(tmp) / f"{name}.onnx"
             save(candidates[name], files[name])
-        lat = measure_latency([original.path, *files.values()], batches, threads=ex.threads, repeats=ex.repeats,
+        lat = measure_latency([original.run_path, *files.values()], batches, threads=ex.threads, repeats=ex.repeats,
                               shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
         timed = dict(zip(names, lat[1:]))
         scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
@@ -173,7 +177,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
             if not score:
                 return scored[name][1] if name in scored else Candidate(name, timed[name]["speedup"])
             if name not in scored:
-                q = evaluate_onnx(files[name], data, reference=original.path, output=output, limit=ex.eval_limit,
+                q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
                                   threads=ex.threads)
                 metric = "accuracy" if "accuracy" in q else q["metric"]
                 scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
@@ -206,7 +210,7 @@ def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, result, checks: dict,
-            wall: dict, batch: str = "dynamic batch", branches: tuple = ()) -> dict:
+            wall: dict, batch: str = "dynamic batch", branches: tuple = (), interface: tuple = ()) -> dict:
     from .bench import build_report
 
     q = checks["quality"]
@@ -244,6 +248,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         precision=checks["precision"],
         batch=batch,
         **({"branches": list(branches)} if branches else {}),
+        **({"interface": list(interface)} if interface else {}),
         profile=settings.export.profile,
         threads=settings.export.threads,
         wall_time_s={**{k: round(v, 2) for k, v in wall.items()}, "total": round(sum(wall.values()), 2)},

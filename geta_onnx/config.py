@@ -84,9 +84,14 @@ class DataConfig:
     shuffle: bool = True
     drop_last: bool = False
     num_workers: int = 0  # DataLoader worker processes
+    # inputs fed one value for the whole run, "NAME=VALUE" (a sample rate: ["sr=16000"]); each becomes a
+    # constant of the trained model (graph/interface.py)
+    input_values: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(all(len(v.split("=", 1)) == 2 and all(p.strip() for p in v.split("=", 1)) for v in self.input_values),
+               "input_values", f"expects NAME=VALUE entries, e.g. [\"sr=16000\"], got {list(self.input_values)}")
         _check(self.eval_batch_size >= 0, "eval_batch_size", "must be >= 0 (0: same as batch_size)")
         _check(self.scale in ("auto", "none", "unit"), "scale", f"expected auto, none or unit, got '{self.scale}'")
         _check(len(self.std) in (0, len(self.mean)), "std", "give as many values as 'mean' (or none)")

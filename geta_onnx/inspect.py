@@ -8,6 +8,7 @@ import onnx
 
 from .bridge import registry
 from .graph import load_model
+from .graph.interface import adapt_interface
 from .graph.model import OnnxModel
 from .graph.normalize import with_input_shapes
 from .graph.stats import model_stats
@@ -43,8 +44,13 @@ def shape_decided_ifs(model: OnnxModel) -> list[str]:
     return [n.name for n in model.nodes if n.op_type == "If" and n.name not in reads]
 
 
-def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
+def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None,
+                  values: dict[str, str] | None = None) -> dict:
+    """`values`: inputs fixed for the run (--input-value, graph/interface.py), as compress
+    would train the model."""
     model = load_model(path)
+    if values:
+        model, _ = adapt_interface(model, values, move_batch=False)
     if shapes:
         model = with_input_shapes(model, shapes)
     stats = model_stats(model)

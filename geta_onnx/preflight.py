@@ -36,11 +36,12 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
     proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
     from .graph import load_model
+    from .graph.interface import adapt_interface
     from .runs import fingerprint
     from .train import load_data
 
     given = settings
-    loaded = load_model(model_path)
+    loaded, interface = adapt_interface(load_model(model_path), input_values(settings.data.input_values))
     settings, output_note = scored_output(loaded, settings)
     check_model(loaded, settings.train.output)
     check_device(settings.train.device)
@@ -52,7 +53,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
-    batch.notes = [output_note] if output_note else []
+    batch.notes = interface.describe() + ([output_note] if output_note else [])
+    batch.interface = interface
     return batch.model, data, fingerprint(model_path, data_spec, given), batch, settings
 
 
@@ -116,6 +118,21 @@ def require_held_out(data, spec: str) -> None:
                         "holds out a share of them)")
 
 
+def input_values(entries: tuple[str, ...]) -> dict[str, str]:
+    """'NAME=VALUE' entries (--input-value, [data] input_values) as a dict; a name twice is
+    an error."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, _, value = entry.partition("=")
+        name, value = name.strip(), value.strip()
+        if not name or not value:
+            raise ConfigError(f"option '--input-value': expected NAME=VALUE, e.g. sr=16000; got '{entry}'")
+        if name in out:
+            raise ConfigError(f"option '--input-value': input '{name}' is given twice")
+        out[name] = value
+    return out
+
+
 def scored_output(model, settings):
     """(settings, a line to log or None): the output the loss reads is output 0 unless it is
     not a float tensor and another output is (scikit-learn's classifiers export an int64
@@ -156,9 +173,10 @@ def check_model(model, output: int) -> None:
 
 
 def check_batch_axes(model) -> None:
-    """The data feeds samples along axis 0 of every input: an input that carries the batch
-    elsewhere (a recurrent state [layers, batch, hidden]) or has no axis (a scalar) cannot be
-    fed from it."""
+    """The data feeds samples along axis 0 of every input: a scalar input needs its value given
+    (--input-value); an input that carries the batch elsewhere (a recurrent state [layers,
+    batch, hidden]) is fed batch-first by graph.interface, so this only catches a model that
+    was not adapted."""
     from .graph.feeds import batch_names
 
     lead = batch_names(model)
@@ -166,9 +184,9 @@ def check_batch_axes(model) -> None:
         info = model.info(vi.name)
         shape = info.shape if info is not None else None
         if shape == ():
-            raise GetaError(f"{model.label}: input '{vi.name}' is a scalar (rank 0), one value for a whole batch; the "
-                            "data gives every input one entry per sample. Export the model with that value fixed "
-                            "(a constant instead of the input) and compress that file")
+            raise ConfigError(f"{model.label}: input '{vi.name}' is a scalar (rank 0), one value for a whole batch; the "
+                              "data gives every input one entry per sample. Give its value for the run with "
+                              f"--input-value {vi.name}=VALUE ([data] input_values)")
         if not shape or shape[0] in lead:
             continue
         moved = next((i for i, d in enumerate(shape) if d in lead), None)
@@ -202,8 +220,8 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
     from .train.batching import split_batch
 
     loader = data.eval if data.eval is not None else data.train
-    session = open_session(model.path, threads)
-    _check_output(model.path, session, output)
+    session = open_session(model.run_path, threads)
+    _check_output(model.run_path, session, output)
     names = [i.name for i in session.get_inputs()]
     dtypes = [_np_dtype(i.type) for i in session.get_inputs()]
     outs, labels, seen = [], [], 0
@@ -217,7 +235,7 @@ def check_original_on_data(model, data, output: int, *, threads: int = 2, judge:
         chunks = [slice(i, i + step) for i in range(0, n - n % step, step)] if step else [slice(0, n)]
         if not chunks:
             continue
-        outs.append(np.concatenate([_run(model.path, session, {k: a[c] for k, a in zip(names, arrays)}, output)
+        outs.append(np.concatenate([_run(model.run_path, session, {k: a[c] for k, a in zip(names, arrays)}, output)
                                     for c in chunks]).astype(np.float64))
         if target is not None:
             labels.append(np.asarray(target)[:len(outs[-1])])

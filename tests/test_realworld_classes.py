@@ -168,19 +168,51 @@ def _two_input_model(tmp_path, second: list) -> tuple:
     path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "d.npz", x=rng.normal(size=(32, 4)).astype(np.float32),
-             s=np.float32(1.0) if not second else rng.normal(size=(32, 2, 4)).astype(np.float32))
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(128, 4)).astype(np.float32),
+             s=np.float32(1.0) if not second else rng.normal(size=(128, 2, 4)).astype(np.float32))
     return path, tmp_path / "d.npz"
 
 
-@pytest.mark.parametrize("second, message", [([2, "N", 4], "carries the batch on axis 1"),
-                                             ([], "is a scalar (rank 0)")])
-def test_inputs_the_data_cannot_feed_along_axis_0_are_one_line_errors(tmp_path, second, message):
-    model, data = _two_input_model(tmp_path, second)
+def test_a_scalar_input_needs_its_value_and_then_compresses_keeping_it(tmp_path):
+    """A scalar input (a sample rate) cannot come from the data: a one-line usage error names
+    `--input-value`; with the value given, the model is compressed for it and the output still
+    takes the input (graph/interface.py)."""
+    model, data = _two_input_model(tmp_path, [])
+    args = ["compress", str(model), "--data", f"npz:{data}", "-o", str(tmp_path / "o.onnx"), "--steps", "4",
+            "--no-plots", "--no-progress", "--skip-data-check", "--batch", "1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "input 's' is a scalar (rank 0)" in res.output and "--input-value s=VALUE" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, args + ["--input-value", "s=0.5"])
+    assert res.exit_code == 0, res.output
+    assert "input 's' fixed at 0.5" in res.output
+    proto = onnx.load(str(tmp_path / "o.onnx"))
+    assert [i.name for i in proto.graph.input] == ["x", "s"]
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    y, = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x, "s": np.array(0.5, dtype=np.float32)})
+    assert y.shape == (3, 4)
+
+
+def test_a_state_with_the_batch_on_axis_1_is_fed_batch_first_and_keeps_its_layout(tmp_path):
+    """A recurrent state [2, N, 4] comes from the data batch-first ([samples, 2, 4]); the output
+    [2, N, 4] is scored batch-first; the compressed file takes and gives the original layouts."""
+    model, data = _two_input_model(tmp_path, [2, "N", 4])
     res = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{data}", "-o", str(tmp_path / "o.onnx"),
-                                    "--steps", "4", "--no-plots", "--no-progress", "--skip-data-check"])
-    assert res.exit_code == 1, res.output
-    assert message in res.output and "input 's'" in res.output and "Traceback" not in res.output
+                                    "--steps", "4", "--no-plots", "--no-progress", "--skip-data-check", "--batch", "1"])
+    assert res.exit_code == 0, res.output
+    assert "input 's' carries the batch on axis 1" in res.output
+    proto = onnx.load(str(tmp_path / "o.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    dims = lambda vi: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    assert [dims(vi) for vi in list(proto.graph.input) + list(proto.graph.output)] == [["N", 4], [2, "N", 4],
+                                                                                      [2, "N", 4]]
+    rng = np.random.default_rng(3)
+    x, state = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(2, 3, 4)).astype(np.float32)
+    got, = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x, "s": state})
+    want, = ort.InferenceSession(str(model)).run(None, {"x": x, "s": state})
+    assert got.shape == want.shape == (2, 3, 4)
+    np.testing.assert_allclose(got - want, np.broadcast_to((got - want)[:1], got.shape), atol=0.05)  # same h per row
 
 
 def _sklearn_style_model(tmp_path):

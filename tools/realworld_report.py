@@ -62,6 +62,8 @@ WHEELS = [
     WheelFile("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),  # JAX -> tf2onnx
 ]
 SKL2ONNX = "skl2onnx==1.20.0"
+# options a user must add for a file, as its one-line error says (verify and compress)
+EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifless": ["--input-value", "sr=16000"]}
 BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
@@ -170,6 +172,11 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
 
         np.savez(out, x=file_byte_features(n))
         return f"npz:{out}"
+    if model_path.stem.startswith("silero_vad"):  # speech-like audio streamed through the original
+        from samples.audio import speech_like, streaming_samples
+
+        np.savez(out, **streaming_samples(model_path, speech_like(12.0, seed=0)))
+        return f"npz:{out}"
     if model_path.stem == "sklearn_mlp":  # the digits it was not trained on, label-free like the rest
         from sklearn.datasets import load_digits
 
@@ -216,12 +223,14 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
     row["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     js = dest / "json" / f"{name}.inspect.json"
     js.parent.mkdir(parents=True, exist_ok=True)
-    code, last, sec = _cli(["inspect", path, "--json", js], timeout)
+    extra = EXTRA_ARGS.get(name, [])
+    row["options"] = " ".join(extra)
+    code, last, sec = _cli(["inspect", path, "--json", js, *extra], timeout)
     row["inspect"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
     if code == 0:
         rep = json.loads(js.read_text())
         row["prunable_share"] = (rep.get("groups") or {}).get("prunable_param_share")
-    code, last, sec = _cli(["verify", path, "--max-groups", 20], timeout)
+    code, last, sec = _cli(["verify", path, "--max-groups", 20, *extra], timeout)
     row["verify"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last}
     try:
         (dest / "data").mkdir(parents=True, exist_ok=True)
@@ -234,7 +243,7 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
     for _ in range(2):  # as a user would: once more at the batch size a memory refusal names
         code, last, sec = _cli(["compress", path, "--data", spec, "-o", out, "--steps", steps, "--target-sparsity",
                                 0.3, "--batch-size", batch_size, "--batch", 1, "--no-plots", "--no-progress",
-                                "--skip-data-check", "--eval-limit", 64, "--force"], timeout)
+                                "--skip-data-check", "--eval-limit", 64, "--force", *extra], timeout)
         row["compress"] = {"ok": code == 0, "seconds": round(sec, 1), "last": last, "batch_size": batch_size}
         fits = re.search(r"pass --batch-size (\d+)", last)
         if code == 0 or fits is None:

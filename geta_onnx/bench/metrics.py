@@ -16,13 +16,29 @@ def check_label_range(labels: np.ndarray, classes: int, spec: str) -> None:
                         f"{classes} class scores; found label {low if low < 0 else high}")
 
 
+def score_threshold(scores: np.ndarray) -> float:
+    """Where one score per row decides its class: 0.5 for probabilities (values in [0, 1]),
+    0 for logits."""
+    return 0.5 if scores.size and scores.min() >= 0 and scores.max() <= 1 else 0.0
+
+
+def predicted_classes(out: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The class of each row (or position) of (N, C[, d1, ...]) scores: the argmax over axis
+    1, or with ONE score there (a sigmoid probability or its logit, (N, 1, ...)) 1 where it
+    is above `threshold` (default score_threshold(out)): an argmax over one entry is always 0."""
+    if out.shape[1] == 1:
+        t = score_threshold(out) if threshold is None else threshold
+        return (out[:, 0] > t).astype(np.int64)
+    return out.argmax(1)
+
+
 def top1_hits(out: np.ndarray, target: np.ndarray, *, spec: str) -> tuple[int, int]:
-    """(correct, counted) of argmax over the class axis 1 of (N, C[, d1, ...]) scores vs labels."""
+    """(correct, counted) of predicted_classes of (N, C[, d1, ...]) scores vs labels."""
     if out.ndim < 2:
         raise DataError(f"data spec '{spec}': integer labels need class scores (N, C, ...) from the model, "
                         f"its output has shape {out.shape}; pick another output with --output")
-    check_label_range(target, out.shape[1], spec)
-    pred = out.argmax(1)  # (N[, d1, ...])
+    check_label_range(target, max(out.shape[1], 2), spec)
+    pred = predicted_classes(out)  # (N[, d1, ...])
     if target.size != pred.size:
         raise DataError(f"data spec '{spec}': labels of shape {target.shape} do not fit predictions of shape "
                         f"{pred.shape}")
@@ -32,7 +48,9 @@ def top1_hits(out: np.ndarray, target: np.ndarray, *, spec: str) -> tuple[int, i
 class Fidelity:
     """Running agreement, cosine, MSE and max abs error of outputs against a reference.
 
-    agreement: top-1 match over axis 1 (class logits, (N, C, ...)); cosine: mean cosine
+    agreement: top-1 match over axis 1 (class logits, (N, C, ...)); with one score on axis 1
+    (a sigmoid probability or its logit, (N, 1, ...)), the same side of 0.5 (of 0 for values
+    outside [0, 1]): an argmax over one entry would always agree. cosine: mean cosine
     similarity of vectors along the LAST axis ((N, D) sentence embeddings, (N, T, D) token
     states); mse / max_abs: elementwise. All accumulate in float64."""
 
@@ -47,7 +65,8 @@ class Fidelity:
         self.shape, self.is_float = out.shape, out.dtype.kind == "f"
         a, b = out.astype(np.float64), ref.astype(np.float64)
         if a.ndim >= 2:
-            same = a.argmax(1) == b.argmax(1)
+            threshold = score_threshold(b) if b.shape[1] == 1 else None  # the reference's kind of score
+            same = predicted_classes(a, threshold) == predicted_classes(b, threshold)
             self.same, self.rows = self.same + int(same.sum()), self.rows + same.size
         width = a.shape[-1] if a.ndim >= 2 else 1  # (N,) outputs: one-element vectors
         va, vb = a.reshape(-1, width), b.reshape(-1, width)  # (vectors, D)

@@ -166,6 +166,8 @@ def _footer(report: dict) -> list[str]:
         lines.append(f"Batch: {report['batch']}.")
     for line in report.get("branches", []):  # If nodes decided before training (graph/branches.py)
         lines.append(f"Specialised: {line}.")
+    for line in report.get("interface", []):  # inputs adapted for training (graph/interface.py)
+        lines.append(f"Interface: {line}.")
     t = report.get("training", {})
     if "processes" in t:
         where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"

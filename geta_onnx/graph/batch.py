@@ -49,6 +49,7 @@ class BatchChange:
     reason: str = ""  # why the batch could not be made dynamic
     branches: list[str] = field(default_factory=list)  # If nodes decided on the data (graph/branches.py)
     notes: list[str] = field(default_factory=list)  # other choices made on the model (preflight.scored_output)
+    interface: object = None  # graph.interface.Interface: inputs adapted for training, restored in the export
 
     def describe(self) -> str:
         if not self.static:
@@ -109,7 +110,7 @@ def _candidate(model: OnnxModel, batch_one: dict, inner: frozenset, seen: set) -
             dims[0].dim_param = BATCH
     rewrites += _track_reshapes(proto, batch_one, inner, seen)
     del proto.graph.value_info[:]
-    return OnnxModel(infer_shapes(proto, label=model.label), model.path), rewrites
+    return model.with_proto(infer_shapes(proto, label=model.label)), rewrites
 
 
 def restore_batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:

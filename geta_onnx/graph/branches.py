@@ -78,7 +78,7 @@ def decide_ifs(model, samples: dict[str, np.ndarray]):
         return model, []
     proto, notes = inline_ifs(model.proto, samples, label=model.label)
     check_no_ifs_left(proto, model.label)
-    return normalize_model(OnnxModel(proto, model.path)), notes
+    return normalize_model(model.with_proto(proto)), notes
 
 
 # ---- deciding ------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, taken: set[str], g: o
     for n in branch.node:
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
-        _rename_node(copy, rename)
+        rename_tensors(copy, rename)
         if copy.name in taken:
             copy.name = fresh_name(f"{node.name}/{copy.name}", taken)
         taken.add(copy.name)
@@ -237,7 +237,7 @@ def _drop_dead(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _rename_node(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+def rename_tensors(node: onnx.NodeProto, rename: dict[str, str]) -> None:
     """Inputs and outputs of `node`, and the outer-scope reads of its subgraphs."""
     for i, x in enumerate(node.input):
         node.input[i] = rename.get(x, x)
@@ -249,7 +249,7 @@ def _rename_node(node: onnx.NodeProto, rename: dict[str, str]) -> None:
                 o for n in sub.node for o in n.output}
             inner = {k: v for k, v in rename.items() if k not in shadow}
             for n in sub.node:
-                _rename_node(n, inner)
+                rename_tensors(n, inner)
             for o in sub.output:
                 o.name = inner.get(o.name, o.name)
 
@@ -263,9 +263,15 @@ def check_no_ifs_left(proto: onnx.ModelProto, label: str) -> None:
     node = left[0]
     reads = _value_inputs(proto, node.input[0])
     if reads:
+        fixed_dims = {vi.name for vi in proto.graph.input
+                      if all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
+        if set(reads) <= fixed_dims:  # a sample rate, a flag: one value per run
+            fix = " ".join(f"--input-value {r}=VALUE" for r in reads)
+            how = f"give the value the model is deployed with ({fix}) and the branch it takes is compressed"
+        else:
+            how = "export the model for one branch and compress that file"
         raise ModelLoadError(f"{label}: If node '{node.name}' branches on the values of input(s) {', '.join(reads)}; "
-                             "geta-onnx trains one static graph, so export the model for one branch (e.g. with that "
-                             "input fixed) and compress that file")
+                             f"geta-onnx trains one static graph: {how}")
     raise ModelLoadError(f"{label}: If node '{node.name}' branches on tensor shapes, and its condition differs "
                          "between the data's batch and a batch of 1 (or no data decided it); export the model "
                          "without that branch, or train on data of the shapes it is deployed at")

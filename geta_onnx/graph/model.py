@@ -112,12 +112,24 @@ class OnnxModel:
     proto: onnx.ModelProto
     path: Path | None = None
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # the file onnxruntime runs as this model where the user's file takes other inputs (an adapted
+    # interface, graph/interface.py); None: `path`
+    runs_as: Path | None = None
 
     # ---- identity -------------------------------------------------------------------
     @property
     def label(self) -> str:
         """How error messages name this model."""
         return str(self.path) if self.path else (self.proto.graph.name or "<in-memory model>")
+
+    @property
+    def run_path(self) -> Path | None:
+        """The file to open in onnxruntime for this model's inputs and outputs."""
+        return self.runs_as or self.path
+
+    def with_proto(self, proto: onnx.ModelProto) -> "OnnxModel":
+        """A rewrite of this model: the same file identity, another graph."""
+        return OnnxModel(proto, self.path, runs_as=self.runs_as)
 
     @property
     def graph(self) -> onnx.GraphProto:

@@ -46,7 +46,7 @@ def normalize_model(model: OnnxModel) -> OnnxModel:
                  unlink_identity_initializers):
         proto = step(proto)
     proto = infer_shapes(proto, label=model.label)
-    return OnnxModel(proto, model.path)
+    return model.with_proto(proto)
 
 
 def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -342,4 +342,4 @@ def with_input_shapes(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> O
     for out in proto.graph.output:  # outputs are re-inferred from the new input shapes
         if out.type.tensor_type.HasField("shape"):
             out.type.tensor_type.ClearField("shape")
-    return OnnxModel(infer_shapes(proto, label=model.label), model.path)
+    return model.with_proto(infer_shapes(proto, label=model.label))

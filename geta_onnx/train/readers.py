@@ -119,8 +119,8 @@ def _check_lengths(label: str, x: dict, y) -> None:
     scalar = next((k for k, v in x.items() if np.ndim(v) == 0), None)
     if scalar is not None:
         raise DataError(f"{label}: array '{scalar}' is a scalar; every array holds one entry per sample along its "
-                        "first axis. An input fed one value for every sample (e.g. a sample rate) cannot be trained "
-                        "yet: export the model with that value fixed (a constant instead of the input)")
+                        "first axis. An input fed one value for every sample (e.g. a sample rate) takes it from "
+                        f"--input-value {scalar}=VALUE instead")
     n = {k: len(v) for k, v in x.items()}
     if len(set(n.values())) > 1 or (y is not None and len(y) not in n.values()):
         lens = ", ".join(f"{k}: {v}" for k, v in n.items()) + (f", y: {len(y)}" if y is not None else "")

@@ -17,6 +17,19 @@ def test_logits_agreement():
     assert choose_metric(f) == "agreement" and f.summary()["agreement"] == 0.5
 
 
+@pytest.mark.parametrize("ref, out, want", [
+    ([[0.9], [0.2], [0.6], [0.4]], [[0.7], [0.3], [0.4], [0.45]], 0.75),  # probabilities: the side of 0.5
+    ([[2.0], [-1.0], [0.5], [-3.0]], [[1.0], [1.0], [-0.5], [-2.0]], 0.5),  # logits: the side of 0
+])
+def test_one_score_per_row_agrees_on_its_side_of_the_threshold(ref, out, want):
+    """A voice-activity probability [N, 1] or a text mask [N, 1, H, W]: an argmax over one entry
+    always matched, so every such model scored agreement 1.000 whatever it output."""
+    f = _fid(out, ref)
+    assert choose_metric(f) == "agreement" and f.summary()["agreement"] == want
+    maps = _fid(np.array(out)[:, :, None, None] * np.ones((1, 1, 2, 3)), np.array(ref)[:, :, None, None] * np.ones((1, 1, 2, 3)))
+    assert maps.summary()["agreement"] == want
+
+
 def test_normalised_embeddings_use_cosine():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((8, 16))

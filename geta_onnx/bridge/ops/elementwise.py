@@ -143,7 +143,28 @@ def convert_pow(ctx: NodeContext) -> nn.Module:
 
 
 # ---- unary math -------------------------------------------------------------------------
-_UNARY = {"Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Exp": torch.exp, "Log": torch.log,
+class _SqrtZeroGrad(torch.autograd.Function):
+    """sqrt with gradient 0 where x == 0 (torch's is inf, and inf * 0 = NaN). A magnitude
+    sqrt(re^2 + im^2) of a channel pruning has zeroed is exactly 0; the NaN it gave stopped
+    training (Silero VAD's STFT magnitude). The forward is torch.sqrt."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, grad / (2 * y), torch.zeros_like(grad))
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    return _SqrtZeroGrad.apply(x) if x.requires_grad else torch.sqrt(x)
+
+
+_UNARY = {"Sqrt": _sqrt, "Reciprocal": torch.reciprocal, "Exp": torch.exp, "Log": torch.log,
           "Neg": torch.neg, "Abs": torch.abs, "Floor": torch.floor, "Ceil": torch.ceil, "Erf": torch.erf}
 
 

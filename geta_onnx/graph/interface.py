@@ -1,0 +1,229 @@
+"""Inputs the data cannot feed as they are: adapted for training, restored in the export.
+
+The data gives every input one entry per sample along axis 0. Two kinds of inputs do not
+fit (Silero VAD has both):
+- a value fixed for the whole run, given with `--input-value NAME=VALUE` (a scalar sample
+  rate `sr`, a flag). It becomes a constant, and the model is normalised again: an If on
+  its value is then a constant condition and is inlined (graph/branches.py);
+- an input that carries the batch on another axis (a recurrent state [layers, batch,
+  hidden]; the batch is the symbolic name of the other inputs' leading dim). It is fed
+  batch-first ([batch, layers, hidden]: the data's arrays hold one entry per sample) and a
+  Transpose puts it back in the model's layout. An output with the batch on another axis is
+  transposed batch-first the same way, so per-sample losses and scores see samples on axis 0.
+
+The adapted model is written to a temporary file: every onnxruntime comparison (the original
+on the data, validation, latency) runs the adapted original, which computes what the user's
+file computes for the fixed values. `Interface.restore` gives the compressed file the
+user's signature back: the adapter Transposes become Identity (onnxruntime removes them), the
+input layouts are the original ones, and each fixed input is a graph input again, fed as
+before but ignored: the file was compressed for the fixed value, and the report says so.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ConfigError
+from .model import OnnxModel, fresh_name
+
+ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
+
+
+@dataclass
+class Interface:
+    fixed: dict[str, np.ndarray] = field(default_factory=dict)  # input -> its fixed value
+    moved_inputs: dict[str, int] = field(default_factory=dict)  # input -> batch axis in the original
+    moved_outputs: dict[str, int] = field(default_factory=dict)  # output -> batch axis in the original
+    original: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)  # the user's graph inputs / outputs
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixed or self.moved_inputs or self.moved_outputs)
+
+    def describe(self) -> list[str]:
+        """One line per adaptation, for the log and the report."""
+        lines = [f"input '{k}' fixed at {_show(v)} (--input-value): the compressed model keeps the input but "
+                 "computes for this value only" for k, v in self.fixed.items()]
+        lines += [f"input '{k}' carries the batch on axis {a}: fed batch-first from the data, transposed back in the "
+                  "model" for k, a in self.moved_inputs.items()]
+        lines += [f"output '{k}' carries the batch on axis {a}: scored batch-first" for k, a in self.moved_outputs.items()]
+        return lines
+
+    def restore(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """`proto` (exported from the adapted model) with the user's inputs and outputs."""
+        if not self.changed:
+            return proto
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
+        g = out.graph
+        for node in g.node:
+            if node.op_type == "Transpose" and node.name.startswith(f"{ADAPTER}/"):
+                node.op_type = "Identity"
+                del node.attribute[:]
+        for vi in list(g.input) + list(g.output):
+            if vi.name in self.moved_inputs or vi.name in self.moved_outputs:
+                _set_dims(vi, self.original[vi.name])
+        for name in self.fixed:
+            g.input.append(self.original[name])
+        order = {vi.name: i for i, vi in enumerate(self.original.values())}
+        inputs = sorted(g.input, key=lambda vi: order.get(vi.name, len(order)))
+        del g.input[:]
+        g.input.extend(inputs)
+        del g.value_info[:]
+        return onnx.shape_inference.infer_shapes(out, check_type=False, strict_mode=False)
+
+
+def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
+                    move_batch: bool = True) -> tuple[OnnxModel, Interface]:
+    """(the model to train, what was adapted). `values`: input name -> value text
+    (`--input-value`). `move_batch` False: fixed values only (inspect shows the user's
+    layouts). Unchanged (the same object) when nothing needs adapting."""
+    from .feeds import batch_names
+    from .normalize import normalize_model
+
+    values = dict(values or {})
+    inputs = {vi.name: vi for vi in model.inputs}
+    unknown = sorted(set(values) - set(inputs))
+    if unknown:
+        raise ConfigError(f"option '--input-value': {model.label} has no input named {', '.join(unknown)} (its inputs: "
+                          f"{', '.join(inputs)})")
+    lead = batch_names(model)
+    iface = Interface()
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    g = proto.graph
+    for name, text in values.items():
+        iface.fixed[name] = _value(model, name, text)
+    for vi in g.input:
+        shape = (model.info(vi.name).shape or ()) if model.info(vi.name) else ()
+        axis = next((i for i, d in enumerate(shape) if d in lead), None)
+        if move_batch and vi.name not in iface.fixed and axis and shape[0] not in lead:
+            iface.moved_inputs[vi.name] = axis
+    for vi in g.output:
+        shape = (model.info(vi.name).shape or ()) if model.info(vi.name) else ()
+        axis = next((i for i, d in enumerate(shape) if d in lead), None)
+        if move_batch and axis and shape[0] not in lead:
+            iface.moved_outputs[vi.name] = axis
+    if not iface.changed:
+        return model, iface
+    iface.original = {vi.name: _copy_vi(vi) for vi in list(g.input) + list(g.output)}
+    _fix_inputs(g, iface.fixed)
+    _move_inputs(g, iface.moved_inputs)
+    _move_outputs(g, iface.moved_outputs)
+    adapted = normalize_model(model.with_proto(proto))
+    return OnnxModel(adapted.proto, model.path, runs_as=_write_temporary(adapted.proto, model.label)), iface
+
+
+def _value(model: OnnxModel, name: str, text: str) -> np.ndarray:
+    info = model.info(name)
+    shape = info.shape if info is not None else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        raise ConfigError(f"option '--input-value {name}={text}': input '{name}' of {model.label} has dims "
+                          f"{list(shape or [])}; only an input of fixed dims (a scalar, [1]) can take one value")
+    dtype = info.np_dtype
+    try:
+        value = float(text) if dtype.kind == "f" else (text.lower() in ("1", "true") if dtype.kind == "b" else int(text))
+    except ValueError:
+        raise ConfigError(f"option '--input-value {name}={text}': input '{name}' is {dtype.name}; give a number") from None
+    return np.full(shape, value, dtype=dtype)
+
+
+def _fix_inputs(g: onnx.GraphProto, fixed: dict[str, np.ndarray]) -> None:
+    keep = [vi for vi in g.input if vi.name not in fixed]
+    del g.input[:]
+    g.input.extend(keep)
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in fixed.items())
+
+
+def _move_inputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
+    """Input `name` [.., batch (axis a), ..] becomes [batch, ..] and a Transpose makes the
+    tensor the model reads (renamed, subgraph reads included)."""
+    from .branches import rename_tensors
+
+    taken = {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    rename, adapters = {}, []
+    for vi in g.input:
+        if vi.name not in moved:
+            continue
+        a = moved[vi.name]
+        inner = fresh_name(f"{vi.name}_model_layout", taken)
+        taken.add(inner)
+        rank = len(vi.type.tensor_type.shape.dim)
+        perm = list(range(1, a + 1)) + [0] + list(range(a + 1, rank))  # batch-first -> batch at axis a
+        adapters.append(helper.make_node("Transpose", [vi.name], [inner], name=f"{ADAPTER}/in/{vi.name}", perm=perm))
+        rename[vi.name] = inner
+        dims = list(vi.type.tensor_type.shape.dim)
+        order = [a] + [i for i in range(rank) if i != a]
+        _set_dims(vi, [dims[i] for i in order])
+    for node in g.node:
+        rename_tensors(node, rename)
+    nodes = adapters + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def _move_outputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
+    """Output `name` with the batch on axis a: the model's tensor is renamed and a Transpose
+    writes `name` batch-first."""
+    from .branches import rename_tensors
+
+    taken = {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    for vi in g.output:
+        if vi.name not in moved:
+            continue
+        a = moved[vi.name]
+        inner = fresh_name(f"{vi.name}_model_layout", taken)
+        taken.add(inner)
+        for node in g.node:
+            rename_tensors(node, {vi.name: inner})
+        rank = len(vi.type.tensor_type.shape.dim)
+        order = [a] + [i for i in range(rank) if i != a]
+        g.node.append(helper.make_node("Transpose", [inner], [vi.name], name=f"{ADAPTER}/out/{vi.name}", perm=order))
+        dims = list(vi.type.tensor_type.shape.dim)
+        _set_dims(vi, [dims[i] for i in order])
+
+
+def _copy_vi(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    return out
+
+
+def _set_dims(vi: onnx.ValueInfoProto, dims) -> None:
+    """Set `vi`'s dims to `dims` (TensorShapeProto dims, or another value info's)."""
+    if isinstance(dims, onnx.ValueInfoProto):
+        dims = list(dims.type.tensor_type.shape.dim)
+    copies = []
+    for d in dims:
+        c = onnx.TensorShapeProto.Dimension()
+        c.CopyFrom(d)
+        copies.append(c)
+    shape = vi.type.tensor_type.shape
+    del shape.dim[:]
+    shape.dim.extend(copies)
+
+
+def _show(v: np.ndarray) -> str:
+    return str(v.item()) if v.size == 1 else str(v.tolist())
+
+
+_TMP: list[str] = []
+
+
+def _write_temporary(proto: onnx.ModelProto, label: str) -> Path:
+    """The adapted model as a file (onnxruntime sessions and the latency benchmark read files);
+    removed when the process exits."""
+    if not _TMP:
+        _TMP.append(tempfile.mkdtemp(prefix="geta-interface-"))
+        atexit.register(shutil.rmtree, _TMP[0], True)
+    path = Path(_TMP[0]) / f"{Path(label).stem}.adapted.{os.getpid()}.{len(os.listdir(_TMP[0]))}.onnx"
+    onnx.save(proto, str(path))
+    return path
