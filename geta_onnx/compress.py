@@ -181,7 +181,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
                                   threads=ex.threads)
                 metric = "accuracy" if "accuracy" in q else q["metric"]
                 scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
-                                            metric)
+                                            metric, q.get("samples"))
             return scored[name][1]
 
         # the int8 export is always scored (it is the default); another one only once it runs faster
@@ -191,7 +191,8 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         sizes = {name: Path(f).stat().st_size for name, f in files.items()}
     precision = {"shipped": choice.name, "why": choice.why, "candidates": {
         name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],
-               **({"quality": scored[name][1].quality, "metric": scored[name][1].metric} if name in scored else {})}
+               **({"quality": scored[name][1].quality, "metric": scored[name][1].metric,
+                   "samples": scored[name][1].samples} if name in scored else {})}
         for name, r in timed.items()}}
     proto = candidates[choice.name]
     return {"quality": scored[choice.name][0], "latency": [latency_p50(lat[0]), latency_p50(timed[choice.name])],

@@ -34,10 +34,17 @@ class UnsupportedOpError(GetaError):
         listed = ", ".join(
             f"{(d or 'ai.onnx')}::{op}-{ver} (e.g. node '{node}')" for d, op, ver, node in self.ops
         )
-        super().__init__(
-            f"{model}: {len(self.ops)} unsupported op(s): {listed}. "
-            "Replace them in the exporter or open an issue with the model attached."
-        )
+        quantized = sorted({op for _, op, _, _ in self.ops} & INTEGER_OPS)
+        advice = (f"The file is already quantized ({', '.join(quantized)}: onnxruntime's dynamic quantization); "
+                  "compress the float model it was made from." if quantized else
+                  "Replace them in the exporter or open an issue with the model attached.")
+        super().__init__(f"{model}: {len(self.ops)} unsupported op(s): {listed}. {advice}")
+
+
+# integer kernels of an already-quantized model (onnxruntime.quantization.quantize_dynamic and
+# friends); QDQ models (QuantizeLinear / DequantizeLinear around float ops) load as they are
+INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+               "QLinearConv", "QLinearMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul"}
 
 
 class ConversionError(GetaError):

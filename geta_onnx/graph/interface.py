@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GetaError
 from .model import OnnxModel, fresh_name
 
 ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
@@ -64,10 +64,15 @@ class Interface:
         out = onnx.ModelProto()
         out.CopyFrom(proto)
         g = out.graph
+        adapters = {f"{ADAPTER}/in/{k}" for k in self.moved_inputs} | {f"{ADAPTER}/out/{k}" for k in self.moved_outputs}
         for node in g.node:
-            if node.op_type == "Transpose" and node.name.startswith(f"{ADAPTER}/"):
+            if node.op_type == "Transpose" and node.name in adapters:
                 node.op_type = "Identity"
                 del node.attribute[:]
+                adapters.discard(node.name)
+        if adapters:  # the export must keep them: without, the layouts below would be wrong
+            raise GetaError(f"the export lost the interface Transpose node(s) {', '.join(sorted(adapters))}; "
+                            "cannot restore the model's input layout (please report this)")
         for vi in list(g.input) + list(g.output):
             if vi.name in self.moved_inputs or vi.name in self.moved_outputs:
                 _set_dims(vi, self.original[vi.name])

@@ -26,3 +26,13 @@ def test_every_promised_op_resolves(op):
         if registry.lookup("", op, opset) is None:
             missing.append((opset, since))
     assert not missing, f"{op}: no converter for (opset, since_version) {missing}"
+
+
+def test_an_already_quantized_file_is_told_to_compress_its_float_original():
+    """ddddocr's common_old.onnx (onnxruntime dynamic quantization): the ops are named and the
+    advice is the float model, not "replace them in the exporter"."""
+    from geta_onnx.errors import UnsupportedOpError
+
+    e = UnsupportedOpError("m.onnx", [("", "ConvInteger", 10, "c"), ("com.microsoft", "DynamicQuantizeLSTM", 1, "l")])
+    assert "already quantized (ConvInteger, DynamicQuantizeLSTM" in str(e) and "float model" in str(e)
+    assert "Replace them in the exporter" in str(UnsupportedOpError("m.onnx", [("", "Mystery", 1, "n")]))

@@ -85,3 +85,16 @@ def test_nothing_to_adapt_returns_the_model_itself():
 def test_bad_input_values_are_one_line_errors(values, message):
     with pytest.raises(ConfigError, match=message):
         adapt_interface(from_proto(stateful_model()), values)
+
+
+def test_restore_refuses_an_export_that_lost_the_adapter():
+    model, iface = adapt_interface(from_proto(stateful_model()), {"sr": "16000"})
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model.proto)
+    for node in broken.graph.node:
+        if node.name.startswith("geta_interface/in/"):
+            node.name = "renamed"
+    from geta_onnx.errors import GetaError
+
+    with pytest.raises(GetaError, match="lost the interface Transpose"):
+        iface.restore(broken)
