@@ -43,13 +43,11 @@ def test_inspect_and_verify_choose_their_own_shapes(name):
         assert "inputs: x=2x3x" in res.output
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_short_compress_gives_a_valid_model(name, tmp_path):
-    path = _file(name)
-    chw, mean, std = FILES[name]
-    x = photo_crops(40, chw, mean, std, seed=1)
-    data = tmp_path / "photos.npz"
-    np.savez(data, x=x[:24], eval_x=x[24:])
+def _short_compress(path, x: np.ndarray, train: int, tmp_path):
+    """A 6-step label-free compress of 30 % of the groups on x[:train] (the rest held out);
+    the output passes the full checker. Returns its path."""
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x[:train], eval_x=x[train:])
     out = tmp_path / "out" / "small.onnx"
     config = tmp_path / "run.toml"
     config.write_text("[export]\nrepeats = 5\n")
@@ -58,6 +56,15 @@ def test_short_compress_gives_a_valid_model(name, tmp_path):
                                     str(config), "--no-plots", "--no-progress", "--skip-data-check"])
     assert res.exit_code == 0, res.output
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_short_compress_gives_a_valid_model(name, tmp_path):
+    path = _file(name)
+    chw, mean, std = FILES[name]
+    x = photo_crops(40, chw, mean, std, seed=1)
+    out = _short_compress(path, x, 24, tmp_path)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     y = session.run(None, {session.get_inputs()[0].name: x[24:26]})[0]
     assert np.isfinite(y).all()
@@ -86,16 +93,7 @@ def test_magika_tf2onnx_layernorms_are_prunable_and_compress(tmp_path):
     res = CliRunner().invoke(main, ["verify", str(path), "--max-groups", "8"])
     assert res.exit_code == 0 and "FAIL" not in res.output, res.output
     x = file_byte_features(48, seed=1)
-    data = tmp_path / "bytes.npz"
-    np.savez(data, x=x[:32], eval_x=x[32:])
-    out = tmp_path / "out" / "small.onnx"
-    config = tmp_path / "run.toml"
-    config.write_text("[export]\nrepeats = 5\n")
-    res = CliRunner().invoke(main, ["compress", str(path), "--data", f"npz:{data}", "-o", str(out), "--steps", "6",
-                                    "--batch-size", "8", "--target-sparsity", "0.3", "--batch", "1", "--config",
-                                    str(config), "--no-plots", "--no-progress", "--skip-data-check"])
-    assert res.exit_code == 0, res.output
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    out = _short_compress(path, x, 32, tmp_path)
     probs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"bytes": x[32:36]})[0]
     assert probs.shape == (4, 214) and np.allclose(probs.sum(1), 1, atol=1e-3)
     assert json.loads(out.with_name("small.report.json").read_text())["groups"]["removed"] > 0

@@ -153,21 +153,13 @@ def _move_inputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
     tensor the model reads (renamed, subgraph reads included)."""
     from .branches import rename_tensors
 
-    taken = {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
-    rename, adapters = {}, []
+    taken, rename, adapters = _names(g), {}, []
     for vi in g.input:
-        if vi.name not in moved:
-            continue
-        a = moved[vi.name]
-        inner = fresh_name(f"{vi.name}_model_layout", taken)
-        taken.add(inner)
-        rank = len(vi.type.tensor_type.shape.dim)
-        perm = list(range(1, a + 1)) + [0] + list(range(a + 1, rank))  # batch-first -> batch at axis a
-        adapters.append(helper.make_node("Transpose", [vi.name], [inner], name=f"{ADAPTER}/in/{vi.name}", perm=perm))
-        rename[vi.name] = inner
-        dims = list(vi.type.tensor_type.shape.dim)
-        order = [a] + [i for i in range(rank) if i != a]
-        _set_dims(vi, [dims[i] for i in order])
+        if vi.name in moved:
+            inner = rename[vi.name] = _fresh(f"{vi.name}_model_layout", taken)
+            order = _batch_first(vi, moved[vi.name])
+            perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
+            adapters.append(helper.make_node("Transpose", [vi.name], [inner], name=f"{ADAPTER}/in/{vi.name}", perm=perm))
     for node in g.node:
         rename_tensors(node, rename)
     nodes = adapters + list(g.node)
@@ -180,20 +172,33 @@ def _move_outputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
     writes `name` batch-first."""
     from .branches import rename_tensors
 
-    taken = {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    taken = _names(g)
     for vi in g.output:
-        if vi.name not in moved:
-            continue
-        a = moved[vi.name]
-        inner = fresh_name(f"{vi.name}_model_layout", taken)
-        taken.add(inner)
-        for node in g.node:
-            rename_tensors(node, {vi.name: inner})
-        rank = len(vi.type.tensor_type.shape.dim)
-        order = [a] + [i for i in range(rank) if i != a]
-        g.node.append(helper.make_node("Transpose", [inner], [vi.name], name=f"{ADAPTER}/out/{vi.name}", perm=order))
-        dims = list(vi.type.tensor_type.shape.dim)
-        _set_dims(vi, [dims[i] for i in order])
+        if vi.name in moved:
+            inner = _fresh(f"{vi.name}_model_layout", taken)
+            for node in g.node:
+                rename_tensors(node, {vi.name: inner})
+            order = _batch_first(vi, moved[vi.name])
+            g.node.append(helper.make_node("Transpose", [inner], [vi.name], name=f"{ADAPTER}/out/{vi.name}",
+                                           perm=order))
+
+
+def _names(g: onnx.GraphProto) -> set[str]:
+    return {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name = fresh_name(base, taken)
+    taken.add(name)
+    return name
+
+
+def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:
+    """Set `vi`'s dims batch-first; returns the order (new axis i is old axis order[i])."""
+    dims = list(vi.type.tensor_type.shape.dim)
+    order = [axis] + [i for i in range(len(dims)) if i != axis]
+    _set_dims(vi, [dims[i] for i in order])
+    return order
 
 
 def _copy_vi(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
