@@ -1,7 +1,7 @@
 """The result of the QADG analysis: pruning groups and the slices they remove."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ class PruneGroup:
         return {m.tensor for m in self.members}
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """Plain fields, members as dicts (dataclasses.asdict's recursive copy took 2.6 s of
+        inspect's 5.6 s on PP-OCRv5's recognizer: 24,000 groups)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["members"] = [m.to_dict() for m in self.members]
+        d["sources"] = list(self.sources)
         return d
