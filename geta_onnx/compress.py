@@ -114,17 +114,15 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         if len(candidates) == 1:
             checks["precision"]["why"] = ("TensorRT runs the QDQ model (its latency is not onnxruntime's)"
                                           if settings.export.profile == "tensorrt" else "--int8-only")
-        interface = batch.interface
-        if checks["precision"]["shipped"] != "int8" or (interface and interface.changed):
-            # validated in the adapted interface (graph/interface.py); written in the user's
-            save(interface.restore(candidates[checks["precision"]["shipped"]]) if interface else
-                 candidates[checks["precision"]["shipped"]], paths.model, source=model_path)
-        if checks["precision"]["shipped"] != "int8":
+        shipped, interface = checks["precision"]["shipped"], batch.interface
+        if shipped != "int8" or interface.changed:  # validated in the adapted interface, written in the user's
+            save(interface.restore(candidates[shipped]), paths.model, source=model_path)
+        if shipped != "int8":
             log(f"wrote the float twin to {paths.model}: {checks['precision']['why']}")
         # a --resume run trains only the epochs left: count the checkpointed epochs' time too
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
-                         branches=batch.branches, interface=interface.describe() if interface else [],
+                         branches=batch.branches, interface=interface.describe(),
                          wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
                                "validate": time.perf_counter() - t_export})
         _write_outputs(report, paths, settings.export.plots, log)

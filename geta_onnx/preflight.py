@@ -157,7 +157,7 @@ def _is_float_output(model, name: str) -> bool:
 def check_model(model, output: int) -> None:
     """The scored output exists and is float; there are float weights to train; every input
     takes the samples on its first axis."""
-    check_batch_axes(model)
+    check_scalar_inputs(model)
     outs = list(model.outputs)
     if not 0 <= output < len(outs):
         raise ConfigError(f"option 'train.output': {model.label} has {len(outs)} output(s) "
@@ -172,14 +172,10 @@ def check_model(model, output: int) -> None:
         raise GetaError(f"{model.label}: the model has no float weights, so there is nothing to train or compress")
 
 
-def check_batch_axes(model) -> None:
+def check_scalar_inputs(model) -> None:
     """The data feeds samples along axis 0 of every input: a scalar input needs its value given
-    (--input-value); an input that carries the batch elsewhere (a recurrent state [layers,
-    batch, hidden]) is fed batch-first by graph.interface, so this only catches a model that
-    was not adapted."""
-    from .graph.feeds import batch_names
-
-    lead = batch_names(model)
+    (--input-value). An input that carries the batch elsewhere (a recurrent state [layers,
+    batch, hidden]) is fed batch-first by graph.interface before this runs."""
     for vi in model.inputs:
         info = model.info(vi.name)
         shape = info.shape if info is not None else None
@@ -187,14 +183,6 @@ def check_batch_axes(model) -> None:
             raise ConfigError(f"{model.label}: input '{vi.name}' is a scalar (rank 0), one value for a whole batch; the "
                               "data gives every input one entry per sample. Give its value for the run with "
                               f"--input-value {vi.name}=VALUE ([data] input_values)")
-        if not shape or shape[0] in lead:
-            continue
-        moved = next((i for i, d in enumerate(shape) if d in lead), None)
-        if moved is not None:
-            dims = ", ".join(str(d) for d in shape)
-            raise GetaError(f"{model.label}: input '{vi.name}' [{dims}] carries the batch on axis {moved}; the data "
-                            "gives every input its samples along axis 0. Export the model with that input batch-first "
-                            "and compress that file")
 
 
 def _numel(tensor) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from ..train.scores import predicted_classes, score_threshold
 
 
 def check_label_range(labels: np.ndarray, classes: int, spec: str) -> None:
@@ -14,22 +15,6 @@ def check_label_range(labels: np.ndarray, classes: int, spec: str) -> None:
     if low < 0 or high >= classes:
         raise DataError(f"data spec '{spec}': labels must be class indices in [0, {classes}) for the model's "
                         f"{classes} class scores; found label {low if low < 0 else high}")
-
-
-def score_threshold(scores: np.ndarray) -> float:
-    """Where one score per row decides its class: 0.5 for probabilities (values in [0, 1]),
-    0 for logits."""
-    return 0.5 if scores.size and scores.min() >= 0 and scores.max() <= 1 else 0.0
-
-
-def predicted_classes(out: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """The class of each row (or position) of (N, C[, d1, ...]) scores: the argmax over axis
-    1, or with ONE score there (a sigmoid probability or its logit, (N, 1, ...)) 1 where it
-    is above `threshold` (default score_threshold(out)): an argmax over one entry is always 0."""
-    if out.shape[1] == 1:
-        t = score_threshold(out) if threshold is None else threshold
-        return (out[:, 0] > t).astype(np.int64)
-    return out.argmax(1)
 
 
 def top1_hits(out: np.ndarray, target: np.ndarray, *, spec: str) -> tuple[int, int]:

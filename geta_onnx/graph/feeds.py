@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .model import OnnxModel
+from .model import OnnxModel, weight_source
 
 
 def example_feeds(model: OnnxModel, shapes: dict[str, tuple[int, ...]] | None = None, batch: int = 2,
@@ -67,23 +67,13 @@ def _embedding_rows(model: OnnxModel, name: str, depth: int = 4) -> int | None:
                 if node.op_type == "OneHot" and i == 0 and model.is_initializer(node.input[1]):
                     return int(np.asarray(model.array(node.input[1])).reshape(-1)[0])
                 if node.op_type == "Equal":
-                    classes = _constant_through(model, node.input[1 - i])
-                    if classes is not None and classes.size > 1:
-                        return int(classes.max()) + 1
+                    source = weight_source(model, node.input[1 - i], through=_INDEX_THROUGH)
+                    if source is not None and model.array(source).size > 1:
+                        return int(model.array(source).max()) + 1
                 if node.op_type in _INDEX_THROUGH and i == 0:
                     nxt.extend(node.output)
         frontier = nxt
     return None
-
-
-def _constant_through(model: OnnxModel, name: str) -> np.ndarray | None:
-    """The initializer behind `name` through shape-only ops (Reshape / Expand / Cast...)."""
-    while not model.is_initializer(name):
-        node = model.producer(name)
-        if node is None or node.op_type not in _INDEX_THROUGH:
-            return None
-        name = node.input[0]
-    return np.asarray(model.array(name))
 
 
 # sizes tried for symbolic dims other than the batch, in order: image side lengths when an

@@ -21,6 +21,7 @@ before but ignored: the file was compressed for the fixed value, and the report 
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -75,7 +76,7 @@ class Interface:
                             "cannot restore the model's input layout (please report this)")
         for vi in list(g.input) + list(g.output):
             if vi.name in self.moved_inputs or vi.name in self.moved_outputs:
-                _set_dims(vi, self.original[vi.name])
+                _set_dims(vi, self.original[vi.name].type.tensor_type.shape.dim)
         for name in self.fixed:
             g.input.append(self.original[name])
         order = {vi.name: i for i, vi in enumerate(self.original.values())}
@@ -95,36 +96,36 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
     from .normalize import normalize_model
 
     values = dict(values or {})
-    inputs = {vi.name: vi for vi in model.inputs}
-    unknown = sorted(set(values) - set(inputs))
+    names = [vi.name for vi in model.inputs]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"option '--input-value': {model.label} has no input named {', '.join(unknown)} (its inputs: "
-                          f"{', '.join(inputs)})")
-    lead = batch_names(model)
-    iface = Interface()
+                          f"{', '.join(names)})")
+    iface = Interface(fixed={name: _value(model, name, text) for name, text in values.items()})
+    if move_batch:
+        lead = batch_names(model)
+        iface.moved_inputs = {n: a for n in names if n not in iface.fixed and (a := _batch_axis(model, n, lead))}
+        iface.moved_outputs = {vi.name: a for vi in model.outputs if (a := _batch_axis(model, vi.name, lead))}
+    if not iface.changed:
+        return model, iface
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     g = proto.graph
-    for name, text in values.items():
-        iface.fixed[name] = _value(model, name, text)
-    for vi in g.input:
-        shape = (model.info(vi.name).shape or ()) if model.info(vi.name) else ()
-        axis = next((i for i, d in enumerate(shape) if d in lead), None)
-        if move_batch and vi.name not in iface.fixed and axis and shape[0] not in lead:
-            iface.moved_inputs[vi.name] = axis
-    for vi in g.output:
-        shape = (model.info(vi.name).shape or ()) if model.info(vi.name) else ()
-        axis = next((i for i, d in enumerate(shape) if d in lead), None)
-        if move_batch and axis and shape[0] not in lead:
-            iface.moved_outputs[vi.name] = axis
-    if not iface.changed:
-        return model, iface
-    iface.original = {vi.name: _copy_vi(vi) for vi in list(g.input) + list(g.output)}
+    iface.original = {vi.name: copy.deepcopy(vi) for vi in list(g.input) + list(g.output)}
     _fix_inputs(g, iface.fixed)
     _move_inputs(g, iface.moved_inputs)
     _move_outputs(g, iface.moved_outputs)
     adapted = normalize_model(model.with_proto(proto))
     return OnnxModel(adapted.proto, model.path, runs_as=_write_temporary(adapted.proto, model.label)), iface
+
+
+def _batch_axis(model: OnnxModel, name: str, lead: set[str]) -> int | None:
+    """The axis > 0 of `name` that carries the batch (a dim named like the inputs' leading
+    ones) when its own leading dim does not; else None."""
+    shape = (model.info(name).shape or ()) if model.info(name) else ()
+    if not shape or shape[0] in lead:
+        return None
+    return next((i for i, d in enumerate(shape) if d in lead), None)
 
 
 def _value(model: OnnxModel, name: str, text: str) -> np.ndarray:
@@ -156,7 +157,7 @@ def _move_inputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
     taken, rename, adapters = _names(g), {}, []
     for vi in g.input:
         if vi.name in moved:
-            inner = rename[vi.name] = _fresh(f"{vi.name}_model_layout", taken)
+            inner = rename[vi.name] = fresh_name(f"{vi.name}_model_layout", taken)
             order = _batch_first(vi, moved[vi.name])
             perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
             adapters.append(helper.make_node("Transpose", [vi.name], [inner], name=f"{ADAPTER}/in/{vi.name}", perm=perm))
@@ -175,7 +176,7 @@ def _move_outputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
     taken = _names(g)
     for vi in g.output:
         if vi.name in moved:
-            inner = _fresh(f"{vi.name}_model_layout", taken)
+            inner = fresh_name(f"{vi.name}_model_layout", taken)
             for node in g.node:
                 rename_tensors(node, {vi.name: inner})
             order = _batch_first(vi, moved[vi.name])
@@ -187,12 +188,6 @@ def _names(g: onnx.GraphProto) -> set[str]:
     return {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    name = fresh_name(base, taken)
-    taken.add(name)
-    return name
-
-
 def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:
     """Set `vi`'s dims batch-first; returns the order (new axis i is old axis order[i])."""
     dims = list(vi.type.tensor_type.shape.dim)
@@ -201,21 +196,9 @@ def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:
     return order
 
 
-def _copy_vi(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    out = onnx.ValueInfoProto()
-    out.CopyFrom(vi)
-    return out
-
-
 def _set_dims(vi: onnx.ValueInfoProto, dims) -> None:
-    """Set `vi`'s dims to `dims` (TensorShapeProto dims, or another value info's)."""
-    if isinstance(dims, onnx.ValueInfoProto):
-        dims = list(dims.type.tensor_type.shape.dim)
-    copies = []
-    for d in dims:
-        c = onnx.TensorShapeProto.Dimension()
-        c.CopyFrom(d)
-        copies.append(c)
+    """Set `vi`'s dims to copies of `dims` (they may be `vi`'s own, cleared here)."""
+    copies = [copy.deepcopy(d) for d in dims]
     shape = vi.type.tensor_type.shape
     del shape.dim[:]
     shape.dim.extend(copies)

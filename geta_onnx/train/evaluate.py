@@ -8,6 +8,7 @@ import torch
 from .batching import split_batch
 from .distributed import all_reduce_sum
 from .losses import Loss, looks_like_logits, pick
+from .scores import predicted_classes, score_threshold
 
 
 def _to(x, device):
@@ -38,12 +39,12 @@ def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, 
             loss = loss_fn(outputs, target, inputs, teacher_outs=t_all) if ours else loss_fn(outputs, target, inputs)
             loss_sum, samples = loss_sum + float(loss) * n, samples + n
         if target is not None and not target.is_floating_point() and out.dim() >= 2:
-            pred = _classes(out)
+            pred = predicted_classes(out)
             hits = pred == target.reshape(pred.shape)  # (N, ...) per position
             correct, labelled = correct + float(hits.sum()), labelled + hits.numel()
         if t_out is not None and (looks_like_logits(t_out) or _one_score(t_out, out)):
-            threshold = _threshold(t_out) if t_out.shape[1] == 1 else None
-            same = _classes(out, threshold) == _classes(t_out, threshold)
+            threshold = score_threshold(t_out) if t_out.shape[1] == 1 else None  # the teacher's kind of score
+            same = predicted_classes(out, threshold) == predicted_classes(t_out, threshold)
             agree, compared = agree + float(same.sum()), compared + same.numel()
         elif t_out is not None and t_out.is_floating_point() and t_out.shape == out.shape:
             cos = torch.nn.functional.cosine_similarity(out.reshape(n, -1).float(), t_out.reshape(n, -1).float(), dim=1)
@@ -65,17 +66,3 @@ def evaluate(module: torch.nn.Module, loader, loss_fn, *, device: torch.device, 
 def _one_score(t_out: torch.Tensor, out: torch.Tensor) -> bool:
     """One score per row (or position) on axis 1: a sigmoid probability or its logit."""
     return t_out.is_floating_point() and t_out.dim() >= 2 and t_out.shape[1] == 1 and t_out.shape == out.shape
-
-
-def _threshold(scores: torch.Tensor) -> float:
-    """0.5 for probabilities (values in [0, 1]), 0 for logits (bench.metrics.score_threshold)."""
-    return 0.5 if bool((scores >= 0).all() and (scores <= 1).all()) else 0.0
-
-
-def _classes(out: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-    """argmax over axis 1, or with one score there the side of the threshold
-    (bench.metrics.predicted_classes)."""
-    if out.shape[1] == 1:
-        return (out[:, 0] > (_threshold(out) if threshold is None else threshold)).long()
-    return out.argmax(1)
-
