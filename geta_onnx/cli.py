@@ -71,6 +71,12 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _input_value_option(help_text: str):
+    """--input-value NAME=VALUE (repeatable), the same option in compress, train, verify,
+    inspect and bench; parsed by preflight.input_values."""
+    return click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE", help=help_text)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geta-onnx")
 def main() -> None:
@@ -82,8 +88,7 @@ def main() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Also write the report as JSON.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
               help="Fix an input's dims for MAC counts (symbolic dims count as 1 otherwise).")
-@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
-              help="Inspect the model with input NAME fixed at VALUE (as compress --input-value trains it).")
+@_input_value_option("Inspect the model with input NAME fixed at VALUE (as compress --input-value trains it).")
 @_friendly_errors
 def inspect(model: str, json_path: str | None, shapes: tuple[str, ...], input_values: tuple[str, ...]) -> None:
     """Opset, op histogram, parameters, MACs, unsupported ops and pruning groups of MODEL."""
@@ -104,8 +109,7 @@ def inspect(model: str, json_path: str | None, shapes: tuple[str, ...], input_va
 @click.option("--max-groups", type=click.IntRange(min=1), default=None,
               help="Check a seeded sample of N groups (big models); default: every group.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..", help="Fix an input's dims.")
-@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
-              help="Check the model with input NAME fixed at VALUE (as compress --input-value trains it).")
+@_input_value_option("Check the model with input NAME fixed at VALUE (as compress --input-value trains it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @_friendly_errors
@@ -210,9 +214,8 @@ def training_options(fn):
         click.option("--lr", type=float, help=f"Learning rate of the weights (default {_default('optim', 'lr')})."),
         click.option("--batch-size", type=int, help=f"Training batch size (default {_default('data', 'batch_size')}); "
                      "under torchrun the global batch, split across the processes."),
-        click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
-                     help="Feed input NAME one value for the whole run (a scalar such as a sample rate, sr=16000): "
-                     "the model is compressed for that value; the output keeps the input. Repeatable."),
+        _input_value_option("Feed input NAME one value for the whole run (a scalar such as a sample rate, sr=16000): "
+                            "the model is compressed for that value; the output keeps the input. Repeatable."),
         click.option("--device", help="cpu, cuda or cuda:N (under torchrun: one GPU per process)."),
         click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]),
                      help=f"Mixed-precision forward (default {_default('train', 'amp')}); fp16 needs cuda. Weights, QASSO and the "
@@ -372,10 +375,11 @@ def _parse_batches(values: tuple[str, ...]) -> list[int]:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
               help="Fix an input's dims (the first dim is set by --batch); other symbolic dims: the first "
               "size the model runs at.")
+@_input_value_option("Feed input NAME the value VALUE in every model (a sample rate, sr=16000; a state, h=0).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @_friendly_errors
 def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repeats: int, warmup: int,
-          shapes: tuple[str, ...], json_path: str | None) -> None:
+          shapes: tuple[str, ...], input_values: tuple[str, ...], json_path: str | None) -> None:
     """onnxruntime latency (p50 / p90 ms per batch) and size of MODELS, measured in rotating
     blocks (one live session at a time); speedup and size are relative to the first model."""
     from pathlib import Path
@@ -384,15 +388,20 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
     from .graph import load_model
     from .graph.batch import static_batch_one
     from .graph.feeds import runnable_shapes
+    from .graph.interface import adapt_interface
     from .io import write_text_atomic
+    from .preflight import input_values as parse_values
 
     sizes = _parse_batches(batches)
     _refuse_json_over_inputs(json_path, models)
+    values = parse_values(input_values)
     first = load_model(models[0], normalize=False)
-    fixed, chosen = runnable_shapes(first, _parse_shapes(shapes), batch=1 if static_batch_one(first) else 2)
+    probe, _ = adapt_interface(first, values, move_batch=False)  # sizes chosen with the values fed
+    fixed, chosen = runnable_shapes(probe, _parse_shapes(shapes), batch=1 if static_batch_one(first) else 2)
     if chosen:
         click.echo(f"inputs: {chosen}")
-    results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup, shapes=fixed)
+    results = measure_latency(list(models), sizes, threads=threads, repeats=repeats, warmup=warmup, shapes=fixed,
+                              values=values)
     width = max(len(Path(r["model"]).name) for r in results)
     click.echo(f"{'model':<{width}}  {'size MB':>8}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'speedup':>7}")
     for r in results:

@@ -16,7 +16,8 @@ Per file, each step a subprocess of the CLI with a timeout (a hang is a finding 
                    natural images made from scikit-learn's two sample photos (inputs that
                    look like images) or seeded example inputs (everything else)
   output           onnx.checker full check and onnxruntime load of the compressed file,
-                   fidelity to the original and speedup at batch 1 (from the report)
+                   fidelity to the original and speedup at batch 1 (from the report),
+                   speedup at batch 32 where the original takes it (geta-onnx bench)
 Writes DEST/report.json and DEST/report.md (the table of docs/realworld.md).
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ WHEELS = [
     WheelFile("silero_vad_v6_fw", "faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
 ]
 SKL2ONNX = "skl2onnx==1.20.0"
-# options a user must add for a file, as its one-line error says (verify and compress)
+# options a user must add for a file, as its one-line error says (verify, compress and bench)
 EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifless": ["--input-value", "sr=16000"],
               # faster-whisper's Silero runs a sequence of chunks (the leading axis) from one state [1, 1, 128]
               "silero_vad_v6_fw": ["--input-value", "h=0", "--input-value", "c=0"]}
@@ -278,24 +279,49 @@ def study(name: str, path: Path, dest: Path, steps: int, timeout: int) -> dict:
             row["output_valid"] = True
         except Exception as e:  # noqa: BLE001
             row["output_valid"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        row["speedup_b32"] = bench_b32(path, out, spec, dest / "json" / f"{name}.bench32.json", extra, timeout)
     return row
+
+
+def bench_b32(original: Path, out: Path, spec: str, js: Path, extra: list, timeout: int) -> float | str | None:
+    """Speedup of the compressed file at batch 32 (`geta-onnx bench`, 20 timed runs per model),
+    at the data's per-sample shape of the first input; "static 1" when the original takes a
+    batch of 1 only (the output keeps that signature); None when bench fails."""
+    from geta_onnx.graph import load_model
+    from geta_onnx.graph.batch import static_batch_one
+
+    model = load_model(original)
+    if static_batch_one(model):
+        return "static 1"
+    first = model.inputs[0].name
+    with np.load(spec.removeprefix("npz:")) as z:
+        per = z[first if first in z.files else "x"].shape[1:]
+    shape = ["--shape", f"{first}=" + "x".join(map(str, (1, *per)))]
+    code, last, _ = _cli(["bench", original, out, "--batch", 32, "--repeats", 20, "--json", js, *shape, *extra],
+                         timeout)
+    if code != 0:
+        print(f"bench at batch 32 failed: {last}", flush=True)
+        return None
+    return json.loads(js.read_text())["models"][1]["speedup"]["32"]
 
 
 def render(rows: list[dict]) -> str:
     head = ("| file | producer | opset | MB | prunable | verify | compress | valid | shipped | fidelity | speedup b1 "
-            "| s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| speedup b32 | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         c = r.get("compress", {})
         fid = r.get("fidelity") or {}
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        b32 = r.get("speedup_b32")
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["file"], r.get("producer", ""), r.get("opset", ""), r.get("mb", ""),
             f"{r['prunable_share']:.0%}" if isinstance(r.get("prunable_share"), float) else "-",
             "pass" if r.get("verify", {}).get("ok") else "FAIL",
             ("ok" if c.get("ok") else "FAIL") + (f" (batch {c['batch_size']})" if "refused" in r else ""),
             "yes" if r.get("output_valid") is True else "-", r.get("shipped") or "-",
             f"{fid.get('metric', '')} {fid['value']:.3f}" if fid.get("value") is not None else "-",
-            f"{r['speedup_b1']:.2f}x" if r.get("speedup_b1") else "-", c.get("seconds", "-")))
+            f"{r['speedup_b1']:.2f}x" if r.get("speedup_b1") else "-",
+            f"{b32:.2f}x" if isinstance(b32, float) else (b32 or "-"), c.get("seconds", "-")))
     fails = [f"- {r['file']}: {k}: {r[k]['last']}" for r in rows for k in ("inspect", "verify", "compress")
              if isinstance(r.get(k), dict) and not r[k].get("ok")]
     fails += [f"- {r['file']}: compress at batch {BATCH_SIZE} refused first: {r['refused']}" for r in rows

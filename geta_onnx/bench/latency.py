@@ -28,7 +28,7 @@ from .session import bench_feeds, model_size, open_session, read_model, run_erro
 
 def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads: int = 2, repeats: int = 50,
                     warmup: int = 5, *, shapes: dict[str, tuple[int, ...]] | None = None,
-                    seq: int = 128, seed: int = 0) -> list[dict]:
+                    seq: int = 128, seed: int = 0, values: dict[str, str] | None = None) -> list[dict]:
     """One dict per model, in the order given:
 
         {"model": path, "size_bytes": int, "size_ratio": size / first model's size,
@@ -37,7 +37,8 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
 
     Batch keys are strings so the dict is the same before and after a JSON round trip.
     `shapes` fixes inputs' non-batch dims (NAME -> full dims; the first dim is replaced by
-    each batch size); other symbolic dims are `seq`."""
+    each batch size); other symbolic dims are `seq`. `values`: inputs fed one value
+    (--input-value NAME=VALUE) in every model."""
     if not paths:
         raise ConfigError("bench: give at least one model")
     if not batches or any(b < 1 for b in batches):
@@ -49,7 +50,7 @@ def measure_latency(paths: list[str | os.PathLike], batches: list[int], threads:
     models = [read_model(p) for p in paths]
     results = [{"model": str(p), "size_bytes": model_size(p), "latency_ms": {}, "speedup": {}} for p in paths]
     for batch in dict.fromkeys(batches):  # unique, in the order asked
-        feeds = [bench_feeds(m, batch, shapes, seq=seq, seed=seed) for m in models]
+        feeds = [bench_feeds(m, batch, shapes, seq=seq, seed=seed, values=values) for m in models]
         times = _blocks(paths, threads, feeds, repeats, warmup)  # (models, repeats) seconds
         for r, t in zip(results, times):
             ms = t * 1e3

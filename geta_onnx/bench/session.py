@@ -12,7 +12,8 @@ import onnx
 
 from ..errors import ConfigError, ModelLoadError
 from ..graph import OnnxModel, load_model
-from ..graph.feeds import example_feeds
+from ..graph.feeds import batch_names, example_feeds
+from ..graph.interface import input_value
 
 
 def session_options(threads: int = 2):
@@ -69,17 +70,27 @@ def model_size(path: str | os.PathLike) -> int:
 
 
 def bench_feeds(model: OnnxModel, batch: int, shapes: dict[str, tuple[int, ...]] | None = None,
-                seq: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+                seq: int = 128, seed: int = 0, values: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Seeded example inputs for one batch size.
 
     The first dim of every input is the batch: it is set to `batch` (also in a --shape
-    override, which fixes the other dims). Other symbolic dims become `seq` (a typical
-    sequence length; image models with symbolic spatial dims should pass --shape)."""
-    fixed = {}
+    override, which fixes the other dims), or the dim named like the inputs' leading dims
+    where another axis carries it (a recurrent state [layers, batch, hidden]). Other symbolic dims become `seq` (a typical
+    sequence length; image models with symbolic spatial dims should pass --shape).
+    `values` (--input-value): input name -> one value fed in place of random data (a sample
+    rate, a zero state), through graph.interface.input_value."""
+    values = values or {}
+    named = {vi.name for vi in model.inputs}
+    if set(values) - named:
+        raise ConfigError(f"option '--input-value': {model.label} has no input named "
+                          f"{', '.join(sorted(set(values) - named))} (its inputs: {', '.join(sorted(named))})")
+    fixed, lead = {}, batch_names(model)
     for vi in model.inputs:
+        if vi.name in values:
+            continue
         info = model.info(vi.name)
         dims = info.shape if info is not None and info.shape else ()
-        if dims and isinstance(dims[0], int) and dims[0] != batch:
+        if dims and isinstance(dims[0], int) and dims[0] != batch and not lead & set(dims):
             raise ConfigError(f"{model.label}: input '{vi.name}' has a fixed batch of {dims[0]}; "
                               f"measure it with --batch {dims[0]} or re-export with a dynamic batch axis")
         if shapes and vi.name in shapes:
@@ -93,7 +104,8 @@ def bench_feeds(model: OnnxModel, batch: int, shapes: dict[str, tuple[int, ...]]
         names = ", ".join(vi.name for vi in model.inputs)
         raise ConfigError(f"option '--shape': {model.label} has no input named {', '.join(sorted(unknown))} "
                           f"(its inputs: {names})")
-    return example_feeds(model, fixed, batch=batch, seq=seq, seed=seed)
+    feeds = example_feeds(model, fixed, batch=batch, seq=seq, seed=seed)
+    return feeds | {name: input_value(model, name, text) for name, text in values.items()}
 
 
 def run_error(path, e: Exception) -> ModelLoadError:

@@ -97,6 +97,8 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
             raise ConfigError(f"option '--shape': input '{name}' of {model.label} has {len(dims_of[name])} dims, "
                               f"got {len(dims)} ({'x'.join(map(str, dims))})")
     lead = batch_names(model)
+    # probes run every input at `batch` (a --shape's leading 1 beside a state of batch 2 fails)
+    probe = {n: (batch, *d[1:]) if dims_of.get(n) and not isinstance(dims_of[n][0], int) else d for n, d in given.items()}
     open_dims = {name: dims for name, dims in dims_of.items()
                  if name not in given and dims and any(not isinstance(d, int) and d not in lead for d in dims[1:])}
     if not open_dims and not given:
@@ -109,7 +111,7 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
         return given, ""
     if not open_dims:  # only the user's --shape: say now if the model cannot run at it
         try:
-            _run_nonempty(session, example_feeds(model, given, batch=batch))
+            _run_nonempty(session, example_feeds(model, probe, batch=batch))
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors
             shown = ", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in given.items())
             raise ConfigError(f"option '--shape': {model.label} does not run at {shown} in onnxruntime "
@@ -119,7 +121,7 @@ def runnable_shapes(model: OnnxModel, given: dict[str, tuple[int, ...]] | None =
     sizes = IMAGE_SIZES if image else SEQUENCE_SIZES
     last = ""
     for size in sizes:
-        shapes = dict(given)
+        shapes = dict(probe)
         for name, dims in open_dims.items():
             shapes[name] = tuple(d if isinstance(d, int) else (batch if i == 0 or d in lead else size)
                                  for i, d in enumerate(dims))

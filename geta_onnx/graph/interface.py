@@ -101,7 +101,7 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
     if unknown:
         raise ConfigError(f"option '--input-value': {model.label} has no input named {', '.join(unknown)} (its inputs: "
                           f"{', '.join(names)})")
-    iface = Interface(fixed={name: _value(model, name, text) for name, text in values.items()})
+    iface = Interface(fixed={name: input_value(model, name, text) for name, text in values.items()})
     if move_batch:
         lead = batch_names(model)
         iface.moved_inputs = {n: a for n in names if n not in iface.fixed and (a := _batch_axis(model, n, lead))}
@@ -128,7 +128,9 @@ def _batch_axis(model: OnnxModel, name: str, lead: set[str]) -> int | None:
     return next((i for i, d in enumerate(shape) if d in lead), None)
 
 
-def _value(model: OnnxModel, name: str, text: str) -> np.ndarray:
+def input_value(model: OnnxModel, name: str, text: str) -> np.ndarray:
+    """The array `--input-value NAME=TEXT` feeds: TEXT in every entry of the input's fixed
+    dims and dtype."""
     info = model.info(name)
     shape = info.shape if info is not None else None
     if shape is None or not all(isinstance(d, int) for d in shape):

@@ -2,11 +2,13 @@
 import json
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from geta_onnx.bench import measure_latency
 from geta_onnx.cli import main
+from geta_onnx.errors import ConfigError
 
 
 def test_bench_two_models_json(resnet_pair, tmp_path):
@@ -120,3 +122,46 @@ def test_a_microsecond_model_is_timed_over_many_runs_per_sample(monkeypatch):
     assert log.count("slow") >= 5 + latency.BLOCK_ROUNDS  # one run per sample, warm-up runs besides
     assert times[0].max() < latency.SAMPLE_S / 10  # per run, not per sample
     assert times[1].min() >= 0.004
+
+
+def _state_model(path) -> str:
+    """x [N, 4] and state [2, N, 4] (the batch on axis 1), sr an int64 scalar: y = Concat(x,
+    state[0]) * sr ([N, 8]), so a state fed at another batch than x fails in the Concat."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = helper.make_node
+    nodes = [n("Gather", ["state", "zero"], ["s0"], axis=0), n("Concat", ["x", "s0"], ["xs"], axis=1),
+             n("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT), n("Mul", ["xs", "srf"], ["y"])]
+    graph = helper.make_graph(nodes, "state", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_bench_feeds_input_values_and_a_state_batched_on_axis_1(tmp_path):
+    from geta_onnx.bench.session import bench_feeds, read_model
+
+    model = read_model(_state_model(tmp_path / "state.onnx"))
+    feeds = bench_feeds(model, 32, {"x": (1, 4)}, values={"sr": "16000"})
+    assert feeds["x"].shape == (32, 4) and feeds["state"].shape == (2, 32, 4)
+    assert feeds["sr"].dtype == np.int64 and feeds["sr"].shape == () and int(feeds["sr"]) == 16000
+    with pytest.raises(ConfigError, match="no input named rate"):
+        bench_feeds(model, 1, values={"rate": "1"})
+
+
+def test_bench_cli_input_value_and_shape_with_a_leading_1(tmp_path):
+    # --shape x=1x4 is probed at the probe's batch with the state (not x at 1 beside a state at 2)
+    path = _state_model(tmp_path / "state.onnx")
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(main, ["bench", path, "--batch", "1,32", "--repeats", "2", "--warmup", "0",
+                                       "--threads", "1", "--shape", "x=1x4", "--input-value", "sr=16000",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(out.read_text())["models"][0]["latency_ms"]) == {"1", "32"}
+    bad = CliRunner().invoke(main, ["bench", path, "--input-value", "sr=fast"])
+    assert bad.exit_code == 2 and "give a number" in bad.output
