@@ -20,27 +20,28 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graphutil import Graph
+from ..graph.editor import GraphEditor, Node, is_default_domain
 from .params import LayerQ
 
 
 def fold_batchnorm(proto: onnx.ModelProto, layers: list[LayerQ]) -> onnx.ModelProto:
     """A new proto with BN folded; `layers` entries of folded convs are updated in place
     (per-channel ints / scale along axis 0, float `bias`)."""
-    g = Graph(proto)
+    g = GraphEditor(proto)
     by_node = {la.node: la for la in layers}
-    for conv in [n for n in g.nodes if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
+    for conv in [n for n in g.nodes if n.op == "Conv" and is_default_domain(n)]:
         layer = by_node.get(conv.name)
         bn = _foldable_bn(g, conv, quantized=layer is not None)
         if bn is None:
             continue
-        scale, beta, mean, var = (g.const(bn.input[i]).astype(np.float64) for i in range(1, 5))
-        eps = g.attr(bn, "epsilon", 1e-5)
+        scale, beta, mean, var = (g.const(bn.inputs[i]).astype(np.float64) for i in range(1, 5))
+        eps = bn.attrs.get("epsilon", 1e-5)
         a = scale / np.sqrt(var + eps)  # (M,)
-        m = layer.wq.ints.shape[0] if layer is not None else g.const(conv.input[1]).shape[0]
+        m = layer.wq.ints.shape[0] if layer is not None else g.const(conv.inputs[1]).shape[0]
         if a.shape != (m,):
             continue
-        bias = g.const(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(m)
+        bias = g.input_const(conv, 2)
+        bias = np.zeros(m) if bias is None else bias.astype(np.float64)
         new_bias = (beta + a * (bias - mean)).astype(np.float32)
         if layer is not None:
             wq = layer.wq
@@ -51,32 +52,30 @@ def fold_batchnorm(proto: onnx.ModelProto, layers: list[LayerQ]) -> onnx.ModelPr
             wq.axis = 0
             layer.bias = new_bias
         else:
-            w = g.const(conv.input[1]).astype(np.float64)
+            w = g.const(conv.inputs[1]).astype(np.float64)
             w = (w * a.reshape((m,) + (1,) * (w.ndim - 1))).astype(np.float32)
-            conv.input[1] = g.add_init(f"{conv.name}_folded_weight", w)
-        bias_name = g.add_init(f"{conv.name}_folded_bias", new_bias)
-        while len(conv.input) < 3:
-            conv.input.append("")
-        conv.input[2] = bias_name
-        conv.output[0] = bn.output[0]
-        g.remove(bn)
+            conv.inputs[1] = g.add_const(f"{conv.name}_folded_weight", w)
+        g.set_input(conv, 2, g.add_const(f"{conv.name}_folded_bias", new_bias))
+        y = bn.outputs[0]
+        g.remove(bn)  # first: a tensor has one producer
+        conv.outputs[0] = y
     return g.finish()
 
 
-def _foldable_bn(g: Graph, conv: onnx.NodeProto, quantized: bool) -> onnx.NodeProto | None:
-    out = conv.output[0]
+def _foldable_bn(g: GraphEditor, conv: Node, quantized: bool) -> Node | None:
+    out = conv.outputs[0]
     users = g.consumers(out)
-    if len(users) != 1 or out in g.outputs:
+    if len(users) != 1 or g.is_output(out):
         return None
     bn = users[0]
-    if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or bn.input[0] != out:
+    if bn.op != "BatchNormalization" or not is_default_domain(bn) or bn.inputs[0] is not out:
         return None
-    if g.attr(bn, "training_mode", 0) or len([o for o in bn.output if o]) != 1:
+    if bn.attrs.get("training_mode", 0) or len([o for o in bn.outputs if o.name]) != 1:
         return None
-    if not quantized and not g.is_const(conv.input[1]):  # a quantized weight comes from its LayerQ
+    if not quantized and not g.is_const(conv.inputs[1]):  # a quantized weight comes from its LayerQ
         return None
-    if len(conv.input) > 2 and conv.input[2] and g.const_or_none(conv.input[2]) is None:
+    if len(conv.inputs) > 2 and conv.inputs[2].name and g.input_const(conv, 2) is None:
         return None
-    if any(g.const_or_none(bn.input[i]) is None for i in range(1, 5)):
+    if any(g.input_const(bn, i) is None for i in range(1, 5)):
         return None
     return bn

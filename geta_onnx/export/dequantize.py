@@ -22,43 +22,41 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .graphutil import Graph
+from ..graph.editor import GraphEditor, Node, is_default_domain
 from .qdq import clip_range
 
-CONTAINERS = {onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT16: np.int16,
-              onnx.TensorProto.UINT16: np.uint16}
+CONTAINERS = (np.uint8, np.int8, np.uint16, np.int16)  # zero-point dtypes of the Q grids; others: uint8
 
 
 def dequantize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    g = Graph(proto)
+    g = GraphEditor(proto)
     for node in g.nodes:
-        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        if node.op != "DequantizeLinear" or not is_default_domain(node):
             continue
-        if g.is_const(node.input[0]):
+        if g.is_const(node.inputs[0]):
             _fold_constant(g, node)
         else:
-            q = g.producer(node.input[0])
-            if q is not None and q.op_type == "QuantizeLinear" and q.domain in ("", "ai.onnx"):
+            q = g.producer(node.inputs[0])
+            if q is not None and q.op == "QuantizeLinear" and is_default_domain(q):
                 _saturate(g, q, node)
     return g.finish(label="float twin")
 
 
-def _params(g: Graph, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
-    scale = g.const(node.input[1]).astype(np.float64)
-    zp = g.const(node.input[2]).astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
-    return scale, zp
+def _params(g: GraphEditor, node: Node) -> tuple[np.ndarray, np.ndarray]:
+    scale = g.const(node.inputs[1]).astype(np.float64)
+    zp = g.input_const(node, 2)
+    return scale, (np.zeros_like(scale) if zp is None else zp.astype(np.float64))
 
 
-def _fold_constant(g: Graph, dq: onnx.NodeProto) -> None:
+def _fold_constant(g: GraphEditor, dq: Node) -> None:
     """DQ(q, s, z) of constants -> the float initializer named as its output. Per-axis
     scales broadcast along `axis`; a blocked DQ (block_size) repeats each scale over its block."""
-    q = g.const(dq.input[0]).astype(np.float64)
+    q = g.const(dq.inputs[0]).astype(np.float64)
     scale, zp = _params(g, dq)
     if scale.ndim:
-        axis = g.attr(dq, "axis", 1) % q.ndim
-        block = g.attr(dq, "block_size", 0)
+        axis = dq.attrs.get("axis", 1) % q.ndim
+        block = dq.attrs.get("block_size", 0)
         if block:
             scale = np.repeat(scale, block, axis=axis).take(range(q.shape[axis]), axis=axis)
             zp = np.repeat(zp, block, axis=axis).take(range(q.shape[axis]), axis=axis)
@@ -67,13 +65,12 @@ def _fold_constant(g: Graph, dq: onnx.NodeProto) -> None:
             shape[axis] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape)
     value = ((q - zp) * scale).astype(np.float32)
+    y = dq.outputs[0]
     g.remove(dq)
-    tensor = numpy_helper.from_array(value, dq.output[0])  # the DQ's own output name: readers stay as they are
-    g.g.initializer.append(tensor)
-    g.inits[tensor.name] = tensor
+    y.to_constant(value)  # the DQ's own output becomes the initializer: readers stay as they are
 
 
-def _saturate(g: Graph, q: onnx.NodeProto, dq: onnx.NodeProto) -> None:
+def _saturate(g: GraphEditor, q: Node, dq: Node) -> None:
     """tensor -> Q -> DQ -> y  =>  tensor -> Clip(lo, hi) -> y for an unsigned grid (lo = 0:
     the fake quantizer's clamp to [0, q_m]); a plain pass-through for a signed grid (only
     outliers beyond q_m saturate there, and a float Clip between two ops costs onnxruntime a
@@ -81,27 +78,28 @@ def _saturate(g: Graph, q: onnx.NodeProto, dq: onnx.NodeProto) -> None:
     merged into the Clip (clip(relu(x), 0, hi) == clip(x, 0, hi)), so a Conv -> Clip still
     fuses; the Clip is left out when the producer's range lies inside [lo, hi] already."""
     scale, zp = _params(g, q)
-    zp_type = g.inits[q.input[2]].data_type if len(q.input) > 2 and q.input[2] else onnx.TensorProto.UINT8
-    info = np.iinfo(CONTAINERS.get(zp_type, np.uint8))
+    zp_const = g.input_const(q, 2)
+    info = np.iinfo(zp_const.dtype if zp_const is not None and zp_const.dtype in CONTAINERS else np.uint8)
     lo, hi = float(scale * (info.min - zp)), float(scale * (info.max - zp))
-    x, y = q.input[0], dq.output[0]
+    x, y = q.inputs[0], dq.outputs[0]
     g.remove(dq)
     producer = g.producer(x)
     low, high = _range(g, producer)
     if lo < 0 or (low is not None and low >= lo and high <= hi):
-        g.g.node.append(onnx.helper.make_node("Identity", [x], [y], name=g.unique(f"{dq.name}_float")))
+        g.add_node("Identity", [x], f"{dq.name}_float", output=y)
         return
-    if low is not None and x not in g.outputs and len(g.consumers(x)) == 1:  # the Q alone reads it
-        source, lo, hi = producer.input[0], max(lo, low), min(hi, high)
+    if low is not None and not g.is_output(x) and len(g.consumers(x)) == 1:  # the Q alone reads it
+        source, lo, hi = producer.inputs[0], max(lo, low), min(hi, high)
         g.remove(producer)
     else:
         source = x
-    bounds = [g.add_init(f"{x}_min", np.asarray(lo, np.float32)), g.add_init(f"{x}_max", np.asarray(hi, np.float32))]
-    g.g.node.append(onnx.helper.make_node("Clip", [source, *bounds], [y], name=g.unique(f"{dq.name}_float")))
+    bounds = [g.add_const(f"{x.name}_min", np.asarray(lo, np.float32)),
+              g.add_const(f"{x.name}_max", np.asarray(hi, np.float32))]
+    g.add_node("Clip", [source, *bounds], f"{dq.name}_float", output=y)
 
 
-def _range(g: Graph, producer: onnx.NodeProto | None) -> tuple[float | None, float | None]:
+def _range(g: GraphEditor, producer: Node | None) -> tuple[float | None, float | None]:
     """(lo, hi) of a Relu / Clip with constant bounds in the default domain; (None, None) otherwise."""
-    if producer is None or producer.op_type not in ("Relu", "Clip") or producer.domain not in ("", "ai.onnx"):
+    if producer is None or producer.op not in ("Relu", "Clip") or not is_default_domain(producer):
         return None, None
-    return (0.0, np.inf) if producer.op_type == "Relu" else clip_range(g, producer)
+    return (0.0, np.inf) if producer.op == "Relu" else clip_range(g, producer)

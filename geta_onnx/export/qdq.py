@@ -27,12 +27,12 @@ those below 8 bits get a Clip at their fake-quant clamp before the Q (act_clip).
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..errors import GetaError
-from .graphutil import Graph
+from ..graph.editor import GraphEditor, Node, Tensor, is_default_domain
 from .params import ActQ, LayerQ, WeightQ
 
 PROFILES = ("ort", "tensorrt")
@@ -54,7 +54,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
     """`outputs`: the output quantizers (conv outputs no layer reads directly)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
-    g = Graph(proto)
+    g = GraphEditor(proto)
     act_scale: dict[str, np.float32] = {}
     for a in [la.act for la in layers if la.act is not None] + list(outputs):
         if a.tensor in act_scale:
@@ -66,19 +66,19 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
             _quantize_tensor(g, a.tensor, *params, clip=clip)
             if clip is None:
                 _drop_clip_before_q(g, a.tensor, *params)
-    nodes = {n.name: n for n in g.nodes}
-    weights: dict[tuple, str] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
+    nodes = g.nodes_by_name()
+    weights: dict[tuple, Tensor] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:
         node = nodes[la.node]
         use_int4 = int4 and profile == "ort" and la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
         key = (la.weight, la.transpose, la.node if la.bias is not None else "", use_int4)
         if key not in weights:
             weights[key] = (_int4_weight if use_int4 else _int8_weight)(g, la.wq, f"{la.node}_weight")
-        node.input[la.w_slot] = weights[key]
+        g.set_input(node, la.w_slot, weights[key])
         if use_int4 and la.act is not None:
             # DQ(x) -> MatMul blocks onnxruntime's MatMulNBits fusion (measured): the int4 layer
             # reads the float activation (weight-only quantization; MatMulNBits quantizes A itself)
-            node.input[la.act_slot] = la.act.tensor
+            g.set_input(node, la.act_slot, la.act.tensor)
         x_scale = act_scale.get(la.act.tensor) if la.act is not None else None
         if profile == "ort" and x_scale is not None and not use_int4:
             _int32_bias(g, node, la, x_scale)
@@ -97,27 +97,24 @@ def act_clip(a: ActQ, profile: str) -> tuple[np.float32, np.float32] | None:
     return (np.float32(0.0) if not a.signed else -hi), hi
 
 
-def _quantize_tensor(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray,
+def _quantize_tensor(g: GraphEditor, tensor: str, scale: np.float32, zp: np.ndarray,
                      clip: tuple[np.float32, np.float32] | None = None) -> None:
     """tensor -> [Clip(lo, hi) ->] Q -> DQ, read by every former consumer of tensor. The Clip
     (sub-8-bit quantizers only) keeps the export equal to the fake quantizer; onnxruntime
     then runs it in float and cannot fuse the producer into the Q (the consumers still fuse)."""
     consumers = g.consumers(tensor)
-    s = g.add_init(f"{tensor}_scale", np.asarray(scale, dtype=np.float32))
-    z = g.add_init(f"{tensor}_zero_point", zp)
-    source = tensor
+    s = g.add_const(f"{tensor}_scale", np.asarray(scale, dtype=np.float32))
+    z = g.add_const(f"{tensor}_zero_point", zp)
+    source = g.tensor(tensor)
     if clip is not None:
-        lo, hi = (g.add_init(f"{tensor}_clip_{k}", np.asarray(v, dtype=np.float32)) for k, v in zip(("min", "max"), clip))
+        lo, hi = (g.add_const(f"{tensor}_clip_{k}", np.asarray(v, dtype=np.float32)) for k, v in zip(("min", "max"), clip))
         source = g.add_node("Clip", [tensor, lo, hi], f"{tensor}_Clip")
     q = g.add_node("QuantizeLinear", [source, s, z], f"{tensor}_QuantizeLinear")
     dq = g.add_node("DequantizeLinear", [q, s, z], f"{tensor}_DequantizeLinear")
-    for node in consumers:
-        for i, name in enumerate(node.input):
-            if name == tensor:
-                node.input[i] = dq
+    g.reroute(tensor, dq, consumers)
 
 
-def _drop_clip_before_q(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
+def _drop_clip_before_q(g: GraphEditor, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
     """Clip(lo, hi) / Relu -> tensor -> Q: when the Q's own grid [s (qmin - zp), s (qmax - zp)]
     lies inside [lo - s/2, hi + s/2], Q(clip(x)) == Q(x) for every x (the Q saturates where
     the clip would bind), so the Q reads the Clip's input and the Clip dies (unless something
@@ -126,70 +123,68 @@ def _drop_clip_before_q(g: Graph, tensor: str, scale: np.float32, zp: np.ndarray
     the rest (Conv -> Clip -> Q with the grid top a hair above 6: "two nodes with same node
     name", docs/measurements.md); a Clip that binds stays."""
     clip = g.producer(tensor)
-    if clip is None or clip.op_type not in ("Clip", "Relu") or clip.domain not in ("", "ai.onnx"):
+    if clip is None or clip.op not in ("Clip", "Relu") or not is_default_domain(clip):
         return
-    if tensor in g.outputs or len(g.consumers(tensor)) != 1:
+    if g.is_output(tensor) or len(g.consumers(tensor)) != 1:
         return
-    lo, hi = (0.0, np.inf) if clip.op_type == "Relu" else clip_range(g, clip)
+    lo, hi = (0.0, np.inf) if clip.op == "Relu" else clip_range(g, clip)
     if lo is None:
         return
     info = np.iinfo(zp.dtype)
     s, z = float(scale), int(zp)
     if s * (info.min - z) > lo - 0.49 * s and s * (info.max - z) < hi + 0.49 * s:
         q = g.consumers(tensor)[0]
-        q.input[0] = clip.input[0]
+        q.inputs[0] = clip.inputs[0]
 
 
-def clip_range(g: Graph, clip: onnx.NodeProto) -> tuple[float | None, float | None]:
+def clip_range(g: GraphEditor, clip: Node) -> tuple[float | None, float | None]:
     """(lo, hi) of a Clip with constant bounds (inputs at opset >= 11, attributes before);
     (None, None) when a bound is computed."""
-    if len(clip.input) == 1 and (g.attr(clip, "min") is not None or g.attr(clip, "max") is not None):
-        return float(g.attr(clip, "min", -np.inf)), float(g.attr(clip, "max", np.inf))
+    if len(clip.inputs) == 1 and ("min" in clip.attrs or "max" in clip.attrs):
+        return float(clip.attrs.get("min", -np.inf)), float(clip.attrs.get("max", np.inf))
     bounds = []
     for k, default in ((1, -np.inf), (2, np.inf)):
-        name = clip.input[k] if len(clip.input) > k else ""
-        if not name:
+        t = clip.inputs[k] if len(clip.inputs) > k else None
+        if t is None or not t.name:
             bounds.append(default)
-        elif g.is_const(name) and g.const(name).size == 1:
-            bounds.append(float(g.const(name).reshape(())))
+        elif g.is_const(t) and g.const(t).size == 1:
+            bounds.append(float(g.const(t).reshape(())))
         else:
             return None, None
     return bounds[0], bounds[1]
 
 
-def _int8_weight(g: Graph, wq: WeightQ, base: str) -> str:
+def _int8_weight(g: GraphEditor, wq: WeightQ, base: str) -> Tensor:
     if np.abs(wq.ints).max(initial=0) > 127:
         raise GetaError(f"{base}: integers outside [-127, 127]; this is a bug in the export")
-    w = g.add_init(f"{base}_quantized", wq.ints.astype(np.int8))
-    s = g.add_init(f"{base}_scale", wq.scale.astype(np.float32))
-    z = g.add_init(f"{base}_zero_point", np.zeros(wq.scale.shape, dtype=np.int8))
+    w = g.add_const(f"{base}_quantized", wq.ints.astype(np.int8))
+    s = g.add_const(f"{base}_scale", wq.scale.astype(np.float32))
+    z = g.add_const(f"{base}_zero_point", np.zeros(wq.scale.shape, dtype=np.int8))
     attrs = {"axis": int(wq.axis)} if wq.scale.ndim and wq.axis is not None else {}
     return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", **attrs)
 
 
-def _int4_weight(g: Graph, wq: WeightQ, base: str) -> str:
+def _int4_weight(g: GraphEditor, wq: WeightQ, base: str) -> Tensor:
     """B [K, N] as INT4 with a blocked DQ along K (axis 0, block INT4_BLOCK): the per-tensor or
     per-column scale repeated over the ceil(K / block) blocks, shape [ceil(K/block), N]."""
     k, n = wq.ints.shape
     blocks = -(-k // INT4_BLOCK)
     scale = np.broadcast_to(wq.scale.astype(np.float32).reshape(1, -1) if wq.scale.ndim else wq.scale,
                             (blocks, n)).astype(np.float32)
-    ints = helper.make_tensor("w", onnx.TensorProto.INT4, wq.ints.shape, wq.ints.astype(np.int8).flatten().tolist())
-    zeros = helper.make_tensor("z", onnx.TensorProto.INT4, scale.shape, [0] * scale.size)
-    w = g.add_init(f"{base}_int4", None, tensor=ints)
-    s = g.add_init(f"{base}_scale", scale)
-    z = g.add_init(f"{base}_zero_point", None, tensor=zeros)
+    w = g.add_const(f"{base}_int4", wq.ints.astype(np.int8).astype(ml_dtypes.int4))
+    s = g.add_const(f"{base}_scale", scale)
+    z = g.add_const(f"{base}_zero_point", np.zeros(scale.shape, dtype=ml_dtypes.int4))
     return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", axis=0, block_size=INT4_BLOCK)
 
 
-def _int32_bias(g: Graph, node: onnx.NodeProto, la: LayerQ, x_scale: np.float32) -> None:
+def _int32_bias(g: GraphEditor, node: Node, la: LayerQ, x_scale: np.float32) -> None:
     """Conv input 2 / Gemm C (beta = 1, 1-D of the output width) as DQ(int32)."""
-    if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+    if node.op not in ("Conv", "Gemm") or len(node.inputs) < 3 or not node.inputs[2].name:
         return
-    if node.op_type == "Gemm" and (g.attr(node, "beta", 1.0) != 1.0 or g.attr(node, "alpha", 1.0) != 1.0):
+    if node.op == "Gemm" and (node.attrs.get("beta", 1.0) != 1.0 or node.attrs.get("alpha", 1.0) != 1.0):
         return
-    bias = la.bias if la.bias is not None else g.const_or_none(node.input[2])
-    out_axis = 0 if node.op_type == "Conv" or g.attr(node, "transB", 0) else 1  # W (M, ...), B (N, K) / (K, N)
+    bias = la.bias if la.bias is not None else g.input_const(node, 2)
+    out_axis = 0 if node.op == "Conv" or node.attrs.get("transB", 0) else 1  # W (M, ...), B (N, K) / (K, N)
     width = la.wq.ints.shape[out_axis]
     if bias is None or bias.ndim != 1 or bias.shape[0] != width:
         return
@@ -198,8 +193,8 @@ def _int32_bias(g: Graph, node: onnx.NodeProto, la: LayerQ, x_scale: np.float32)
     q = np.round(bias.astype(np.float64) / b_scale.astype(np.float64))
     if np.abs(q).max(initial=0) >= 2 ** 31 - 1:
         return  # the bias does not fit int32 at this scale: keep it float
-    b = g.add_init(f"{node.name}_bias_quantized", q.astype(np.int32))
-    s = g.add_init(f"{node.name}_bias_scale", b_scale)
-    z = g.add_init(f"{node.name}_bias_zero_point", np.zeros(b_scale.shape, dtype=np.int32))
+    b = g.add_const(f"{node.name}_bias_quantized", q.astype(np.int32))
+    s = g.add_const(f"{node.name}_bias_scale", b_scale)
+    z = g.add_const(f"{node.name}_bias_zero_point", np.zeros(b_scale.shape, dtype=np.int32))
     attrs = {"axis": 0} if b_scale.ndim else {}
-    node.input[2] = g.add_node("DequantizeLinear", [b, s, z], f"{node.name}_bias_DequantizeLinear", **attrs)
+    node.inputs[2] = g.add_node("DequantizeLinear", [b, s, z], f"{node.name}_bias_DequantizeLinear", **attrs)

@@ -2,7 +2,8 @@
 parameters and running statistics, per-channel Q/DQ scales) and fix every node whose
 constants depend on the pruned sizes (Reshape / Expand targets, Split sizes, Slice
 bounds, the `group` of grouped convolutions, LayerNorm widths). The input model is not
-modified; a new ModelProto is returned.
+modified; a new ModelProto is returned, edited through graph.editor.GraphEditor (nodes that
+nothing reads any more and replaced initializers are dropped).
 """
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import GetaError
+from ..graph.editor import GraphEditor, Node, Tensor
 from ..graph.model import OnnxModel, attr
-from ..graph.normalize import infer_shapes
 from ..qadg.analysis import QADG
 from ..qadg.fixups import (ConvGroups, ExpandTarget, Fixup, LayerNormWidth, ReshapeTarget, ShapeRead, SliceBounds,
                             SplitSizes)
@@ -46,38 +46,32 @@ def prune_model(qadg: QADG, remove: Iterable[int], values: dict[str, np.ndarray]
         for m in qadg.group(gid).members:
             cut[m.tensor][m.axis].update(m.indices)
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    g = proto.graph
-    new_inits = []
-    for t in g.initializer:
-        value = values[t.name] if values is not None and t.name in values else None
-        if t.name in cut or value is not None:
-            arr = np.asarray(value if value is not None else model.array(t.name))
-            arr = arr.astype(model.array(t.name).dtype, copy=False)
-            for axis, idx in cut.get(t.name, {}).items():
-                arr = np.delete(arr, sorted(idx), axis=axis)
-            new_inits.append(numpy_helper.from_array(arr, t.name))
-        else:
-            new_inits.append(t)
-    del g.initializer[:]
-    g.initializer.extend(new_inits)
-
-    editor = _Editor(proto, model, qadg, remove)
+    rewriter = _Rewriter(model, qadg, remove)
+    for name in sorted(set(cut) | set(values or {})):
+        if not rewriter.ed.is_const(name):  # an initializer nothing reads: dropped by finish
+            continue
+        original = model.array(name)
+        arr = np.asarray(values[name] if values is not None and name in values else original)
+        arr = arr.astype(original.dtype, copy=False)
+        for axis, idx in cut.get(name, {}).items():
+            arr = np.delete(arr, sorted(idx), axis=axis)
+        rewriter.ed.set_const(name, arr)
     for fix in qadg.fixups:
-        editor.apply(fix)
-    del g.value_info[:]
-    out = infer_shapes(proto, label=model.label)
+        rewriter.apply(fix)
+    out = rewriter.ed.finish(label=model.label)
     onnx.checker.check_model(out)
     return out
 
 
-class _Editor:
-    """Applies the fixups of one pruning to the copied proto."""
+class _Rewriter:
+    """Applies the fixups of one pruning to a GraphEditor of the model. Shapes, channel ids and
+    the readers of a tensor come from the original model and its QADG (`model`, `qadg`); the
+    edits go to `ed`."""
 
-    def __init__(self, proto: onnx.ModelProto, model: OnnxModel, qadg: QADG, remove: set[int]):
-        self.proto, self.model, self.qadg, self.remove = proto, model, qadg, remove
-        self.nodes = {n.name: n for n in proto.graph.node}
+    def __init__(self, model: OnnxModel, qadg: QADG, remove: set[int]):
+        self.model, self.qadg, self.remove = model, qadg, remove
+        self.ed = GraphEditor(model.proto)
+        self.nodes = self.ed.nodes_by_name()
         self.removed = np.array(sorted(remove), dtype=np.int64)
 
     # ---- helpers ----------------------------------------------------------------------
@@ -102,17 +96,9 @@ class _Editor:
                             "(e.g. part of an attention head); this is a bug in the group analysis")
         return sizes
 
-    def set_const_input(self, node: onnx.NodeProto, i: int, value: np.ndarray, suffix: str) -> None:
+    def set_const_input(self, node: Node, i: int, value: np.ndarray, suffix: str) -> None:
         """Point input i of `node` at a new initializer (shared constants stay untouched)."""
-        name = f"{node.name}__pruned_{suffix}"
-        self.proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-        while len(node.input) <= i:
-            node.input.append("")
-        node.input[i] = name
-
-    def const(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
-        name = node.input[i] if i < len(node.input) else ""
-        return self.model.array(name) if name and self.model.is_initializer(name) else None
+        self.ed.set_input(node, i, self.ed.add_const(f"{node.name}__pruned_{suffix}", value))
 
     # ---- fixups -----------------------------------------------------------------------
     def apply(self, fix: Fixup) -> None:
@@ -122,18 +108,19 @@ class _Editor:
                             "prune.physical.REWRITES")
         getattr(self, rewrite)(self.nodes[fix.node], fix)
 
-    def _fix_reshape(self, node: onnx.NodeProto, fix: ReshapeTarget) -> None:
+    def _fix_reshape(self, node: Node, fix: ReshapeTarget) -> None:
         self._rewrite_target(node, literal_above=0)  # 0 (copy) and -1 (infer) entries stay
 
-    def _fix_expand(self, node: onnx.NodeProto, fix: ExpandTarget) -> None:
+    def _fix_expand(self, node: Node, fix: ExpandTarget) -> None:
         self._rewrite_target(node, literal_above=1)  # 1 (broadcast) entries stay
 
-    def _rewrite_target(self, node: onnx.NodeProto, literal_above: int) -> None:
+    def _rewrite_target(self, node: Node, literal_above: int) -> None:
         """Set the channel-axis entries of a Reshape / Expand target (input 1) to the
         pruned sizes: a constant target is rewritten, a run-time one patched."""
-        sizes = self.kept_sizes(node.output[0])
-        old = self.model.shape(node.output[0]) or self._shape_from_target(node)
-        target = self.const(node, 1)
+        out = node.outputs[0].name
+        sizes = self.kept_sizes(out)
+        old = self.model.shape(out) or self._shape_from_target(node)
+        target = self.ed.input_const(node, 1)
         if target is None and sizes and self.remove:
             # computed at run time: it may read a pruned width elsewhere (Shape(x)[2])
             self.patch_runtime_shape(node, 1, sizes, tuple(old))
@@ -148,13 +135,13 @@ class _Editor:
         if not np.array_equal(new, target):
             self.set_const_input(node, 1, new, "shape")
 
-    def _shape_from_target(self, node: onnx.NodeProto) -> tuple | None:
+    def _shape_from_target(self, node: Node) -> tuple | None:
         """The output dims of a Reshape / Expand that shape inference left unknown: the rank
         from the target's length, the channel axes' widths from the QADG, the rest unknown."""
-        target_shape = self.model.shape(node.input[1])
+        target_shape = self.model.shape(node.inputs[1].name)
         if not target_shape or not isinstance(target_shape[0], int):
             return None
-        t = self.qadg.tracked.get(node.output[0])
+        t = self.qadg.tracked.get(node.outputs[0].name)
         dims: list = [None] * target_shape[0]
         if t is not None:
             for k, a in enumerate(t.axes):
@@ -162,11 +149,11 @@ class _Editor:
                     dims[a] = int(t.ids.shape[k])
         return tuple(dims)
 
-    def patch_runtime_shape(self, node: onnx.NodeProto, i: int, sizes: dict[int, int], old: tuple) -> None:
+    def patch_runtime_shape(self, node: Node, i: int, sizes: dict[int, int], old: tuple) -> None:
         """A Reshape / Expand target computed at run time: set the entries of channel axes
         to their pruned sizes. Static axes get the size; an axis merged with the batch
         ('4*batch' of nn.MultiheadAttention) is scaled by kept period / period."""
-        t = self.qadg.tracked[node.output[0]]
+        t = self.qadg.tracked[node.outputs[0].name]
         static, scale = {}, {}
         for a, n in sizes.items():
             if isinstance(old[a], int):
@@ -176,13 +163,12 @@ class _Editor:
                 scale[a] = (period, n)
         if not static and not scale:  # this Reshape's channel axes kept every channel
             return
-        base = f"{node.name}__pruned_shape"
-        src = node.input[i]
-        node.input[i] = base  # edit the node first: inserting copies the graph's nodes
-        self.rewrite_shape(node, src, base, len(old), static, scale)
+        src, dst = node.inputs[i], self.ed.variable(f"{node.name}__pruned_shape")
+        node.inputs[i] = dst
+        self.rewrite_shape(src, dst, len(old), static, scale)
 
-    def rewrite_shape(self, before: onnx.NodeProto, src: str, dst: str, rank: int,
-                      static: dict[int, int], scale: dict[int, tuple[int, int]], after: bool = False) -> None:
+    def rewrite_shape(self, src: Tensor, dst: Tensor, rank: int, static: dict[int, int],
+                      scale: dict[int, tuple[int, int]]) -> None:
         """dst = src with entries `static` replaced and entries `scale` multiplied by
         num / den; -1 (infer) and 0 (copy) entries stay as they are."""
         keep, new = np.ones(rank, dtype=np.int64), np.zeros(rank, dtype=np.int64)
@@ -191,33 +177,25 @@ class _Editor:
             keep[a], new[a] = 0, n
         for a, (d, n) in scale.items():
             den[a], num[a] = d, n
-        consts = {"keep": keep, "new": new, **({"den": den, "num": num, "one": np.ones(1, np.int64)} if scale else {})}
-        names = {k: f"{dst}_{k}" for k in consts}
-        for k, v in consts.items():
-            self.proto.graph.initializer.append(numpy_helper.from_array(v, names[k]))
+        ed, base = self.ed, dst.name
         # static entries only: dst = src * keep + new (2 nodes; these run on every inference and
         # cost tens of microseconds each in onnxruntime). Scaled entries also need
         # where(src < 1, src, src / den * num), so -1 / 0 survive
-        nodes = [helper.make_node("Mul", [f"{dst}_sym" if scale else src, names["keep"]], [f"{dst}_kept"],
-                                  name=f"{dst}_mul"),
-                 helper.make_node("Add", [f"{dst}_kept", names["new"]], [dst], name=f"{dst}_add")]
         if scale:
-            nodes[:0] = [helper.make_node("Div", [src, names["den"]], [f"{dst}_per"], name=f"{dst}_div"),
-                         helper.make_node("Mul", [f"{dst}_per", names["num"]], [f"{dst}_scaled"], name=f"{dst}_scale"),
-                         helper.make_node("Less", [src, names["one"]], [f"{dst}_special"], name=f"{dst}_less"),
-                         helper.make_node("Where", [f"{dst}_special", src, f"{dst}_scaled"], [f"{dst}_sym"],
-                                          name=f"{dst}_where")]
-        if after:
-            self.insert_before(before, [before] + nodes, replace=True)
-        else:
-            self.insert_before(before, nodes)
+            per = ed.add_node("Div", [src, ed.add_const(f"{base}_den", den)], f"{base}_div")
+            scaled = ed.add_node("Mul", [per, ed.add_const(f"{base}_num", num)], f"{base}_scale")
+            special = ed.add_node("Less", [src, ed.add_const(f"{base}_one", np.ones(1, np.int64))], f"{base}_less")
+            src = ed.add_node("Where", [special, src, scaled], f"{base}_where")
+        kept = ed.add_node("Mul", [src, ed.add_const(f"{base}_keep", keep)], f"{base}_mul")
+        ed.add_node("Add", [kept, ed.add_const(f"{base}_new", new)], f"{base}_add", output=dst)
 
-    def _fix_shape(self, node: onnx.NodeProto, fix: ShapeRead) -> None:
+    def _fix_shape(self, node: Node, fix: ShapeRead) -> None:
         """Shape(x) keeps reporting x's original channel widths (see qadg rule `shape_of`)."""
-        sizes = self.kept_sizes(node.input[0])
-        t = self.qadg.tracked[node.input[0]]
-        old = self.model.shape(node.input[0])
-        start, end = attr(node, "start") or 0, attr(node, "end")
+        x = node.inputs[0].name
+        sizes = self.kept_sizes(x)
+        t = self.qadg.tracked[x]
+        old = self.model.shape(x)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end")
         positions = list(range(t.rank))[slice(start, end)]
         static, scale = {}, {}
         for k, a in enumerate(positions):
@@ -227,12 +205,12 @@ class _Editor:
                 period = t.ids.shape[t.axes.index(a)]
                 if sizes[a] != period:
                     scale[k] = (sizes[a], period)
-        if not static and not scale or self._reads_only(node.output[0], set(static) | set(scale), len(positions)):
+        out = node.outputs[0]
+        if not static and not scale or self._reads_only(out.name, set(static) | set(scale), len(positions)):
             return
-        raw = f"{node.output[0]}__pruned"
-        out = node.output[0]
-        node.output[0] = raw
-        self.rewrite_shape(node, raw, out, len(positions), static, scale, after=True)
+        raw = self.ed.variable(f"{out.name}__pruned")
+        node.outputs[0] = raw
+        self.rewrite_shape(raw, out, len(positions), static, scale)
 
     def _reads_only(self, shape: str, changed: set[int], rank: int) -> bool:
         """Every reader of the Shape output `shape` is a Gather of constant positions outside
@@ -241,26 +219,15 @@ class _Editor:
         if shape in self.model.output_names:
             return False
         for reader, i in self.model.consumers(shape):
-            index = self.const(reader, 1) if reader.op_type == "Gather" and i == 0 else None
+            index = self.ed.input_const(self.nodes[reader.name], 1) if reader.op_type == "Gather" and i == 0 else None
             if index is None or (attr(reader, "axis") or 0) != 0:
                 return False
             if {int(k) % rank for k in np.ravel(index)} & changed:
                 return False
         return True
 
-    def insert_before(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto], replace: bool = False) -> None:
-        """Insert nodes before `node` (found by name). The graph's node list is rebuilt, so
-        references to its nodes are stale afterwards: edit a node BEFORE inserting."""
-        g = self.proto.graph
-        nodes = list(g.node)
-        at = next(k for k, n in enumerate(nodes) if n.name == node.name)
-        nodes[at:at + (1 if replace else 0)] = new_nodes
-        del g.node[:]
-        g.node.extend(nodes)
-        self.nodes = {n.name: n for n in g.node}
-
-    def _fix_split(self, node: onnx.NodeProto, fix: SplitSizes) -> None:
-        t = self.qadg.tracked[node.input[0]]
+    def _fix_split(self, node: Node, fix: SplitSizes) -> None:
+        t = self.qadg.tracked[node.inputs[0].name]
         mask = self.kept_mask(t)
         sizes = [int(mask[b:e].sum()) for b, e in fix.parts]
         if sizes == [e - b for b, e in fix.parts]:
@@ -269,20 +236,20 @@ class _Editor:
             raise GetaError(f"Split '{node.name}': pruning would leave an empty output")
         if self.model.opset("") >= 13:
             self.set_const_input(node, 1, np.array(sizes, dtype=np.int64), "split")
-            _drop_attr(node, "num_outputs")
+            node.attrs.pop("num_outputs", None)
         else:
-            _set_attr(node, "split", sizes)
+            node.attrs["split"] = sizes
 
-    def _fix_slice(self, node: onnx.NodeProto, fix: SliceBounds) -> None:
-        t = self.qadg.tracked[node.input[0]]
+    def _fix_slice(self, node: Node, fix: SliceBounds) -> None:
+        t = self.qadg.tracked[node.inputs[0].name]
         mask = self.kept_mask(t)
         b, e, axis = fix.begin, fix.end, fix.axis
         nb, ne = int(mask[:b].sum()), int(mask[:e].sum())
         if (nb, ne) == (b, e):
             return
-        if len(node.input) > 1:
-            axes = self.const(node, 3) if len(node.input) > 3 and node.input[3] else None
-            starts, ends = self.const(node, 1), self.const(node, 2)
+        if len(node.inputs) > 1:
+            axes = self.ed.input_const(node, 3)
+            starts, ends = self.ed.input_const(node, 1), self.ed.input_const(node, 2)
             rank = t.rank
             axes = list(range(len(starts))) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
             k = axes.index(axis)
@@ -291,46 +258,40 @@ class _Editor:
             self.set_const_input(node, 1, starts, "starts")
             self.set_const_input(node, 2, ends, "ends")
         else:
-            axes = list(attr(node, "axes") or range(len(attr(node, "starts"))))
+            axes = list(node.attrs.get("axes") or range(len(node.attrs["starts"])))
             k = axes.index(axis)
-            starts, ends = list(attr(node, "starts")), list(attr(node, "ends"))
+            starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
             starts[k], ends[k] = nb, ne
-            _set_attr(node, "starts", starts)
-            _set_attr(node, "ends", ends)
+            node.attrs["starts"], node.attrs["ends"] = starts, ends
 
-    def _fix_conv_group(self, node: onnx.NodeProto, fix: ConvGroups) -> None:
-        kept = self.kept_sizes(node.output[0]).get(1)
+    def _fix_conv_group(self, node: Node, fix: ConvGroups) -> None:
+        kept = self.kept_sizes(node.outputs[0].name).get(1)
         if kept is not None:
-            _set_attr(node, "group", kept // fix.out_per_group)
+            node.attrs["group"] = kept // fix.out_per_group
 
-    def _fix_layer_norm(self, node: onnx.NodeProto, fix: LayerNormWidth) -> None:
+    def _fix_layer_norm(self, node: Node, fix: LayerNormWidth) -> None:
         """LayerNorm over N' < N kept channels, statistics over the original N: pad the
         input with N - N' zeros (what the zeroed channels held), normalise, slice back."""
-        width = fix.width
-        kept = self.kept_sizes(node.input[0]).get(self.qadg.tracked[node.input[0]].axes[0])
+        width, x = fix.width, node.inputs[0].name
+        kept = self.kept_sizes(x).get(self.qadg.tracked[x].axes[0])
         if kept is None or kept == width:
             return
         missing = width - kept
-        rank = self.qadg.tracked[node.input[0]].rank
-        g = self.proto.graph
-        pad_out, ln_out = f"{node.name}__padded", f"{node.name}__wide"
+        rank = self.qadg.tracked[x].rank
+        ed = self.ed
         pads = np.zeros(2 * rank, dtype=np.int64)
         pads[2 * rank - 1] = missing
-        pads_name = f"{node.name}__pads"
-        g.initializer.append(numpy_helper.from_array(pads, pads_name))
-        pad = helper.make_node("Pad", [node.input[0], pads_name], [pad_out], name=f"{node.name}__pad")
+        padded = ed.add_node("Pad", [node.inputs[0], ed.add_const(f"{node.name}__pads", pads)], f"{node.name}__pad")
         for i, fill in ((1, 1.0), (2, 0.0)):  # scale padded with ones, bias with zeros (sliced away)
-            if i < len(node.input) and node.input[i]:
-                v = next(numpy_helper.to_array(t) for t in g.initializer if t.name == node.input[i])
+            v = ed.input_const(node, i)
+            if v is not None:
                 self.set_const_input(node, i, np.concatenate([v, np.full(missing, fill, v.dtype)]), f"affine{i}")
-        out = node.output[0]
-        node.input[0] = pad_out
-        node.output[0] = ln_out
-        names = [f"{node.name}__{s}" for s in ("starts", "ends", "axes")]
-        for n, v in zip(names, ([0], [kept], [rank - 1])):
-            g.initializer.append(numpy_helper.from_array(np.array(v, dtype=np.int64), n))
-        sl = helper.make_node("Slice", [ln_out] + names, [out], name=f"{node.name}__slice")
-        self.insert_before(node, [pad, node, sl], replace=True)
+        out, wide = node.outputs[0], ed.variable(f"{node.name}__wide")
+        node.inputs[0] = padded
+        node.outputs[0] = wide
+        bounds = [ed.add_const(f"{node.name}__{s}", np.array(v, dtype=np.int64))
+                  for s, v in (("starts", [0]), ("ends", [kept]), ("axes", [rank - 1]))]
+        ed.add_node("Slice", [wide, *bounds], f"{node.name}__slice", output=out)
 
 
 # one rewrite per fixup record type (qadg.fixups; tests/qadg/test_prune.py checks it is complete)
@@ -339,13 +300,3 @@ REWRITES: dict[type, str] = {
     ConvGroups: "_fix_conv_group", LayerNormWidth: "_fix_layer_norm", ShapeRead: "_fix_shape",
 }
 
-
-def _drop_attr(node: onnx.NodeProto, name: str) -> None:
-    keep = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend(keep)
-
-
-def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    _drop_attr(node, name)
-    node.attribute.append(helper.make_attribute(name, value))

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from geta_onnx.export.graphutil import Graph
+from geta_onnx.graph.editor import GraphEditor
 from geta_onnx.export.qdq import _drop_clip_before_q, _quantize_tensor
 
 
@@ -24,7 +24,7 @@ def _graph(op: str, lo: float, hi: float) -> onnx.ModelProto:
 
 
 def _export(model: onnx.ModelProto, scale: float, zp: int, drop: bool) -> onnx.ModelProto:
-    g = Graph(model)
+    g = GraphEditor(model)
     _quantize_tensor(g, "a", np.float32(scale), np.array(zp, dtype=np.uint8))
     if drop:
         _drop_clip_before_q(g, "a", np.float32(scale), np.array(zp, dtype=np.uint8))
