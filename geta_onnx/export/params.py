@@ -61,15 +61,34 @@ class ActQ:
 
 @dataclass
 class LayerQ:
-    node: str
-    op_type: str
-    w_slot: int
-    weight: str  # the initializer (its own layout)
-    transpose: str | None  # Transpose node between initializer and layer
+    """A quantized layer as the export writes it: the plan's weight site (where it is, the
+    one record of that) with the integers and steps read from the trained module."""
+
+    site: QuantSite  # kind "weight": node, op_type, input_index (the weight slot), tensor, transpose
     wq: WeightQ
     act: ActQ | None
     act_slot: int | None
     bias: np.ndarray | None = field(default=None)  # float bias after BN folding (set by fold_batchnorm)
+
+    @property
+    def node(self) -> str:
+        return self.site.node
+
+    @property
+    def op_type(self) -> str:
+        return self.site.op_type
+
+    @property
+    def w_slot(self) -> int:
+        return self.site.input_index
+
+    @property
+    def weight(self) -> str:  # the initializer (its own layout)
+        return self.site.tensor
+
+    @property
+    def transpose(self) -> str | None:  # Transpose node between initializer and layer
+        return self.site.transpose
 
 
 def pruning_cuts(qadg: QADG, removed) -> dict[str, dict[int, list[int]]]:

@@ -44,7 +44,6 @@ def write_back(result, model: OnnxModel) -> tuple[onnx.ModelProto, list[LayerQ],
             values[site.tensor] = fake  # stays float, computes the fake-quant weight
             continue
         a = acts.get(site.node)
-        layers.append(LayerQ(site.node, site.op_type, site.input_index, site.tensor, site.transpose, wq,
-                             act_q(plan, a) if a is not None else None, a.input_index if a is not None else None))
+        layers.append(LayerQ(site, wq, act_q(plan, a) if a is not None else None, a.input_index if a is not None else None))
     proto = prune_model(result.qadg, removed, values=values)
     return proto, layers, [act_q(plan, s) for s in plan.output_sites()]
