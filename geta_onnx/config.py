@@ -197,6 +197,10 @@ class PruneConfig:
     # rolled back and pruning stops there; the budget stays the most the run removes. None: off
     max_quality_drop: float | None = None
     guard_batches: int = 8  # eval batches each guard check scores (cost: one eval of them per period)
+    # with the guard on, the share of each pruning period's steps that trains the structure the last
+    # commit left before the guard scores it and the period's removal starts (the check then sees what
+    # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit
+    guard_recovery: float = 0.25
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
     # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
     guard_float_layers: int = 8
@@ -218,6 +222,8 @@ class PruneConfig:
         _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
                f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
         _check(self.guard_batches >= 1, "guard_batches", "must be >= 1")
+        _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
+               f"{self.guard_recovery}")
         _check(self.guard_float_layers >= 0, "guard_float_layers", "must be >= 0 (0: no layer goes back to float)")
         _check(self.latency_selection in ("count", "knapsack"), "latency_selection",
                f"expected count or knapsack, got '{self.latency_selection}'")

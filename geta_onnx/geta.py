@@ -172,7 +172,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                     bit_reduction=optim.bit_reduction or None,
                     group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
                     forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
-                    latency_selection=prune.latency_selection)
+                    latency_selection=prune.latency_selection, recovery_steps=_recovery_steps(prune, sched))
         lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
         guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config, floated)
                  if prune.max_quality_drop is not None else None)
@@ -286,6 +286,14 @@ class _FirstBatches:
 
 # a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
 GUARD_MIN_SAMPLES = 5
+
+
+def _recovery_steps(prune: PruneConfig, sched: Schedule) -> int:
+    """Steps of each pruning period that train the last commit's structure before the guard
+    scores it ([prune] guard_recovery of the shortest period); 0 without a guard."""
+    if prune.max_quality_drop is None or not sched.pruning_periods:
+        return 0
+    return int(prune.guard_recovery * (sched.pruning_steps // sched.pruning_periods))
 
 
 def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,

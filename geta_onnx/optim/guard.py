@@ -3,9 +3,10 @@ the one training run.
 
 QASSO removes groups period by period. The guard, a training-loop hook, does five things:
 - before each pruning period, it snapshots the module and the optimizer (QASSO.snapshot);
-- after each commit, it scores the model on held-out batches, with BatchNorm statistics
-  re-estimated (train.loop.refreshed_batchnorm), and keeps a snapshot of the last state
-  that met the tolerance;
+- after each commit and `opt.recovery_steps` steps of training the structure it left
+  (QASSO's forgetting of the next period starts after them), it scores the model on
+  held-out batches, with BatchNorm statistics re-estimated (train.loop.refreshed_batchnorm),
+  and keeps a snapshot of the last state that met the tolerance;
 - when the drop from the original passes the tolerance, it rolls the period back
   (QASSO.rollback). No group is removed after that, and the remaining steps train the
   structure that met the tolerance;
@@ -76,6 +77,8 @@ class QualityGuard:
         # the last state a check found within the tolerance (the fallback target):
         # {"state": a snapshot, "step": taken after this step, "period": of the check (-1: before pruning)}
         self.good: dict | None = None
+        # a commit whose check waits for its recovery steps: {"period", "check_at": the step before which it runs}
+        self.pending: dict | None = None
         self.end: dict | None = None  # the end check (finish)
 
     def _check(self, period: int, action_over: str) -> bool:
@@ -97,8 +100,11 @@ class QualityGuard:
         return {"predicted_speedup": self.opt.latency.original_ms / min(predicted.values())}
 
     def before_step(self, step: int) -> None:
+        if self.pending is not None and step >= self.pending["check_at"]:
+            self._check_commit(self.pending["period"], step - 1)
         info = self.schedule.stage(step)
-        if info.name != "pruning" or info.step_in_period != 0 or self.opt.stopped:
+        # a period's removal starts after its recovery steps: the snapshot is the state just before
+        if info.name != "pruning" or info.step_in_period != self.opt.recovery_steps or self.opt.stopped:
             return
         if not self.history and self._check(-1, "start"):
             found = None if self.floated else self._float_fallback(self.history[-1]["quality"])
@@ -149,13 +155,24 @@ class QualityGuard:
         info = self.schedule.stage(step)
         if info.name != "pruning" or info.step_in_period != info.period_steps - 1 or self.snap is None:
             return {}
-        if self._check(info.period, "rolled back; pruning stopped"):
-            self.opt.rollback(self.snap)  # back to self.good: the period's start met the tolerance
+        if self.opt.recovery_steps:  # scored once the structure has trained that long (before_step)
+            self.pending = {"period": info.period, "check_at": step + 1 + self.opt.recovery_steps}
+            return {}
+        self._check_commit(info.period, step)
+        return {"drop": f"{self.history[-1]['drop']:+.3f}"}
+
+    def _check_commit(self, period: int, step: int) -> None:
+        """Score the structure `period` committed (the state after `step`): over the tolerance,
+        back to the period's snapshot (the cool-down's frozen bits frozen again from it) and no
+        more removals; else this state is the last one within the tolerance."""
+        if self._check(period, "rolled back; pruning stopped"):
+            (self.opt.fall_back if self.opt.frozen else self.opt.rollback)(self.snap)
             self.history[-1]["removed_after"] = len(self.opt.zeroed)
         else:  # the next period (if any) starts from this state and takes this copy as its snapshot
-            self.good = {"state": self.opt.snapshot(), "step": step, "period": info.period}
-        self.snap = None
-        return {"drop": f"{self.history[-1]['drop']:+.3f}"}
+            self.good = {"state": self.opt.snapshot(), "step": step, "period": period}
+        if self.opt.recovery_steps:
+            self.history[-1]["recovery_steps"] = self.opt.recovery_steps
+        self.snap = self.pending = None
 
     def finish(self) -> None:
         """The end check, after the last step: score the final model; when it misses the
@@ -164,6 +181,8 @@ class QualityGuard:
         training did since, the cool-down's included) and score that again."""
         if self.good is None or self.end is not None:  # no pruning period ran, or finished (a resume)
             return
+        if self.pending is not None:  # the run ended inside the last commit's recovery steps
+            self._check_commit(self.pending["period"], self.opt.step_count - 1)
         quality = self.score()
         drop = self.baseline - quality
         self.end = {"quality": quality, "drop": drop, "action": "kept"}
@@ -178,16 +197,17 @@ class QualityGuard:
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
         return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good,
-                "floated": self.floated}
+                "floated": self.floated, "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
-        self.good, self.floated = state.get("good"), state.get("floated")
+        self.good, self.floated, self.pending = state.get("good"), state.get("floated"), state.get("pending")
 
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
         stopped = next((h["period"] for h in self.history if h["action"].startswith("rolled back")), None)
-        why = (f"period {stopped + 1} dropped the quality past the tolerance: rolled back" if stopped is not None
+        after = f" after {self.opt.recovery_steps} recovery steps" if self.opt.recovery_steps else ""
+        why = (f"period {stopped + 1} dropped the quality past the tolerance{after}: rolled back" if stopped is not None
                else "every period met the tolerance: the budget bounded the removal")
         if self.end is not None and "quality_after" in self.end:
             why += (f"; the final model missed it ({self.end['drop']:+.4f}), so the run fell back to the last state "

@@ -130,7 +130,11 @@ class QASSO(torch.optim.Optimizer):
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
                  importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget",
-                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "count"):
+                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "count",
+                 recovery_steps: int = 0):
+        """`recovery_steps`: the first steps of each pruning period train the structure the last
+        commit left before this period's forgetting starts (the quality guard checks that
+        structure after them, optim/guard.py); 0: forgetting from the period's first step."""
         if forget not in FORGET_RULES:
             raise ConfigError(f"option 'forget': expected one of {', '.join(FORGET_RULES)}, got '{forget}'")
         self.forget = forget
@@ -173,6 +177,9 @@ class QASSO(torch.optim.Optimizer):
         self.module = module
         self.masks = ZeroMasks()
         self.stopped = False  # a quality guard (optim.guard) ended the pruning: no new removals
+        # never the whole period (the shortest: lengths differ by one at most): forgetting needs a step
+        shortest = stages.pruning_steps // stages.pruning_periods if stages.pruning_periods else 1
+        self.recovery_steps = max(0, min(int(recovery_steps), shortest - 1))
         self.step_count = 0
         self.zeroed: set[int] = set()
         self.redundant: list[int] = []  # R of the running period
@@ -249,8 +256,9 @@ class QASSO(torch.optim.Optimizer):
         if stage == "pruning":
             if info.period != self.period:
                 self._start_period(info.period, ghat)
-            if self.redundant:
-                caps = self._forget(ghat, info.period_steps, info.step_in_period)
+            if self.redundant and info.step_in_period >= self.recovery_steps:
+                w = self.recovery_steps  # R shrinks to zero over the period's last steps
+                caps = self._forget(ghat, info.period_steps - w, info.step_in_period - w)
         for group in self.param_groups:
             for p in group["params"]:
                 if id(p) not in ghat or (self.frozen and id(p) in self._d_params):

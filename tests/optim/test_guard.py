@@ -212,3 +212,97 @@ def test_a_shared_activation_quantizer_goes_only_with_all_its_layers():
     assert [(la["node"], la["quality_alone"], la["quality_cumulative"]) for la in raised.value.found["layers"]] == [
         ("a", pytest.approx(0.98), pytest.approx(0.98)), ("b", pytest.approx(0.98), pytest.approx(1.0))]
     assert shared.enabled
+
+
+# ---- recovery steps: a commit is scored after the structure it left has trained ------------------
+COMMITS = (26, 34, 42)  # step_count right after each period's commit (periods [18, 26), [26, 34), [34, 42))
+
+
+def _norms(opt, ids):
+    return {g: sum(float(s.view().detach().norm()) ** 2 for s in opt._by_id[g].slices) ** 0.5 for g in ids}
+
+
+def test_forgetting_starts_after_the_recovery_steps():
+    # 2 steps of forgetting take >= 10 % off R's norms; 2 recovery steps of plain SGD move them < 1 %
+    for recovery, low, high in ((0, 0.0, 0.9), (3, 0.99, 1.01)):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=recovery)
+        _train(module, opt, layers, 19)  # the first pruning step picks R
+        start = _norms(opt, opt.redundant)
+        _train(module, opt, layers, 21, start=19)  # two more: 3 steps of the 8-step period
+        ratios = [n / start[g] for g, n in _norms(opt, opt.redundant).items() if start[g] > 0]
+        assert ratios and all(low <= r <= high for r in ratios), (recovery, ratios)
+        _train(module, opt, layers, 26, start=21)
+        assert opt.zeroed and not opt.redundant  # R is zero and committed at the period's end either way
+
+
+def test_a_transient_drop_is_rolled_back_at_the_commit_and_kept_after_recovery():
+    """Quality drops right after each commit and is back after one step of training: scored at
+    the commit, period 0 is rolled back; scored 3 steps later, every period is kept."""
+    for recovery, actions in ((0, ["kept", "rolled back; pruning stopped"]), (3, ["kept"] * 4)):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=recovery)
+        at = []
+
+        def score():
+            at.append(opt.step_count)
+            return 1.0 - (0.05 if opt.step_count in COMMITS else 0.0)
+
+        guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.01, metric="accuracy")
+        _train(module, opt, layers, STEPS, hooks=[guard])
+        assert [h["action"] for h in guard.history] == actions
+        assert at == ([18, 26] if not recovery else [21] + [c + 3 for c in COMMITS])
+        assert bool(opt.zeroed) == bool(recovery)
+        if recovery:
+            assert all(h.get("recovery_steps") == 3 for h in guard.history[1:])
+
+
+def test_a_commit_that_does_not_recover_goes_back_to_the_period_s_snapshot():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=3)
+    zeroed_after = {}
+
+    def score():
+        zeroed_after[opt.step_count] = set(opt.zeroed)
+        return 1.0 - (0.05 if opt.step_count >= COMMITS[1] else 0.0)  # period 1's removal costs for good
+
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.01, metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [h["action"] for h in guard.history] == ["kept", "kept", "rolled back; pruning stopped"]
+    assert opt.zeroed == zeroed_after[COMMITS[0] + 3] and opt.stopped  # period 0's structure
+    assert "after 3 recovery steps" in guard.summary()["why"]
+
+
+def test_the_last_commit_is_checked_in_the_cool_down_and_falls_back_with_frozen_bits():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=3)
+    kept = {}
+
+    def score():
+        kept[opt.step_count] = set(opt.zeroed)
+        return 1.0 - (0.05 if opt.step_count >= COMMITS[2] else 0.0)
+
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.01, metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert stages.stage(COMMITS[2] + 2).name == "cooldown" and opt.frozen
+    assert guard.history[-1]["action"].startswith("rolled back") and opt.zeroed == kept[COMMITS[1] + 3]
+    for layer in layers:  # the cool-down's freeze redone from the snapshot's widths
+        bits = layer.quantizer.frozen_bits
+        assert torch.equal(bits, bits.round()) and bool(((bits >= layer.low) & (bits <= layer.high)).all())
+
+
+def test_resume_inside_the_recovery_steps_is_bit_identical():
+    def run(steps, start=0, state=None):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=3)
+        guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=0.004, metric="accuracy")
+        if state is not None:
+            module.load_state_dict(state[0])
+            opt.load_state_dict(state[1])
+            guard.load_state_dict(state[2])
+        _train(module, opt, layers, steps, hooks=[guard], start=start)
+        return module, opt, guard
+
+    module, opt, guard = run(STEPS)
+    m2, o2, g2 = run(COMMITS[0] + 1)  # period 0 committed, its check 2 steps away
+    assert g2.pending == {"period": 0, "check_at": COMMITS[0] + 3}
+    state = (copy.deepcopy(m2.state_dict()), copy.deepcopy(o2.state_dict()), copy.deepcopy(g2.state_dict()))
+    m3, o3, g3 = run(STEPS, start=COMMITS[0] + 1, state=state)
+    assert o3.zeroed == opt.zeroed and g3.history == guard.history
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, m3.state_dict()[key]), key

@@ -33,7 +33,7 @@ def FakeQuantizer(q_m, bits: float, signed: bool = True, bit_range=(4, 8)) -> Qu
 PAPER = dict(warmup=0.1, projection=0.2, pruning_start=0.3, pruning=0.4)
 
 
-def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
+def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False, recovery=0):
     """resnet2 with a weight quantizer per conv / Gemm (per tensor, or per output channel:
     axis 0 of every weight here) and one activation quantizer."""
     model = from_proto(models.resnet2()[0])
@@ -50,7 +50,7 @@ def _setup(sparsity=0.5, unit=1, steps=60, base="sgd", per_channel=False):
     layers.append(QuantTarget("fq_act", act, None, 16))
     stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=4, pruning_periods=3, **PAPER))
     opt = QASSO(module, qadg, layers, stages, lr=0.01, lr_quant=1e-3, base=base, target_sparsity=sparsity,
-                group_divisible=unit)
+                group_divisible=unit, recovery_steps=recovery)
     return module, opt, layers, stages
 
 
