@@ -2,7 +2,7 @@
 the one training run.
 
 QASSO removes groups period by period. The guard, a training-loop hook, does five things:
-- before each pruning period, it snapshots the module and the optimizer (QASSO.snapshot);
+- before each pruning period's removal, it snapshots the module and the optimizer (QASSO.snapshot);
 - after each commit and `opt.recovery_steps` steps of training the structure it left
   (QASSO's forgetting of the next period starts after them), it scores the model on
   held-out batches, with BatchNorm statistics re-estimated (train.loop.refreshed_batchnorm),
