@@ -33,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, GetaError
+from .branches import rename_tensors
 from .model import OnnxModel, fresh_name
 
 ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
@@ -77,6 +78,16 @@ class Interface:
         for vi in list(g.input) + list(g.output):
             if vi.name in self.moved_inputs or vi.name in self.moved_outputs:
                 _set_dims(vi, self.original[vi.name].type.tensor_type.shape.dim)
+        # a fixed input is declared again but read by nothing: the value the model computes for
+        # stays a constant under another name (an initializer that is also a graph input would be
+        # a default the caller overrides, and onnxruntime would not fold it)
+        inits = {t.name: t for t in g.initializer}
+        taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {vi.name for vi in g.input}
+        rename = {name: fresh_name(f"{name}_fixed", taken) for name in self.fixed if name in inits}
+        for name, new in rename.items():
+            inits[name].name = new
+        for node in g.node:
+            rename_tensors(node, rename)
         for name in self.fixed:
             g.input.append(self.original[name])
         order = {vi.name: i for i, vi in enumerate(self.original.values())}
@@ -207,7 +218,8 @@ def _set_dims(vi: onnx.ValueInfoProto, dims) -> None:
 
 
 def _show(v: np.ndarray) -> str:
-    return str(v.item()) if v.size == 1 else str(v.tolist())
+    """A fixed value as the report gives it: np.full's value, and its dims when not a scalar."""
+    return str(v.item()) if v.size == 1 else f"{v.flat[0].item()} (every entry of {'x'.join(map(str, v.shape))})"
 
 
 _TMP: list[str] = []

@@ -98,3 +98,27 @@ def test_restore_refuses_an_export_that_lost_the_adapter():
 
     with pytest.raises(GetaError, match="lost the interface Transpose"):
         iface.restore(broken)
+
+
+def test_a_fixed_input_the_model_reads_comes_back_as_an_input_nothing_reads():
+    """faster-whisper's Silero fixes its states h, c at 0: the model keeps reading the value,
+    and the restored file declares h again. h must not be an initializer too (a default the
+    caller would override, which onnxruntime would not fold): the input is ignored."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "h"], ["y"], name="add")], "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, iface = adapt_interface(from_proto(original), {"h": "0.5"})
+    assert [vi.name for vi in model.inputs] == ["x"]
+    assert "fixed at 0.5 (every entry of 1x4)" in iface.describe()[0]
+    restored = iface.restore(model.proto)
+    onnx.checker.check_model(restored, full_check=True)
+    assert _signature(restored) == _signature(original)
+    assert "h" not in {t.name for t in restored.graph.initializer}
+    session = ort.InferenceSession(restored.SerializeToString())
+    assert [i.name for i in session.get_inputs()] == ["x", "h"]
+    x = np.ones((2, 4), np.float32)
+    for h in (0.5, 7.0):  # whatever the caller feeds, the model computes for 0.5
+        np.testing.assert_allclose(session.run(None, {"x": x, "h": np.full((1, 4), h, np.float32)})[0], x + 0.5)

@@ -91,12 +91,12 @@ def test_every_fixup_kind_has_its_rewrite():
     """Adding a shape-dependent op to the QADG means a fixup record type (qadg.fixups) and its
     physical rewrite: one rewrite per type, each an editor method, and a record without one
     is refused by name, never skipped."""
-    from geta_onnx.prune.physical import REWRITES, _Editor
+    from geta_onnx.prune.physical import REWRITES, _Rewriter
     from geta_onnx.qadg.fixups import FIXUP_TYPES, Fixup
 
     assert set(REWRITES) == set(FIXUP_TYPES)
-    assert all(callable(getattr(_Editor, name, None)) for name in REWRITES.values())
-    assert {name for name in dir(_Editor) if name.startswith("_fix_")} == set(REWRITES.values())
-    editor = _Editor.__new__(_Editor)
+    assert all(callable(getattr(_Rewriter, name, None)) for name in REWRITES.values())
+    assert {name for name in dir(_Rewriter) if name.startswith("_fix_")} == set(REWRITES.values())
+    editor = _Rewriter.__new__(_Rewriter)
     with pytest.raises(GetaError, match="no pruning rewrite for Fixup"):
         editor.apply(Fixup("node"))
