@@ -199,8 +199,9 @@ class PruneConfig:
     guard_batches: int = 8  # eval batches each guard check scores (cost: one eval of them per period)
     # with the guard on, the share of each pruning period's steps that trains the structure the last
     # commit left before the guard scores it and the period's removal starts (the check then sees what
-    # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit
-    guard_recovery: float = 0.25
+    # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit. Off by
+    # default: on the digits sample it removed fewer groups at the same quality (docs/guard.md)
+    guard_recovery: float = 0.0
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
     # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
     guard_float_layers: int = 8

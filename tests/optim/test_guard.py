@@ -306,3 +306,15 @@ def test_resume_inside_the_recovery_steps_is_bit_identical():
     assert o3.zeroed == opt.zeroed and g3.history == guard.history
     for key, value in module.state_dict().items():
         assert torch.equal(value, m3.state_dict()[key]), key
+
+
+def test_guard_recovery_is_a_share_of_the_shortest_pruning_period_and_off_without_a_guard():
+    from geta_onnx.config import PruneConfig
+    from geta_onnx.geta import _recovery_steps
+
+    _, _, _, stages = _setup(sparsity=0.5, steps=STEPS)  # 3 pruning periods of 8 steps
+    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_recovery=0.25), stages) == 2
+    assert _recovery_steps(PruneConfig(0.5, guard_recovery=0.25), stages) == 0  # no guard: nothing waits
+    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01), stages) == 0  # off by default
+    _, opt, _, _ = _setup(sparsity=0.5, steps=STEPS, recovery=50)
+    assert opt.recovery_steps == 7  # never the whole period: forgetting keeps a step
