@@ -78,27 +78,30 @@ def test_guard_stops_at_the_last_period_within_the_tolerance():
     assert guard.summary()["stopped_at_period"] == 1
 
 
+def _cliff_run(steps, tolerance, recovery=0, start=0, state=None):
+    """A guarded run on the quality cliff up to `steps`, from `state` (module, optimizer and guard
+    state dicts of an interrupted run) when given: (module, opt, guard)."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=recovery)
+    guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=tolerance, metric="accuracy")
+    if state is not None:
+        module.load_state_dict(state[0])
+        opt.load_state_dict(state[1])
+        guard.load_state_dict(state[2])
+    _train(module, opt, layers, steps, hooks=[guard], start=start)
+    return module, opt, guard
+
+
 def test_resume_mid_period_is_bit_identical():
     module, opt, layers, _ = _setup(sparsity=0.5, steps=STEPS)
     _train(module, opt, layers, STEPS)
     tolerance = 0.001 * len(opt.zeroed) / 2  # periods remove 1/3, 2/3, 3/3 of it: the second goes back
 
-    def run(steps, start=0, state=None):
-        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
-        guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=tolerance, metric="accuracy")
-        if state is not None:
-            module.load_state_dict(state[0])
-            opt.load_state_dict(state[1])
-            guard.load_state_dict(state[2])
-        _train(module, opt, layers, steps, hooks=[guard], start=start)
-        return module, opt, guard
-
-    module, opt, guard = run(STEPS)
+    module, opt, guard = _cliff_run(STEPS, tolerance)
     assert guard.history[-1]["action"].startswith("rolled back")  # the run does exercise a rollback
-    m2, o2, g2 = run(30)  # stopped inside the second period, its snapshot pending
+    m2, o2, g2 = _cliff_run(30, tolerance)  # stopped inside the second period, its snapshot pending
     assert g2.snap is not None
     state = (copy.deepcopy(m2.state_dict()), copy.deepcopy(o2.state_dict()), copy.deepcopy(g2.state_dict()))
-    m3, o3, g3 = run(STEPS, start=30, state=state)
+    m3, o3, g3 = _cliff_run(STEPS, tolerance, start=30, state=state)
     assert o3.zeroed == opt.zeroed and g3.history == guard.history
     for key, value in module.state_dict().items():
         assert torch.equal(value, m3.state_dict()[key]), key
@@ -288,21 +291,11 @@ def test_the_last_commit_is_checked_in_the_cool_down_and_falls_back_with_frozen_
 
 
 def test_resume_inside_the_recovery_steps_is_bit_identical():
-    def run(steps, start=0, state=None):
-        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=3)
-        guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=0.004, metric="accuracy")
-        if state is not None:
-            module.load_state_dict(state[0])
-            opt.load_state_dict(state[1])
-            guard.load_state_dict(state[2])
-        _train(module, opt, layers, steps, hooks=[guard], start=start)
-        return module, opt, guard
-
-    module, opt, guard = run(STEPS)
-    m2, o2, g2 = run(COMMITS[0] + 1)  # period 0 committed, its check 2 steps away
+    module, opt, guard = _cliff_run(STEPS, 0.004, recovery=3)
+    m2, o2, g2 = _cliff_run(COMMITS[0] + 1, 0.004, recovery=3)  # period 0 committed, its check 2 steps away
     assert g2.pending == {"period": 0, "check_at": COMMITS[0] + 3}
     state = (copy.deepcopy(m2.state_dict()), copy.deepcopy(o2.state_dict()), copy.deepcopy(g2.state_dict()))
-    m3, o3, g3 = run(STEPS, start=COMMITS[0] + 1, state=state)
+    m3, o3, g3 = _cliff_run(STEPS, 0.004, recovery=3, start=COMMITS[0] + 1, state=state)
     assert o3.zeroed == opt.zeroed and g3.history == guard.history
     for key, value in module.state_dict().items():
         assert torch.equal(value, m3.state_dict()[key]), key
