@@ -291,9 +291,9 @@ GUARD_MIN_SAMPLES = 5
 def _recovery_steps(prune: PruneConfig, sched: Schedule) -> int:
     """Steps of each pruning period that train the last commit's structure before the guard
     scores it ([prune] guard_recovery of the shortest period); 0 without a guard."""
-    if prune.max_quality_drop is None or not sched.pruning_periods:
+    if prune.max_quality_drop is None:
         return 0
-    return int(prune.guard_recovery * (sched.pruning_steps // sched.pruning_periods))
+    return int(prune.guard_recovery * sched.shortest_pruning_period)
 
 
 def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,

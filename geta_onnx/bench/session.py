@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import ConfigError, ModelLoadError
 from ..graph import OnnxModel, load_model
-from ..graph.feeds import batch_names, example_feeds
+from ..graph.feeds import batch_names, check_input_names, example_feeds
 from ..graph.interface import input_value
 
 
@@ -75,15 +75,13 @@ def bench_feeds(model: OnnxModel, batch: int, shapes: dict[str, tuple[int, ...]]
 
     The first dim of every input is the batch: it is set to `batch` (also in a --shape
     override, which fixes the other dims), or the dim named like the inputs' leading dims
-    where another axis carries it (a recurrent state [layers, batch, hidden]). Other symbolic dims become `seq` (a typical
-    sequence length; image models with symbolic spatial dims should pass --shape).
-    `values` (--input-value): input name -> one value fed in place of random data (a sample
-    rate, a zero state), through graph.interface.input_value."""
+    where another axis carries it (a recurrent state [layers, batch, hidden]). Other symbolic
+    dims become `seq` (a typical sequence length; image models with symbolic spatial dims
+    should pass --shape). `values` (--input-value): input name -> one value fed in place of
+    random data (a sample rate, a zero state), through graph.interface.input_value."""
     values = values or {}
-    named = {vi.name for vi in model.inputs}
-    if set(values) - named:
-        raise ConfigError(f"option '--input-value': {model.label} has no input named "
-                          f"{', '.join(sorted(set(values) - named))} (its inputs: {', '.join(sorted(named))})")
+    check_input_names(model, shapes or {}, "--shape")
+    check_input_names(model, values, "--input-value")
     fixed, lead = {}, batch_names(model)
     for vi in model.inputs:
         if vi.name in values:
@@ -99,11 +97,6 @@ def bench_feeds(model: OnnxModel, batch: int, shapes: dict[str, tuple[int, ...]]
                 raise ConfigError(f"option '--shape': input '{vi.name}' of {model.label} has {len(dims)} dims, "
                                   f"got {len(override)} ({'x'.join(map(str, override))})")
             fixed[vi.name] = (batch, *override[1:])
-    unknown = set(shapes or {}) - {vi.name for vi in model.inputs}
-    if unknown:
-        names = ", ".join(vi.name for vi in model.inputs)
-        raise ConfigError(f"option '--shape': {model.label} has no input named {', '.join(sorted(unknown))} "
-                          f"(its inputs: {names})")
     feeds = example_feeds(model, fixed, batch=batch, seq=seq, seed=seed)
     return feeds | {name: input_value(model, name, text) for name, text in values.items()}
 

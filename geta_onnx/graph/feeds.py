@@ -7,14 +7,20 @@ from ..errors import ConfigError
 from .model import OnnxModel, weight_source
 
 
+def check_input_names(model: OnnxModel, names, option: str) -> None:
+    """ConfigError naming `option` when one of `names` is not an input of the model."""
+    inputs = [vi.name for vi in model.inputs]
+    unknown = sorted(set(names) - set(inputs))
+    if unknown:
+        raise ConfigError(f"option '{option}': {model.label} has no input named {', '.join(unknown)} (its inputs: "
+                          f"{', '.join(inputs)})")
+
+
 def example_feeds(model: OnnxModel, shapes: dict[str, tuple[int, ...]] | None = None, batch: int = 2,
                   seq: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs: floats ~ N(0, 1); integer inputs that index an embedding table are
     drawn below its size, other integers (masks) from {0, 1} with the first half ones."""
-    unknown = sorted(set(shapes or {}) - {vi.name for vi in model.inputs})
-    if unknown:
-        raise ConfigError(f"option '--shape': {model.label} has no input named {', '.join(unknown)} (its inputs: "
-                          f"{', '.join(vi.name for vi in model.inputs)})")
+    check_input_names(model, shapes or {}, "--shape")
     rng = np.random.default_rng(seed)
     feeds = {}
     lead = batch_names(model)

@@ -82,7 +82,7 @@ class Interface:
         # stays a constant under another name (an initializer that is also a graph input would be
         # a default the caller overrides, and onnxruntime would not fold it)
         inits = {t.name: t for t in g.initializer}
-        taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {vi.name for vi in g.input}
+        taken = _names(g)
         rename = {name: fresh_name(f"{name}_fixed", taken) for name in self.fixed if name in inits}
         for name, new in rename.items():
             inits[name].name = new
@@ -103,15 +103,12 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
     """(the model to train, what was adapted). `values`: input name -> value text
     (`--input-value`). `move_batch` False: fixed values only (inspect shows the user's
     layouts). Unchanged (the same object) when nothing needs adapting."""
-    from .feeds import batch_names
+    from .feeds import batch_names, check_input_names
     from .normalize import normalize_model
 
     values = dict(values or {})
     names = [vi.name for vi in model.inputs]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"option '--input-value': {model.label} has no input named {', '.join(unknown)} (its inputs: "
-                          f"{', '.join(names)})")
+    check_input_names(model, values, "--input-value")
     iface = Interface(fixed={name: input_value(model, name, text) for name, text in values.items()})
     if move_batch:
         lead = batch_names(model)

@@ -177,9 +177,8 @@ class QASSO(torch.optim.Optimizer):
         self.module = module
         self.masks = ZeroMasks()
         self.stopped = False  # a quality guard (optim.guard) ended the pruning: no new removals
-        # never the whole period (the shortest: lengths differ by one at most): forgetting needs a step
-        shortest = stages.pruning_steps // stages.pruning_periods if stages.pruning_periods else 1
-        self.recovery_steps = max(0, min(int(recovery_steps), shortest - 1))
+        # never the whole period: forgetting needs a step
+        self.recovery_steps = max(0, min(int(recovery_steps), stages.shortest_pruning_period - 1))
         self.step_count = 0
         self.zeroed: set[int] = set()
         self.redundant: list[int] = []  # R of the running period

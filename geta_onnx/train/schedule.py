@@ -109,6 +109,11 @@ class Schedule:
     def pruning_end(self) -> int:
         return self.pruning_start + self.pruning_steps
 
+    @property
+    def shortest_pruning_period(self) -> int:
+        """Steps of the shortest pruning period (lengths differ by one at most); 0 without pruning."""
+        return self.pruning_steps // self.pruning_periods if self.pruning_periods else 0
+
     def stage(self, step: int) -> StageInfo:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
