@@ -221,8 +221,8 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
     m = result.metrics
     layers, bops = result.layers(), result.relative_bops
     if checks["precision"]["shipped"] == "float":  # the float twin ships: no layer runs quantized
-        layers = [{**la, "weight_bits": None, "act_bits": None, "float_reason": la["float_reason"] or "float twin"}
-                  for la in layers]
+        floats = dict.fromkeys(("weight_bits", "act_bits", "weight_bit_range", "act_bit_range"))
+        layers = [{**la, **floats, "float_reason": la["float_reason"] or "float twin"} for la in layers]
         bops = checks["macs"][1] / checks["macs"][0] if checks["macs"][0] else None
     return build_report(
         original=str(model_path), compressed=str(paths.model), **quality,

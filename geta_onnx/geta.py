@@ -54,8 +54,9 @@ class GetaResult:
 
     def layers(self) -> list[dict]:
         """Per weighted layer: kept / total output channels and the deployed (rounded) bit
-        widths, weight bits averaged over the kept channels; None = kept in float (float_reason:
-        skip_first, skip_last, exclude, thin, latency or quality, as QuantLayer.skipped)."""
+        widths, weight bits averaged over the kept channels, each inside its quantizer's bounds
+        (weight_bit_range, act_bit_range); None = kept in float (float_reason: skip_first,
+        skip_last, exclude, thin, latency or quality, as QuantLayer.skipped)."""
         kept = self._kept()
         rows = []
         for layer in self.plan.layers:
@@ -65,6 +66,8 @@ class GetaResult:
             rows.append({"name": layer.node, "op_type": layer.op_type, "kept": channels, "total": total,
                          "weight_bits": self._deployed_bits(layer.weight_quantizer, keep.out_channels),
                          "act_bits": self._deployed_bits(layer.act_quantizer, None),
+                         "weight_bit_range": self.plan.bit_range(layer.weight_quantizer),
+                         "act_bit_range": self.plan.bit_range(layer.act_quantizer),
                          "macs": layer.macs or 0, "kept_macs": round((layer.macs or 0) * keep.kept_in * keep.kept_out),
                          "float_reason": layer.skipped or None})  # why a float layer stays float
         return rows

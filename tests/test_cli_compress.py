@@ -71,8 +71,10 @@ def test_report_schema_and_contents(run):
     for layer in report["layers"]:
         assert 0 < layer["kept"] <= layer["total"]
         assert layer["kept"] == layer["total"] or layer["kept"] % 8 == 0
-        assert layer["weight_bits"] is None or 4 <= layer["weight_bits"] <= 8
-        assert layer["act_bits"] is None or 4 <= layer["act_bits"] <= 8
+        for kind, bounds in (("weight", [4, 8]), ("act", [8, 8])):  # --weight-bits 4:8, act_bits default
+            bits, held = layer[f"{kind}_bits"], layer[f"{kind}_bit_range"]
+            assert (bits is None) == (held is None)
+            assert bits is None or (held == bounds and bounds[0] <= bits <= bounds[1])
         assert (layer["weight_bits"] is None) == (layer["float_reason"] is not None)
     # the stem reads the 1-channel image: kept float (quant.sites.is_thin_conv), everything else quantized
     # unless the float twin ships

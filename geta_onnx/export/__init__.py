@@ -27,7 +27,6 @@ from ..graph.model import OnnxModel
 from ..io import write_bytes_atomic
 from .bnfold import fold_batchnorm
 from .dequantize import dequantize
-from .params import LayerQ
 from .qdq import PROFILES, insert_qdq
 from .report import fusion_report, optimized_graph
 from .writeback import write_back
@@ -44,7 +43,7 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
     the graph to convert to opset 21; otherwise they stay in the int8 container)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
-    proto, layers, outputs = write_back(result, model)
+    proto, layers, outputs = write_back(result)
     proto = fold_batchnorm(proto, layers)
     opset = _opset(proto)
     if opset < PER_AXIS_OPSET and any(la.wq.scale.ndim for la in layers):
@@ -55,7 +54,7 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
                             "onnxruntime parity; re-export the model at opset 13 or later")
         log.info("export: opset %d -> %d for per-channel Q/DQ", opset, PER_AXIS_OPSET)
         proto = upgraded
-    use_int4 = int4 and profile == "ort" and any(_int4_candidate(la) for la in layers)
+    use_int4 = int4 and profile == "ort" and any(la.int4_candidate for la in layers)
     if use_int4:
         upgraded = upgrade_opset(proto, INT4_OPSET)
         use_int4 = upgraded is not None
@@ -66,10 +65,6 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
     except onnx.checker.ValidationError as e:
         raise GetaError(f"{model.label}: the exported model fails the ONNX checker: {e}") from None
     return proto
-
-
-def _int4_candidate(la: LayerQ) -> bool:
-    return la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
 
 
 def _opset(proto: onnx.ModelProto) -> int:

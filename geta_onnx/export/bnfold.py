@@ -28,7 +28,7 @@ def fold_batchnorm(proto: onnx.ModelProto, layers: list[LayerQ]) -> onnx.ModelPr
     """A new proto with BN folded; `layers` entries of folded convs are updated in place
     (per-channel ints / scale along axis 0, float `bias`)."""
     g = GraphEditor(proto)
-    by_node = {la.node: la for la in layers}
+    by_node = {la.layer.node: la for la in layers}
     for conv in [n for n in g.nodes if n.op == "Conv" and is_default_domain(n)]:
         layer = by_node.get(conv.name)
         bn = _foldable_bn(g, conv, quantized=layer is not None)

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import GetaError
 from ..qadg.analysis import QADG
-from ..quant.plan import QuantPlan, QuantSite
+from ..quant.plan import QuantLayer, QuantPlan, QuantSite
 from ..quant.quantizer import D_FLOOR, Q_FLOOR, Quantizer
 
 
@@ -61,34 +61,18 @@ class ActQ:
 
 @dataclass
 class LayerQ:
-    """A quantized layer as the export writes it: the plan's weight site (where it is, the
-    one record of that) with the integers and steps read from the trained module."""
+    """A quantized layer as the export writes it: the plan's layer (where it is, the one
+    record of that) with the integers and steps read from the trained module."""
 
-    site: QuantSite  # kind "weight": node, op_type, input_index (the weight slot), tensor, transpose
+    layer: QuantLayer
     wq: WeightQ
-    act: ActQ | None
-    act_slot: int | None
+    act: ActQ | None  # the activation input's quantizer (None: the input stays float)
     bias: np.ndarray | None = field(default=None)  # float bias after BN folding (set by fold_batchnorm)
 
     @property
-    def node(self) -> str:
-        return self.site.node
-
-    @property
-    def op_type(self) -> str:
-        return self.site.op_type
-
-    @property
-    def w_slot(self) -> int:
-        return self.site.input_index
-
-    @property
-    def weight(self) -> str:  # the initializer (its own layout)
-        return self.site.tensor
-
-    @property
-    def transpose(self) -> str | None:  # Transpose node between initializer and layer
-        return self.site.transpose
+    def int4_candidate(self) -> bool:
+        """A 2-D MatMul weight of <= 7 levels (4 bits): INT4 for MatMulNBits (profile ort)."""
+        return self.layer.op_type == "MatMul" and self.wq.levels <= 7 and self.wq.ints.ndim == 2
 
 
 def pruning_cuts(qadg: QADG, removed) -> dict[str, dict[int, list[int]]]:
@@ -116,22 +100,24 @@ def _integers(q: Quantizer, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def weight_q(plan: QuantPlan, site: QuantSite, weight: torch.Tensor, perm: list[int] | None,
+def weight_q(plan: QuantPlan, layer: QuantLayer, weight: torch.Tensor,
              cuts: dict[int, list[int]]) -> tuple[WeightQ, np.ndarray]:
-    """(WeightQ pruned, fake-quant values unpruned in the initializer layout)."""
-    q = plan.quantizer(site.quantizer)
-    _check_uniform(site.quantizer, q)
+    """(WeightQ pruned in the layer's weight-input layout, fake-quant values unpruned in the
+    initializer layout)."""
+    name, perm = layer.weight_quantizer, layer.perm
+    q = plan.quantizer(name)
+    _check_uniform(name, q)
     w = weight.detach().float()
     if perm is not None:
         w = w.permute(*perm)
     k, d = _integers(q, w)
     fake = (k * d)
     if not torch.equal(fake, q(w)):  # the quantizer's own forward must agree bitwise
-        raise GetaError(f"quantizer '{site.quantizer}': integer read-back does not reproduce the fake-quant weight")
+        raise GetaError(f"quantizer '{name}': integer read-back does not reproduce the fake-quant weight")
     levels = int(torch.round(q.q_m.detach().clamp_min(Q_FLOOR) / q.effective_d().clamp_min(D_FLOOR)).max())
     ints = k.cpu().numpy().astype(np.int64)
     scale = q.effective_d().detach().float().cpu().numpy().astype(np.float32)
-    axis = site.axis if scale.ndim else None
+    axis = layer.axis if scale.ndim else None
     for init_axis, idx in cuts.items():  # cuts are in the initializer's layout
         node_axis = perm.index(init_axis) if perm is not None else init_axis
         ints = np.delete(ints, idx, axis=node_axis)

@@ -69,16 +69,17 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
     nodes = g.nodes_by_name()
     weights: dict[tuple, Tensor] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:
-        node = nodes[la.node]
-        use_int4 = int4 and profile == "ort" and la.op_type == "MatMul" and la.wq.levels <= 7 and la.wq.ints.ndim == 2
-        key = (la.weight, la.transpose, la.node if la.bias is not None else "", use_int4)
+        layer = la.layer
+        node = nodes[layer.node]
+        use_int4 = int4 and profile == "ort" and la.int4_candidate
+        key = (layer.weight, layer.transpose, layer.node if la.bias is not None else "", use_int4)
         if key not in weights:
-            weights[key] = (_int4_weight if use_int4 else _int8_weight)(g, la.wq, f"{la.node}_weight")
-        g.set_input(node, la.w_slot, weights[key])
+            weights[key] = (_int4_weight if use_int4 else _int8_weight)(g, la.wq, f"{layer.node}_weight")
+        g.set_input(node, layer.w_slot, weights[key])
         if use_int4 and la.act is not None:
             # DQ(x) -> MatMul blocks onnxruntime's MatMulNBits fusion (measured): the int4 layer
             # reads the float activation (weight-only quantization; MatMulNBits quantizes A itself)
-            g.set_input(node, la.act_slot, la.act.tensor)
+            g.set_input(node, layer.act_slot, la.act.tensor)
         x_scale = act_scale.get(la.act.tensor) if la.act is not None else None
         if profile == "ort" and x_scale is not None and not use_int4:
             _int32_bias(g, node, la, x_scale)

@@ -26,14 +26,14 @@ def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = No
     `profile` (ort / tensorrt): cool-down snaps each frozen width up to one the profile's
     runtime executes (QuantTarget.deployable); None: the free widths of [b_l, b_u]."""
     targets: dict[str, QuantTarget] = {}
-    shapes = {layer.weight: len(layer.weight_shape) for layer in plan.layers}
+    layers = {layer.node: layer for layer in plan.layers}
     for site in plan.sites:
         if site.quantizer in targets:
             continue
-        weight = site.kind == "weight"
+        weight, layer = site.kind == "weight", layers[site.node]
         start = config.weight_bits_start if weight else config.act_bits_start
-        widths = () if profile is None else deployable_bits(profile, site.op_type, weight, shapes.get(site.tensor, 0))
+        widths = () if profile is None else deployable_bits(profile, layer.op_type, weight, len(layer.weight_shape))
         targets[site.quantizer] = QuantTarget(  # the bounds: the quantizer's bit_range (attach_quantizers)
             site.quantizer, plan.quantizer(site.quantizer), site.tensor if weight else None, start,
-            site.init_axis if weight and site.per_channel else None, widths)
+            layer.out_axis if weight and site.per_channel else None, widths)
     return list(targets.values())

@@ -17,38 +17,45 @@ from ..errors import GetaError
 
 
 @dataclass(frozen=True)
-class QuantSite:
-    node: str  # ONNX node name of the layer
+class QuantLayer:
+    """One weighted layer: where its weight is in the graph, how it is quantized, and why it
+    stays float if it does. The one record of a layer that sites, QASSO, BOPs, the latency
+    model, the export and the report read; its quantizers (by name) hold the enforced bit
+    bounds (Quantizer.bit_range, see QuantPlan.bit_range)."""
+
+    node: str  # ONNX node name
     op_type: str
-    kind: str  # "weight" | "act" | "output"
-    tensor: str  # weight: the initializer; act: the activation tensor the node reads; output: see below
-    input_index: int  # the node input that is quantized (-1 for an output site)
-    quantizer: str  # qualified module name, e.g. "quantizers.w_conv1_weight"
-    signed: bool
-    macs: int | None  # MACs per sample of the node (graph.stats.op_cost); None: unknown shapes
-    # weights only (None for activations):
-    axis: int | None = None  # output-channel axis of the tensor the quantizer sees (the node's input)
-    init_axis: int | None = None  # the same axis in the initializer's own layout (differs behind a Transpose)
-    per_channel: bool = False  # one (d, q_m) per channel along `axis`
-    transpose: str | None = None  # the Transpose node between initializer and layer, if any
+    weight: str  # the trainable initializer
+    weight_shape: tuple[int, ...]  # in the initializer's layout
+    w_slot: int  # node input holding the weight
+    act_slot: int | None  # node input holding the activation (None: a constant / parameter there)
+    axis: int | None  # output-channel axis of the node's weight input (None: a 1-D MatMul weight)
+    out_axis: int | None  # the same axis in the initializer's layout (differs behind a Transpose)
+    transpose: str | None  # the Transpose node between initializer and layer (the legacy exporter's W^T)
+    perm: tuple[int, ...] | None  # its permutation: the node's weight dim i is the initializer's dim perm[i]
+    macs: int | None  # MACs per sample (graph.stats.op_cost); None: unknown shapes
+    weight_quantizer: str | None = None  # qualified name; None when kept in float
+    act_quantizer: str | None = None
+    # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", "latency" (int8 timed
+    # slower), "quality" (the quality guard's per-layer fallback, optim/guard.py), or ""
+    skipped: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class QuantLayer:
-    node: str
-    op_type: str
-    weight: str  # the weight initializer
-    weight_shape: tuple[int, ...]  # in the initializer's layout
-    out_axis: int | None  # output-channel axis of the initializer (None: a 1-D MatMul weight)
-    macs: int | None
-    weight_quantizer: str | None  # qualified name; None when kept in float
-    act_quantizer: str | None
-    # why the layer stays in float: "skip_first", "skip_last", "exclude", "thin", "latency" (int8 timed
-    # slower), "quality" (the quality guard's per-layer fallback, optim/guard.py), or ""
-    skipped: str = ""
+class QuantSite:
+    """One quantized input of one layer (or a conv output, kind "output"); the layer's
+    geometry is in its QuantLayer (QuantPlan.layer(site.node))."""
+
+    node: str  # ONNX node name of the layer
+    kind: str  # "weight" | "act" | "output"
+    tensor: str  # weight: the initializer; act: the activation tensor the node reads; output: see below
+    input_index: int  # the node input that is quantized (-1 for an output site)
+    quantizer: str  # qualified module name, e.g. "quantizers.w_conv1_weight"
+    signed: bool
+    per_channel: bool = False  # weights: one (d, q_m) per output channel (QuantLayer.axis)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +93,10 @@ class QuantPlan:
             if layer.node == node:
                 return layer
         raise KeyError(f"node '{node}' is not a weighted layer of this plan")
+
+    def bit_range(self, quantizer: str | None) -> tuple[int, int] | None:
+        """The bounds [b_l, b_u] quantizer `quantizer` is held in (None: no quantizer)."""
+        return None if quantizer is None else tuple(int(b) for b in self.quantizer(quantizer).bit_range)
 
     # ---- quantizer modules ---------------------------------------------------------------
     def quantizer(self, name: str):

@@ -26,7 +26,7 @@ Transpose, or the activation's producer) and the layer's arg is pointed at it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
 import onnx
@@ -45,21 +45,8 @@ from .quantizer import Quantizer
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-@dataclass(frozen=True)
-class Layer:
-    """A quantization candidate found in the ONNX graph."""
-
-    node: onnx.NodeProto
-    w_slot: int  # node input holding the weight
-    act_slot: int | None  # node input holding the activation (None: a constant / parameter there)
-    weight: str  # the initializer
-    transpose: onnx.NodeProto | None  # Transpose(initializer) feeding w_slot, if any
-    axis: int | None  # output-channel axis of the node's weight input (None: 1-D MatMul weight)
-    init_axis: int | None  # that axis in the initializer's layout
-
-
-def find_layers(model: OnnxModel, trainable: frozenset[str]) -> list[Layer]:
-    """Quantization candidates in topological order."""
+def find_layers(model: OnnxModel, trainable: frozenset[str]) -> list[QuantLayer]:
+    """Quantization candidates in topological order, no quantizer attached yet."""
     layers = []
     for node in model.nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in LAYER_OPS:
@@ -73,8 +60,16 @@ def find_layers(model: OnnxModel, trainable: frozenset[str]) -> list[Layer]:
             act_slot = 0 if node.op_type in ("Conv", "ConvTranspose") else 1 - w_slot
             if act_slot >= len(node.input) or not node.input[act_slot] or model.is_initializer(node.input[act_slot]):
                 act_slot = None
-            axis, init_axis = _channel_axes(model, node, w_slot, weight, transpose)
-            layers.append(Layer(node, w_slot, act_slot, weight, transpose, axis, init_axis))
+            shape = tuple(int(d) for d in model.initializers[weight].dims)
+            perm = None
+            if transpose is not None:
+                perm = tuple(int(p) for p in attr(transpose, "perm", None) or reversed(range(len(shape))))
+            axis = _channel_axis(node, w_slot, len(shape))
+            # output dim i of a Transpose is its input dim perm[i]
+            out_axis = axis if axis is None or perm is None else perm[axis]
+            layers.append(QuantLayer(node.name, node.op_type, weight, shape, w_slot, act_slot, axis, out_axis,
+                                     transpose.name if transpose is not None else None, perm,
+                                     op_cost(model, node).macs))
             break
     return layers
 
@@ -91,24 +86,18 @@ def _weight_source(model: OnnxModel, node, slot: int, trainable) -> tuple[str, o
     return (source, chain[0] if chain else None) if source in trainable else None
 
 
-def _channel_axes(model: OnnxModel, node, w_slot: int, weight: str, transpose) -> tuple[int | None, int | None]:
-    """(axis on the node's weight input, axis on the initializer) of the output channels.
-    Conv W (M, C/g, k...) 0; ConvTranspose W (C, M/g, k...) 1; Gemm B 1 (transB=0) or 0;
-    Gemm A 0 (transA=0) or 1; MatMul B (..., K, N) the last; MatMul A (..., M, K) the second last."""
-    rank = len(model.initializers[weight].dims)
+def _channel_axis(node: onnx.NodeProto, w_slot: int, rank: int) -> int | None:
+    """The output channels' axis on the node's weight input. Conv W (M, C/g, k...) 0;
+    ConvTranspose W (C, M/g, k...) 1; Gemm B 1 (transB=0) or 0; Gemm A 0 (transA=0) or 1;
+    MatMul B (..., K, N) the last; MatMul A (..., M, K) the second last; a 1-D MatMul None."""
     op = node.op_type
     if op == "Conv":
-        axis = 0
-    elif op == "ConvTranspose":
-        axis = 1
-    elif op == "Gemm":
-        axis = (0 if attr(node, "transB", 0) else 1) if w_slot == 1 else (1 if attr(node, "transA", 0) else 0)
-    else:
-        axis = None if rank < 2 else (rank - 1 if w_slot == 1 else rank - 2)
-    if axis is None or transpose is None:
-        return axis, axis
-    perm = list(attr(transpose, "perm", None) or reversed(range(rank)))
-    return axis, int(perm[axis])  # output dim i of a Transpose is its input dim perm[i]
+        return 0
+    if op == "ConvTranspose":
+        return 1
+    if op == "Gemm":
+        return (0 if attr(node, "transB", 0) else 1) if w_slot == 1 else (1 if attr(node, "transA", 0) else 0)
+    return None if rank < 2 else (rank - 1 if w_slot == 1 else rank - 2)
 
 
 def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
@@ -128,30 +117,25 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
     made: dict[tuple, fx.Node] = {}  # weights: (source fx node, axis) -> quantizer fx node (sharing)
     sites, records = [], []
     for layer in layers:
-        node = layer.node
-        macs = op_cost(model, node).macs
-        reason = skipped.get(node.name, "")
+        reason = skipped.get(layer.node, "")
         w_name = a_name = None
         if not reason:
-            call = fx_of[module.node_modules[node.name]]
+            call = fx_of[module.node_modules[layer.node]]
             w_name = _quantize_weight(module, layer, call, config, names, made)
-            sites.append(QuantSite(node.name, node.op_type, "weight", layer.weight, layer.w_slot, w_name, True, macs,
-                                   layer.axis, layer.init_axis, config.per_channel and layer.axis is not None,
-                                   layer.transpose.name if layer.transpose is not None else None))
+            sites.append(QuantSite(layer.node, "weight", layer.weight, layer.w_slot, w_name, True,
+                                   config.per_channel and layer.axis is not None))
             if config.quantize_activations and layer.act_slot is not None:
-                tensor = node.input[layer.act_slot]
+                tensor = model.node_by_name[layer.node].input[layer.act_slot]
                 signed = tensor not in nonneg
                 a_name = _quantize_act(module, layer, call, tensor, signed, config, names)
-                sites.append(QuantSite(node.name, node.op_type, "act", tensor, layer.act_slot, a_name, signed, macs))
-        shape = tuple(int(d) for d in model.initializers[layer.weight].dims)
-        records.append(QuantLayer(node.name, node.op_type, layer.weight, shape, layer.init_axis, macs,
-                                  w_name, a_name, reason))
+                sites.append(QuantSite(layer.node, "act", tensor, layer.act_slot, a_name, signed))
+        records.append(replace(layer, weight_quantizer=w_name, act_quantizer=a_name, skipped=reason))
     if config.quantize_activations and config.quantize_outputs:
         quantized = {s.tensor for s in sites if s.kind == "act"}
         for layer, tensor in fusion_outputs(model, layers, skipped, quantized):
             signed = tensor not in nonneg
             name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
-            sites.append(QuantSite(layer.node.name, layer.node.op_type, "output", tensor, -1, name, signed, None))
+            sites.append(QuantSite(layer.node, "output", tensor, -1, name, signed))
     module.graph.lint()
     module.recompile()
     return QuantPlan(sites, records, module=module)
@@ -165,13 +149,12 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
 THIN_CHANNELS, THIN_DEPTH = 8, 256
 
 
-def is_thin_conv(model: OnnxModel, layer: Layer) -> bool:
+def is_thin_conv(model: OnnxModel, layer: QuantLayer) -> bool:
     """A group-1 Conv with few input channels and a shallow reduction (a network's stem),
     or with a single input channel (an audio front end)."""
-    node = layer.node
-    if node.op_type != "Conv" or attr(node, "group", 1) != 1 or layer.transpose is not None:
+    if layer.op_type != "Conv" or attr(model.node_by_name[layer.node], "group", 1) != 1 or layer.transpose is not None:
         return False
-    dims = [int(d) for d in model.initializers[layer.weight].dims]  # (M, C, k...)
+    dims = layer.weight_shape  # (M, C, k...)
     if len(dims) < 3:
         return False
     area = 1
@@ -180,21 +163,21 @@ def is_thin_conv(model: OnnxModel, layer: Layer) -> bool:
     return dims[1] == 1 or (dims[1] < THIN_CHANNELS and dims[1] * area < THIN_DEPTH)
 
 
-def _skip_reasons(model: OnnxModel, layers: list[Layer], config: QuantConfig) -> dict[str, str]:
+def _skip_reasons(model: OnnxModel, layers: list[QuantLayer], config: QuantConfig) -> dict[str, str]:
     reasons = {}
     for layer in layers:
-        if any(fnmatchcase(layer.node.name, p) for p in config.exclude):
-            reasons[layer.node.name] = "exclude"
+        if any(fnmatchcase(layer.node, p) for p in config.exclude):
+            reasons[layer.node] = "exclude"
         elif config.float_thin_convs and is_thin_conv(model, layer):
-            reasons[layer.node.name] = "thin"
+            reasons[layer.node] = "thin"
     if layers and config.skip_first:
-        reasons.setdefault(layers[0].node.name, "skip_first")
+        reasons.setdefault(layers[0].node, "skip_first")
     if layers and config.skip_last:
-        reasons.setdefault(layers[-1].node.name, "skip_last")
+        reasons.setdefault(layers[-1].node, "skip_last")
     return reasons
 
 
-def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, names, made) -> str:
+def _quantize_weight(module, layer: QuantLayer, call: fx.Node, config: QuantConfig, names, made) -> str:
     """Weight quantizer between the weight (get_attr or Transpose) and the layer; q_m = max|W|
     per tensor or per output channel, d = d(weight_bits_start)."""
     src = call.args[layer.w_slot]
@@ -203,7 +186,7 @@ def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, n
     if key not in made:
         w = module.parameter(layer.weight).detach()  # initializer layout
         if per_channel:
-            q_m = w.abs().amax(dim=[i for i in range(w.dim()) if i != layer.init_axis])  # (C,)
+            q_m = w.abs().amax(dim=[i for i in range(w.dim()) if i != layer.out_axis])  # (C,)
             q = Quantizer("weight", channels=q_m.numel(), axis=layer.axis, bit_range=config.weight_bits,
                           learn_t=config.learn_t, grad_scale=config.grad_scale)
         else:
@@ -216,7 +199,7 @@ def _quantize_weight(module, layer: Layer, call: fx.Node, config: QuantConfig, n
     return made[key].target
 
 
-def _quantize_act(module, layer: Layer, call: fx.Node, tensor: str, signed: bool, config: QuantConfig,
+def _quantize_act(module, layer: QuantLayer, call: fx.Node, tensor: str, signed: bool, config: QuantConfig,
                   names) -> str:
     """Activation quantizer on the layer's activation input, shared per tensor. Its range is a
     placeholder (q_m = 1) until calibrate() sets it from data."""
@@ -238,17 +221,17 @@ FOLDED_FIRST = ("BatchNormalization",)
 ABSORBED = ("Relu", "Clip")
 
 
-def fusion_outputs(model: OnnxModel, layers: list[Layer], skipped: dict[str, str],
-                   quantized: set[str]) -> list[tuple[Layer, str]]:
+def fusion_outputs(model: OnnxModel, layers: list[QuantLayer], skipped: dict[str, str],
+                   quantized: set[str]) -> list[tuple[QuantLayer, str]]:
     """(conv layer, tensor) pairs needing an output quantizer: the output of a quantized Conv /
     ConvTranspose, followed through a single-reader chain of ops the export folds or onnxruntime
     absorbs (a FOLDED_FIRST op only as the conv's own reader, then ABSORBED ops), when it is
     read by some op, is no graph output and no layer quantizes it already."""
     found, seen = [], set()
     for layer in layers:
-        if layer.node.op_type not in ("Conv", "ConvTranspose") or layer.node.name in skipped or layer.act_slot is None:
+        if layer.op_type not in ("Conv", "ConvTranspose") or layer.node in skipped or layer.act_slot is None:
             continue
-        tensor, absorbed = layer.node.output[0], FOLDED_FIRST + ABSORBED
+        tensor, absorbed = model.node_by_name[layer.node].output[0], FOLDED_FIRST + ABSORBED
         while tensor not in model.output_names:
             readers = model.consumers(tensor)
             if len(readers) != 1 or readers[0][0].op_type not in absorbed:

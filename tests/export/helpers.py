@@ -50,16 +50,14 @@ def output_tolerance(result, layer_node: str) -> float:
     (|error| <= s_x s_w / 2) flips an activation by one level; the tests check separately
     that every quantized activation stays within one level."""
     plan = result.plan
-    sites = plan.sites_of(layer_node)
-    w_site = next(s for s in sites if s.kind == "weight")
-    a_site = next(s for s in sites if s.kind == "act")
-    q = plan.quantizer(w_site.quantizer)
-    w = q(result.module.parameter(w_site.tensor).detach().float())
-    if w_site.transpose is not None:
+    layer = plan.layer(layer_node)
+    a_site = next(s for s in plan.sites_of(layer_node) if s.kind == "act")
+    q = plan.quantizer(layer.weight_quantizer)
+    w = q(result.module.parameter(layer.weight).detach().float())
+    if layer.transpose is not None:
         w = w.T
     with torch.no_grad():
-        out_axis = w_site.axis
-        row_l1 = w.abs().sum(dim=[i for i in range(w.dim()) if i != out_axis]).max()
+        row_l1 = w.abs().sum(dim=[i for i in range(w.dim()) if i != layer.axis]).max()
     d_in = act_q(plan, a_site).scale
     return float(d_in * row_l1) + 1e-5
 

@@ -115,19 +115,20 @@ def test_weights_are_the_fake_quant_integers(trained):
     values = result.module.initializer_values()
     cuts = pruning_cuts(result.qadg, result.removed_groups)
     for site in result.plan.weight_sites():
+        conv = result.plan.layer(site.node).op_type == "Conv"
         q = result.plan.quantizer(site.quantizer)
         w = result.module.parameter(site.tensor).detach()
         with torch.no_grad():
             fq, d = q(w), q.effective_d()
         k = torch.round(fq / d).numpy().astype(np.int64)
-        d = np.broadcast_to(d.numpy(), (k.shape[0],)) if site.op_type == "Conv" else d.numpy()
+        d = np.broadcast_to(d.numpy(), (k.shape[0],)) if conv else d.numpy()
         for axis, idx in cuts.get(site.tensor, {}).items():
             k = np.delete(k, idx, axis=axis)
-            d = np.delete(d, idx) if axis == 0 and site.op_type == "Conv" else d
+            d = np.delete(d, idx) if axis == 0 and conv else d
         dq = dq_input(proto, nodes[site.node], 1)
         ints, scale = initializer(proto, dq.input[0]), initializer(proto, dq.input[1])
         assert ints.dtype == np.int8
-        if site.op_type == "Conv":  # BN folded: ints = sign(a) k, scale = |a| d
+        if conv:  # BN folded: ints = sign(a) k, scale = |a| d
             bn = next(n for n in model.nodes if n.op_type == "BatchNormalization" and n.input[0] == site.node.replace(
                 "/Conv", "/Conv_output_0"))
             gamma, _, _, var = (values[bn.input[i]] for i in range(1, 5))

@@ -95,7 +95,7 @@ def test_cnn_sites_and_signedness():
         assert plan.quantizer(s.quantizer).signed == s.signed and plan.quantizer(s.quantizer).kind == "act"
     assert all(s.signed for s in plan.weight_sites())
     assert plan.sites_of("c2")[1].tensor == "a2" and plan.sites_of("gemm")[1].input_index == 0
-    assert plan.sites_of("c5")[0].macs == 4 * 8 * 3 * 3  # (C_out, H, W) x C_in x 1x1 per sample
+    assert plan.layer("c5").macs == 4 * 8 * 3 * 3  # (C_out, H, W) x C_in x 1x1 per sample
     assert not plan.layer("c1").skipped and plan.layer("gemm").act_quantizer == "quantizers.a_a15"
 
 
@@ -138,10 +138,12 @@ def test_attention_sharing_axes_and_readers():
     assert list(acts) == ["quantizers.a_x", "quantizers.a_o"]  # q, k, v share one; g1, g2 share one
     assert {s.node for s in plan.act_sites() if s.quantizer == "quantizers.a_x"} == {"q/MatMul", "k/MatMul", "v/MatMul"}
     w = {s.node: s for s in plan.weight_sites()}
-    assert (w["q/MatMul"].axis, w["q/MatMul"].init_axis, w["q/MatMul"].transpose) == (1, 0, "q/Transpose")
+    la = {layer.node: layer for layer in plan.layers}
+    q, v = la["q/MatMul"], la["v/MatMul"]
+    assert (q.axis, q.out_axis, q.transpose, q.perm) == (1, 0, "q/Transpose", (1, 0))
     assert w["q/MatMul"].tensor == "wq" and w["q/MatMul"].per_channel
-    assert (w["v/MatMul"].axis, w["v/MatMul"].init_axis, w["v/MatMul"].transpose) == (1, 1, None)
-    assert (w["g1"].axis, w["g2"].axis) == (0, 1)  # Gemm: transB=1 -> 0, transB=0 -> 1
+    assert (v.axis, v.out_axis, v.transpose, v.perm) == (1, 1, None, None)
+    assert (la["g1"].axis, la["g2"].axis) == (0, 1)  # Gemm: transB=1 -> 0, transB=0 -> 1
     wq = module.parameter("wq").detach()
     q = plan.quantizer(w["q/MatMul"].quantizer)
     assert q.d.shape == (4,) and torch.equal(q.q_m.detach(), wq.abs().amax(dim=1))  # per output row of W
@@ -159,7 +161,7 @@ def test_conv_transpose_per_channel_axis():
                        {"wt": _w(3, 2, 2, 2, seed=1), "wc": _w(5, 2, 1, 1, seed=2)})
     _, module, plan = _attach(proto, per_channel=True)
     w = {s.node: s for s in plan.weight_sites()}
-    assert (w["up"].axis, w["conv"].axis) == (1, 0)
+    assert (plan.layer("up").axis, plan.layer("conv").axis) == (1, 0)
     assert plan.quantizer(w["up"].quantizer).d.shape == (2,)  # ConvTranspose W (C_in, C_out, k, k)
     assert plan.quantizer(w["conv"].quantizer).d.shape == (5,)
     module(torch.randn(1, 3, 4, 4))  # shapes line up

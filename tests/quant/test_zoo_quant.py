@@ -88,11 +88,11 @@ def test_zoo_quantizers(name, exporter):
 def test_zoo_per_channel_legacy_transposed_weights():
     """BERT legacy: W (out, in) -> Transpose -> MatMul: per-channel along axis 1 of W^T = axis 0 of W."""
     _, module, plan = _setup("bert", "legacy", per_channel=True)
-    transposed = [s for s in plan.weight_sites() if s.transpose is not None]
+    transposed = [la for la in plan.layers if la.transpose is not None]
     assert len(transposed) == 12
-    for s in transposed:
-        assert (s.axis, s.init_axis) == (1, 0)
-        w = module.parameter(s.tensor).detach()
-        assert torch.equal(plan.quantizer(s.quantizer).q_m.detach(), w.abs().amax(dim=1))
+    for la in transposed:
+        assert (la.axis, la.out_axis) == (1, 0)
+        w = module.parameter(la.weight).detach()
+        assert torch.equal(plan.quantizer(la.weight_quantizer).q_m.detach(), w.abs().amax(dim=1))
     out = _run(module, ZOO["bert"].example_inputs(2))
     assert torch.isfinite(out).all()
