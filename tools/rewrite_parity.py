@@ -7,18 +7,20 @@ graph-rewriting passes (physical pruning, the QDQ export, the float twin).
     python tools/rewrite_parity.py write /tmp/parity/new MODEL.onnx ...
     python tools/rewrite_parity.py compare /tmp/parity/old /tmp/parity/new
 
-`write`, per model: prune_model with a seeded half of the prunable groups removed
+`write`, per model: the loaded, normalised model (NAME.loaded.onnx) and its pruning groups
+(NAME.groups.json: id, then each member's tensor, axis, role and indices), prune_model with a seeded half of the prunable groups removed
 (NAME.pruned.onnx), export_onnx of an untrained result (bridge, 8-bit calibration on two
 seeded batches, weight bits cycling 8 / 6 / 4, the same half removed) for the ort and
 tensorrt profiles (NAME.ort.onnx, NAME.tensorrt.onnx), and the float twin of the ort export
 (NAME.twin.onnx). A model a version cannot handle prints FAIL with the reason.
-`compare`, per file: byte-identical, else the op histogram, node and initializer counts,
+`compare`, per file: groups equal (.json), else byte-identical, else the op histogram, node and initializer counts,
 whether the initializer values are the same multiset, and the largest output difference in
 onnxruntime on seeded inputs.
 """
 from __future__ import annotations
 
 import collections
+import json
 import sys
 import types
 from pathlib import Path
@@ -46,7 +48,11 @@ def write(out: Path, paths: list[str]) -> None:
         name = Path(path).stem.replace(".", "_")
         try:
             model = load_model(path)
+            (out / f"{name}.loaded.onnx").write_bytes(model.proto.SerializeToString())
             qadg = analyze(model)
+            groups = [[g.id, [[m.tensor, m.axis, m.role, [int(i) for i in m.indices]] for m in g.members]]
+                      for g in qadg.groups]
+            (out / f"{name}.groups.json").write_text(json.dumps(groups))
             ids = sorted(g.id for g in qadg.prunable)
             remove = set(np.random.default_rng(0).choice(ids, size=len(ids) // 2, replace=False).tolist()) if ids else set()
             (out / f"{name}.pruned.onnx").write_bytes(prune_model(qadg, remove).SerializeToString())
@@ -82,6 +88,10 @@ def compare(old: Path, new: Path) -> None:
 
     same = count = 0
     worst = 0.0
+    for a in sorted(old.glob("*.groups.json")):
+        b = new / a.name
+        equal = b.exists() and json.loads(a.read_text()) == json.loads(b.read_text())
+        print(f"{a.name:45s} groups {'equal' if equal else 'DIFFER'}")
     for a in sorted(old.glob("*.onnx")):
         b = new / a.name
         count += 1

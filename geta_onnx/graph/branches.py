@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import helper
 
 from ..errors import ModelLoadError
-from .model import fresh_name
+from .editor import GraphEditor, Node
 
 MAX_ROUNDS = 8  # nested Ifs: one level per round
 _SHAPE_OPS = ("Shape", "Size")  # their outputs depend on shapes only
@@ -34,7 +35,6 @@ def inline_ifs(proto: onnx.ModelProto, samples: dict[str, np.ndarray] | None = N
                label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
     """(proto with decided Ifs inlined, one line per decision). `samples`: a few samples of
     every graph input (first axis the batch); None decides constant conditions only."""
-    from .normalize import fold_constant_nodes, fold_constants, toposort
 
     notes: list[str] = []
     for _ in range(MAX_ROUNDS):
@@ -52,8 +52,7 @@ def inline_ifs(proto: onnx.ModelProto, samples: dict[str, np.ndarray] | None = N
                 how = "at the data's shapes" if node.name in shaped else "constant"
                 notes.append(f"If '{node.name}': condition {bool(decided[node.name])} ({how}); "
                              f"{'then' if decided[node.name] else 'else'} branch inlined")
-        proto = _drop_dead(_splice(proto, decided))
-        proto = fold_constant_nodes(fold_constants(toposort(proto)))
+        proto = _inline_decided(proto, decided, label)
     return proto, notes
 
 
@@ -159,99 +158,53 @@ def _first_sample(proto: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dic
 
 
 # ---- inlining ------------------------------------------------------------------------------
-def _splice(proto: onnx.ModelProto, decided: dict[str, bool]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    g = out.graph
-    taken = ({i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-             | {n.name for n in g.node})
-    nodes: list[onnx.NodeProto] = []
-    for node in g.node:
-        if node.name not in decided:
-            nodes.append(node)
-            continue
-        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if decided[node.name] else "else_branch"))
-        nodes.extend(_inline(branch, node, taken, g))
-    del g.node[:]
-    g.node.extend(nodes)
-    return out
+def _inline_decided(proto: onnx.ModelProto, decided: dict[str, bool], label: str) -> onnx.ModelProto:
+    """Each decided If replaced by its taken branch, then what no longer feeds an output
+    dropped (the conditions' arithmetic) and constants folded again (a new proto)."""
+    from .normalize import fold_constant_nodes, fold_constants
+
+    ed = GraphEditor(proto)
+    for node in ed.nodes:
+        if node.name in decided:
+            _inline(ed, node, decided[node.name])
+    fold_constants(ed)
+    fold_constant_nodes(ed)
+    return ed.finish(label, infer=False)
 
 
-def _inline(branch: onnx.GraphProto, node: onnx.NodeProto, taken: set[str], g: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The branch's nodes, renamed to fit the main graph; its initializers are added to `g`."""
-    local = {t.name for t in branch.initializer} | {o for n in branch.node for o in n.output if o}
-    rename = {}
+def _inline(ed: GraphEditor, node: Node, taken_branch: bool) -> None:
+    """The branch's nodes and initializers move into the main graph in the If's place. Its
+    names that the main graph has are renamed `<If>/<name>` (a tensor renamed once is renamed
+    wherever it is read, nested bodies included: gs shares the tensor objects)."""
+    key = "then_branch" if taken_branch else "else_branch"
+    branch = node.attrs[key]
+    written = next(a.g for a in ed.original_node(node.name).attribute if a.name == key)
+    defined = {t.name for t in written.initializer} | {o for n in written.node for o in n.output if o}
+    local = {name: t for name, t in branch.tensors().items() if name in defined}
     for name in sorted(local):
-        new = name if name not in taken else fresh_name(f"{node.name}/{name}", taken)
-        taken.add(new)
-        rename[name] = new
-    # each branch output produced inside the branch becomes the If output (first use only)
-    produced = {o for n in branch.node for o in n.output}
-    claimed: set[str] = set()
+        local[name].name = ed.unique(f"{node.name}/{name}") if ed.taken(name) else ed.claim(name)
+        if isinstance(local[name], gs.Constant):
+            ed.adopt_const(local[name])
+    results, at = list(node.outputs), ed.remove(node)
+    body = list(branch.nodes)
+    produced = {id(t) for n in body for t in n.outputs}
+    claimed: set[int] = set()
     identities = []
-    for src, dst in zip([o.name for o in branch.output], node.output):
-        if not dst:
+    for src, dst in zip(branch.outputs, results):
+        if not dst.name:
             continue
-        if src in produced and src not in claimed:
-            rename[src] = dst
-            claimed.add(src)
+        if id(src) in produced and id(src) not in claimed:  # the If's output takes its place
+            claimed.add(id(src))
+            ed.reroute(src, dst, list(src.outputs))
+            producer = src.inputs[0]
+            producer.outputs[producer.outputs.index(src)] = dst
         else:
             identities.append((src, dst))
-    for t in branch.initializer:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(t)
-        copy.name = rename[t.name]
-        g.initializer.append(copy)
-    out = []
-    for n in branch.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(n)
-        rename_tensors(copy, rename)
-        if copy.name in taken:
-            copy.name = fresh_name(f"{node.name}/{copy.name}", taken)
-        taken.add(copy.name)
-        out.append(copy)
+    for n in body:
+        n.name = ed.unique(f"{node.name}/{n.name}") if ed.taken(n.name) else ed.claim(n.name)
     for src, dst in identities:
-        out.append(helper.make_node("Identity", [rename.get(src, src)], [dst],
-                                    name=fresh_name(f"{node.name}/output_{dst}", taken)))
-    return out
-
-
-def _drop_dead(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Nodes none of whose outputs is read any more (the decided conditions' arithmetic), and
-    initializers nothing reads."""
-    from .normalize import node_reads
-
-    g = proto.graph
-    while True:
-        read = {o.name for o in g.output} | {x for n in g.node for x in node_reads(n)}
-        live = [n for n in g.node if any(o in read for o in n.output if o)]
-        if len(live) == len(g.node):
-            break
-        del g.node[:]
-        g.node.extend(live)
-    read |= {i.name for i in g.input}  # an initializer listed as a graph input stays declared
-    inits = [t for t in g.initializer if t.name in read]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    return proto
-
-
-def rename_tensors(node: onnx.NodeProto, rename: dict[str, str]) -> None:
-    """Inputs and outputs of `node`, and the outer-scope reads of its subgraphs."""
-    for i, x in enumerate(node.input):
-        node.input[i] = rename.get(x, x)
-    for i, x in enumerate(node.output):
-        node.output[i] = rename.get(x, x)
-    for a in node.attribute:
-        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            shadow = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {
-                o for n in sub.node for o in n.output}
-            inner = {k: v for k, v in rename.items() if k not in shadow}
-            for n in sub.node:
-                rename_tensors(n, inner)
-            for o in sub.output:
-                o.name = inner.get(o.name, o.name)
+        ed.add_node("Identity", [src], f"{node.name}/output_{dst.name}", output=dst)
+    ed.place(body + [dst.inputs[0] for _, dst in identities], at)
 
 
 def check_no_ifs_left(proto: onnx.ModelProto, label: str) -> None:

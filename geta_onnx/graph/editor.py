@@ -1,5 +1,5 @@
 """GraphEditor: the one mutable graph layer, on onnx-graphsurgeon, for the passes that rewrite
-a model (physical pruning, the QDQ export's passes).
+a model (the loader's normalisation, physical pruning, the QDQ export's passes).
 
     ed = GraphEditor(proto)                    # a copy: `proto` is never modified
     conv = ed.node("conv1")
@@ -11,22 +11,32 @@ a model (physical pruning, the QDQ export's passes).
 Nodes and tensors are onnx-graphsurgeon's (gs.Node: `op`, `inputs`, `outputs`, `attrs`;
 gs.Constant / gs.Variable): def-use is kept by gs itself (`tensor.inputs` is the producer,
 `tensor.outputs` the readers), so a rewrite never rescans the graph. `finish` drops dead
-nodes and unused initializers (gs cleanup), sorts topologically (gs toposort), and returns
+nodes (gs cleanup, optional), sorts topologically and stably (`stable_order`), and returns
 the original ModelProto's fields (opsets, IR version, producer, metadata, functions) around
-the rewritten graph, its shapes inferred again. The read-only analysis view is
-graph.model.OnnxModel; weight_source there is the one walker from a tensor to its
-initializer."""
+the rewritten graph, its shapes inferred again (optional).
+
+Stable: the nodes and initializers keep the file's order wherever the edits allow, new ones
+come after (a new node as late as its readers let it). The bridge's modules, the QADG's group
+ids and so the checkpoints follow that order; gs's own toposort sorts by depth and would
+renumber them. What a gs round trip loses: node doc strings and node metadata_props; graph
+inputs that are also initializers (IR < 4 files list every weight so) come back as they were.
+
+The read-only analysis view is graph.model.OnnxModel; weight_source there is the one walker
+from a tensor to its initializer."""
 from __future__ import annotations
 
 import contextlib
+import heapq
 
 import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from ..errors import ModelLoadError
 from .model import fresh_name
 
 Tensor = gs.Tensor
@@ -57,8 +67,13 @@ class GraphEditor:
         with _quiet():
             self.graph = gs.import_onnx(self._model)
         self._tensors: dict[str, Tensor] = self.graph.tensors()
-        self._taken = set(self._tensors) | {n.name for n in self.graph.nodes}
+        self._taken = set(self._tensors) | {n.name for n in self.graph.nodes} | {t.name for t in proto.graph.initializer}
         self._arrays: dict[str, np.ndarray] = {}
+        self._rank: dict[int, float] = {id(n): i for i, n in enumerate(self.graph.nodes)}  # order keys
+        self._main_consts = {t.name for t in proto.graph.initializer}  # grows with add_const / fold
+        self._body_consts = _body_initializers(proto.graph)
+        self._declared: dict[str, onnx.ValueInfoProto] = {}  # graph inputs / outputs written as given
+        self._undeclared: set[str] = set()  # the file's inputs that are no inputs any more
 
     # ---- look-ups ----------------------------------------------------------------------
     @property
@@ -107,6 +122,37 @@ class GraphEditor:
             return None
         return self.const_or_none(node.inputs[i])
 
+    def const_names(self) -> list[str]:
+        """The main graph's initializers that some node or output reads, in the file's order."""
+        return [name for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)]
+
+    def const_proto(self, ref: Tensor | str) -> onnx.TensorProto:
+        """An initializer as a TensorProto (a copy; its dtype as written, bfloat16 too)."""
+        t = self.tensor(ref)
+        if isinstance(t._values, LazyValues):
+            out = onnx.TensorProto()
+            out.CopyFrom(t._values.tensor)
+            return out
+        return numpy_helper.from_array(np.asarray(t.values), t.name)
+
+    def onnx_dtype(self, ref: Tensor | str) -> int:
+        """An initializer's onnx element type (onnx.TensorProto.FLOAT, ...)."""
+        t = self.tensor(ref)
+        if isinstance(t._values, LazyValues):
+            return t._values.tensor.data_type
+        return helper.np_dtype_to_tensor_dtype(np.asarray(t.values).dtype)
+
+    def node_proto(self, node: Node) -> onnx.NodeProto:
+        """`node` as ONNX writes it (attributes, subgraphs included)."""
+        return OnnxExporter.export_node(node)
+
+    def opset(self) -> int:
+        return next((o.version for o in self._model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    @property
+    def ir_version(self) -> int:
+        return self._model.ir_version
+
     def is_output(self, ref: Tensor | str) -> bool:
         return self.tensor(ref).name in self.output_names
 
@@ -116,6 +162,24 @@ class GraphEditor:
     # ---- edits -------------------------------------------------------------------------
     def unique(self, base: str) -> str:
         return fresh_name(base, self._taken)
+
+    def taken(self, name: str) -> bool:
+        return name in self._taken
+
+    def claim(self, name: str) -> str:
+        """`name` taken from now on (a name moved in from a body); returns it."""
+        self._taken.add(name)
+        return name
+
+    def adopt_const(self, t: Tensor) -> None:
+        """An initializer moved in from a body is the main graph's from now on (finish writes
+        it there, whichever body reads it)."""
+        self._main_consts.add(t.name)
+        self._body_consts.discard(t.name)
+
+    def original_node(self, name: str) -> onnx.NodeProto:
+        """The main graph's node `name` as the file wrote it (its bodies' own initializers)."""
+        return next(n for n in self._model.graph.node if n.name == name)
 
     def add_const(self, base: str, value: np.ndarray) -> gs.Constant:
         """A new initializer named `base` (or `base_1`, ... when taken). Arrays of ml_dtypes'
@@ -127,6 +191,7 @@ class GraphEditor:
         else:
             t = gs.Constant(name, value)
         self._tensors[t.name] = t
+        self._main_consts.add(name)
         return t
 
     def set_const(self, ref: Tensor | str, value: np.ndarray) -> None:
@@ -144,10 +209,12 @@ class GraphEditor:
                  **attrs) -> Tensor:
         """A node `op` named `base` (unique), reading `inputs` ("" for an absent optional
         input), writing `output` or a new tensor `base_out`; returns the output. Its place in
-        the order is decided by finish's toposort."""
+        the order is decided by finish (stable_order)."""
         ins = [gs.Variable.empty() if isinstance(ref, str) and not ref else self.tensor(ref) for ref in inputs]
         out = output if output is not None else self.variable(f"{base}_out")
-        self.graph.nodes.append(gs.Node(op, self.unique(base), attrs=attrs, inputs=ins, outputs=[out]))
+        node = gs.Node(op, self.unique(base), attrs=attrs, inputs=ins, outputs=[out])
+        self._rank[id(node)] = len(self._rank)  # after every node there is (stable_order)
+        self.graph.nodes.append(node)
         return out
 
     def set_input(self, node: Node, i: int, ref: Tensor | str) -> None:
@@ -164,21 +231,218 @@ class GraphEditor:
                 if t is old:
                     node.inputs[i] = new
 
-    def remove(self, node: Node) -> None:
-        """Disconnect `node` (its outputs lose their producer); finish drops it."""
+    def fold(self, node: Node, values: list) -> None:
+        """Replace `node` by its outputs' values (arrays or TensorProtos, one per non-empty
+        output): each output becomes an initializer of its own name, read where it was."""
+        outputs = [t for t in node.outputs if t.name]
+        for t, value in zip(outputs, values, strict=True):
+            self.set_value(t, value)
+        self.remove(node)
+
+    def set_value(self, ref: Tensor | str, value) -> None:
+        """The tensor becomes an initializer holding `value` (an array, or a TensorProto whose
+        dtype is kept), under its own name; every reader reads it."""
+        t = self.tensor(ref)
+        if isinstance(value, onnx.TensorProto):
+            proto = onnx.TensorProto()
+            proto.CopyFrom(value)
+            proto.name = t.name
+        else:
+            proto = numpy_helper.from_array(np.asarray(value), t.name)
+        t.to_constant(LazyValues(proto))
+        self._arrays.pop(t.name, None)
+        self._main_consts.add(t.name)
+
+    def rename(self, ref: Tensor | str, name: str) -> Tensor:
+        """The tensor renamed `name` (a fresh name): every node reading or writing it, in the
+        bodies too, follows (gs shares the tensor object)."""
+        t = self.tensor(ref)
+        was_const = t.name in self._main_consts
+        if self._tensors.get(t.name) is t:
+            del self._tensors[t.name]
+        t.name = self.claim(name)
+        self._tensors[name] = t
+        if was_const:
+            self._main_consts.add(name)
+        return t
+
+    # ---- the graph's signature ---------------------------------------------------------
+    def declare(self, vi: onnx.ValueInfoProto, *, output: bool = False, replace: str | None = None) -> Tensor:
+        """A graph input (or output) written as `vi` (its dims as given), in place of the one
+        named `replace` or after the others; returns its tensor (existing, or a new one
+        nothing reads yet)."""
+        ios = self.graph.outputs if output else self.graph.inputs
+        t = self._tensors.get(vi.name)
+        if t is None or (replace is not None and replace != vi.name):
+            t = gs.Variable(self.claim(vi.name) if not self.taken(vi.name) else vi.name)
+            self._tensors[vi.name] = t
+        if replace is not None:
+            ios[[x.name for x in ios].index(replace)] = t
+        elif not any(x is t for x in ios):
+            ios.append(t)
+        self._declared[vi.name] = vi
+        return t
+
+    def undeclare_input(self, name: str) -> None:
+        """Input `name` is no graph input any more (the tensor stays, e.g. as a constant)."""
+        self.graph.inputs = [t for t in self.graph.inputs if t.name != name]
+        self._undeclared.add(name)
+
+    def remove(self, node: Node) -> float:
+        """Disconnect `node` (its outputs lose their producer); finish drops it. Returns its
+        place in the order (for `place`)."""
         node.inputs.clear()
         node.outputs.clear()
         self.graph.nodes.remove(node)
+        return self._rank.get(id(node), float(len(self._rank)))
 
-    def finish(self, label: str = "export") -> onnx.ModelProto:
-        """Dead nodes and unused initializers dropped, nodes sorted, the original model's
-        fields around the new graph, value_info inferred again."""
+    def place(self, nodes: list[Node], at: float) -> None:
+        """`nodes` (a body's, moved in; or added) ordered at place `at`, in their order."""
+        for j, node in enumerate(nodes):
+            self._rank[id(node)] = at + (j + 1) / (len(nodes) + 1)
+            if not any(n is node for n in self.graph.nodes):
+                self.graph.nodes.append(node)
+        self._tensors.update(self.graph.tensors())  # the names they brought
+
+    def finish(self, label: str = "export", *, cleanup: bool = True, infer: bool = True) -> onnx.ModelProto:
+        """The new model: dead nodes dropped (`cleanup`), nodes in stable_order, initializers
+        in the file's order (new ones after; an initializer nothing reads is not written),
+        the original model's fields around the new graph, value_info inferred again (`infer`;
+        else gs's, from the file's)."""
         from .normalize import infer_shapes
 
         with _quiet():
-            self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            if cleanup:
+                self.graph.cleanup(remove_unused_graph_inputs=False)
+            self.graph.nodes = self.stable_order(label)
             exported = gs.export_onnx(self.graph, do_type_check=False)
         out = self._model  # the editor's own copy: its fields, the new graph
+        original = {t.name: i for i, t in enumerate(out.graph.initializer)}
+        moved = _outer_initializers(exported.graph, self._main_consts, self._body_consts)
+        written = {t.name for t in exported.graph.initializer} | {t.name for t in moved}
+        inputs = self._signature(out.graph.input, exported.graph.input, written)
+        outputs = self._signature(out.graph.output, exported.graph.output, set())
+        details = {n.name: n for n in out.graph.node if n.doc_string or len(n.metadata_props)}
         out.graph.CopyFrom(exported.graph)
+        inits = sorted([*out.graph.initializer, *moved], key=lambda t: original.get(t.name, len(original)))  # stable
+        _replace(out.graph.initializer, inits)
+        _replace(out.graph.input, inputs)
+        _replace(out.graph.output, outputs)
+        for node in out.graph.node:  # gs drops a node's doc string and metadata
+            if node.name in details:
+                if details[node.name].doc_string:
+                    node.doc_string = details[node.name].doc_string
+                node.metadata_props.extend(details[node.name].metadata_props)
+        if not infer:
+            return out
         del out.graph.value_info[:]
         return infer_shapes(out, label=label)
+
+    def _signature(self, before, exported, written: set[str]) -> list[onnx.ValueInfoProto]:
+        """Graph inputs or outputs in gs's order: as `declare`d, else the file's declaration
+        (gs may drop a shape or a denotation), else gs's; and the file's inputs that are also
+        initializers still written (gs drops those: IR < 4 files declare every weight so) in
+        their places."""
+        file = {vi.name: vi for vi in before}
+        out = [self._declared.get(vi.name) or file.get(vi.name) or vi for vi in exported]
+        present = {vi.name for vi in out}
+        extra = [vi for vi in before if vi.name not in present and vi.name in written and vi.name not in self._undeclared]
+        if not extra:
+            return out
+        place = {vi.name: i for i, vi in enumerate(before)}
+        keys, last = [], -1.0
+        for vi in out:  # a new input goes right after the one before it
+            last = float(place[vi.name]) if vi.name in place else last + 1e-3
+            keys.append(last)
+        merged = sorted(zip(keys + [float(place[vi.name]) for vi in extra], range(len(out) + len(extra)), out + extra))
+        return [vi for _, _, vi in merged]
+
+    def stable_order(self, label: str = "model") -> list[Node]:
+        """The main graph's nodes in topological order, stable (Kahn's algorithm, the ready
+        node with the smallest key first: a node's place in the file, a new node's place
+        after all of them). A node waits for the producers of every tensor it reads, inside
+        its If / Loop / Scan bodies too."""
+        nodes = list(self.graph.nodes)
+        index = {id(n): i for i, n in enumerate(nodes)}
+        key = [self._rank.get(id(n), len(self._rank) + i) for i, n in enumerate(nodes)]
+        users: list[list[int]] = [[] for _ in nodes]
+        waiting = [0] * len(nodes)
+        for i, node in enumerate(nodes):
+            producers = {index[id(t.inputs[0])] for t in _reads(node) if t.inputs and id(t.inputs[0]) in index}
+            producers.discard(i)
+            for p in producers:
+                users[p].append(i)
+            waiting[i] = len(producers)
+        ready = [(key[i], i) for i in range(len(nodes)) if not waiting[i]]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            _, i = heapq.heappop(ready)
+            order.append(i)
+            for u in users[i]:
+                waiting[u] -= 1
+                if not waiting[u]:
+                    heapq.heappush(ready, (key[u], u))
+        if len(order) != len(nodes):
+            stuck = [nodes[i].name for i in range(len(nodes)) if waiting[i]][:3]
+            raise ModelLoadError(f"{label}: graph '{self.graph.name}' has a cycle or a missing tensor near nodes {stuck}")
+        return [nodes[i] for i in order]
+
+
+
+def _outer_initializers(graph: onnx.GraphProto, main: set[str], local: set[str]) -> list[onnx.TensorProto]:
+    """gs writes a main-graph initializer that only an If / Loop / Scan body reads into that
+    body's initializers: taken out of the bodies here (returned, once each) to stay main-graph
+    initializers, where the bridge trains them and one copy serves every body."""
+    found: dict[str, onnx.TensorProto] = {}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for attr in node.attribute:
+                for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    outer = [t for t in body.initializer if t.name in main and t.name not in local]
+                    if outer:
+                        rest = [t for t in body.initializer if not (t.name in main and t.name not in local)]
+                        for t in outer:
+                            found.setdefault(t.name, _copy(t))
+                        _replace(body.initializer, rest)
+                    visit(body)
+
+    visit(graph)
+    return [t for name, t in found.items() if name not in {x.name for x in graph.initializer}]
+
+
+def _reads(node: Node) -> list[Tensor]:
+    """Every tensor `node` reads: its inputs and what its subgraphs read (gs links a body's
+    outer-scope names to the outer tensors)."""
+    tensors = list(node.inputs)
+    for value in node.attrs.values():
+        for sub in value if isinstance(value, list) else [value]:
+            if isinstance(sub, gs.Graph):
+                for inner in sub.nodes:
+                    tensors.extend(_reads(inner))
+    return tensors
+
+
+def _body_initializers(graph: onnx.GraphProto) -> set[str]:
+    """Names of the initializers the file itself puts in If / Loop / Scan bodies."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names.update(t.name for t in body.initializer)
+                names |= _body_initializers(body)
+    return names
+
+
+def _replace(field, items) -> None:
+    """A repeated protobuf field's contents replaced by `items` (copied first: they may be its own)."""
+    items = [_copy(x) for x in items]
+    del field[:]
+    field.extend(items)
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, GetaError
-from .branches import rename_tensors
-from .model import OnnxModel, fresh_name
+from .editor import GraphEditor, Node
+from .model import OnnxModel
 
 ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
 
@@ -63,38 +62,32 @@ class Interface:
         """`proto` (exported from the adapted model) with the user's inputs and outputs."""
         if not self.changed:
             return proto
-        out = onnx.ModelProto()
-        out.CopyFrom(proto)
-        g = out.graph
+        ed = GraphEditor(proto)
         adapters = {f"{ADAPTER}/in/{k}" for k in self.moved_inputs} | {f"{ADAPTER}/out/{k}" for k in self.moved_outputs}
-        for node in g.node:
-            if node.op_type == "Transpose" and node.name in adapters:
-                node.op_type = "Identity"
-                del node.attribute[:]
+        for node in ed.nodes:
+            if node.op == "Transpose" and node.name in adapters:
+                node.op = "Identity"
+                node.attrs.clear()
                 adapters.discard(node.name)
         if adapters:  # the export must keep them: without, the layouts below would be wrong
             raise GetaError(f"the export lost the interface Transpose node(s) {', '.join(sorted(adapters))}; "
                             "cannot restore the model's input layout (please report this)")
-        for vi in list(g.input) + list(g.output):
-            if vi.name in self.moved_inputs or vi.name in self.moved_outputs:
-                _set_dims(vi, self.original[vi.name].type.tensor_type.shape.dim)
+        for name in self.moved_inputs:
+            ed.declare(self.original[name], replace=name)
+        for name in self.moved_outputs:
+            ed.declare(self.original[name], output=True, replace=name)
         # a fixed input is declared again but read by nothing: the value the model computes for
         # stays a constant under another name (an initializer that is also a graph input would be
         # a default the caller overrides, and onnxruntime would not fold it)
-        inits = {t.name: t for t in g.initializer}
-        taken = _names(g)
-        rename = {name: fresh_name(f"{name}_fixed", taken) for name in self.fixed if name in inits}
-        for name, new in rename.items():
-            inits[name].name = new
-        for node in g.node:
-            rename_tensors(node, rename)
         for name in self.fixed:
-            g.input.append(self.original[name])
+            if ed.is_const(name):
+                ed.rename(name, ed.unique(f"{name}_fixed"))
+            ed.declare(self.original[name])
+        out = ed.finish(cleanup=False, infer=False)
         order = {vi.name: i for i, vi in enumerate(self.original.values())}
-        inputs = sorted(g.input, key=lambda vi: order.get(vi.name, len(order)))
-        del g.input[:]
-        g.input.extend(inputs)
-        del g.value_info[:]
+        inputs = sorted(out.graph.input, key=lambda vi: order.get(vi.name, len(order)))
+        _replace_all(out.graph.input, inputs)
+        del out.graph.value_info[:]
         return onnx.shape_inference.infer_shapes(out, check_type=False, strict_mode=False)
 
 
@@ -116,14 +109,17 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
         iface.moved_outputs = {vi.name: a for vi in model.outputs if (a := _batch_axis(model, vi.name, lead))}
     if not iface.changed:
         return model, iface
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    g = proto.graph
+    g = model.proto.graph
     iface.original = {vi.name: copy.deepcopy(vi) for vi in list(g.input) + list(g.output)}
-    _fix_inputs(g, iface.fixed)
-    _move_inputs(g, iface.moved_inputs)
-    _move_outputs(g, iface.moved_outputs)
-    adapted = normalize_model(model.with_proto(proto))
+    ed = GraphEditor(model.proto)
+    for name, value in iface.fixed.items():
+        ed.set_value(name, value)
+        ed.undeclare_input(name)
+    adapters = [_move(ed, iface.original[name], axis) for name, axis in iface.moved_inputs.items()]
+    ed.place(adapters, at=-1.0)  # first: they read graph inputs only
+    for name, axis in iface.moved_outputs.items():
+        _move(ed, iface.original[name], axis, output=True)
+    adapted = normalize_model(model.with_proto(ed.finish(model.label, cleanup=False, infer=False)))
     return OnnxModel(adapted.proto, model.path, runs_as=_write_temporary(adapted.proto, model.label)), iface
 
 
@@ -152,50 +148,28 @@ def input_value(model: OnnxModel, name: str, text: str) -> np.ndarray:
     return np.full(shape, value, dtype=dtype)
 
 
-def _fix_inputs(g: onnx.GraphProto, fixed: dict[str, np.ndarray]) -> None:
-    keep = [vi for vi in g.input if vi.name not in fixed]
-    del g.input[:]
-    g.input.extend(keep)
-    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in fixed.items())
+def _move(ed: GraphEditor, declared: onnx.ValueInfoProto, axis: int, *, output: bool = False) -> Node:
+    """Input `name` [.., batch (axis a), ..] is declared [batch, ..] and a Transpose makes the
+    tensor the model reads, renamed `<name>_model_layout` (its readers follow); an output
+    the same way round: the model's tensor is renamed and a Transpose writes `name`
+    batch-first. Returns the Transpose."""
+    name = declared.name
+    inner = ed.rename(name, ed.unique(f"{name}_model_layout"))
+    vi = copy.deepcopy(declared)
+    order = _batch_first(vi, axis)  # new axis i is old axis order[i]
+    outer = ed.declare(vi, output=output, replace=inner.name)
+    if output:
+        ed.add_node("Transpose", [inner], f"{ADAPTER}/out/{name}", output=outer, perm=order)
+    else:
+        perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
+        ed.add_node("Transpose", [outer], f"{ADAPTER}/in/{name}", output=inner, perm=perm)
+    return inner.inputs[0] if not output else outer.inputs[0]
 
 
-def _move_inputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
-    """Input `name` [.., batch (axis a), ..] becomes [batch, ..] and a Transpose makes the
-    tensor the model reads (renamed, subgraph reads included)."""
-    from .branches import rename_tensors
-
-    taken, rename, adapters = _names(g), {}, []
-    for vi in g.input:
-        if vi.name in moved:
-            inner = rename[vi.name] = fresh_name(f"{vi.name}_model_layout", taken)
-            order = _batch_first(vi, moved[vi.name])
-            perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
-            adapters.append(helper.make_node("Transpose", [vi.name], [inner], name=f"{ADAPTER}/in/{vi.name}", perm=perm))
-    for node in g.node:
-        rename_tensors(node, rename)
-    nodes = adapters + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-
-
-def _move_outputs(g: onnx.GraphProto, moved: dict[str, int]) -> None:
-    """Output `name` with the batch on axis a: the model's tensor is renamed and a Transpose
-    writes `name` batch-first."""
-    from .branches import rename_tensors
-
-    taken = _names(g)
-    for vi in g.output:
-        if vi.name in moved:
-            inner = fresh_name(f"{vi.name}_model_layout", taken)
-            for node in g.node:
-                rename_tensors(node, {vi.name: inner})
-            order = _batch_first(vi, moved[vi.name])
-            g.node.append(helper.make_node("Transpose", [inner], [vi.name], name=f"{ADAPTER}/out/{vi.name}",
-                                           perm=order))
-
-
-def _names(g: onnx.GraphProto) -> set[str]:
-    return {o for n in g.node for o in n.output} | {vi.name for vi in g.input} | {t.name for t in g.initializer}
+def _replace_all(field, items) -> None:
+    items = [copy.deepcopy(x) for x in items]
+    del field[:]
+    field.extend(items)
 
 
 def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:

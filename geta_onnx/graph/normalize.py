@@ -1,34 +1,37 @@
-"""Normalisation passes run on every loaded model.
+"""Normalisation passes run on every loaded model, on the graph layer (graph/editor.py).
 
-Each pass takes a ModelProto and returns a new one; `normalize_model` runs them in order:
+`normalize_model` runs, in order:
 
 1. name_nodes          every node gets a unique, non-empty name (errors and maps use it)
-2. toposort            nodes in topological order
-3. fold_constants      nodes whose inputs are all constant are evaluated once. Constant
+2. fold                nodes in topological order, stable in the file's order (GraphEditor
+                       .stable_order), then
+   fold_constants      nodes whose inputs are all constant are evaluated once. Constant
                        nodes and non-weight initializers are constants; folding stops at
                        weights (float initializers with more than one element), so
                        Transpose(W) -> MatMul keeps W trainable and a weight used twice
                        stays one tensor
-4. fold_constant_nodes the remaining Constant nodes become initializers
-5. inline_constant_ifs  an If whose condition is a constant becomes its taken branch
+   fold_constant_nodes the remaining Constant nodes become initializers
+   and an initializer nothing reads is not written
+3. inline_constant_ifs  an If whose condition is a constant becomes its taken branch
                        (graph/branches.py; conditions on shapes are decided on the data)
-6. unlink_identity_initializers
+4. unlink_identity_initializers
                        Identity(initializer) becomes an initializer of its own: the
                        legacy exporter links EQUAL-valued tensors this way (e.g. zero
                        biases of different layers), which were independent parameters
-7. infer_shapes        onnx shape inference with data propagation; onnxruntime's
+5. infer_shapes        onnx shape inference with data propagation; onnxruntime's
                        symbolic shape inference where dims stay symbolic or unknown
 """
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, ModelLoadError
+from .editor import GraphEditor, Node, is_default_domain
 from .internals import symbolic_shapes
 from .model import FLOAT_TYPES, OnnxModel, fresh_name
 
@@ -41,12 +44,17 @@ _MAX_FOLD_ELEMENTS = 1 << 20
 
 
 def normalize_model(model: OnnxModel) -> OnnxModel:
-    proto = model.proto
-    for step in (name_nodes, toposort, fold_constants, fold_constant_nodes, inline_constant_ifs,
-                 unlink_identity_initializers):
-        proto = step(proto)
-    proto = infer_shapes(proto, label=model.label)
-    return model.with_proto(proto)
+    proto = fold(name_nodes(model.proto), label=model.label)
+    proto = unlink_identity_initializers(inline_constant_ifs(proto), label=model.label)
+    return model.with_proto(infer_shapes(proto, label=model.label))
+
+
+def fold(proto: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
+    """Sorted (stable), constants folded, Constant nodes as initializers (a new proto)."""
+    ed = GraphEditor(proto)
+    fold_constants(ed)
+    fold_constant_nodes(ed)
+    return ed.finish(label, cleanup=False, infer=False)
 
 
 def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -56,12 +64,6 @@ def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
     for line in notes:
         log.info(line)
     return proto
-
-
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
 
 
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,48 +77,15 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Kahn's algorithm, stable with respect to the original order."""
-    g = proto.graph
-    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    producers = {o: idx for idx, n in enumerate(g.node) for o in n.output}
-    deps: list[set[int]] = []
-    for n in g.node:
-        need = set()
-        for name in node_reads(n):
-            if name not in available and name in producers:
-                need.add(producers[name])
-        deps.append(need)
-    users = defaultdict(list)
-    for idx, need in enumerate(deps):
-        for d in need:
-            users[d].append(idx)
-    remaining = [len(d) for d in deps]
-    ready = sorted(i for i, r in enumerate(remaining) if r == 0)
-    order: list[int] = []
-    import heapq
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
-    heapq.heapify(ready)
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            remaining[u] -= 1
-            if remaining[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(g.node):
-        stuck = [g.node[i].name for i in range(len(g.node)) if i not in set(order)][:3]
-        raise ModelLoadError(f"graph '{g.name}' has a cycle or a missing tensor near nodes {stuck}")
-    if order == list(range(len(g.node))):
-        return proto
-    proto = _copy(proto)
-    nodes = [proto.graph.node[i] for i in order]
-    new_nodes = [onnx.NodeProto() for _ in nodes]
-    for dst, src in zip(new_nodes, nodes):
-        dst.CopyFrom(src)
-    del proto.graph.node[:]
-    proto.graph.node.extend(new_nodes)
-    return proto
+
+def toposort(proto: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
+    """The nodes in topological order, stable with respect to the file's (a new proto)."""
+    return GraphEditor(proto).finish(label, cleanup=False, infer=False)
 
 
 def node_reads(node: onnx.NodeProto) -> list[str]:
@@ -153,106 +122,74 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise ModelLoadError(f"Constant node '{node.name}' uses '{kind}', which is not supported")
 
 
-def fold_constant_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    if not any(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
-        return proto
-    proto = _copy(proto)
-    keep = []
+def _is_constant_node(node: Node) -> bool:
+    return node.op == "Constant" and is_default_domain(node)
+
+
+def fold_constant_nodes(ed: GraphEditor) -> None:
+    """Each Constant node that is no graph output becomes an initializer of its output's name."""
+    for node in ed.nodes:
+        if _is_constant_node(node) and not ed.is_output(node.outputs[0]):
+            ed.fold(node, [_constant_value(ed.node_proto(node))])
+
+
+def unlink_identity_initializers(proto: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
+    inits = {t.name for t in proto.graph.initializer}
     outputs = {o.name for o in proto.graph.output}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
-            proto.graph.initializer.append(numpy_helper.from_array(_constant_value(node), node.output[0]))
-        else:
-            keep.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(keep)
-    return proto
-
-
-def unlink_identity_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
-    inits = {t.name: t for t in proto.graph.initializer}
-    outputs = {o.name for o in proto.graph.output}
-    linked = [n for n in proto.graph.node
-              if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs]
-    if not linked:
+    if not any(n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs for n in proto.graph.node):
         return proto
-    proto = _copy(proto)
-    drop = {n.name for n in linked}
-    for n in linked:
-        t = onnx.TensorProto()
-        t.CopyFrom(inits[n.input[0]])
-        t.name = n.output[0]
-        proto.graph.initializer.append(t)
-    keep = [n for n in proto.graph.node if n.name not in drop]
-    del proto.graph.node[:]
-    proto.graph.node.extend(keep)
-    return proto
+    ed = GraphEditor(proto)
+    for node in ed.nodes:
+        if node.op == "Identity" and ed.is_const(node.inputs[0]) and not ed.is_output(node.outputs[0]):
+            ed.fold(node, [ed.const_proto(node.inputs[0])])
+    return ed.finish(label, cleanup=False, infer=False)
 
 
-def _is_weight(t: onnx.TensorProto) -> bool:
+def _is_weight(ed: GraphEditor, name: str) -> bool:
     """Float tensors with more than one element are (potential) trainable weights."""
-    return t.data_type in FLOAT_TYPES and int(np.prod(t.dims)) > 1
+    return ed.onnx_dtype(name) in FLOAT_TYPES and int(np.prod(ed.tensor(name).shape)) > 1
 
 
-def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Evaluate nodes whose inputs are all constants (shape arithmetic, Constant chains)."""
+def fold_constants(ed: GraphEditor) -> None:
+    """Evaluate nodes whose inputs are all constants (shape arithmetic, Constant chains); a
+    folded node's outputs become initializers."""
     from onnx.reference import ReferenceEvaluator
 
-    g = proto.graph
-    tensors = {t.name: t for t in g.initializer}
-    consts: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer if not _is_weight(t)}
-    outputs = {o.name for o in g.output}
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    folded: dict[str, np.ndarray] = {}
-    drop: set[str] = set()
-    for node in g.node:
-        is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
-        if (node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or (not node.input and not is_constant)
-                or any(x and x not in consts for x in node.input)
-                or any(o in outputs for o in node.output)):
+    consts: dict[str, np.ndarray | None] = {n: None for n in ed.const_names() if not _is_weight(ed, n)}
+    opset, ir_version = ed.opset(), ed.ir_version
+    for node in ed.stable_order():
+        is_constant = _is_constant_node(node)
+        ins = [t.name for t in node.inputs]
+        if (not is_default_domain(node) or node.op in _NO_FOLD or (not ins and not is_constant)
+                or any(x and x not in consts for x in ins) or any(ed.is_output(o) for o in node.outputs)):
             continue
+        proto = ed.node_proto(node)
         if is_constant:
-            consts[node.output[0]] = _constant_value(node)
+            consts[node.outputs[0].name] = _constant_value(proto)
             continue  # fold_constant_nodes turns it into an initializer if still needed
         feeds = {}
-        for x in node.input:
+        for x in ins:
             if x:
                 if consts[x] is None:
-                    consts[x] = numpy_helper.to_array(tensors[x])
+                    consts[x] = numpy_helper.to_array(ed.const_proto(x))
                 feeds[x] = consts[x]
         try:
             single = helper.make_model(
-                helper.make_graph([node], "fold", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
-                                  [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o]),
-                opset_imports=[helper.make_opsetid("", opset)], ir_version=proto.ir_version)
-            results = ReferenceEvaluator(single).run(None, feeds)
+                helper.make_graph([proto], "fold", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in proto.output if o]),
+                opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+            results = [np.asarray(r) for r in ReferenceEvaluator(single).run(None, feeds)]
         except Exception as e:  # noqa: BLE001 - an op the evaluator lacks just stays a node
-            log.debug("not folding %s (%s): %s", node.name, node.op_type, e)
+            log.debug("not folding %s (%s): %s", node.name, node.op, e)
             continue
-        values = dict(zip([o for o in node.output if o], results))
-        if any(np.asarray(v).size > _MAX_FOLD_ELEMENTS for v in values.values()):
+        if any(r.size > _MAX_FOLD_ELEMENTS for r in results):
             continue
-        for name, value in values.items():
-            consts[name] = folded[name] = np.asarray(value)
-        drop.add(node.name)
-    if not drop:
-        return proto
-    proto = _copy(proto)
-    keep = [n for n in proto.graph.node if n.name not in drop]
-    needed = {x for n in keep for x in node_reads(n)} | outputs  # If bodies read outer names too
-    del proto.graph.node[:]
-    proto.graph.node.extend(keep)
-    for name, value in folded.items():
-        if name in needed:
-            proto.graph.initializer.append(numpy_helper.from_array(value, name))
-    # drop initializers and Constant nodes that only fed folded nodes
-    used = [t for t in proto.graph.initializer if t.name in needed]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(used)
-    live = [n for n in proto.graph.node if not (n.op_type == "Constant" and n.output[0] not in needed)]
-    del proto.graph.node[:]
-    proto.graph.node.extend(live)
-    return proto
+        for name, value in zip([o for o in proto.output if o], results):
+            consts[name] = value
+        ed.fold(node, results)
+    for node in ed.nodes:  # Constant nodes that only fed folded nodes
+        if _is_constant_node(node) and not ed.consumers(node.outputs[0]) and not ed.is_output(node.outputs[0]):
+            ed.remove(node)
 
 
 def infer_shapes(proto: onnx.ModelProto, *, label: str) -> onnx.ModelProto:
