@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
+from .editor import GraphEditor
 from .model import OnnxModel
 from .session import ort_session
 
@@ -101,9 +102,9 @@ def _candidate(model: OnnxModel, batch_one: dict, inner: frozenset, seen: set) -
     """The model with every rewrite of the module docstring (not yet proven)."""
     from .normalize import infer_shapes
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    rewrites = _rewrite(proto)
+    ed = GraphEditor(model.proto)
+    rewrites = _rewrite(ed)
+    proto = ed.finish(model.label, cleanup=False, infer=False)
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
@@ -127,60 +128,43 @@ def restore_batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---- rewrites -------------------------------------------------------------------------------
-def _rewrite(proto: onnx.ModelProto) -> list[str]:
-    g = proto.graph
-    inits = {t.name: t for t in g.initializer}
-    first_input = g.input[0].name
+def _rewrite(ed: GraphEditor) -> list[str]:
+    """The Expand / ConstantOfShape and Slice rules of the module docstring."""
+    first = ed.graph.inputs[0]
     batch_dim = None  # Shape(first input)[0:1], made once when an Expand / ConstantOfShape needs it
-    done, new_nodes = [], {}
-
-    def const(name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(inits[name]) if name in inits else None
-
-    def replace_const(node, slot: int, value: np.ndarray, tag: str) -> None:
-        name = f"{node.name}__{tag}"
-        g.initializer.append(numpy_helper.from_array(value.astype(np.int64), name))
-        node.input[slot] = name  # a new initializer per node: a shared one may feed a non-batch use
-
-    for node in list(g.node):  # Reshapes: _track_reshapes, which needs the batch axis of the input
-        op = node.op_type
+    done, reading = [], []  # reading: the new nodes that read the batch, placed first
+    for node in ed.nodes:  # Reshapes: _track_reshapes, which needs the batch axis of the input
+        op = node.op
         if op in ("Expand", "ConstantOfShape"):
             slot = 1 if op == "Expand" else 0
-            target = const(node.input[slot]) if len(node.input) > slot else None
+            target = ed.input_const(node, slot)
             if target is None or target.ndim != 1 or len(target) < 2 or target[0] != 1:
                 continue
             if batch_dim is None:
-                batch_dim = "geta_batch_dim"
-                shape_out = f"{batch_dim}__shape"
-                g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{batch_dim}__start"),
-                                      numpy_helper.from_array(np.array([1], np.int64), f"{batch_dim}__end")])
-                new_nodes[batch_dim] = [
-                    helper.make_node("Shape", [first_input], [shape_out], name=f"{batch_dim}__Shape"),
-                    helper.make_node("Slice", [shape_out, f"{batch_dim}__start", f"{batch_dim}__end"], [batch_dim],
-                                     name=f"{batch_dim}__Slice")]
-            rest = f"{node.name}__batch_rest"
-            g.initializer.append(numpy_helper.from_array(target[1:].astype(np.int64), rest))
-            out = f"{node.name}__batch_target"
-            new_nodes[out] = [helper.make_node("Concat", [batch_dim, rest], [out], axis=0, name=f"{node.name}__Concat")]
-            node.input[slot] = out
+                shape = ed.add_node("Shape", [first], "geta_batch_dim__Shape", output=ed.variable("geta_batch_dim__shape"))
+                bounds = [ed.add_const(f"geta_batch_dim__{k}", np.array([v], np.int64)) for k, v in (("start", 0), ("end", 1))]
+                batch_dim = ed.add_node("Slice", [shape, *bounds], "geta_batch_dim__Slice", output=ed.variable("geta_batch_dim"))
+                reading += [shape.inputs[0], batch_dim.inputs[0]]
+            rest = ed.add_const(f"{node.name}__batch_rest", target[1:].astype(np.int64))
+            out = ed.add_node("Concat", [batch_dim, rest], f"{node.name}__Concat",
+                              output=ed.variable(f"{node.name}__batch_target"), axis=0)
+            reading.append(out.inputs[0])
+            ed.set_input(node, slot, out)
             done.append(f"{op} '{node.name}' target {target.tolist()} -> [batch, {', '.join(map(str, target[1:]))}]")
-        elif op == "Slice" and len(node.input) >= 3:
-            starts, ends = const(node.input[1]), const(node.input[2])
-            axes = const(node.input[3]) if len(node.input) > 3 and node.input[3] else (
-                np.arange(len(starts)) if starts is not None else None)
+        elif op == "Slice" and len(node.inputs) >= 3:
+            starts, ends = ed.input_const(node, 1), ed.input_const(node, 2)
+            has_axes = len(node.inputs) > 3 and bool(node.inputs[3].name)
+            axes = ed.input_const(node, 3) if has_axes else (np.arange(len(starts)) if starts is not None else None)
             if starts is None or ends is None or axes is None:
                 continue
             hit = [k for k, a in enumerate(axes) if a == 0 and starts[k] == 0 and ends[k] == 1]
             if hit:
-                new = ends.copy()
+                new = ends.astype(np.int64)
                 new[hit] = _INT64_MAX
-                replace_const(node, 2, new, "batch_ends")
+                # a new initializer per node: a shared one may feed a non-batch use
+                ed.set_input(node, 2, ed.add_const(f"{node.name}__batch_ends", new))
                 done.append(f"Slice '{node.name}' end 1 on axis 0 -> the whole batch")
-    if new_nodes:  # the batch-reading nodes go first: they read only a graph input and constants
-        order = [n for nodes in new_nodes.values() for n in nodes]
-        rest_nodes = list(g.node)
-        del g.node[:]
-        g.node.extend(order + rest_nodes)
+    ed.place(reading, at=-1.0)  # they read only a graph input and constants
     return done
 
 
