@@ -33,7 +33,7 @@ import onnx
 from onnx import numpy_helper
 
 from .editor import GraphEditor
-from .model import OnnxModel
+from .model import OnnxModel, attr
 from .session import ort_session
 
 BATCH = "batch"
@@ -197,7 +197,7 @@ def _track_reshapes(proto: onnx.ModelProto, batch_one: dict[str, list], inner: f
         signature = (tuple(one), axes[0], tuple(target.tolist()))
         if one[axes[0]] > 1 and seen is not None:
             seen.add(signature)
-        new = _batch_target(one, axes[0], target, next((a.i for a in node.attribute if a.name == "allowzero"), 0),
+        new = _batch_target(one, axes[0], target, attr(node, "allowzero", 0),
                             inner=signature in inner)
         if new is None or np.array_equal(new, target):
             continue

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
-from .model import FLOAT_TYPES, OnnxModel
+from .model import FLOAT_TYPES, OnnxModel, attr
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU")
 
@@ -63,7 +63,7 @@ def _macs(model: OnnxModel, node: onnx.NodeProto) -> int | None:
         a, out = shape(node.input[0]), shape(node.output[0])
         if a is None or out is None or not a:
             return None
-        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        trans_a = bool(attr(node, "transA", 0))
         k = a[0] if op == "Gemm" and trans_a else a[-1]  # the reduced dimension
         return _matmul_macs(out, k)
     if op == "Einsum":
@@ -72,7 +72,7 @@ def _macs(model: OnnxModel, node: onnx.NodeProto) -> int | None:
         x, w = shape(node.input[0]), shape(node.input[1])
         if x is None or w is None:
             return None
-        layout = next((at.i for at in node.attribute if at.name == "layout"), 0)
+        layout = attr(node, "layout", 0)
         seq = x[1] if layout else x[0]
         num_dir, gates_h, inp = w
         hidden = gates_h // (4 if op == "LSTM" else 3)
@@ -88,7 +88,7 @@ def _matmul_macs(out: list[int], k: int) -> int:
 
 
 def _einsum_macs(model: OnnxModel, node: onnx.NodeProto) -> int | None:
-    eq = next((at.s.decode() for at in node.attribute if at.name == "equation"), "").replace(" ", "")
+    eq = attr(node, "equation", b"").decode().replace(" ", "")
     lhs = eq.split("->")[0].split(",")
     sizes: dict[str, int] = {}
     for term, name in zip(lhs, node.input):

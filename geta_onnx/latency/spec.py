@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph.model import weight_source
+from ..graph.model import attr, weight_source
 from ..quant.plan import QuantLayer
 
 # kept widths measured per axis: the full width, the unit, and evenly spaced multiples of the
@@ -96,18 +96,17 @@ def layer_spec(model, layer: QuantLayer, shapes: dict[str, tuple[int, ...]],
     x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
     if x is None or y is None or len(x) < 2:
         return None
-    attrs = {a.name: a for a in node.attribute}
-    ints = lambda name, default: tuple(attrs[name].ints) if name in attrs else default  # noqa: E731
+    ints = lambda name, default: tuple(attr(node, name, default))  # noqa: E731
     per_sample, out = tuple(int(d) for d in x[1:]), tuple(int(d) for d in y[1:])
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
         if len(per_sample) < 2 or len(out) < 2:
             return None
         nsp = len(per_sample) - 1
-        group = attrs["group"].i if "group" in attrs else 1
+        group = attr(node, "group", 1)
         w = layer.weight_shape
         cin, cout = (w[1] * group, w[0]) if op == "Conv" else (w[0], w[1] * group)
-        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+        if attr(node, "auto_pad", b"NOTSET") not in (b"", b"NOTSET"):
             return None  # SAME_* pads depend on the input size: not modelled
         return LayerSpec(layer.node, op, per_sample, cin, cout, kernel=tuple(w[2:]), strides=ints("strides", (1,) * nsp),
                          pads=ints("pads", (0,) * 2 * nsp), dilations=ints("dilations", (1,) * nsp), group=group,
@@ -115,7 +114,7 @@ def layer_spec(model, layer: QuantLayer, shapes: dict[str, tuple[int, ...]],
     if op in ("Gemm", "MatMul"):
         if weight_source(model, node.input[0]) == layer.weight:
             return None  # W @ x: the activation is the second input; not modelled
-        if op == "Gemm" and (len(per_sample) != 1 or ("transA" in attrs and attrs["transA"].i)):
+        if op == "Gemm" and (len(per_sample) != 1 or attr(node, "transA", 0)):
             return None
         k, n = per_sample[-1], out[-1]
         return LayerSpec(layer.node, op, per_sample, k, n, out_elems=int(np.prod(out[:-1])) if len(out) > 1 else 1,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph.model import OnnxModel
+from ..graph.model import OnnxModel, attr
 
 # output >= 0 whatever the input
 SOURCES = frozenset({"Relu", "Sigmoid", "Softmax", "HardSigmoid", "Softplus", "Abs", "Exp",
@@ -69,7 +69,7 @@ def _clip_min_nonneg(model: OnnxModel, node: onnx.NodeProto, known: set[str]) ->
     """Clip's lower bound is a constant >= 0 (opset >= 11: input 1; before: attribute `min`).
     A Clip without a lower bound keeps non-negativity of its input."""
     if model.opset(node.domain) < 11:
-        low = next((a.f for a in node.attribute if a.name == "min"), None)
+        low = attr(node, "min")
         return (low is not None and low >= 0) or (bool(node.input) and node.input[0] in known)
     if len(node.input) > 1 and node.input[1]:
         return node.input[1] in known or (bool(node.input) and node.input[0] in known)
