@@ -18,15 +18,14 @@ the rewritten graph, its shapes inferred again (optional).
 Stable: the nodes and initializers keep the file's order wherever the edits allow, new ones
 come after (a new node as late as its readers let it). The bridge's modules, the QADG's group
 ids and so the checkpoints follow that order; gs's own toposort sorts by depth and would
-renumber them. What a gs round trip loses: node doc strings and node metadata_props; graph
-inputs that are also initializers (IR < 4 files list every weight so) come back as they were.
+renumber them. What a gs round trip would lose comes back as the file had it
+(graph/roundtrip.py).
 
 The read-only analysis view is graph.model.OnnxModel; weight_source there is the one walker
 from a tensor to its initializer."""
 from __future__ import annotations
 
 import contextlib
-import heapq
 
 import ml_dtypes
 import numpy as np
@@ -36,8 +35,9 @@ from onnx import helper, numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from ..errors import ModelLoadError
 from .model import fresh_name
+from .roundtrip import body_initializers, node_details, outer_initializers, replace_field, restore_details, \
+    signature, stable_order
 
 Tensor = gs.Tensor
 Node = gs.Node
@@ -71,7 +71,7 @@ class GraphEditor:
         self._arrays: dict[str, np.ndarray] = {}
         self._rank: dict[int, float] = {id(n): i for i, n in enumerate(self.graph.nodes)}  # order keys
         self._main_consts = {t.name for t in proto.graph.initializer}  # grows with add_const / fold
-        self._body_consts = _body_initializers(proto.graph)
+        self._body_consts = body_initializers(proto.graph)
         self._declared: dict[str, onnx.ValueInfoProto] = {}  # graph inputs / outputs written as given
         self._undeclared: set[str] = set()  # the file's inputs that are no inputs any more
 
@@ -318,131 +318,25 @@ class GraphEditor:
             exported = gs.export_onnx(self.graph, do_type_check=False)
         out = self._model  # the editor's own copy: its fields, the new graph
         original = {t.name: i for i, t in enumerate(out.graph.initializer)}
-        moved = _outer_initializers(exported.graph, self._main_consts, self._body_consts)
+        moved = outer_initializers(exported.graph, self._main_consts, self._body_consts)
         written = {t.name for t in exported.graph.initializer} | {t.name for t in moved}
-        inputs = self._signature(out.graph.input, exported.graph.input, written)
-        outputs = self._signature(out.graph.output, exported.graph.output, set())
-        details = {n.name: n for n in out.graph.node if n.doc_string or len(n.metadata_props)}
+        inputs = signature(out.graph.input, exported.graph.input, written, self._declared, self._undeclared)
+        outputs = signature(out.graph.output, exported.graph.output, set(), self._declared, self._undeclared)
+        details = node_details(out.graph)
         out.graph.CopyFrom(exported.graph)
         inits = sorted([*out.graph.initializer, *moved], key=lambda t: original.get(t.name, len(original)))  # stable
-        _replace(out.graph.initializer, inits)
-        _replace(out.graph.input, inputs)
-        _replace(out.graph.output, outputs)
-        for node in out.graph.node:  # gs drops a node's doc string and metadata
-            if node.name in details:
-                if details[node.name].doc_string:
-                    node.doc_string = details[node.name].doc_string
-                node.metadata_props.extend(details[node.name].metadata_props)
+        replace_field(out.graph.initializer, inits)
+        replace_field(out.graph.input, inputs)
+        replace_field(out.graph.output, outputs)
+        restore_details(out.graph, details)
         if not infer:
             return out
         del out.graph.value_info[:]
         return infer_shapes(out, label=label)
 
-    def _signature(self, before, exported, written: set[str]) -> list[onnx.ValueInfoProto]:
-        """Graph inputs or outputs in gs's order: as `declare`d, else the file's declaration
-        (gs may drop a shape or a denotation), else gs's; and the file's inputs that are also
-        initializers still written (gs drops those: IR < 4 files declare every weight so) in
-        their places."""
-        file = {vi.name: vi for vi in before}
-        out = [self._declared.get(vi.name) or file.get(vi.name) or vi for vi in exported]
-        present = {vi.name for vi in out}
-        extra = [vi for vi in before if vi.name not in present and vi.name in written and vi.name not in self._undeclared]
-        if not extra:
-            return out
-        place = {vi.name: i for i, vi in enumerate(before)}
-        keys, last = [], -1.0
-        for vi in out:  # a new input goes right after the one before it
-            last = float(place[vi.name]) if vi.name in place else last + 1e-3
-            keys.append(last)
-        merged = sorted(zip(keys + [float(place[vi.name]) for vi in extra], range(len(out) + len(extra)), out + extra))
-        return [vi for _, _, vi in merged]
-
     def stable_order(self, label: str = "model") -> list[Node]:
-        """The main graph's nodes in topological order, stable (Kahn's algorithm, the ready
-        node with the smallest key first: a node's place in the file, a new node's place
-        after all of them). A node waits for the producers of every tensor it reads, inside
-        its If / Loop / Scan bodies too."""
+        """The main graph's nodes in topological order, stable: a node's place in the file
+        (or where `place` put it), a new node's after all of them (graph/roundtrip.py)."""
         nodes = list(self.graph.nodes)
-        index = {id(n): i for i, n in enumerate(nodes)}
-        key = [self._rank.get(id(n), len(self._rank) + i) for i, n in enumerate(nodes)]
-        users: list[list[int]] = [[] for _ in nodes]
-        waiting = [0] * len(nodes)
-        for i, node in enumerate(nodes):
-            producers = {index[id(t.inputs[0])] for t in _reads(node) if t.inputs and id(t.inputs[0]) in index}
-            producers.discard(i)
-            for p in producers:
-                users[p].append(i)
-            waiting[i] = len(producers)
-        ready = [(key[i], i) for i in range(len(nodes)) if not waiting[i]]
-        heapq.heapify(ready)
-        order: list[int] = []
-        while ready:
-            _, i = heapq.heappop(ready)
-            order.append(i)
-            for u in users[i]:
-                waiting[u] -= 1
-                if not waiting[u]:
-                    heapq.heappush(ready, (key[u], u))
-        if len(order) != len(nodes):
-            stuck = [nodes[i].name for i in range(len(nodes)) if waiting[i]][:3]
-            raise ModelLoadError(f"{label}: graph '{self.graph.name}' has a cycle or a missing tensor near nodes {stuck}")
-        return [nodes[i] for i in order]
-
-
-
-def _outer_initializers(graph: onnx.GraphProto, main: set[str], local: set[str]) -> list[onnx.TensorProto]:
-    """gs writes a main-graph initializer that only an If / Loop / Scan body reads into that
-    body's initializers: taken out of the bodies here (returned, once each) to stay main-graph
-    initializers, where the bridge trains them and one copy serves every body."""
-    found: dict[str, onnx.TensorProto] = {}
-
-    def visit(g: onnx.GraphProto) -> None:
-        for node in g.node:
-            for attr in node.attribute:
-                for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    outer = [t for t in body.initializer if t.name in main and t.name not in local]
-                    if outer:
-                        rest = [t for t in body.initializer if not (t.name in main and t.name not in local)]
-                        for t in outer:
-                            found.setdefault(t.name, _copy(t))
-                        _replace(body.initializer, rest)
-                    visit(body)
-
-    visit(graph)
-    return [t for name, t in found.items() if name not in {x.name for x in graph.initializer}]
-
-
-def _reads(node: Node) -> list[Tensor]:
-    """Every tensor `node` reads: its inputs and what its subgraphs read (gs links a body's
-    outer-scope names to the outer tensors)."""
-    tensors = list(node.inputs)
-    for value in node.attrs.values():
-        for sub in value if isinstance(value, list) else [value]:
-            if isinstance(sub, gs.Graph):
-                for inner in sub.nodes:
-                    tensors.extend(_reads(inner))
-    return tensors
-
-
-def _body_initializers(graph: onnx.GraphProto) -> set[str]:
-    """Names of the initializers the file itself puts in If / Loop / Scan bodies."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names.update(t.name for t in body.initializer)
-                names |= _body_initializers(body)
-    return names
-
-
-def _replace(field, items) -> None:
-    """A repeated protobuf field's contents replaced by `items` (copied first: they may be its own)."""
-    items = [_copy(x) for x in items]
-    del field[:]
-    field.extend(items)
-
-
-def _copy(message):
-    out = type(message)()
-    out.CopyFrom(message)
-    return out
+        keys = [self._rank.get(id(n), len(self._rank) + i) for i, n in enumerate(nodes)]
+        return stable_order(nodes, keys, f"{label}: graph '{self.graph.name}'")

@@ -52,6 +52,11 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs of `node` (If's branches, Loop's and Scan's bodies)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
 def fresh_name(base: str, taken: set[str]) -> str:
     """`base`, or `base_1`, `base_2`, ... : the first not in `taken`, which it joins."""
     name, k = base, 1

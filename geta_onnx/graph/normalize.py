@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from ..errors import ConfigError, ModelLoadError
 from .editor import GraphEditor, Node, is_default_domain
 from .internals import symbolic_shapes
-from .model import FLOAT_TYPES, OnnxModel, fresh_name
+from .model import FLOAT_TYPES, OnnxModel, bodies, fresh_name
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,12 @@ def node_reads(node: onnx.NodeProto) -> list[str]:
     """Every tensor name `node` reads: its inputs and, for If / Loop / Scan, the outer-scope
     names its bodies read."""
     names = list(node.input)
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                local.update(n.output)
-            for n in sub.node:
-                names.extend(x for x in node_reads(n) if x and x not in local)
+    for sub in bodies(node):
+        local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+        for n in sub.node:
+            local.update(n.output)
+        for n in sub.node:
+            names.extend(x for x in node_reads(n) if x and x not in local)
     return names
 
 
