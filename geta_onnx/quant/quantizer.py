@@ -70,19 +70,21 @@ class GetaQuantize(torch.autograd.Function):
     x, d, q_m, t are saved: the backward recomputes u (cheap) instead of keeping four x-sized
     intermediates alive.
 
-    The linear path is the same function in fewer passes over x (4 instead of 8 forward; it is
-    most of the fake-quant cost of a transformer step): with c = clip(x, -q_m, q_m),
-    sign(x) * d * round(|c| / d) = d * round(c / d) because round (half to even) and the
-    division are odd functions, and likewise sign(x) (round(z) - z) = round(c/d) - c/d in the
-    d gradient; tests/quant/test_quantizer.py checks both paths agree bitwise."""
+    The linear path is the same function in fewer passes over x (it is most of the fake-quant
+    cost of a step): with c = clip(x, -q_m, q_m), sign(x) * d * round(|c| / d) =
+    d * round(c / d) because round (half to even) and the division are odd functions, and
+    likewise sign(x) (round(z) - z) = round(c/d) - c/d in the d gradient. Its forward keeps
+    what the backward needs instead of x: the rounding residual round(z) - z (when d learns)
+    and an int8 region code, +1 at x >= q_m, -1 at x <= -q_m (unsigned: x < 0), 0 inside. The
+    backward is then three products and two sums, where recomputing took 17 passes over x
+    (docs/measurements.md, "Fake-quant and Clip cost"); tests/quant/test_quantizer.py checks
+    the paths agree bitwise."""
 
     @staticmethod
     def forward(ctx, x, d, q_m, t, signed: bool):
         ctx.signed = signed
         if t is None:
-            ctx.save_for_backward(x, d, q_m)
-            dd = d.clamp_min(D_FLOOR)
-            return dd * torch.round(_clip(x, q_m, signed) / dd)
+            return _linear_forward(ctx, x, d, q_m, signed)
         ctx.save_for_backward(x, d, q_m, t)
         _, _, c, u, z = _parts(x, d, q_m, t, signed)
         mag = d.clamp_min(D_FLOOR) * torch.round(z)
@@ -90,7 +92,7 @@ class GetaQuantize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if len(ctx.saved_tensors) == 3:
+        if getattr(ctx, "linear", False):
             return _linear_backward(ctx, grad)
         x, d, q_m, t = ctx.saved_tensors
         s, a, c, u, z = _parts(x, d, q_m, t, ctx.signed)
@@ -111,25 +113,47 @@ class GetaQuantize(torch.autograd.Function):
 
 
 def _clip(x, q_m, signed: bool) -> torch.Tensor:
-    """c = clip(x, -q_m, q_m) (signed) or clip(x, 0, q_m) (unsigned); q_m floored."""
+    """c = clip(x, -q_m, q_m) (signed) or clip(x, 0, q_m) (unsigned); q_m floored. A per-tensor
+    q_m on the CPU clamps with Python numbers: that kernel is about 7x faster than the one with
+    tensor bounds (the same values: the float32 bound as a double, cast back)."""
     q = q_m.clamp_min(Q_FLOOR)
+    if q.numel() == 1 and q.device.type == "cpu":
+        bound = float(q)
+        return torch.clamp(x, -bound if signed else 0.0, bound)
     return torch.clamp(x, -q if signed else torch.zeros_like(q), q)
 
 
+def _linear_forward(ctx, x, d, q_m, signed: bool) -> torch.Tensor:
+    """Q(x) at t = 1, keeping the residual and the region code for _linear_backward."""
+    dd = d.clamp_min(D_FLOOR)
+    z = _clip(x, q_m, signed) / dd
+    k = torch.round(z)
+    need_x, need_d, need_q = ctx.needs_input_grad[:3]
+    residual = z.neg_().add_(k) if need_d else None  # round(z) - z, in z's memory
+    region = None
+    if need_x or need_q:
+        q = q_m.clamp_min(Q_FLOOR)
+        region = (x >= q).view(torch.int8)  # bool as int8: the same bytes, no copy
+        region -= ((x <= -q) if signed else (x < 0)).view(torch.int8)
+    ctx.linear, ctx.shapes = True, (d.shape, q_m.shape)
+    ctx.save_for_backward(residual, region)
+    return k.mul_(dd)
+
+
 def _linear_backward(ctx, grad):
-    """The gradients of the module docstring at t = 1, in the fused form of GetaQuantize."""
-    x, d, q_m = ctx.saved_tensors
-    signed = ctx.signed
-    q = q_m.clamp_min(Q_FLOOR)
+    """The gradients of the module docstring at t = 1 from what _linear_forward kept:
+    dQ/dx = [region = 0], dQ/dd = round(z) - z, dQ/dq_m = the region's sign where |x| >= q_m
+    (unsigned: 1 where x >= q_m)."""
+    residual, region = ctx.saved_tensors
+    d_shape, q_shape = ctx.shapes
     gx = gd = gq = None
     if ctx.needs_input_grad[0]:
-        gx = grad * ((x > -q) & (x < q) if signed else (x >= 0) & (x < q))
+        gx = torch.where(region == 0, grad, 0.0)
     if ctx.needs_input_grad[1]:
-        z = _clip(x, q_m, signed) / d.clamp_min(D_FLOOR)
-        gd = (grad * (torch.round(z) - z)).sum_to_size(d.shape)
-    if ctx.needs_input_grad[2]:  # sign(x) where |x| >= q_m (unsigned: 1 where x >= q_m)
-        edge = (x >= q).to(grad.dtype) - (x <= -q).to(grad.dtype) if signed else (x >= q).to(grad.dtype)
-        gq = (grad * edge).sum_to_size(q_m.shape)
+        gd = (grad * residual).sum_to_size(d_shape)
+    if ctx.needs_input_grad[2]:  # the code as grad's dtype first: mixed int8 * float is slow
+        edge = (region if ctx.signed else region.clamp_min(0)).to(grad.dtype)
+        gq = (grad * edge).sum_to_size(q_shape)
     return gx, gd, gq, None, None
 
 

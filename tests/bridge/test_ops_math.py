@@ -200,6 +200,26 @@ def test_clip_runtime_bounds():
     check("Clip", feeds, inputs=["x", "lo"], opset=13)
 
 
+def test_clip_with_two_bounds_trains_as_relu6():
+    """Two constant bounds run as F.hardtanh (one pass each way): bitwise the values of two
+    clamps, and the gradient of PyTorch's ReLU6, 1 strictly inside the bounds, 0 at and
+    beyond them; the elementwise op's gradient tests elsewhere check the rest."""
+    import torch
+
+    node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")
+    x = np.array([-1.0, 0.0, 0.5, 6.0, 7.0], np.float32)
+    proto = make_model([node], {"x": x}, ["y"], {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, opset=13)
+    module = to_torch(from_proto(proto))
+    xt = torch.tensor(x, requires_grad=True)
+    y = module(xt)
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    assert torch.equal(y, torch.clamp(torch.tensor(x), 0, 6))
+    y.sum().backward()
+    relu6 = torch.tensor(x, requires_grad=True)
+    nn.ReLU6()(relu6).sum().backward()
+    assert xt.grad.tolist() == relu6.grad.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+
+
 def assert_exact(proto, feeds, *, legacy=False):
     """Outputs equal to onnxruntime's bit for bit, NaN where it has NaN (assert_parity's
     tolerance scales with the largest reference value, which is NaN then). `legacy`:
