@@ -38,9 +38,11 @@ def direction(p: torch.Tensor, state: dict, group: dict, base: str) -> torch.Ten
     state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
     state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
     t = state["step"]
-    m_hat = state["exp_avg"] / (1 - beta1 ** t)
-    v_hat = state["exp_avg_sq"] / (1 - beta2 ** t)
-    return m_hat / (v_hat.sqrt() + group.get("eps", 1e-8))
+    # m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), in
+    # two new tensors (torch.optim.Adam's arrangement) instead of five: the step passes over
+    # every parameter (docs/measurements.md, "Fake-quant, Clip and optimizer cost")
+    denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** t)).add_(group.get("eps", 1e-8))
+    return torch.div(state["exp_avg"], denom, out=denom).div_(1 - beta1 ** t)
 
 
 def decoupled_decay(p: torch.Tensor, group: dict, base: str) -> None:

@@ -77,7 +77,7 @@ class GetaQuantize(torch.autograd.Function):
     what the backward needs instead of x: the rounding residual round(z) - z (when d learns)
     and an int8 region code, +1 at x >= q_m, -1 at x <= -q_m (unsigned: x < 0), 0 inside. The
     backward is then three products and two sums, where recomputing took 17 passes over x
-    (docs/measurements.md, "Fake-quant and Clip cost"); tests/quant/test_quantizer.py checks
+    (docs/measurements.md, "Fake-quant, Clip and optimizer cost"); tests/quant/test_quantizer.py checks
     the paths agree bitwise."""
 
     @staticmethod

@@ -182,9 +182,9 @@ class Clip(nn.Module):
     lo / hi are Python numbers baked at build time (attributes before opset 11, constant
     inputs after), or None: then the runtime inputs are used, and a missing bound is open.
     Two baked bounds on a float tensor run as F.hardtanh, as PyTorch's own ReLU6 does: one
-    pass forward and one fused pass backward, where two clamps take two and six (a
-    MobileNetV2 training step spent 350 ms of 2 s in them; docs/measurements.md). The values
-    are the same; the gradient at exactly lo or hi is 0, as ReLU6's, where clamp's is 1.
+    pass forward and one fused pass backward, where two clamps take two and six
+    (docs/measurements.md, "Fake-quant, Clip and optimizer cost"). The values are the same;
+    the gradient at exactly lo or hi is 0, as ReLU6's, where clamp's is 1.
     """
 
     def __init__(self, lo: int | float | None, hi: int | float | None):
