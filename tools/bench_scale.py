@@ -8,6 +8,8 @@ at the same GLOBAL batch and times each step from before its forward to after th
 step (a hook), mean over the steps after the first two:
   native   the PyTorch definition of the same architecture (samples/zoo.py, samples/pretrained),
            fp32, Adam (on 2 CPU processes with per-rank BatchNorm: torch's SyncBatchNorm is GPU-only);
+  bridge   the bridged ONNX file in fp32 with torch's Adam: no quantizer, no QASSO (what the
+           bridge itself costs; one process only);
   geta     the bridged ONNX file with the GETA quantizers and QASSO, over a schedule that
            visits all four stages (warm-up 1/8, projection 2/8, pruning 3/8, cool-down 2/8),
            so period starts (scoring every group) and commits are in the mean.
@@ -117,7 +119,9 @@ def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool) -
     model, native, inputs = setup(name, batch * steps)
     data, timer = _data(inputs, batch), StepTimer()
     torch.manual_seed(0)
-    if kind == "native":
+    if kind in ("native", "bridge"):
+        if kind == "bridge":
+            native = to_torch(model).train()
         if sync and distributed.launched() and device.startswith("cuda"):  # torch's SyncBatchNorm: GPU only
             native = torch.nn.SyncBatchNorm.convert_sync_batchnorm(native)
         opt = torch.optim.Adam(native.parameters(), lr=1e-5)
@@ -185,10 +189,10 @@ def main() -> None:
     for name in a.models.split(","):
         a.models_one = name
         one = {}
-        for kind in ("native", "geta"):
+        for kind in ("native", "bridge", "geta"):
             s = run(name, kind, a.batch, a.steps, a.device, True)
             one[kind] = s
-            ratio = f"{s / one['native']:.2f}x" if kind == "geta" else ""
+            ratio = f"{s / one['native']:.2f}x" if kind != "native" else ""
             print(f"{name:<16} {1:>5} {kind:<8} {s * 1e3:>9.1f} {a.batch / s:>10.1f} {ratio:>9} {'':>9}", flush=True)
         for n in (x for x in procs if x > 1):
             threads = a.threads if a.per_process else max(a.threads // n, 1)
