@@ -161,15 +161,13 @@ def _first_sample(proto: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dic
 def _inline_decided(proto: onnx.ModelProto, decided: dict[str, bool], label: str) -> onnx.ModelProto:
     """Each decided If replaced by its taken branch, then what no longer feeds an output
     dropped (the conditions' arithmetic) and constants folded again (a new proto)."""
-    from .normalize import fold_constant_nodes, fold_constants
+    from .normalize import finish_folded
 
     ed = GraphEditor(proto)
     for node in ed.nodes:
         if node.name in decided:
             _inline(ed, node, decided[node.name])
-    fold_constants(ed)
-    fold_constant_nodes(ed)
-    return ed.finish(label, infer=False)
+    return finish_folded(ed, label=label, cleanup=True)
 
 
 def _inline(ed: GraphEditor, node: Node, taken_branch: bool) -> None:

@@ -274,7 +274,7 @@ class GraphEditor:
         ios = self.graph.outputs if output else self.graph.inputs
         t = self._tensors.get(vi.name)
         if t is None or (replace is not None and replace != vi.name):
-            t = gs.Variable(self.claim(vi.name) if not self.taken(vi.name) else vi.name)
+            t = gs.Variable(self.claim(vi.name))
             self._tensors[vi.name] = t
         if replace is not None:
             ios[[x.name for x in ios].index(replace)] = t

@@ -34,6 +34,7 @@ import onnx
 from ..errors import ConfigError, GetaError
 from .editor import GraphEditor, Node
 from .model import OnnxModel
+from .roundtrip import replace_field
 
 ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
 
@@ -86,7 +87,7 @@ class Interface:
         out = ed.finish(cleanup=False, infer=False)
         order = {vi.name: i for i, vi in enumerate(self.original.values())}
         inputs = sorted(out.graph.input, key=lambda vi: order.get(vi.name, len(order)))
-        _replace_all(out.graph.input, inputs)
+        replace_field(out.graph.input, inputs)
         del out.graph.value_info[:]
         return onnx.shape_inference.infer_shapes(out, check_type=False, strict_mode=False)
 
@@ -164,12 +165,6 @@ def _move(ed: GraphEditor, declared: onnx.ValueInfoProto, axis: int, *, output: 
         perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
         ed.add_node("Transpose", [outer], f"{ADAPTER}/in/{name}", output=inner, perm=perm)
     return inner.inputs[0] if not output else outer.inputs[0]
-
-
-def _replace_all(field, items) -> None:
-    items = [copy.deepcopy(x) for x in items]
-    del field[:]
-    field.extend(items)
 
 
 def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:

@@ -51,10 +51,15 @@ def normalize_model(model: OnnxModel) -> OnnxModel:
 
 def fold(proto: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
     """Sorted (stable), constants folded, Constant nodes as initializers (a new proto)."""
-    ed = GraphEditor(proto)
+    return finish_folded(GraphEditor(proto), label=label)
+
+
+def finish_folded(ed: GraphEditor, *, label: str, cleanup: bool = False) -> onnx.ModelProto:
+    """`ed`'s graph with constants folded and Constant nodes as initializers, finished
+    (`cleanup`: nodes that feed no output dropped too), shapes not inferred yet."""
     fold_constants(ed)
     fold_constant_nodes(ed)
-    return ed.finish(label, cleanup=False, infer=False)
+    return ed.finish(label, cleanup=cleanup, infer=False)
 
 
 def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
