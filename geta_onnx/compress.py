@@ -284,7 +284,8 @@ def _latency_report(lat: dict, checks: dict) -> dict:
             "original_ms": {"predicted": lat["original_ms"], "measured": original},
             "predicted_ms": predicted, "measured_ms": measured,
             "error": {k: predicted[k] / v - 1 for k, v in measured.items() if v and k in predicted},
-            "table_target": lat["table"]}
+            "table_target": lat["table"],
+            "int8_only": lat.get("int8_only", [])}  # MatMul layers kept from int4: MatMulNBits timed slower
 
 
 def versions() -> dict:

@@ -50,7 +50,8 @@ class QuantConfig:
     deployable_bits: bool = True
     # under a latency budget with the ort profile, a layer whose int8 kernel the latency table times
     # more than 1.2x slower than its float kernel (latency.model.INT8_SLOWER) stays in float, reported
-    # as "latency" in the layer table (docs/latency.md)
+    # as "latency" in the layer table, and a MatMul whose int4 form (MatMulNBits) it times slower
+    # than int8 keeps 8-bit weights (docs/latency.md)
     float_by_latency: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float

@@ -168,7 +168,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
             bops_fn = lambda removed, plan=plan: relative_bops(  # noqa: E731
                 plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
         deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
-        opt = QASSO(module, qadg, quant_targets(plan, quant, profile if deployable else None), sched, lr=optim.lr,
+        int8_only = _int8_only(latency, quant, profile)
+        targets = quant_targets(plan, quant, profile if deployable else None, int8_only=int8_only)
+        opt = QASSO(module, qadg, targets, sched, lr=optim.lr,
                     lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum,
                     weight_decay=optim.weight_decay, target_sparsity=value if kind == "target_sparsity" else None,
                     target_bops=value if kind == "target_bops" else None, bops_fn=bops_fn,
@@ -205,7 +207,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     if guard is not None:
         out.metrics["guard"] = guard.summary()
     if latency is not None:
-        out.metrics["latency"] = {"target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
+        latency.set_int4(_int4_layers(plan, profile))  # the prediction of the form each layer is exported in
+        out.metrics["latency"] = {"int8_only": sorted(int8_only),
+                                  "target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__}
     return out
@@ -269,6 +273,31 @@ def _float_by_latency(latency, saved: dict | None) -> list[str]:
             latency.restore(entries)
         slow = latency.slower_in_int8()
     return distributed.agree(slow) or []
+
+
+def _int8_only(latency, quant: QuantConfig, profile: str) -> frozenset[str]:
+    """MatMul layers kept from the int4 width because the table times their MatMulNBits
+    slower than their int8 kernel (LatencyModel.int4_slower; with float_by_latency, ort
+    profile), decided on rank 0 and agreed; the latency entries are the checkpoint's on resume
+    (restored by _float_by_latency), so a resumed run decides the same."""
+    if latency is None or not quant.float_by_latency or profile != "ort":
+        return frozenset()
+    return frozenset(distributed.agree(latency.int4_slower()) or [])
+
+
+def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
+    """The layers the ort export writes with an INT4 weight: a 2-D MatMul weight learned at
+    <= 4 bits in every channel (export.params.LayerQ.int4_candidate)."""
+    if profile != "ort":
+        return []
+    nodes = []
+    for la in plan.layers:
+        if la.op_type != "MatMul" or len(la.weight_shape) != 2 or la.weight_quantizer is None:
+            continue
+        q = plan.quantizer(la.weight_quantizer)
+        if q.enabled and float(q.bits().round().max()) <= 4:
+            nodes.append(la.node)
+    return nodes
 
 
 class _FirstBatches:

@@ -78,7 +78,11 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
               else f"{lat['target_ms']:.3f} ms")
     forms = "; ".join(f"{k} predicted {v:.3f} ms, measured {lat['measured_ms'][k]:.3f} ms ({lat['error'][k]:+.1%})"
                       for k, v in lat["predicted_ms"].items() if lat["measured_ms"].get(k) and k in lat["error"])
-    return [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}.", ""]
+    lines = [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}."]
+    if lat.get("int8_only"):
+        lines.append(f"Kept from 4-bit weights, their MatMulNBits timed slower than int8: "
+                     f"{', '.join(f'`{n}`' for n in lat['int8_only'])}.")
+    return lines + [""]
 
 
 def _guard_lines(guard: dict | None) -> list[str]:

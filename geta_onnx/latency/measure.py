@@ -13,7 +13,7 @@ import time
 import numpy as np
 import onnx
 
-from .micro import FORMS, layer_graph, overhead_graph
+from .micro import forms, layer_graph, overhead_graph
 from .spec import LayerSpec
 from .table import Entry, LatencyTable, Target
 
@@ -43,27 +43,34 @@ def time_ms(proto: onnx.ModelProto, feeds: dict, threads: int, min_seconds: floa
     return float(np.median(times)) * 1e3
 
 
-def measure_entry(spec: LayerSpec, unit: int, target: Target, overhead_ms: float, tick=lambda: None) -> Entry:
-    """Every (cin, cout) of spec.width_grid in every form; tick() after each benchmark."""
-    cin, cout = spec.width_grid(unit)
-    ms = {f: np.zeros((len(cin), len(cout))) for f in FORMS}
+def measure_entry(spec: LayerSpec, unit: int, target: Target, overhead_ms: float, tick=lambda: None,
+                  only: tuple[str, ...] | None = None, into: Entry | None = None) -> Entry:
+    """Every (cin, cout) of spec.width_grid in every form of the layer (`only` these, added to
+    the grids of `into`, an entry measured before); tick() after each benchmark."""
+    cin, cout = (into.cin, into.cout) if into is not None else spec.width_grid(unit)
+    todo = only or forms(spec)
+    ms = {f: np.zeros((len(cin), len(cout))) for f in todo}
     for i, ci in enumerate(cin):
         for j, co in enumerate(cout):
             if spec.depthwise and ci != co:  # one width: the diagonal holds the measurement
                 continue
-            for form in FORMS:
+            for form in todo:
                 proto, feeds = layer_graph(spec, ci, co, target.batch, form)
                 ms[form][i, j] = max(time_ms(proto, feeds, target.threads) - overhead_ms, 0.0)
                 tick()
     if spec.depthwise:  # the input width follows the output: every row is the diagonal
-        for form in FORMS:
+        for form in todo:
             ms[form] = np.tile(np.diag(ms[form]), (len(cin), 1))
-    return Entry(cin, cout, ms)
+    return Entry(cin, cout, {**(into.ms if into is not None else {}), **ms})
 
 
-def benchmarks_needed(spec: LayerSpec, unit: int) -> int:
-    cin, cout = spec.width_grid(unit)
-    return len(FORMS) * (len(cout) if spec.depthwise else len(cin) * len(cout))
+def _missing_forms(spec: LayerSpec, entry: Entry | None) -> tuple[str, ...]:
+    return tuple(f for f in forms(spec) if entry is None or f not in entry.ms)
+
+
+def benchmarks_needed(spec: LayerSpec, unit: int, entry: Entry | None = None) -> int:
+    cin, cout = (entry.cin, entry.cout) if entry is not None else spec.width_grid(unit)
+    return len(_missing_forms(spec, entry)) * (len(cout) if spec.depthwise else len(cin) * len(cout))
 
 
 def fill(table: LatencyTable | None, specs: list[LayerSpec], unit: int, target: Target,
@@ -75,10 +82,18 @@ def fill(table: LatencyTable | None, specs: list[LayerSpec], unit: int, target: 
     if table is None:
         proto, feeds = overhead_graph(target.batch)
         table = LatencyTable(target, time_ms(proto, feeds, target.threads), {})
-    missing = list({s.key: s for s in specs if s.key not in table.entries}.values())
-    total = sum(benchmarks_needed(s, unit) for s in missing)
+    # an entry without a form the layer may deploy as (a table from before the int4 form) gets
+    # that form measured on its own widths, on this target only: a table of another target
+    # keeps what it has (a layer without its int4 time is predicted as int8)
+    here = table.target == target
+    missing = list({s.key: s for s in specs if s.key not in table.entries
+                    or (here and _missing_forms(s, table.entries[s.key]))}.values())
+    total = sum(benchmarks_needed(s, unit, table.entries.get(s.key)) for s in missing)
     with tqdm(total=total, unit="bench", desc="latency table", dynamic_ncols=True,
               disable=not progress or not missing) as bar:
         for spec in missing:
-            table.entries[spec.key] = measure_entry(spec, unit, table.target, table.overhead_ms, tick=lambda: bar.update())
+            before = table.entries.get(spec.key)
+            table.entries[spec.key] = measure_entry(spec, unit, table.target, table.overhead_ms,
+                                                    tick=lambda: bar.update(), only=_missing_forms(spec, before),
+                                                    into=before)
     return table, len(missing)

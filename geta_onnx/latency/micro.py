@@ -11,19 +11,25 @@ Forms (what the export writes, export/qdq.py, and what onnxruntime fuses it into
   3-D conv, Q -> uint8 output. A Gemm / MatMul keeps its float output (a classifier's logits,
   a projection feeding a bias Add): QGemm / MatMulIntegerToFloat.
 - "float": float input, float weight and bias: Conv / Gemm / MatMul (MLAS sgemm).
+- "int4" (a MatMul only, `forms`): float input, the weight as INT4 behind a blocked
+  DequantizeLinear (axis 0, block INT4_BLOCK), float output: what the ort export writes for a
+  MatMul weight of <= 4 bits, and onnxruntime runs as MatMulNBits (weight-only: it quantizes
+  the activation itself).
 The input quantization is not part of the layer: inside a QDQ model the previous layer's
 kernel writes the uint8 tensor. Weights are random: time does not depend on the values.
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .spec import LayerSpec
 
-FORMS = ("int8", "float")
+FORMS = ("int8", "float", "int4")
 OPSET = 13  # per-axis DequantizeLinear
+INT4_OPSET, INT4_BLOCK = 21, 32  # blocked DequantizeLinear of INT4: as export/qdq.py writes it
 X_SCALE, W_SCALE, Y_SCALE = np.float32(0.02), np.float32(0.01), np.float32(0.05)  # any: time does not depend on them
 
 
@@ -42,10 +48,17 @@ def _model(nodes, x: onnx.ValueInfoProto, y_type: int, inits, domains=("",)) -> 
     return proto
 
 
+def forms(spec: LayerSpec) -> tuple[str, ...]:
+    """The forms the export may deploy `spec`'s layer as: int8 and float, and int4 for a MatMul."""
+    return FORMS if spec.op_type == "MatMul" else FORMS[:2]
+
+
 def layer_graph(spec: LayerSpec, cin: int, cout: int, batch: int, form: str) -> tuple[onnx.ModelProto, dict]:
-    if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
+    if form not in forms(spec):
+        raise ValueError(f"unknown form {form!r} for a {spec.op_type}; expected one of {forms(spec)}")
     cin, cout = spec.widths(cin, cout)
+    if form == "int4":
+        return _int4_matmul(spec, cin, cout, batch)
     if form == "int8" and spec.op_type == "Conv" and len(spec.kernel) == 2:
         return _nhwc_qlinear_conv(spec, cin, cout, batch)
     rng = np.random.default_rng(0)
@@ -105,6 +118,24 @@ def overhead_graph(batch: int) -> tuple[onnx.ModelProto, dict]:
     node = helper.make_node("Identity", ["x"], ["y"])
     proto = _model([node], helper.make_tensor_value_info("x", TensorProto.UINT8, [batch]), TensorProto.UINT8, [])
     return proto, {"x": np.zeros(batch, np.uint8)}
+
+
+def _int4_matmul(spec: LayerSpec, cin: int, cout: int, batch: int) -> tuple[onnx.ModelProto, dict]:
+    rng = np.random.default_rng(0)
+    x_shape = [batch, *spec.x_shape[:-1], cin]
+    blocks = -(-cin // INT4_BLOCK)
+    inits = [numpy_helper.from_array(rng.integers(-7, 8, (cin, cout)).astype(ml_dtypes.int4), "w4"),
+             numpy_helper.from_array(np.full((blocks, cout), W_SCALE, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros((blocks, cout), ml_dtypes.int4), "wz")]
+    nodes = [helper.make_node("DequantizeLinear", ["w4", "ws", "wz"], ["wf"], name="dq_w", axis=0,
+                              block_size=INT4_BLOCK),
+             helper.make_node("MatMul", ["x", "wf"], ["y"], name="layer")]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", INT4_OPSET)],
+                              producer_name="geta-onnx-latency")
+    proto.ir_version = 10
+    return proto, {"x": rng.standard_normal(x_shape).astype(np.float32)}
 
 
 def _nhwc_qlinear_conv(spec: LayerSpec, cin: int, cout: int, batch: int) -> tuple[onnx.ModelProto, dict]:

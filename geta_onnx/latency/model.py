@@ -43,6 +43,7 @@ INT8_SLOWER = 1.2
 class ModelLayer:
     spec: LayerSpec
     quantized: bool  # runs as the int8 kernel in the QDQ export
+    int4: bool = False  # a MatMul exported with an INT4 weight: runs as MatMulNBits (form "int4")
 
 
 @dataclass
@@ -123,6 +124,18 @@ class LatencyModel:
                 slow.append(la.spec.node)
         return slow
 
+    def int4_slower(self) -> list[str]:
+        """Node names of the quantized MatMul layers whose int4 form (MatMulNBits) the table
+        times slower than their int8 kernel at full width: a 4-bit weight there buys size and
+        costs time (docs/latency.md, "INT4 MatMul"). Raw table times, as slower_in_int8."""
+        slow = []
+        for la, entry in zip(self.layers, self._entries):
+            if la.quantized and "int4" in entry.ms:
+                cin, cout = la.spec.widths(la.spec.cin, la.spec.cout)
+                if entry.at("int4", cin, cout) > entry.at("int8", cin, cout):
+                    slow.append(la.spec.node)
+        return slow
+
     # ---- one layer --------------------------------------------------------------------
     def layer_ms(self, i: int, form: str, removed_in: int = 0, removed_out: int = 0) -> float:
         spec = self.layers[i].spec
@@ -133,7 +146,16 @@ class LatencyModel:
 
     def _times(self, i: int, rin: int, rout: int) -> tuple[float, float]:
         t_float = self.layer_ms(i, "float", rin, rout)
-        return (self.layer_ms(i, "int8", rin, rout) if self.layers[i].quantized else t_float), t_float
+        la = self.layers[i]
+        if not la.quantized:
+            return t_float, t_float
+        form = "int4" if la.int4 and "int4" in self._entries[i].ms else "int8"
+        return self.layer_ms(i, form, rin, rout), t_float
+
+    def set_int4(self, nodes) -> None:
+        """The layers exported with an INT4 weight (after training: the learned widths decide)."""
+        for la in self.layers:
+            la.int4 = la.quantized and la.spec.node in set(nodes)
 
     # ---- whole model ------------------------------------------------------------------
     def state(self, removed) -> State:

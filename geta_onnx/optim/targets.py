@@ -21,10 +21,13 @@ def deployable_bits(profile: str, op_type: str, weight: bool, weight_rank: int) 
     return widths if op_type != "MatMul" or weight_rank == 2 else DEFAULT_WIDTHS
 
 
-def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = None) -> list[QuantTarget]:
+def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = None,
+                  int8_only: frozenset[str] = frozenset()) -> list[QuantTarget]:
     """One target per quantizer module (a shared activation quantizer appears once).
     `profile` (ort / tensorrt): cool-down snaps each frozen width up to one the profile's
-    runtime executes (QuantTarget.deployable); None: the free widths of [b_l, b_u]."""
+    runtime executes (QuantTarget.deployable); None: the free widths of [b_l, b_u].
+    `int8_only`: layers (node names) whose weight may not take the int4 width the profile
+    has for their op (the latency table times MatMulNBits slower there: LatencyModel.int4_slower)."""
     targets: dict[str, QuantTarget] = {}
     layers = {layer.node: layer for layer in plan.layers}
     for site in plan.sites:
@@ -33,6 +36,8 @@ def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = No
         weight, layer = site.kind == "weight", layers[site.node]
         start = config.weight_bits_start if weight else config.act_bits_start
         widths = () if profile is None else deployable_bits(profile, layer.op_type, weight, len(layer.weight_shape))
+        if weight and widths and site.node in int8_only:
+            widths = tuple(w for w in widths if w >= 8) or DEFAULT_WIDTHS
         targets[site.quantizer] = QuantTarget(  # the bounds: the quantizer's bit_range (attach_quantizers)
             site.quantizer, plan.quantizer(site.quantizer), site.tensor if weight else None, start,
             layer.out_axis if weight and site.per_channel else None, widths)
