@@ -70,7 +70,6 @@ def value_conditions(proto: onnx.ModelProto) -> dict[str, list[str]]:
 def decide_ifs(model, samples: dict[str, np.ndarray]):
     """(OnnxModel with every If decided on `samples` inlined and re-normalised, one line per
     decision); an If that stays is a one-line ModelLoadError (check_no_ifs_left)."""
-    from .model import OnnxModel
     from .normalize import normalize_model
 
     if not any(n.op_type == "If" for n in model.proto.graph.node):
