@@ -19,6 +19,7 @@ from .errors import GetaError
 from .graph.model import OnnxModel
 from .optim import QASSO, ImportanceWeights, quant_targets
 from .optim.guard import FloatLayers, QualityGuard
+from .optim.targets import deployable_bits
 from .qadg import QADG, analyze
 from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
@@ -286,13 +287,12 @@ def _int8_only(latency, quant: QuantConfig, profile: str) -> frozenset[str]:
 
 
 def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
-    """The layers the ort export writes with an INT4 weight: a 2-D MatMul weight learned at
-    <= 4 bits in every channel (export.params.LayerQ.int4_candidate)."""
-    if profile != "ort":
-        return []
+    """The layers the export writes with an INT4 weight: the profile runs their weight at 4
+    bits (optim.targets.deployable_bits: ort, a 2-D MatMul weight) and every channel learned
+    <= 4 bits (export.params.LayerQ.int4_candidate)."""
     nodes = []
     for la in plan.layers:
-        if la.op_type != "MatMul" or len(la.weight_shape) != 2 or la.weight_quantizer is None:
+        if la.weight_quantizer is None or 4 not in deployable_bits(profile, la.op_type, True, len(la.weight_shape)):
             continue
         q = plan.quantizer(la.weight_quantizer)
         if q.enabled and float(q.bits().round().max()) <= 4:

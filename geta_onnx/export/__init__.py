@@ -27,11 +27,10 @@ from ..graph.model import OnnxModel
 from ..io import write_bytes_atomic
 from .bnfold import fold_batchnorm
 from .dequantize import dequantize
-from .qdq import PROFILES, insert_qdq
+from .qdq import INT4_OPSET, PROFILES, insert_qdq
 from .report import fusion_report, optimized_graph
 from .writeback import write_back
 
-INT4_OPSET = 21
 PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute (per-channel scales)
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from .params import ActQ, LayerQ, WeightQ
 
 PROFILES = ("ort", "tensorrt")
 INT4_BLOCK = 32  # block size of the int4 DQ (MatMulNBits wants a power of two >= 16)
+INT4_OPSET = 21  # the first opset with INT4 and a blocked DequantizeLinear
 
 
 def act_params(a: ActQ, profile: str) -> tuple[np.float32, np.ndarray] | None:

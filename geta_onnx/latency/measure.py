@@ -44,11 +44,12 @@ def time_ms(proto: onnx.ModelProto, feeds: dict, threads: int, min_seconds: floa
 
 
 def measure_entry(spec: LayerSpec, unit: int, target: Target, overhead_ms: float, tick=lambda: None,
-                  only: tuple[str, ...] | None = None, into: Entry | None = None) -> Entry:
-    """Every (cin, cout) of spec.width_grid in every form of the layer (`only` these, added to
-    the grids of `into`, an entry measured before); tick() after each benchmark."""
+                  into: Entry | None = None) -> Entry:
+    """Every (cin, cout) of spec.width_grid in every form of the layer; with `into` (an entry
+    measured before), the forms it lacks on its widths, added to its grids. tick() after each
+    benchmark."""
     cin, cout = (into.cin, into.cout) if into is not None else spec.width_grid(unit)
-    todo = only or forms(spec)
+    todo = _missing_forms(spec, into)
     ms = {f: np.zeros((len(cin), len(cout))) for f in todo}
     for i, ci in enumerate(cin):
         for j, co in enumerate(cout):
@@ -92,8 +93,6 @@ def fill(table: LatencyTable | None, specs: list[LayerSpec], unit: int, target: 
     with tqdm(total=total, unit="bench", desc="latency table", dynamic_ncols=True,
               disable=not progress or not missing) as bar:
         for spec in missing:
-            before = table.entries.get(spec.key)
             table.entries[spec.key] = measure_entry(spec, unit, table.target, table.overhead_ms,
-                                                    tick=lambda: bar.update(), only=_missing_forms(spec, before),
-                                                    into=before)
+                                                    tick=lambda: bar.update(), into=table.entries.get(spec.key))
     return table, len(missing)

@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..export.qdq import INT4_BLOCK, INT4_OPSET  # the int4 form as the export writes it
 from .spec import LayerSpec
 
 FORMS = ("int8", "float", "int4")
 OPSET = 13  # per-axis DequantizeLinear
-INT4_OPSET, INT4_BLOCK = 21, 32  # blocked DequantizeLinear of INT4: as export/qdq.py writes it
 X_SCALE, W_SCALE, Y_SCALE = np.float32(0.02), np.float32(0.01), np.float32(0.05)  # any: time does not depend on them
 
 

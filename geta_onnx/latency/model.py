@@ -154,8 +154,9 @@ class LatencyModel:
 
     def set_int4(self, nodes) -> None:
         """The layers exported with an INT4 weight (after training: the learned widths decide)."""
+        nodes = set(nodes)
         for la in self.layers:
-            la.int4 = la.quantized and la.spec.node in set(nodes)
+            la.int4 = la.quantized and la.spec.node in nodes
 
     # ---- whole model ------------------------------------------------------------------
     def state(self, removed) -> State:
