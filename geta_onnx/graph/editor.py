@@ -36,8 +36,8 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .model import fresh_name
-from .roundtrip import body_initializers, node_details, outer_initializers, replace_field, restore_details, \
-    signature, stable_order
+from .roundtrip import (body_initializers, copy_message, node_details, outer_initializers, replace_field,
+                        restore_details, signature, stable_order)
 
 Tensor = gs.Tensor
 Node = gs.Node
@@ -130,9 +130,7 @@ class GraphEditor:
         """An initializer as a TensorProto (a copy; its dtype as written, bfloat16 too)."""
         t = self.tensor(ref)
         if isinstance(t._values, LazyValues):
-            out = onnx.TensorProto()
-            out.CopyFrom(t._values.tensor)
-            return out
+            return copy_message(t._values.tensor)
         return numpy_helper.from_array(np.asarray(t.values), t.name)
 
     def onnx_dtype(self, ref: Tensor | str) -> int:
@@ -244,8 +242,7 @@ class GraphEditor:
         dtype is kept), under its own name; every reader reads it."""
         t = self.tensor(ref)
         if isinstance(value, onnx.TensorProto):
-            proto = onnx.TensorProto()
-            proto.CopyFrom(value)
+            proto = copy_message(value)
             proto.name = t.name
         else:
             proto = numpy_helper.from_array(np.asarray(value), t.name)

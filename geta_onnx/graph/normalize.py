@@ -34,6 +34,7 @@ from ..errors import ConfigError, ModelLoadError
 from .editor import GraphEditor, Node, is_default_domain
 from .internals import symbolic_shapes
 from .model import FLOAT_TYPES, OnnxModel, bodies, fresh_name
+from .roundtrip import copy_message
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def inline_constant_ifs(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    proto = _copy(proto)
+    proto = copy_message(proto)
     seen: Counter[str] = Counter()
     taken = {n.name for n in proto.graph.node if n.name}
     for i, node in enumerate(proto.graph.node):
@@ -80,12 +81,6 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
             node.name = fresh_name(node.name or f"{node.op_type}_{i}", taken)
         seen[node.name] += 1
     return proto
-
-
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
 
 
 def toposort(proto: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
@@ -266,7 +261,7 @@ def _has_unknown_shapes(proto: onnx.ModelProto) -> bool:
 
 def with_input_shapes(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> OnnxModel:
     """Fix the dims of named graph inputs (e.g. a real sequence length) and re-infer shapes."""
-    proto = _copy(model.proto)
+    proto = copy_message(model.proto)
     known = {i.name: i for i in proto.graph.input}
     for name, dims in shapes.items():
         if name not in known:
