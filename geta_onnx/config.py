@@ -203,6 +203,13 @@ class PruneConfig:
     # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit. Off by
     # default: on the digits sample it removed fewer groups at the same quality (docs/guard.md)
     guard_recovery: float = 0.0
+    # with the guard on, a commit whose check misses the tolerance gets a second chance: this share of
+    # the next period's steps (of the cool-down, after the last period) trains the structure it left, the
+    # next removal waits for them, and the guard scores it again; only a miss then rolls the period back.
+    # The recovery measured on each retry says whether the next miss is worth one. 0: roll back at once.
+    # On by default: on the digits sample it kept more groups within the same tolerance (docs/guard.md).
+    # Unused with guard_recovery > 0, where every commit already waits
+    guard_retry: float = 0.5
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
     # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
     guard_float_layers: int = 8
@@ -226,6 +233,7 @@ class PruneConfig:
         _check(self.guard_batches >= 1, "guard_batches", "must be >= 1")
         _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
                f"{self.guard_recovery}")
+        _check(0 <= self.guard_retry < 1, "guard_retry", f"a share of a pruning period in [0, 1), got {self.guard_retry}")
         _check(self.guard_float_layers >= 0, "guard_float_layers", "must be >= 0 (0: no layer goes back to float)")
         _check(self.latency_selection in ("count", "knapsack"), "latency_selection",
                f"expected count or knapsack, got '{self.latency_selection}'")

@@ -320,12 +320,14 @@ class _FirstBatches:
 GUARD_MIN_SAMPLES = 5
 
 
-def _recovery_steps(prune: PruneConfig, sched: Schedule) -> int:
+def _recovery_steps(prune: PruneConfig, sched: Schedule, share: float | None = None) -> int:
     """Steps of each pruning period that train the last commit's structure before the guard
-    scores it ([prune] guard_recovery of the shortest period); 0 without a guard."""
+    scores it ([prune] guard_recovery, or `share`, of the shortest period; never all of it:
+    forgetting needs a step); 0 without a guard."""
     if prune.max_quality_drop is None:
         return 0
-    return int(prune.guard_recovery * sched.shortest_pruning_period)
+    share = prune.guard_recovery if share is None else share
+    return min(int(share * sched.shortest_pruning_period), max(sched.shortest_pruning_period - 1, 0))
 
 
 def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
@@ -373,7 +375,8 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
                   for la in plan.layers if la.weight_quantizer is not None}
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
-                        samples=samples)
+                        samples=samples,
+                        retry_steps=0 if prune.guard_recovery else _recovery_steps(prune, sched, prune.guard_retry))
 
 
 def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,

@@ -192,8 +192,11 @@ def test_quality_guard_end_to_end(tmp_path):
     guard = report["guard"]
     assert guard["metric"] == "accuracy" and guard["tolerance"] == 0.02 and 0 < guard["baseline"] <= 1
     assert guard["checks"][0]["period"] == -1 and len(guard["checks"]) >= 2
-    for check in guard["checks"][1:]:  # every commit checked: kept within the tolerance, or rolled back
-        assert (check["drop"] <= 0.02) == (check["action"] == "kept")
+    for i, check in enumerate(guard["checks"][1:], 1):  # every commit checked: kept within the tolerance, or
+        assert (check["drop"] <= 0.02) == (check["action"] == "kept")  # retried or rolled back
+        if check["action"].startswith("retry"):  # scored again after its recovery steps ([prune] guard_retry)
+            again = guard["checks"][i + 1]
+            assert again["period"] == check["period"] and again["drop_at_commit"] == check["drop"]
     assert report["groups"]["removed"] == report["groups"]["planned"]
     assert all(c["sparsity"] == c["removed"] / report["groups"]["prunable"] for c in guard["checks"])
     assert guard["why"].startswith("period" if guard["stopped_at_period"] is not None else "every period")

@@ -100,6 +100,8 @@ def _guard_lines(guard: dict | None) -> list[str]:
              "|---|---:|---:|" + ("---:|" if speed else "") + "---:|---:|---|"]
     for c in guard["checks"]:
         where = "before pruning" if c["period"] < 0 else f"period {c['period'] + 1}"
+        if "drop_at_commit" in c:  # a retry's second check
+            where += f", {c['recovery_steps']} steps later"
         share = f"{c['sparsity']:.1%}" if "sparsity" in c else ""
         x = f"{c['predicted_speedup']:.2f}x | " if "predicted_speedup" in c else ("| " if speed else "")
         lines.append(f"| {where} | {c['removed']} | {share} | {x}{c['quality']:.4f} | {c['drop']:+.4f} | "

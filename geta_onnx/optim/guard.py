@@ -9,7 +9,11 @@ QASSO removes groups period by period. The guard, a training-loop hook, does fiv
   and keeps a snapshot of the last state that met the tolerance;
 - when the drop from the original passes the tolerance, it rolls the period back
   (QASSO.rollback). No group is removed after that, and the remaining steps train the
-  structure that met the tolerance;
+  structure that met the tolerance. With `retry_steps` R, a commit scored right after it
+  (no recovery steps) first gets a retry: the next R steps train its structure (the next
+  period's forgetting waits for them), and only a second miss rolls it back. Each retry
+  measures the share of the drop those steps recovered; when the best share seen so far
+  would not bring a new miss within the tolerance, it is rolled back without one;
 - before the first period, it scores the quantized, unpruned model. When that alone misses
   the tolerance, it finds the layers whose quantization costs the most (each layer's
   quantizers turned off in turn, as NNCF's accuracy control does for post-training
@@ -53,14 +57,15 @@ class FloatLayers(Exception):
 class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
-                 floated: dict | None = None, samples: int | None = None):
+                 floated: dict | None = None, samples: int | None = None, retry_steps: int = 0):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
         use, the candidates of the per-layer float fallback, of which at most `max_float` go
         to float (0: none, the run stops at a first check that misses). `floated`: what an
         earlier attempt of this run put in float (FloatLayers.found): reported, and no second
-        fallback. `samples`: how many held-out samples a check scores (reported)."""
+        fallback. `samples`: how many held-out samples a check scores (reported). `retry_steps`:
+        the recovery steps a commit that misses gets before its second check (0: none)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
@@ -71,13 +76,16 @@ class QualityGuard:
             for name, q in quantizers.items():
                 self._users.setdefault(name, set()).add(node)
                 self._modules[name] = q
-        self.floated, self.samples = floated, samples
+        self.floated, self.samples, self.retry_steps = floated, samples, retry_steps
+        # what each retry recovered: [{"period", "drop_at_commit", "drop_after"}] (the learned margin)
+        self.recoveries: list[dict] = []
         self.history: list[dict] = []
         self.snap: dict | None = None  # the running period's start (its rollback target)
         # the last state a check found within the tolerance (the fallback target):
         # {"state": a snapshot, "step": taken after this step, "period": of the check (-1: before pruning)}
         self.good: dict | None = None
-        # a commit whose check waits for its recovery steps: {"period", "check_at": the step before which it runs}
+        # a commit whose check waits for its recovery steps: {"period", "check_at": the step before which it
+        # runs, ("drop_at_commit": a retry's first score)}
         self.pending: dict | None = None
         self.end: dict | None = None  # the end check (finish)
 
@@ -155,24 +163,51 @@ class QualityGuard:
         info = self.schedule.stage(step)
         if info.name != "pruning" or info.step_in_period != info.period_steps - 1 or self.snap is None:
             return {}
-        if self.opt.recovery_steps:  # scored once the structure has trained that long (before_step)
+        if self.retry_steps:
+            self.opt.recovery_steps = 0  # a retry delays only the forgetting of the period after its miss
+        elif self.opt.recovery_steps:  # scored once the structure has trained that long (before_step)
             self.pending = {"period": info.period, "check_at": step + 1 + self.opt.recovery_steps}
             return {}
-        self._check_commit(info.period, step)
+        self._check_commit(info.period, step, may_retry=bool(self.retry_steps))
         return {"drop": f"{self.history[-1]['drop']:+.3f}"}
 
-    def _check_commit(self, period: int, step: int) -> None:
+    def _check_commit(self, period: int, step: int, may_retry: bool = False) -> None:
         """Score the structure `period` committed (the state after `step`): over the tolerance,
-        back to the period's snapshot (the cool-down's frozen bits frozen again from it) and no
-        more removals; else this state is the last one within the tolerance."""
-        if self._check(period, "rolled back; pruning stopped"):
+        a retry when `may_retry` and the run's recoveries so far say one can get there (the next
+        `retry_steps` train this structure, then it is scored again); else back to the period's
+        snapshot (the cool-down's frozen bits frozen again from it) and no more removals. Within
+        it, this state is the last one within the tolerance."""
+        over = self._check(period, "rolled back; pruning stopped")
+        h, retried = self.history[-1], (self.pending or {}).get("drop_at_commit")
+        if over and may_retry and distributed.agree(self._worth_retry(h["drop"])):
+            h["action"] = f"retry after {self.retry_steps} recovery steps"
+            self.opt.recovery_steps = self.retry_steps
+            self.pending = {"period": period, "check_at": step + 1 + self.retry_steps, "drop_at_commit": h["drop"]}
+            return
+        if retried is not None:
+            h.update(recovery_steps=self.retry_steps, drop_at_commit=retried)
+            self.recoveries.append({"period": period, "drop_at_commit": retried, "drop_after": h["drop"]})
+        elif self.opt.recovery_steps:
+            h["recovery_steps"] = self.opt.recovery_steps
+        elif over and may_retry:
+            h["predicted_after_retry"] = self._after_retry(h["drop"])
+        if over:
             (self.opt.fall_back if self.opt.frozen else self.opt.rollback)(self.snap)
-            self.history[-1]["removed_after"] = len(self.opt.zeroed)
+            h["removed_after"] = len(self.opt.zeroed)
         else:  # the next period (if any) starts from this state and takes this copy as its snapshot
             self.good = {"state": self.opt.snapshot(), "step": step, "period": period}
-        if self.opt.recovery_steps:
-            self.history[-1]["recovery_steps"] = self.opt.recovery_steps
         self.snap = self.pending = None
+
+    def _after_retry(self, drop: float) -> float | None:
+        """The drop a retry is expected to end at: `drop` less the largest share of a drop that
+        the run's retries recovered so far (None before the first retry)."""
+        shares = [(r["drop_at_commit"] - r["drop_after"]) / r["drop_at_commit"]
+                  for r in self.recoveries if r["drop_at_commit"] > 0]
+        return drop * (1 - max(shares)) if shares else None
+
+    def _worth_retry(self, drop: float) -> bool:
+        expected = self._after_retry(drop)
+        return expected is None or expected <= self.tolerance
 
     def finish(self) -> None:
         """The end check, after the last step: score the final model; when it misses the
@@ -197,16 +232,19 @@ class QualityGuard:
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
         return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good,
-                "floated": self.floated, "pending": self.pending}
+                "floated": self.floated, "pending": self.pending, "recoveries": self.recoveries}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
         self.good, self.floated, self.pending = state.get("good"), state.get("floated"), state.get("pending")
+        self.recoveries = list(state.get("recoveries", []))
 
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
         stopped = next((h["period"] for h in self.history if h["action"].startswith("rolled back")), None)
-        after = f" after {self.opt.recovery_steps} recovery steps" if self.opt.recovery_steps else ""
+        last = next((h for h in reversed(self.history) if h["action"].startswith("rolled back")), {})
+        after = (f" after {last['recovery_steps']} recovery steps" if last.get("recovery_steps") else
+                 " and its retry was not expected to recover it" if "predicted_after_retry" in last else "")
         why = (f"period {stopped + 1} dropped the quality past the tolerance{after}: rolled back" if stopped is not None
                else "every period met the tolerance: the budget bounded the removal")
         if self.end is not None and "quality_after" in self.end:
@@ -214,6 +252,7 @@ class QualityGuard:
                     "within it, without the training since")
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
                 **({"samples": self.samples} if self.samples else {}),
+                **({"retries": self.recoveries} if self.recoveries else {}),
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
                 **({"end": self.end} if self.end is not None else {}),
                 **({"float_fallback": self.floated} if self.floated else {})}

@@ -503,6 +503,7 @@ class QASSO(torch.optim.Optimizer):
             "frozen_bits": [layer.quantizer.frozen_bits.tolist() if self.frozen else None for layer in self.layers],
             "latency": self.latency.snapshot() if self.latency is not None else None,
             "target_latency_ms": self.target_latency_ms, "stopped": self.stopped,
+            "recovery_steps": self.recovery_steps,  # a guard's retry changes it for one period
         }
         return state
 
@@ -513,6 +514,7 @@ class QASSO(torch.optim.Optimizer):
         self.step_count, self.period, self.planned = extra["step_count"], extra["period"], extra["planned"]
         self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
         self.stopped = bool(extra.get("stopped", False))
+        self.recovery_steps = int(extra.get("recovery_steps", self.recovery_steps))
         self._follow_device()
         self.masks = ZeroMasks()
         for gid in self.zeroed:

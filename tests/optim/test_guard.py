@@ -311,3 +311,122 @@ def test_guard_recovery_is_a_share_of_the_shortest_pruning_period_and_off_withou
     assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01), stages) == 0  # off by default
     _, opt, _, _ = _setup(sparsity=0.5, steps=STEPS, recovery=50)
     assert opt.recovery_steps == 7  # never the whole period: forgetting keeps a step
+
+
+# ---- retry: only a commit that misses waits for recovery steps, and is scored again ------------------
+def _drop_by_step(opt, drops, default=0.0):
+    """Quality 1 - drops[step_count] (else `default`): a drop scripted at given steps."""
+    return lambda: 1.0 - drops.get(opt.step_count, default)
+
+
+def _retry_guard(opt, stages, score, retry=3, tolerance=0.01):
+    return QualityGuard(opt, stages, score, baseline=1.0, tolerance=tolerance, metric="accuracy", retry_steps=retry)
+
+
+def test_a_transient_drop_gets_a_retry_and_only_the_period_after_it_waits():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    waits, at = {}, []
+    score = _drop_by_step(opt, {COMMITS[0]: 0.05})  # period 0's commit costs 5 points, 3 steps later nothing
+
+    def scored():
+        at.append(opt.step_count)
+        return score()
+
+    class Watch:  # the forgetting delay QASSO applies in each period
+        def before_step(self, step):
+            info = stages.stage(step)
+            if info.name == "pruning":
+                waits.setdefault(info.period, opt.recovery_steps)
+
+        def after_step(self, step, loss):
+            return {}
+
+    guard = _retry_guard(opt, stages, scored)
+    _train(module, opt, layers, STEPS, hooks=[guard, Watch()])
+    assert [h["action"] for h in guard.history] == ["kept", "retry after 3 recovery steps", "kept", "kept", "kept"]
+    assert at == [18, COMMITS[0], COMMITS[0] + 3, COMMITS[1], COMMITS[2]]
+    assert waits == {0: 0, 1: 3, 2: 0}  # the retry delayed period 1's forgetting only
+    assert guard.history[2]["drop_at_commit"] == pytest.approx(0.05) and guard.history[2]["recovery_steps"] == 3
+    assert guard.recoveries == [{"period": 0, "drop_at_commit": pytest.approx(0.05), "drop_after": 0.0}]
+    assert not opt.stopped and len(opt.zeroed) == opt.target_groups
+
+
+def test_a_retry_that_misses_goes_back_to_the_period_s_snapshot():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    zeroed_at = {}
+    score = _drop_by_step(opt, {}, 0.0)
+
+    def scored():
+        zeroed_at[opt.step_count] = set(opt.zeroed)
+        return score() - (0.05 if opt.step_count >= COMMITS[1] else 0.0)  # period 1's removal costs for good
+
+    guard = _retry_guard(opt, stages, scored)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [h["action"] for h in guard.history] == ["kept", "kept", "retry after 3 recovery steps",
+                                                    "rolled back; pruning stopped"]
+    assert opt.stopped and opt.zeroed == zeroed_at[COMMITS[0]]  # period 0's structure
+    assert "after 3 recovery steps" in guard.summary()["why"]
+
+
+def test_the_run_s_recoveries_decide_whether_a_miss_is_worth_a_retry():
+    """Period 0's retry recovers 3/4 of its drop. Period 1's 5-point drop would then end at 1.25
+    points, over the 1-point tolerance: rolled back at once, without spending the steps."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = _retry_guard(opt, stages, _drop_by_step(opt, {COMMITS[0]: 0.02, COMMITS[0] + 3: 0.005,
+                                                          COMMITS[1]: 0.05}))
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [h["action"] for h in guard.history] == ["kept", "retry after 3 recovery steps", "kept",
+                                                    "rolled back; pruning stopped"]
+    assert guard.history[-1]["predicted_after_retry"] == pytest.approx(0.0125)
+    assert "not expected to recover" in guard.summary()["why"]
+    assert guard.summary()["retries"] == guard.recoveries and len(guard.recoveries) == 1
+
+
+def test_the_last_commit_s_retry_runs_in_the_cool_down_and_falls_back_with_frozen_bits():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    zeroed_at = {}
+
+    def scored():
+        zeroed_at[opt.step_count] = set(opt.zeroed)
+        return 1.0 - (0.05 if opt.step_count >= COMMITS[2] else 0.0)
+
+    guard = _retry_guard(opt, stages, scored)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert stages.stage(COMMITS[2]).name == "cooldown" and opt.frozen
+    assert [h["action"] for h in guard.history][-2:] == ["retry after 3 recovery steps", "rolled back; pruning stopped"]
+    assert opt.zeroed == zeroed_at[COMMITS[1]]
+    for layer in layers:
+        bits = layer.quantizer.frozen_bits
+        assert torch.equal(bits, bits.round()) and bool(((bits >= layer.low) & (bits <= layer.high)).all())
+
+
+def test_resume_inside_a_retry_is_bit_identical():
+    def run(steps, start=0, state=None):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+        guard = _retry_guard(opt, stages, _drop_by_step(opt, {COMMITS[0]: 0.02, COMMITS[0] + 3: 0.005}))
+        if state is not None:
+            module.load_state_dict(state[0])
+            opt.load_state_dict(state[1])
+            guard.load_state_dict(state[2])
+        _train(module, opt, layers, steps, hooks=[guard], start=start)
+        return module, opt, guard
+
+    module, opt, guard = run(STEPS)
+    m2, o2, g2 = run(COMMITS[0] + 1)  # period 0's retry under way: its second check 2 steps away
+    assert g2.pending["check_at"] == COMMITS[0] + 3 and o2.recovery_steps == 3
+    state = (copy.deepcopy(m2.state_dict()), copy.deepcopy(o2.state_dict()), copy.deepcopy(g2.state_dict()))
+    m3, o3, g3 = run(STEPS, start=COMMITS[0] + 1, state=state)
+    assert o3.zeroed == opt.zeroed and g3.history == guard.history and g3.recoveries == guard.recoveries
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, m3.state_dict()[key]), key
+
+
+def test_guard_retry_is_a_share_of_the_shortest_period_and_on_by_default():
+    from geta_onnx.config import PruneConfig
+    from geta_onnx.geta import _recovery_steps
+
+    _, _, _, stages = _setup(sparsity=0.5, steps=STEPS)  # 3 pruning periods of 8 steps
+    prune = PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.5)
+    assert _recovery_steps(prune, stages, prune.guard_retry) == 4 and _recovery_steps(prune, stages) == 0
+    assert PruneConfig(0.5).guard_retry == 0.5  # on by default
+    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.99), stages, 0.99) == 7
