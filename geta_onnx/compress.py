@@ -100,17 +100,27 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         t_train = time.perf_counter()
         if not distributed.info().is_main:
             return None
-        proto = export_onnx(result, loaded, settings.export.profile)
-        if batch.static and batch.dynamic and not settings.export.dynamic_batch:
-            proto = restore_batch_one(proto)  # the user's input signature (batch 1) unless --dynamic-batch
-        save(proto, paths.model, source=model_path)
-        t_export = time.perf_counter()
-        log(f"wrote {paths.model}; validating in onnxruntime")
-        candidates = {"int8": proto}
-        if settings.export.profile == "ort" and settings.export.float_fallback:
-            candidates["float"] = dequantize(proto)  # the same pruned model in float: shipped if it runs faster
-        checks = validate(loaded, paths.model, candidates, data, settings, output=settings.train.output,
-                          static_batch=batch.static)
+        export_s = [0.0]  # seconds spent exporting (a guarded run may export twice); the rest validates
+
+        def exported() -> tuple[dict, dict]:
+            """(candidates, checks): the export of the module's state now, written to paths.model,
+            and its validation in onnxruntime."""
+            start = time.perf_counter()
+            proto = export_onnx(result, loaded, settings.export.profile)
+            if batch.static and batch.dynamic and not settings.export.dynamic_batch:
+                proto = restore_batch_one(proto)  # the user's input signature (batch 1) unless --dynamic-batch
+            save(proto, paths.model, source=model_path)
+            export_s[0] += time.perf_counter() - start
+            log(f"wrote {paths.model}; validating in onnxruntime")
+            candidates = {"int8": proto}
+            if settings.export.profile == "ort" and settings.export.float_fallback:
+                candidates["float"] = dequantize(proto)  # the same pruned model in float: shipped if it runs faster
+            return candidates, validate(loaded, paths.model, candidates, data, settings,
+                                        output=settings.train.output, static_batch=batch.static)
+
+        candidates, checks = exported()
+        if result.guard is not None:
+            candidates, checks = _guarded_file(result, (candidates, checks), exported, paths.model, model_path, log)
         if len(candidates) == 1:
             checks["precision"]["why"] = ("TensorRT runs the QDQ model (its latency is not onnxruntime's)"
                                           if settings.export.profile == "tensorrt" else "--int8-only")
@@ -123,8 +133,8 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
         epochs_s = sum(h.get("seconds", 0.0) for h in result.train.history)
         report = _report(model_path, paths, data_spec, settings, result, checks, batch=batch.describe(),
                          branches=batch.branches, interface=interface.describe(),
-                         wall={"train": max(t_train - t0, epochs_s), "export": t_export - t_train,
-                               "validate": time.perf_counter() - t_export})
+                         wall={"train": max(t_train - t0, epochs_s), "export": export_s[0],
+                               "validate": time.perf_counter() - t_train - export_s[0]})
         _write_outputs(report, paths, settings.export.plots, log)
         _check_latency_target(report, log)
         slower = {b: v for b, v in report["speedup"].items() if v < 1}
@@ -136,6 +146,39 @@ def compress(model_path: str | os.PathLike, data_spec: str, out_path: str | os.P
                 + f" (exports timed: {tried}): the pruning removed too little of the time onnxruntime spends "
                 "(docs/realworld.md); keep the original, or compare a run with a larger --target-sparsity")
     return report
+
+
+def _guarded_file(result, first: tuple[dict, dict], exported, out: Path, source, log) -> tuple[dict, dict]:
+    """The quality guard's last check, on the file that ships: the export's drop on the whole
+    eval split in onnxruntime. When that misses the tolerance and the guard kept an earlier
+    state within it (QualityGuard.export_fallback), that state is exported and validated too,
+    and the one with the smaller drop ships (the final one on a tie). `first`: (candidates,
+    checks) of the final state's export, written to `out`; `exported()` exports and validates
+    the state now (to `out` too); `source`: the input model, which no write may land on."""
+    from .export import save
+
+    guard, (candidates, checks) = result.guard, first
+    q = checks["quality"]
+    drop = guard.measured_drop(q)
+    if drop is None:
+        return first
+    guard.exported = {"split": q["split"], "samples": q["samples"], "drop": drop, "action": "shipped"}
+    final = guard.export_fallback() if drop > guard.tolerance else None
+    if final is not None:
+        log(f"quality guard: the exported model drops {guard.metric} by {drop:.4f} on {q['samples']} held-out "
+            f"samples, over the tolerance {guard.tolerance:g}; exporting the last state within it to compare")
+        second = exported()
+        drop_fallback = guard.measured_drop(second[1]["quality"])
+        guard.exported["drop_fallback"] = drop_fallback
+        if drop_fallback is not None and drop_fallback < drop:
+            guard.exported["action"] = "the last state within the tolerance shipped instead"
+            candidates, checks = second
+        else:  # the final state ships after all: back to it, and its file again
+            guard.opt.rollback(final)
+            save(candidates["int8"], out, source=source)
+            guard.exported["action"] = "shipped: the last state within the tolerance did no better"
+    result.metrics["guard"] = guard.summary()
+    return candidates, checks
 
 
 def validate(original, compressed: str | os.PathLike, candidates: dict, data, settings: Settings, *,

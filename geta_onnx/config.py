@@ -50,9 +50,14 @@ class QuantConfig:
     deployable_bits: bool = True
     # under a latency budget with the ort profile, a layer whose int8 kernel the latency table times
     # more than 1.2x slower than its float kernel (latency.model.INT8_SLOWER) stays in float, reported
-    # as "latency" in the layer table, and a MatMul whose int4 form (MatMulNBits) it times slower
-    # than int8 keeps 8-bit weights (docs/latency.md)
+    # as "latency" in the layer table (docs/latency.md)
     float_by_latency: bool = True
+    # 4-bit MatMul weights (ort profile: INT4 through MatMulNBits; docs/latency.md, "INT4 MatMul"):
+    # "auto" lets a latency budget's table decide per layer (kept where MatMulNBits is not timed
+    # slower than int8) and keeps 8 bits without one: on 2 cores MatMulNBits ran 3.5-19x slower than
+    # int8 from 32 rows on, so 4 bits would buy size at that cost. "on": wherever the runtime runs
+    # it (size first); "off": never
+    int4_matmul: str = "auto"
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float
@@ -67,6 +72,8 @@ class QuantConfig:
         _check(self.act_bits_start >= self.act_bits[1], "act_bits_start", "must be >= the upper activation bit bound")
         _check(0 < self.calibration_percentile <= 100, "calibration_percentile", "must be in (0, 100]")
         _check(self.calibration_batches >= 1, "calibration_batches", "must be >= 1")
+        _check(self.int4_matmul in ("auto", "on", "off"), "int4_matmul", f"expected auto, on or off, got "
+               f"'{self.int4_matmul}'")
 
 
 
@@ -197,7 +204,10 @@ class PruneConfig:
     # quality (accuracy with labels, else agreement / cosine with the original) by more than this is
     # rolled back and pruning stops there; the budget stays the most the run removes. None: off
     max_quality_drop: float | None = None
-    guard_batches: int = 8  # eval batches each guard check scores (cost: one eval of them per period)
+    # eval batches each guard check scores (cost: one eval of them per check). 0: enough that the
+    # tolerance is worth GUARD_SAMPLES_PER_TOLERANCE (25) held-out samples, at least 8 batches, at most
+    # the eval split (geta._guard_batches; docs/guard.md, "How many samples")
+    guard_batches: int = 0
     # with the guard on, the share of each pruning period's steps that trains the structure the last
     # commit left before the guard scores it and the period's removal starts (the check then sees what
     # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit. Off by
@@ -230,7 +240,7 @@ class PruneConfig:
         _check(self.group_divisible >= 1, "group_divisible", "must be >= 1")
         _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
                f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
-        _check(self.guard_batches >= 1, "guard_batches", "must be >= 1")
+        _check(self.guard_batches >= 0, "guard_batches", "must be >= 0 (0: sized to the tolerance)")
         _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
                f"{self.guard_recovery}")
         _check(0 <= self.guard_retry < 1, "guard_retry", f"a share of a pruning period in [0, 1), got {self.guard_retry}")

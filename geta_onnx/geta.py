@@ -7,6 +7,7 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class GetaResult:
     optimizer: QASSO
     train: TrainResult
     metrics: dict = field(default_factory=dict)
+    guard: QualityGuard | None = None  # the quality guard of a guarded run (compress asks it about the file)
 
     @property
     def removed_groups(self) -> set[int]:
@@ -169,7 +171,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
             bops_fn = lambda removed, plan=plan: relative_bops(  # noqa: E731
                 plan, kept=kept_from_groups(plan, [qadg.group(g) for g in removed]))
         deployable = quant.deployable_bits and kind != "target_bops"  # a BOPs budget counts the free widths
-        int8_only = _int8_only(latency, quant, profile)
+        int8_only = _int8_only(latency, plan, quant, prune, profile)
         targets = quant_targets(plan, quant, profile if deployable else None, int8_only=int8_only)
         opt = QASSO(module, qadg, targets, sched, lr=optim.lr,
                     lr_quant=optim.lr_quant, base=optim.optimizer, momentum=optim.momentum,
@@ -199,7 +201,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                            f"{len(chosen.nodes)} layer(s) back to float ({chosen}), training starts over")
     if guard is not None:
         guard.finish()  # the end check: a final model past the tolerance falls back to the last one within it
-    out = GetaResult(module, plan, qadg, opt, result)
+    out = GetaResult(module, plan, qadg, opt, result, guard=guard)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,
         "target_groups": opt.target_groups, "prunable_groups": len(opt.views),
@@ -276,14 +278,19 @@ def _float_by_latency(latency, saved: dict | None) -> list[str]:
     return distributed.agree(slow) or []
 
 
-def _int8_only(latency, quant: QuantConfig, profile: str) -> frozenset[str]:
-    """MatMul layers kept from the int4 width because the table times their MatMulNBits
-    slower than their int8 kernel (LatencyModel.int4_slower; with float_by_latency, ort
-    profile), decided on rank 0 and agreed; the latency entries are the checkpoint's on resume
-    (restored by _float_by_latency), so a resumed run decides the same."""
-    if latency is None or not quant.float_by_latency or profile != "ort":
+def _int8_only(latency, plan: QuantPlan, quant: QuantConfig, prune: PruneConfig, profile: str) -> frozenset[str]:
+    """The layers kept from the int4 width their profile runs ([quant] int4_matmul): "auto"
+    under a latency budget, those whose MatMulNBits the table times slower than their int8
+    kernel (LatencyModel.int4_slower, decided on rank 0 and agreed; the latency entries are
+    the checkpoint's on resume, restored by _float_by_latency, so a resumed run decides the
+    same); "auto" without one and "off", all of them; "on", none."""
+    if quant.int4_matmul == "on":
         return frozenset()
-    return frozenset(distributed.agree(latency.int4_slower()) or [])
+    if quant.int4_matmul == "auto" and prune.latency_budget:
+        return frozenset(distributed.agree(latency.int4_slower() if latency is not None else None) or [])
+    return frozenset(la.node for la in plan.layers
+                     if la.weight_quantizer is not None and 4 in deployable_bits(profile, la.op_type, True,
+                                                                                  len(la.weight_shape)))
 
 
 def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
@@ -318,6 +325,26 @@ class _FirstBatches:
 
 # a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
 GUARD_MIN_SAMPLES = 5
+# [prune] guard_batches = 0: the guard scores enough held-out samples that its tolerance is worth this many
+# (a 0.5-point tolerance: 5000 samples), and at least GUARD_MIN_BATCHES batches. With 512 samples a
+# 0.5-point tolerance was 2.6 samples, and MobileNetV2's checks decided on 2-sample differences
+GUARD_SAMPLES_PER_TOLERANCE = 25
+GUARD_MIN_BATCHES = 8
+
+
+def _guard_batches(data: Data, names: list[str], tolerance: float) -> int:
+    """How many eval batches the guard scores when [prune] guard_batches is 0: enough for
+    GUARD_SAMPLES_PER_TOLERANCE samples within the tolerance, at least GUARD_MIN_BATCHES, at
+    most the eval split (a loader without a length: what islice finds)."""
+    first = next(iter(data.eval), None)
+    if first is None:
+        return GUARD_MIN_BATCHES
+    per_batch = max(len(split_batch(first, names, f"data '{data.spec}'")[0][0]), 1)
+    wanted = max(GUARD_MIN_BATCHES, math.ceil(GUARD_SAMPLES_PER_TOLERANCE / max(tolerance, 1e-6) / per_batch))
+    try:
+        return min(wanted, len(data.eval))
+    except TypeError:  # an iterable without a length (py: loaders)
+        return wanted
 
 
 def _recovery_steps(prune: PruneConfig, sched: Schedule, share: float | None = None) -> int:
@@ -344,7 +371,8 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
     if data.eval is None:
         raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
                           "eval split, or [data] val_split > 0")
-    batches, names = _FirstBatches(data.eval, prune.guard_batches), list(module.input_names)
+    names = list(module.input_names)
+    batches = _FirstBatches(data.eval, prune.guard_batches or _guard_batches(data, names, prune.max_quality_drop))
 
     def metrics(scored) -> dict:
         device = next(scored.parameters()).device

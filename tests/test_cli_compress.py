@@ -210,6 +210,36 @@ def test_quality_guard_end_to_end(tmp_path):
     assert out.with_suffix(".summary.png").stat().st_size > 0  # with the curve's panel
 
 
+@pytest.mark.parametrize("file_drops,ships", [((0.9, 0.0), "fallback"), ((0.9, 0.95), "final")])
+def test_quality_guard_checks_the_exported_file_and_ships_the_better_of_two(tmp_path, monkeypatch, file_drops,
+                                                                            ships):
+    """The exported file's drop on the whole eval split is the guard's last check. Scripted
+    here (the guard batches pass, the file misses): the last state within the tolerance is
+    exported and validated too, and the file with the smaller drop ships; when the fallback
+    does no better, the final model's file is written again, byte for byte."""
+    from geta_onnx.optim.guard import QualityGuard
+
+    model, npz, _ = write_problem(tmp_path)
+    args = ["compress", str(model), "--data", f"npz:{npz}", "--steps", "60", "--batch-size", "32",
+            "--target-sparsity", "0.5", "--max-accuracy-drop", "0.5", "--group-divisible", "8", "--batch", "1",
+            "--no-plots", "--no-progress", "--force"]
+    plain = tmp_path / "plain.onnx"  # the same run, its file not scripted to miss: the final state's file
+    first = CliRunner().invoke(main, args + ["-o", str(plain)])
+    assert first.exit_code == 0, first.output
+    drops = iter(file_drops)
+    monkeypatch.setattr(QualityGuard, "measured_drop", lambda self, quality: next(drops))
+    out = tmp_path / "guarded.onnx"
+    result = CliRunner().invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "exporting the last state within it to compare" in result.output
+    exported = json.loads(out.with_suffix(".report.json").read_text())["guard"]["exported"]
+    assert exported["drop"] == 0.9 and exported["drop_fallback"] == file_drops[1]
+    assert exported["action"].startswith("the last state" if ships == "fallback" else "shipped: the last")
+    assert (_sha(out) == _sha(plain)) == (ships == "final")
+    assert "| exported file, " in out.with_suffix(".report.md").read_text()
+    onnx.checker.check_model(str(out))
+
+
 def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_path):
     """2-bit weights and activations: the quantized, unpruned digits CNN misses a 2-point
     tolerance at the first check, so the guard puts the layers whose quantization costs the

@@ -114,6 +114,13 @@ def _guard_lines(guard: dict | None) -> list[str]:
             at = "before pruning" if end["fallback_period"] < 0 else f"after period {end['fallback_period'] + 1}"
             lines.append(f"| fallback: the state {at} {gap}{end['quality_after']:.4f} | {end['drop_after']:+.4f} | "
                          "shipped |")
+    ex = guard.get("exported")
+    if ex:  # the file's check: the whole eval split in onnxruntime (compress._guarded_file)
+        gap = "| | | " + ("| " if speed else "")
+        lines.append(f"| exported file, {ex['samples']} {ex['split']} samples in onnxruntime {gap}| {ex['drop']:+.4f} | "
+                     f"{ex['action']} |")
+        if ex.get("drop_fallback") is not None:
+            lines.append(f"| exported file of the last state within the tolerance {gap}| {ex['drop_fallback']:+.4f} | |")
     return lines + [""]
 
 

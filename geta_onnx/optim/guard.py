@@ -88,6 +88,8 @@ class QualityGuard:
         # runs, ("drop_at_commit": a retry's first score)}
         self.pending: dict | None = None
         self.end: dict | None = None  # the end check (finish)
+        # the exported file's check (compress): {"split", "samples", "drop", "action", ("drop_fallback")}
+        self.exported: dict | None = None
 
     def _check(self, period: int, action_over: str) -> bool:
         """Score now, record it, and whether the drop passes the tolerance (rank 0 decides)."""
@@ -229,6 +231,29 @@ class QualityGuard:
                          "fallback_period": self.good["period"],
                          "quality_after": after, "drop_after": self.baseline - after})
 
+    # ---- the exported file: compress scores it on the whole eval split in onnxruntime ----------
+    def measured_drop(self, quality: dict) -> float | None:
+        """The drop in this guard's metric that compress measured on the exported file
+        (evaluate_onnx's dict: accuracy against the original's on the same split, or agreement /
+        cosine with the original); None when that metric was not measured."""
+        if self.metric == "accuracy":
+            if "accuracy" not in quality or "reference_accuracy" not in quality:
+                return None
+            return float(quality["reference_accuracy"] - quality["accuracy"])
+        return float(self.baseline - quality[self.metric]) if self.metric in quality else None
+
+    def export_fallback(self) -> dict | None:
+        """When the exported final model misses the tolerance: back to the last state a check
+        found within it, as the end check's fallback does. Returns a snapshot of the final state
+        (QASSO.rollback to it ships the final model again), or None when no other state is
+        kept: the end check fell back already, or the last check scored the final state."""
+        if self.good is None or (self.end is not None and "quality_after" in self.end) or \
+                self.good["step"] >= self.opt.step_count - 1:
+            return None
+        final = self.opt.snapshot()
+        self.opt.fall_back(self.good["state"])
+        return final
+
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
         return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good,
@@ -255,4 +280,5 @@ class QualityGuard:
                 **({"retries": self.recoveries} if self.recoveries else {}),
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
                 **({"end": self.end} if self.end is not None else {}),
+                **({"exported": self.exported} if self.exported is not None else {}),
                 **({"float_fallback": self.floated} if self.floated else {})}

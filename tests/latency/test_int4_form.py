@@ -26,8 +26,8 @@ from tests.helpers import make_model
 TARGET = Target("onnxruntime test", "test cpu", 1, 2)
 
 
-def _matmul(cin=64, cout=48, seq=8) -> LayerSpec:
-    return LayerSpec("mm", "MatMul", (seq, cin), cin, cout, out_elems=seq)
+def _matmul(cin=64, cout=48, seq=8, name="mm") -> LayerSpec:
+    return LayerSpec(name, "MatMul", (seq, cin), cin, cout, out_elems=seq)
 
 
 def test_the_int4_graph_runs_as_matmulnbits_and_computes_x_times_w():
@@ -63,8 +63,8 @@ def test_fill_adds_the_int4_form_to_an_entry_without_it_on_its_own_target_only()
     assert measured == 0 and set(other.entries[spec.key].ms) == {"int8", "float"}
 
 
-def _model(int4_ms: float) -> LatencyModel:
-    spec = _matmul()
+def _model(int4_ms: float, name="mm") -> LatencyModel:
+    spec = _matmul(name=name)
     cin, cout = spec.width_grid(16)
     ones = np.ones((len(cin), len(cout)))
     table = LatencyTable(TARGET, 0.0, {spec.key: Entry(cin, cout, {"float": 2 * ones, "int8": ones,
@@ -82,7 +82,7 @@ def test_int4_slower_than_int8_is_kept_at_8_bits_and_an_int4_layer_is_predicted_
     assert lm.forms_ms(lm.state(()))["int8"] == before
 
 
-def test_quant_targets_take_the_int4_width_from_the_layers_kept_at_8_bits():
+def _two_matmuls(config: QuantConfig):
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
@@ -90,8 +90,12 @@ def test_quant_targets_take_the_int4_width_from_the_layers_kept_at_8_bits():
                        {"w1": rng.standard_normal((16, 32)).astype(np.float32),
                         "w2": rng.standard_normal((32, 8)).astype(np.float32)}, opset=13)
     model = from_proto(proto)
+    return attach_quantizers(to_torch(model), model, config)
+
+
+def test_quant_targets_take_the_int4_width_from_the_layers_kept_at_8_bits():
     config = QuantConfig()
-    plan = attach_quantizers(to_torch(model), model, config)
+    plan = _two_matmuls(config)
 
     def widths(int8_only=frozenset()):
         return {t.weight: t.widths for t in quant_targets(plan, config, "ort", int8_only=int8_only) if t.weight}
@@ -100,3 +104,23 @@ def test_quant_targets_take_the_int4_width_from_the_layers_kept_at_8_bits():
     assert widths(frozenset({"mm2"})) == {"w1": (4, 8), "w2": (8,)}
     assert {t.weight: t.widths for t in quant_targets(plan, config, "tensorrt", frozenset({"mm2"})) if t.weight} == \
         {"w1": (8,), "w2": (8,)}
+
+
+def test_int4_matmul_auto_keeps_8_bits_without_a_latency_table_and_lets_one_decide():
+    """[quant] int4_matmul: "auto" without a latency budget and "off" keep every MatMul at 8
+    bits (MatMulNBits is slower than int8 from 32 rows on, docs/latency.md); "auto" under a
+    latency budget keeps those the table times slower; "on" keeps none; tensorrt has no int4."""
+    from geta_onnx.config import PruneConfig
+    from geta_onnx.geta import _int8_only
+
+    plan = _two_matmuls(QuantConfig())
+    sparsity, speed = PruneConfig(target_sparsity=0.5), PruneConfig(target_sparsity=None, target_speedup=2.0)
+    table = _model(int4_ms=1.4, name="mm2")  # mm2 timed slower in int4 than in int8; mm1 not in the table
+
+    def kept(mode, prune, latency=None, profile="ort"):
+        return set(_int8_only(latency, plan, QuantConfig(int4_matmul=mode), prune, profile))
+
+    assert kept("auto", sparsity) == kept("off", sparsity) == kept("off", speed, table) == {"mm1", "mm2"}
+    assert kept("auto", speed, table) == {"mm2"}
+    assert kept("on", sparsity) == kept("on", speed, table) == set()
+    assert kept("auto", sparsity, profile="tensorrt") == set()  # 8 bits there anyway

@@ -430,3 +430,73 @@ def test_guard_retry_is_a_share_of_the_shortest_period_and_on_by_default():
     assert _recovery_steps(prune, stages, prune.guard_retry) == 4 and _recovery_steps(prune, stages) == 0
     assert PruneConfig(0.5).guard_retry == 0.5  # on by default
     assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.99), stages, 0.99) == 7
+
+
+# ---- the exported file's check (compress._guarded_file) -----------------------------------------
+def test_export_fallback_moves_to_the_last_state_within_the_tolerance_and_back_bitwise():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = QualityGuard(opt, stages, _scores([1.0] * 5), baseline=1.0, tolerance=0.01, metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()  # the final model meets the tolerance on the guard batches: kept
+    final_state = copy.deepcopy(module.state_dict())
+    good = guard.good["state"]["module"]
+    final = guard.export_fallback()
+    state = module.state_dict()
+    assert final is not None and any(not torch.equal(state[k], final_state[k]) for k in state)
+    for key, value in good.items():  # the fallback state, as the end check's fallback restores it
+        if not key.endswith(".d"):
+            assert torch.equal(value, state[key]), key
+    opt.rollback(final)  # the final model ships after all
+    for key, value in final_state.items():
+        assert torch.equal(value, module.state_dict()[key]), key
+
+
+def test_no_export_fallback_when_the_state_shipped_is_the_last_one_within_the_tolerance():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = QualityGuard(opt, stages, _scores([1.0] * 4 + [0.5, 0.995]), baseline=1.0, tolerance=0.01,
+                         metric="accuracy")
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()  # fell back already: the state shipped is the fallback target
+    before = copy.deepcopy(module.state_dict())
+    assert guard.export_fallback() is None
+    for key, value in before.items():
+        assert torch.equal(value, module.state_dict()[key]), key
+
+
+def test_measured_drop_reads_the_guard_s_metric_from_the_file_s_scores():
+    _, opt, _, stages = _setup(sparsity=0.5, steps=STEPS)
+    acc = QualityGuard(opt, stages, lambda: 1.0, baseline=0.9, tolerance=0.01, metric="accuracy")
+    assert acc.measured_drop({"accuracy": 0.88, "reference_accuracy": 0.9}) == pytest.approx(0.02)
+    assert acc.measured_drop({"metric": "agreement", "agreement": 0.99}) is None  # no labels scored
+    cos = QualityGuard(opt, stages, lambda: 1.0, baseline=1.0, tolerance=0.01, metric="cosine")
+    assert cos.measured_drop({"metric": "cosine", "cosine": 0.995, "value": 0.995}) == pytest.approx(0.005)
+
+
+def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
+    """[prune] guard_batches = 0: the tolerance is worth 25 held-out samples (a 0.5-point one:
+    5000), at least 8 batches, at most the eval split; a loader without a length gets what it
+    asks for."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from geta_onnx.geta import _guard_batches
+    from geta_onnx.train.data import Data
+
+    def data(n_eval, batch=64):
+        ds = TensorDataset(torch.zeros(n_eval, 3), torch.zeros(n_eval, dtype=torch.long))
+        return Data(train=None, eval=DataLoader(ds, batch_size=batch), has_labels=True, num_classes=2,
+                    sample_shape=(3,), spec="test")
+
+    assert _guard_batches(data(10_000), ["x"], 0.005) == 79  # ceil(5000 / 64)
+    assert _guard_batches(data(10_000), ["x"], 0.05) == 8  # 500 samples would be 8 batches anyway
+    assert _guard_batches(data(1_000), ["x"], 0.005) == 16  # the whole eval split
+
+    class Batches:  # a py: loader: iterable, no length
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+
+    no_len = data(10_000)
+    assert _guard_batches(Data(train=None, eval=Batches(no_len.eval), has_labels=True, num_classes=2,
+                               sample_shape=(3,), spec="test"), ["x"], 0.005) == 79
