@@ -372,20 +372,24 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
         raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
                           "eval split, or [data] val_split > 0")
     names = list(module.input_names)
-    batches = _FirstBatches(data.eval, prune.guard_batches or _guard_batches(data, names, prune.max_quality_drop))
+    n_batches = prune.guard_batches or _guard_batches(data, names, prune.max_quality_drop)
+    batches = _FirstBatches(data.eval, n_batches)
 
-    def metrics(scored) -> dict:
+    def metrics(scored, on=batches) -> dict:
         device = next(scored.parameters()).device
         was_training = module.training
-        out = evaluate(scored, batches, loss, device=device, input_names=names, output=train_config.output)
+        out = evaluate(scored, on, loss, device=device, input_names=names, output=train_config.output)
         module.train(was_training)
         return out
 
     refresh = _FirstBatches(data.train, BN_REFRESH_BATCHES, pinned=True)
 
-    def score() -> float:
+    def score(on=batches) -> float:
         device = next(module.parameters()).device
-        return metrics(refreshed_batchnorm(module, refresh, names, device))[metric]
+        return metrics(refreshed_batchnorm(module, refresh, names, device), on)[metric]
+
+    # the float fallback ranks every quantized layer: on at most GUARD_MIN_BATCHES batches, as an order
+    few = _FirstBatches(data.eval, min(n_batches, GUARD_MIN_BATCHES))
 
     with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
         original = metrics(module)
@@ -403,7 +407,7 @@ def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: Q
                   for la in plan.layers if la.weight_quantizer is not None}
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
-                        samples=samples,
+                        samples=samples, rank_score=lambda: score(few),
                         retry_steps=0 if prune.guard_recovery else _recovery_steps(prune, sched, prune.guard_retry))
 
 

@@ -42,8 +42,8 @@ class FloatLayers(Exception):
     """The first check's verdict: these layers go back to float, and the run starts over
     without their quantizers (geta.run_geta). `found`: {"quality": the quantized model's score,
     "layers": [{"node", "quality_alone", "quality_cumulative"}]} in the order chosen:
-    quality_alone with only that layer's quantizers off, quality_cumulative with it and every
-    layer before it off."""
+    quality_alone with only that layer's quantizers off (on the ranking batches: rank_score),
+    quality_cumulative with it and every layer before it off."""
 
     def __init__(self, found: dict):
         super().__init__(", ".join(la["node"] for la in found["layers"]))
@@ -57,7 +57,8 @@ class FloatLayers(Exception):
 class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
-                 floated: dict | None = None, samples: int | None = None, retry_steps: int = 0):
+                 floated: dict | None = None, samples: int | None = None, retry_steps: int = 0,
+                 rank_score=None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
@@ -65,7 +66,9 @@ class QualityGuard:
         to float (0: none, the run stops at a first check that misses). `floated`: what an
         earlier attempt of this run put in float (FloatLayers.found): reported, and no second
         fallback. `samples`: how many held-out samples a check scores (reported). `retry_steps`:
-        the recovery steps a commit that misses gets before its second check (0: none)."""
+        the recovery steps a commit that misses gets before its second check (0: none).
+        `rank_score()`: a cheaper score (fewer batches) that only orders the float fallback's
+        candidates; its cumulative checks use `score` (default: `score` for both)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
@@ -77,6 +80,7 @@ class QualityGuard:
                 self._users.setdefault(name, set()).add(node)
                 self._modules[name] = q
         self.floated, self.samples, self.retry_steps = floated, samples, retry_steps
+        self.rank_score = rank_score or score
         # what each retry recovered: [{"period", "drop_at_commit", "drop_after"}] (the learned margin)
         self.recoveries: list[dict] = []
         self.history: list[dict] = []
@@ -116,7 +120,11 @@ class QualityGuard:
         # a period's removal starts after its recovery steps: the snapshot is the state just before
         if info.name != "pruning" or info.step_in_period != self.opt.recovery_steps or self.opt.stopped:
             return
-        if not self.history and self._check(-1, "start"):
+        start = not self.history or (self.history[-1]["period"] < 0 and self.history[-1]["action"].startswith("retry"))
+        verdict = self._check_start() if start else "kept"
+        if verdict == "retry":
+            return
+        if verdict == "over":
             found = None if self.floated else self._float_fallback(self.history[-1]["quality"])
             if found:
                 raise FloatLayers(found)
@@ -132,6 +140,22 @@ class QualityGuard:
             self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": self.history[-1]["period"]}
         self.snap = self.good["state"]  # the state the last check scored: within the tolerance
 
+    def _check_start(self) -> str:
+        """The check before the first removal of the quantized, unpruned model: "kept", "over"
+        the tolerance, or "retry". A first miss gets a retry, as a commit's does: with the
+        default schedule quantization-aware training is only 15 % in here, and the first
+        period's removal waits `retry_steps` more steps of it."""
+        retried = self.history[-1] if self.history else None
+        over = self._check(-1, "start")
+        h = self.history[-1]
+        if retried is not None:
+            h.update(recovery_steps=self.retry_steps, drop_at_commit=retried["drop"])
+        elif over and self.retry_steps:
+            h["action"] = f"retry after {self.retry_steps} recovery steps"
+            self.opt.recovery_steps = self.retry_steps  # the first period's forgetting waits for them
+            return "retry"
+        return "over" if over else "kept"
+
     def _float_fallback(self, quality: float) -> dict | None:
         """The layers to keep in float, as NNCF's accuracy control picks them: each candidate
         scored with only its quantizers off, then turned off in the order of that score (best
@@ -143,7 +167,7 @@ class QualityGuard:
         alone = {}
         for node in self.layer_quantizers:
             with quantizers_off(self._gone_with({node})):
-                alone[node] = self.score()
+                alone[node] = self.rank_score()
         ranked = sorted(alone, key=lambda n: -alone[n])  # stable: ties keep the layers' graph order
         chosen = []
         for node in ranked[:self.max_float]:

@@ -500,3 +500,23 @@ def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
     no_len = data(10_000)
     assert _guard_batches(Data(train=None, eval=Batches(no_len.eval), has_labels=True, num_classes=2,
                                sample_shape=(3,), spec="test"), ["x"], 0.005) == 79
+
+
+def test_a_start_check_that_misses_gets_a_retry_before_the_float_fallback():
+    """The quantized, unpruned model is 2 points short at the first check (18) and within the
+    tolerance 3 steps of training later: period 0's removal waits for those steps, then pruning
+    goes on. Short again after them: the run stops with the measured drop."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = _retry_guard(opt, stages, _drop_by_step(opt, {18: 0.02}))
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [h["action"] for h in guard.history][:2] == ["retry after 3 recovery steps", "kept"]
+    assert guard.history[1]["period"] == -1 and guard.history[1]["drop_at_commit"] == pytest.approx(0.02)
+    assert guard.recoveries == []  # quantization's recovery is not a pruning margin
+    assert len(opt.zeroed) == opt.target_groups and guard.good["period"] >= 0
+
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = _retry_guard(opt, stages, _drop_by_step(opt, {}, 0.02))
+    with pytest.raises(GetaError, match="before any pruning"):
+        _train(module, opt, layers, STEPS, hooks=[guard])
+    assert [h["action"] for h in guard.history] == ["retry after 3 recovery steps", "start"]
+    assert not opt.zeroed
