@@ -206,7 +206,7 @@ class PruneConfig:
     max_quality_drop: float | None = None
     # eval batches each guard check scores (cost: one eval of them per check). 0: enough that the
     # tolerance is worth GUARD_SAMPLES_PER_TOLERANCE (25) held-out samples, at least 8 batches, at most
-    # the eval split (geta._guard_batches; docs/guard.md, "How many samples")
+    # the eval split (guarding.guard_batches; docs/guard.md, "How many samples")
     guard_batches: int = 0
     # with the guard on, the share of each pruning period's steps that trains the structure the last
     # commit left before the guard scores it and the period's removal starts (the check then sees what

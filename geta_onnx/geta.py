@@ -6,8 +6,6 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 """
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +17,17 @@ from .config import OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, Train
 from .errors import GetaError
 from .graph.model import OnnxModel
 from .optim import QASSO, ImportanceWeights, quant_targets
+from .guarding import quality_guard, recovery_steps
 from .optim.guard import FloatLayers, QualityGuard
 from .optim.targets import deployable_bits
 from .qadg import QADG, analyze
 from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
 from .quant.plan import QuantPlan
-from .quant.quantizer import quantizers_off
 from .quant.sites import attach_quantizers
 from .train import (CHECKPOINT, Data, Schedule, TrainResult, distributed, load_checkpoint, lr_scheduler, make_loss,
                     split_batch, train)
-from .train.batching import set_epoch
+from .train.batching import FirstBatches
 
 
 @dataclass
@@ -104,7 +102,7 @@ class _Progress:
 def _calibration_batches(module: OnnxModule, data: Data, n: int):
     """The first `n` training batches of epoch 0's order: the same whatever iterated the loader
     before (the preflight checks, a restarted attempt's training)."""
-    for batch in _FirstBatches(data.train, n, pinned=True):
+    for batch in FirstBatches(data.train, n, pinned=True):
         inputs, _ = split_batch(batch, module.input_names, f"data '{data.spec}'")
         yield tuple(inputs)
 
@@ -180,9 +178,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                     bit_reduction=optim.bit_reduction or None,
                     group_divisible=prune.group_divisible, importance=ImportanceWeights(*prune.importance),
                     forget=optim.forget, target_latency_ms=budget_ms, latency=latency,
-                    latency_selection=prune.latency_selection, recovery_steps=_recovery_steps(prune, sched))
+                    latency_selection=prune.latency_selection, recovery_steps=recovery_steps(prune, sched))
         lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
-        guard = (_quality_guard(module, data, plan, loss, opt, sched, prune, train_config, floated)
+        guard = (quality_guard(module, data, plan, loss, opt, sched, prune, train_config, floated)
                  if prune.max_quality_drop is not None else None)
         try:
             result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs,
@@ -305,110 +303,6 @@ def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
         if q.enabled and float(q.bits().round().max()) <= 4:
             nodes.append(la.node)
     return nodes
-
-
-class _FirstBatches:
-    """The first `n` batches of a loader, each time it is iterated. `pinned`: in the order of
-    its epoch 0 every time (train.batching.set_epoch), so that a shuffled training loader gives
-    the same batches to every guard check: the checks then compare the model, not the batches
-    its BatchNorm statistics were refreshed from. A running training epoch keeps its order
-    (drawn when the epoch began), and the next epoch pins its own."""
-
-    def __init__(self, loader, n: int, pinned: bool = False):
-        self.loader, self.n, self.pinned = loader, n, pinned
-
-    def __iter__(self):
-        if self.pinned:
-            set_epoch(self.loader, 0)
-        return itertools.islice(iter(self.loader), self.n)
-
-
-# a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
-GUARD_MIN_SAMPLES = 5
-# [prune] guard_batches = 0: the guard scores enough held-out samples that its tolerance is worth this many
-# (a 0.5-point tolerance: 5000 samples), and at least GUARD_MIN_BATCHES batches. With 512 samples a
-# 0.5-point tolerance was 2.6 samples, and MobileNetV2's checks decided on 2-sample differences
-GUARD_SAMPLES_PER_TOLERANCE = 25
-GUARD_MIN_BATCHES = 8
-
-
-def _guard_batches(data: Data, names: list[str], tolerance: float) -> int:
-    """How many eval batches the guard scores when [prune] guard_batches is 0: enough for
-    GUARD_SAMPLES_PER_TOLERANCE samples within the tolerance, at least GUARD_MIN_BATCHES, at
-    most the eval split (a loader without a length: what islice finds)."""
-    first = next(iter(data.eval), None)
-    if first is None:
-        return GUARD_MIN_BATCHES
-    per_batch = max(len(split_batch(first, names, f"data '{data.spec}'")[0][0]), 1)
-    wanted = max(GUARD_MIN_BATCHES, math.ceil(GUARD_SAMPLES_PER_TOLERANCE / max(tolerance, 1e-6) / per_batch))
-    try:
-        return min(wanted, len(data.eval))
-    except TypeError:  # an iterable without a length (py: loaders)
-        return wanted
-
-
-def _recovery_steps(prune: PruneConfig, sched: Schedule, share: float | None = None) -> int:
-    """Steps of each pruning period that train the last commit's structure before the guard
-    scores it ([prune] guard_recovery, or `share`, of the shortest period; never all of it:
-    forgetting needs a step); 0 without a guard."""
-    if prune.max_quality_drop is None:
-        return 0
-    share = prune.guard_recovery if share is None else share
-    return min(int(share * sched.shortest_pruning_period), max(sched.shortest_pruning_period - 1, 0))
-
-
-def _quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
-                   prune: PruneConfig, train_config: TrainConfig, floated: dict | None):
-    """optim.guard.QualityGuard on the first `guard_batches` eval batches: top-1 accuracy with
-    labels, else the agreement (class logits) or cosine with the original's output. The
-    baseline is the original's score there (quantizers off before training; 1 for fidelity).
-    The candidates of its per-layer float fallback: every quantized layer, with its weight,
-    input and output quantizers."""
-    from .errors import ConfigError
-    from .train.evaluate import evaluate
-    from .train.loop import BN_REFRESH_BATCHES, refreshed_batchnorm
-
-    if data.eval is None:
-        raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
-                          "eval split, or [data] val_split > 0")
-    names = list(module.input_names)
-    n_batches = prune.guard_batches or _guard_batches(data, names, prune.max_quality_drop)
-    batches = _FirstBatches(data.eval, n_batches)
-
-    def metrics(scored, on=batches) -> dict:
-        device = next(scored.parameters()).device
-        was_training = module.training
-        out = evaluate(scored, on, loss, device=device, input_names=names, output=train_config.output)
-        module.train(was_training)
-        return out
-
-    refresh = _FirstBatches(data.train, BN_REFRESH_BATCHES, pinned=True)
-
-    def score(on=batches) -> float:
-        device = next(module.parameters()).device
-        return metrics(refreshed_batchnorm(module, refresh, names, device), on)[metric]
-
-    # the float fallback ranks every quantized layer: on at most GUARD_MIN_BATCHES batches, as an order
-    few = _FirstBatches(data.eval, min(n_batches, GUARD_MIN_BATCHES))
-
-    with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
-        original = metrics(module)
-    metric = next((k for k in ("accuracy", "agreement", "cosine") if k in original), None)
-    if metric is None:
-        raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
-                          "for accuracy, or distillation of class scores / float outputs for fidelity)")
-    baseline = original[metric] if metric == "accuracy" else 1.0
-    samples = sum(len(split_batch(b, names, f"data '{data.spec}'")[0][0]) for b in batches)
-    if metric != "cosine" and prune.max_quality_drop * samples < GUARD_MIN_SAMPLES and distributed.info().is_main:
-        tqdm.write(f"note: the quality guard scores {samples} held-out samples, so a tolerance of "
-                   f"{prune.max_quality_drop:g} is {prune.max_quality_drop * samples:.1f} sample(s): its checks are "
-                   f"at the noise level; more [prune] guard_batches make them firmer")
-    candidates = {la.node: {site.quantizer: plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)}
-                  for la in plan.layers if la.weight_quantizer is not None}
-    return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
-                        layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
-                        samples=samples, rank_score=lambda: score(few),
-                        retry_steps=0 if prune.guard_recovery else _recovery_steps(prune, sched, prune.guard_retry))
 
 
 def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: QuantPlan, qadg: QADG,

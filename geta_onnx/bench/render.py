@@ -129,12 +129,12 @@ def _guard_samples(guard: dict) -> str:
 
 
 def _guard_float_lines(fallback: dict | None, baseline: float) -> list[str]:
-    """The layers the guard put back in float before pruning: the quality with each one alone
-    in float, and with it and the ones before it."""
+    """The layers the guard put back in float before pruning, in the order their quantization's
+    cost ranked them, each with the quality once it and the ones before it were in float."""
     if not fallback:
         return []
-    named = ", ".join(f"`{la['node']}` ({la['quality_alone']:.4f} alone in float, {la['quality_cumulative']:.4f} "
-                      "with those before it)" for la in fallback["layers"])
+    named = ", ".join(f"`{la['node']}` ({la['quality_cumulative']:.4f} with it and those before it in float)"
+                      for la in fallback["layers"])
     return [f"The quantized model missed the tolerance before pruning ({fallback['quality']:.4f}, drop "
             f"{baseline - fallback['quality']:+.4f}): {len(fallback['layers'])} layer(s) went back to float, those "
             f"whose quantization cost the most, and training started over: {named}.", ""]

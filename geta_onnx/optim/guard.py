@@ -1,7 +1,7 @@
 """The quality guard (`--max-accuracy-drop`, `--min-fidelity`): the budget is found inside
 the one training run.
 
-QASSO removes groups period by period. The guard, a training-loop hook, does five things:
+QASSO removes groups period by period. The guard, a training-loop hook, does six things:
 - before each pruning period's removal, it snapshots the module and the optimizer (QASSO.snapshot);
 - after each commit and `opt.recovery_steps` steps of training the structure it left
   (QASSO's forgetting of the next period starts after them), it scores the model on
@@ -15,12 +15,16 @@ QASSO removes groups period by period. The guard, a training-loop hook, does fiv
   measures the share of the drop those steps recovered; when the best share seen so far
   would not bring a new miss within the tolerance, it is rolled back without one;
 - before the first period, it scores the quantized, unpruned model. When that alone misses
-  the tolerance, it finds the layers whose quantization costs the most (each layer's
-  quantizers turned off in turn, as NNCF's accuracy control does for post-training
-  quantization) and raises FloatLayers: the run starts over with them in float. When no
-  `max_float` layers bring the quality within the tolerance, the run stops;
+  the tolerance (after a retry, with `retry_steps`), it finds the layers whose quantization
+  costs the most (each layer's quantizers turned off in turn, ranked by `rank_score`, as
+  NNCF's accuracy control does for post-training quantization) and raises FloatLayers: the
+  run starts over with them in float. When no `max_float` layers bring the quality within
+  the tolerance, the run stops;
 - after the last step (`finish`), it scores the final model; when that misses the tolerance,
-  the run falls back to the last snapshot that met it (QASSO.fall_back).
+  the run falls back to the last snapshot that met it (QASSO.fall_back);
+- after the export, compress gives it the file's drop on the whole eval split
+  (`measured_drop`); when that misses, `export_fallback` moves to the last state within the
+  tolerance for a second export, and compress ships the better file.
 
 Its resolution is one period: more `[schedule] pruning_periods` give finer steps. The budget
 (sparsity, BOPs or latency) stays the most the run removes. docs/guard.md has the details.
@@ -30,6 +34,7 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
     guard.finish()  # after training: the end check, and the fallback when it misses
     guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
     guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after")}
+    guard.exported  # set by compress: {"split", "samples", "drop", "action", ("drop_fallback")}
 """
 from __future__ import annotations
 
@@ -41,9 +46,9 @@ from ..train import distributed
 class FloatLayers(Exception):
     """The first check's verdict: these layers go back to float, and the run starts over
     without their quantizers (geta.run_geta). `found`: {"quality": the quantized model's score,
-    "layers": [{"node", "quality_alone", "quality_cumulative"}]} in the order chosen:
-    quality_alone with only that layer's quantizers off (on the ranking batches: rank_score),
-    quality_cumulative with it and every layer before it off."""
+    "layers": [{"node", "rank_score", "quality_cumulative"}]} in the order chosen:
+    rank_score with only that layer's quantizers off (QualityGuard's rank_score: higher is
+    better), quality_cumulative (the guard's score) with it and every layer before it off."""
 
     def __init__(self, found: dict):
         super().__init__(", ".join(la["node"] for la in found["layers"]))
@@ -67,8 +72,9 @@ class QualityGuard:
         earlier attempt of this run put in float (FloatLayers.found): reported, and no second
         fallback. `samples`: how many held-out samples a check scores (reported). `retry_steps`:
         the recovery steps a commit that misses gets before its second check (0: none).
-        `rank_score()`: a cheaper score (fewer batches) that only orders the float fallback's
-        candidates; its cumulative checks use `score` (default: `score` for both)."""
+        `rank_score()`: what orders the float fallback's candidates (higher is better; e.g. the
+        negated held-out loss on fewer batches: continuous, so it does not tie as accuracy on a
+        few batches does); its cumulative checks use `score` (default: `score` for both)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
@@ -173,7 +179,7 @@ class QualityGuard:
         for node in ranked[:self.max_float]:
             with quantizers_off(self._gone_with({c["node"] for c in chosen} | {node})):
                 cumulative = self.score()
-            chosen.append({"node": node, "quality_alone": alone[node], "quality_cumulative": cumulative})
+            chosen.append({"node": node, "rank_score": alone[node], "quality_cumulative": cumulative})
             if self.baseline - cumulative <= self.tolerance:
                 return distributed.agree({"quality": quality, "layers": chosen})
         return distributed.agree(None)

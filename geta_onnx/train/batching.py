@@ -7,6 +7,8 @@ on the seed and the epoch number, which is what makes a resumed run bit-identica
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -75,6 +77,22 @@ def set_epoch(loader, epoch: int) -> None:
             if o is not None and id(o) not in seen and callable(getattr(o, "set_epoch", None)):
                 seen.add(id(o))
                 o.set_epoch(epoch)
+
+
+class FirstBatches:
+    """The first `n` batches of a loader, each time it is iterated. `pinned`: in the order of
+    its epoch 0 every time (train.batching.set_epoch), so that a shuffled training loader gives
+    the same batches to every guard check: the checks then compare the model, not the batches
+    its BatchNorm statistics were refreshed from. A running training epoch keeps its order
+    (drawn when the epoch began), and the next epoch pins its own."""
+
+    def __init__(self, loader, n: int, pinned: bool = False):
+        self.loader, self.n, self.pinned = loader, n, pinned
+
+    def __iter__(self):
+        if self.pinned:
+            set_epoch(self.loader, 0)
+        return itertools.islice(iter(self.loader), self.n)
 
 
 def _keep(batch):  # collate_fn: the dataset already returns whole batches

@@ -180,8 +180,8 @@ def test_first_check_puts_the_costliest_layers_in_float():
     # each alone in float scores 0.99, the rest 0.98: the two go first (graph order on a tie), and
     # with both off the quality is within the tolerance, so no third layer is taken
     assert raised.value.found == {"quality": pytest.approx(0.98), "layers": [
-        {"node": "layer2", "quality_alone": pytest.approx(0.99), "quality_cumulative": pytest.approx(0.99)},
-        {"node": "layer5", "quality_alone": pytest.approx(0.99), "quality_cumulative": pytest.approx(1.0)}]}
+        {"node": "layer2", "rank_score": pytest.approx(0.99), "quality_cumulative": pytest.approx(0.99)},
+        {"node": "layer5", "rank_score": pytest.approx(0.99), "quality_cumulative": pytest.approx(1.0)}]}
     assert all(layer.quantizer.enabled for layer in layers)  # every quantizer back on after the search
     assert not opt.zeroed
 
@@ -192,7 +192,7 @@ def test_first_check_stops_when_the_allowed_layers_cannot_meet_the_tolerance():
     with pytest.raises(GetaError, match="no 1 layers in float bring it within"):
         _train(module, opt, layers, STEPS, hooks=[guard])
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)  # a restarted run falls back only once
-    floated = {"quality": 0.98, "layers": [{"node": "layer2", "quality_alone": 0.99, "quality_cumulative": 0.99}]}
+    floated = {"quality": 0.98, "layers": [{"node": "layer2", "rank_score": 0.99, "quality_cumulative": 0.99}]}
     guard = _fallback_guard(opt, stages, layers, max_float=3, floated=floated)
     with pytest.raises(GetaError, match="with layer2 in float"):
         _train(module, opt, layers, STEPS, hooks=[guard])
@@ -212,7 +212,7 @@ def test_a_shared_activation_quantizer_goes_only_with_all_its_layers():
                          layer_quantizers=candidates, max_float=3)
     with pytest.raises(FloatLayers) as raised:
         _train(module, opt, layers, STEPS, hooks=[guard])
-    assert [(la["node"], la["quality_alone"], la["quality_cumulative"]) for la in raised.value.found["layers"]] == [
+    assert [(la["node"], la["rank_score"], la["quality_cumulative"]) for la in raised.value.found["layers"]] == [
         ("a", pytest.approx(0.98), pytest.approx(0.98)), ("b", pytest.approx(0.98), pytest.approx(1.0))]
     assert shared.enabled
 
@@ -303,12 +303,12 @@ def test_resume_inside_the_recovery_steps_is_bit_identical():
 
 def test_guard_recovery_is_a_share_of_the_shortest_pruning_period_and_off_without_a_guard():
     from geta_onnx.config import PruneConfig
-    from geta_onnx.geta import _recovery_steps
+    from geta_onnx.guarding import recovery_steps
 
     _, _, _, stages = _setup(sparsity=0.5, steps=STEPS)  # 3 pruning periods of 8 steps
-    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_recovery=0.25), stages) == 2
-    assert _recovery_steps(PruneConfig(0.5, guard_recovery=0.25), stages) == 0  # no guard: nothing waits
-    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01), stages) == 0  # off by default
+    assert recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_recovery=0.25), stages) == 2
+    assert recovery_steps(PruneConfig(0.5, guard_recovery=0.25), stages) == 0  # no guard: nothing waits
+    assert recovery_steps(PruneConfig(0.5, max_quality_drop=0.01), stages) == 0  # off by default
     _, opt, _, _ = _setup(sparsity=0.5, steps=STEPS, recovery=50)
     assert opt.recovery_steps == 7  # never the whole period: forgetting keeps a step
 
@@ -423,13 +423,13 @@ def test_resume_inside_a_retry_is_bit_identical():
 
 def test_guard_retry_is_a_share_of_the_shortest_period_and_on_by_default():
     from geta_onnx.config import PruneConfig
-    from geta_onnx.geta import _recovery_steps
+    from geta_onnx.guarding import recovery_steps
 
     _, _, _, stages = _setup(sparsity=0.5, steps=STEPS)  # 3 pruning periods of 8 steps
     prune = PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.5)
-    assert _recovery_steps(prune, stages, prune.guard_retry) == 4 and _recovery_steps(prune, stages) == 0
+    assert recovery_steps(prune, stages, prune.guard_retry) == 4 and recovery_steps(prune, stages) == 0
     assert PruneConfig(0.5).guard_retry == 0.5  # on by default
-    assert _recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.99), stages, 0.99) == 7
+    assert recovery_steps(PruneConfig(0.5, max_quality_drop=0.01, guard_retry=0.99), stages, 0.99) == 7
 
 
 # ---- the exported file's check (compress._guarded_file) -----------------------------------------
@@ -478,7 +478,7 @@ def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
     asks for."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from geta_onnx.geta import _guard_batches
+    from geta_onnx.guarding import guard_batches
     from geta_onnx.train.data import Data
 
     def data(n_eval, batch=64):
@@ -486,9 +486,9 @@ def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
         return Data(train=None, eval=DataLoader(ds, batch_size=batch), has_labels=True, num_classes=2,
                     sample_shape=(3,), spec="test")
 
-    assert _guard_batches(data(10_000), ["x"], 0.005) == 79  # ceil(5000 / 64)
-    assert _guard_batches(data(10_000), ["x"], 0.05) == 8  # 500 samples would be 8 batches anyway
-    assert _guard_batches(data(1_000), ["x"], 0.005) == 16  # the whole eval split
+    assert guard_batches(data(10_000), ["x"], 0.005) == 79  # ceil(5000 / 64)
+    assert guard_batches(data(10_000), ["x"], 0.05) == 8  # 500 samples would be 8 batches anyway
+    assert guard_batches(data(1_000), ["x"], 0.005) == 16  # the whole eval split
 
     class Batches:  # a py: loader: iterable, no length
         def __init__(self, loader):
@@ -498,7 +498,7 @@ def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
             return iter(self.loader)
 
     no_len = data(10_000)
-    assert _guard_batches(Data(train=None, eval=Batches(no_len.eval), has_labels=True, num_classes=2,
+    assert guard_batches(Data(train=None, eval=Batches(no_len.eval), has_labels=True, num_classes=2,
                                sample_shape=(3,), spec="test"), ["x"], 0.005) == 79
 
 

@@ -1,0 +1,107 @@
+"""The quality guard of one run (`--max-accuracy-drop`, `--min-fidelity`): the held-out batches
+its checks score, how many (sized to the tolerance), its score functions and its retry steps.
+optim.guard.QualityGuard decides; geta.run_geta builds it here. docs/guard.md has the details."""
+from __future__ import annotations
+
+import math
+
+from tqdm import tqdm
+
+from .bridge import OnnxModule
+from .config import PruneConfig, TrainConfig
+from .optim import QASSO
+from .optim.guard import QualityGuard
+from .quant.plan import QuantPlan
+from .quant.quantizer import quantizers_off
+from .train import Data, Schedule, distributed, split_batch
+from .train.batching import FirstBatches
+
+
+# a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
+GUARD_MIN_SAMPLES = 5
+# [prune] guard_batches = 0: the guard scores enough held-out samples that its tolerance is worth this many
+# (a 0.5-point tolerance: 5000 samples), and at least GUARD_MIN_BATCHES batches. With 512 samples a
+# 0.5-point tolerance was 2.6 samples, and MobileNetV2's checks decided on 2-sample differences
+GUARD_SAMPLES_PER_TOLERANCE = 25
+GUARD_MIN_BATCHES = 8
+
+
+def guard_batches(data: Data, names: list[str], tolerance: float) -> int:
+    """How many eval batches the guard scores when [prune] guard_batches is 0: enough for
+    GUARD_SAMPLES_PER_TOLERANCE samples within the tolerance, at least GUARD_MIN_BATCHES, at
+    most the eval split (a loader without a length: what islice finds)."""
+    first = next(iter(data.eval), None)
+    if first is None:
+        return GUARD_MIN_BATCHES
+    per_batch = max(len(split_batch(first, names, f"data '{data.spec}'")[0][0]), 1)
+    wanted = max(GUARD_MIN_BATCHES, math.ceil(GUARD_SAMPLES_PER_TOLERANCE / max(tolerance, 1e-6) / per_batch))
+    try:
+        return min(wanted, len(data.eval))
+    except TypeError:  # an iterable without a length (py: loaders)
+        return wanted
+
+
+def recovery_steps(prune: PruneConfig, sched: Schedule, share: float | None = None) -> int:
+    """Steps of each pruning period that train the last commit's structure before the guard
+    scores it ([prune] guard_recovery, or `share`, of the shortest period; never all of it:
+    forgetting needs a step); 0 without a guard."""
+    if prune.max_quality_drop is None:
+        return 0
+    share = prune.guard_recovery if share is None else share
+    return min(int(share * sched.shortest_pruning_period), max(sched.shortest_pruning_period - 1, 0))
+
+
+def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
+                   prune: PruneConfig, train_config: TrainConfig, floated: dict | None):
+    """optim.guard.QualityGuard on the first `guard_batches` eval batches: top-1 accuracy with
+    labels, else the agreement (class logits) or cosine with the original's output. The
+    baseline is the original's score there (quantizers off before training; 1 for fidelity).
+    The candidates of its per-layer float fallback: every quantized layer, with its weight,
+    input and output quantizers."""
+    from .errors import ConfigError
+    from .train.evaluate import evaluate
+    from .train.loop import BN_REFRESH_BATCHES, refreshed_batchnorm
+
+    if data.eval is None:
+        raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
+                          "eval split, or [data] val_split > 0")
+    names = list(module.input_names)
+    n_batches = prune.guard_batches or guard_batches(data, names, prune.max_quality_drop)
+    batches = FirstBatches(data.eval, n_batches)
+
+    def metrics(scored, on=batches) -> dict:
+        device = next(scored.parameters()).device
+        was_training = module.training
+        out = evaluate(scored, on, loss, device=device, input_names=names, output=train_config.output)
+        module.train(was_training)
+        return out
+
+    refresh = FirstBatches(data.train, BN_REFRESH_BATCHES, pinned=True)
+
+    def score(on=batches, key=None) -> float:
+        device = next(module.parameters()).device
+        return metrics(refreshed_batchnorm(module, refresh, names, device), on)[key or metric]
+
+    # the float fallback ranks every quantized layer by its held-out loss on at most GUARD_MIN_BATCHES
+    # batches: one check per layer at full size would cost 52 checks on MobileNetV2, and accuracy on
+    # 512 samples tied every layer there (0.9355 each, 2026-12-05)
+    few = FirstBatches(data.eval, min(n_batches, GUARD_MIN_BATCHES))
+
+    with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
+        original = metrics(module)
+    metric = next((k for k in ("accuracy", "agreement", "cosine") if k in original), None)
+    if metric is None:
+        raise ConfigError("--max-accuracy-drop / --min-fidelity: no quality metric for this model and data (labels "
+                          "for accuracy, or distillation of class scores / float outputs for fidelity)")
+    baseline = original[metric] if metric == "accuracy" else 1.0
+    samples = sum(len(split_batch(b, names, f"data '{data.spec}'")[0][0]) for b in batches)
+    if metric != "cosine" and prune.max_quality_drop * samples < GUARD_MIN_SAMPLES and distributed.info().is_main:
+        tqdm.write(f"note: the quality guard scores {samples} held-out samples, so a tolerance of "
+                   f"{prune.max_quality_drop:g} is {prune.max_quality_drop * samples:.1f} sample(s): its checks are "
+                   f"at the noise level; more [prune] guard_batches make them firmer")
+    candidates = {la.node: {site.quantizer: plan.quantizer(site.quantizer) for site in plan.sites_of(la.node)}
+                  for la in plan.layers if la.weight_quantizer is not None}
+    return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
+                        layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
+                        samples=samples, rank_score=lambda: -score(few, "loss"),
+                        retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry))
