@@ -81,8 +81,15 @@ def test_guard_stops_at_the_last_period_within_the_tolerance():
 def _cliff_run(steps, tolerance, recovery=0, start=0, state=None):
     """A guarded run on the quality cliff up to `steps`, from `state` (module, optimizer and guard
     state dicts of an interrupted run) when given: (module, opt, guard)."""
+    return _guarded_run(steps, lambda opt, stages: QualityGuard(opt, stages, _cliff(opt), baseline=1.0,
+                                                                tolerance=tolerance, metric="accuracy"),
+                        recovery, start, state)
+
+
+def _guarded_run(steps, make_guard, recovery=0, start=0, state=None):
+    """A run up to `steps` with the guard make_guard(opt, stages), resumed from `state` when given."""
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, recovery=recovery)
-    guard = QualityGuard(opt, stages, _cliff(opt), baseline=1.0, tolerance=tolerance, metric="accuracy")
+    guard = make_guard(opt, stages)
     if state is not None:
         module.load_state_dict(state[0])
         opt.load_state_dict(state[1])
@@ -402,14 +409,8 @@ def test_the_last_commit_s_retry_runs_in_the_cool_down_and_falls_back_with_froze
 
 def test_resume_inside_a_retry_is_bit_identical():
     def run(steps, start=0, state=None):
-        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
-        guard = _retry_guard(opt, stages, _drop_by_step(opt, {COMMITS[0]: 0.02, COMMITS[0] + 3: 0.005}))
-        if state is not None:
-            module.load_state_dict(state[0])
-            opt.load_state_dict(state[1])
-            guard.load_state_dict(state[2])
-        _train(module, opt, layers, steps, hooks=[guard], start=start)
-        return module, opt, guard
+        return _guarded_run(steps, lambda opt, stages: _retry_guard(
+            opt, stages, _drop_by_step(opt, {COMMITS[0]: 0.02, COMMITS[0] + 3: 0.005})), start=start, state=state)
 
     module, opt, guard = run(STEPS)
     m2, o2, g2 = run(COMMITS[0] + 1)  # period 0's retry under way: its second check 2 steps away
