@@ -54,9 +54,9 @@ class QuantConfig:
     float_by_latency: bool = True
     # 4-bit MatMul weights (ort profile: INT4 through MatMulNBits; docs/latency.md, "INT4 MatMul"):
     # "auto" lets a latency budget's table decide per layer (kept where MatMulNBits is not timed
-    # slower than int8) and keeps 8 bits without one: on 2 cores MatMulNBits ran 3.5-19x slower than
-    # int8 from 32 rows on, so 4 bits would buy size at that cost. "on": wherever the runtime runs
-    # it (size first); "off": never
+    # slower than int8) and keeps 8 bits without one: MatMulNBits was measured slower than int8 from
+    # 32 rows on, so 4 bits would buy size at that cost. "on": wherever the runtime runs it (size
+    # first); "off": never
     int4_matmul: str = "auto"
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float

@@ -20,8 +20,8 @@ from .train.batching import FirstBatches
 # a tolerance worth fewer held-out samples than this (accuracy, agreement) is said to be at the noise level
 GUARD_MIN_SAMPLES = 5
 # [prune] guard_batches = 0: the guard scores enough held-out samples that its tolerance is worth this many
-# (a 0.5-point tolerance: 5000 samples), and at least GUARD_MIN_BATCHES batches. With 512 samples a
-# 0.5-point tolerance was 2.6 samples, and MobileNetV2's checks decided on 2-sample differences
+# (a 0.5-point tolerance: 5000 samples), and at least GUARD_MIN_BATCHES batches; fewer make its checks
+# decide on noise (docs/guard.md, "How many samples")
 GUARD_SAMPLES_PER_TOLERANCE = 25
 GUARD_MIN_BATCHES = 8
 
@@ -83,8 +83,8 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
         return metrics(refreshed_batchnorm(module, refresh, names, device), on)[key or metric]
 
     # the float fallback ranks every quantized layer by its held-out loss on at most GUARD_MIN_BATCHES
-    # batches: one check per layer at full size would cost 52 checks on MobileNetV2, and accuracy on
-    # 512 samples tied every layer there (0.9355 each, 2026-12-05)
+    # batches: a full check per layer costs one check per quantized layer, and accuracy on a few
+    # batches ties (docs/guard.md, "What it does")
     few = FirstBatches(data.eval, min(n_batches, GUARD_MIN_BATCHES))
 
     with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
