@@ -286,9 +286,14 @@ def _int8_only(latency, plan: QuantPlan, quant: QuantConfig, prune: PruneConfig,
         return frozenset()
     if quant.int4_matmul == "auto" and prune.latency_budget:
         return frozenset(distributed.agree(latency.int4_slower() if latency is not None else None) or [])
-    return frozenset(la.node for la in plan.layers
-                     if la.weight_quantizer is not None and 4 in deployable_bits(profile, la.op_type, True,
-                                                                                  len(la.weight_shape)))
+    return frozenset(la.node for la in _int4_capable(plan, profile))
+
+
+def _int4_capable(plan: QuantPlan, profile: str) -> list:
+    """The quantized layers whose weight the profile runs at 4 bits (optim.targets.deployable_bits:
+    ort, a 2-D MatMul weight)."""
+    return [la for la in plan.layers
+            if la.weight_quantizer is not None and 4 in deployable_bits(profile, la.op_type, True, len(la.weight_shape))]
 
 
 def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
@@ -296,9 +301,7 @@ def _int4_layers(plan: QuantPlan, profile: str) -> list[str]:
     bits (optim.targets.deployable_bits: ort, a 2-D MatMul weight) and every channel learned
     <= 4 bits (export.params.LayerQ.int4_candidate)."""
     nodes = []
-    for la in plan.layers:
-        if la.weight_quantizer is None or 4 not in deployable_bits(profile, la.op_type, True, len(la.weight_shape)):
-            continue
+    for la in _int4_capable(plan, profile):
         q = plan.quantizer(la.weight_quantizer)
         if q.enabled and float(q.bits().round().max()) <= 4:
             nodes.append(la.node)

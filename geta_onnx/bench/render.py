@@ -106,9 +106,8 @@ def _guard_lines(guard: dict | None) -> list[str]:
         x = f"{c['predicted_speedup']:.2f}x | " if "predicted_speedup" in c else ("| " if speed else "")
         lines.append(f"| {where} | {c['removed']} | {share} | {x}{c['quality']:.4f} | {c['drop']:+.4f} | "
                      f"{c['action']} |")
-    end = guard.get("end")
+    end, gap = guard.get("end"), "| | | " + ("| " if speed else "")  # gap: the empty cells before quality
     if end:  # the end check (after the cool-down), and the fallback when it missed the tolerance
-        gap = "| | | " + ("| " if speed else "")
         lines.append(f"| end of training {gap}{end['quality']:.4f} | {end['drop']:+.4f} | {end['action']} |")
         if "quality_after" in end:
             at = "before pruning" if end["fallback_period"] < 0 else f"after period {end['fallback_period'] + 1}"
@@ -116,7 +115,6 @@ def _guard_lines(guard: dict | None) -> list[str]:
                          "shipped |")
     ex = guard.get("exported")
     if ex:  # the file's check: the whole eval split in onnxruntime (compress._guarded_file)
-        gap = "| | | " + ("| " if speed else "")
         lines.append(f"| exported file, {ex['samples']} {ex['split']} samples in onnxruntime {gap}| {ex['drop']:+.4f} | "
                      f"{ex['action']} |")
         if ex.get("drop_fallback") is not None:

@@ -126,7 +126,7 @@ class QualityGuard:
         # a period's removal starts after its recovery steps: the snapshot is the state just before
         if info.name != "pruning" or info.step_in_period != self.opt.recovery_steps or self.opt.stopped:
             return
-        start = not self.history or (self.history[-1]["period"] < 0 and self.history[-1]["action"].startswith("retry"))
+        start = not self.history or (self.history[-1]["period"] < 0 and self.history[-1]["action"] == self._retry_action)
         verdict = self._check_start() if start else "kept"
         if verdict == "retry":
             return
@@ -155,10 +155,9 @@ class QualityGuard:
         over = self._check(-1, "start")
         h = self.history[-1]
         if retried is not None:
-            h.update(recovery_steps=self.retry_steps, drop_at_commit=retried["drop"])
+            self._retried(h, retried["drop"])
         elif over and self.retry_steps:
-            h["action"] = f"retry after {self.retry_steps} recovery steps"
-            self.opt.recovery_steps = self.retry_steps  # the first period's forgetting waits for them
+            self._retry(h)  # the first period's forgetting waits for the retry's steps
             return "retry"
         return "over" if over else "kept"
 
@@ -212,12 +211,11 @@ class QualityGuard:
         over = self._check(period, "rolled back; pruning stopped")
         h, retried = self.history[-1], (self.pending or {}).get("drop_at_commit")
         if over and may_retry and distributed.agree(self._worth_retry(h["drop"])):
-            h["action"] = f"retry after {self.retry_steps} recovery steps"
-            self.opt.recovery_steps = self.retry_steps
+            self._retry(h)
             self.pending = {"period": period, "check_at": step + 1 + self.retry_steps, "drop_at_commit": h["drop"]}
             return
         if retried is not None:
-            h.update(recovery_steps=self.retry_steps, drop_at_commit=retried)
+            self._retried(h, retried)
             self.recoveries.append({"period": period, "drop_at_commit": retried, "drop_after": h["drop"]})
         elif self.opt.recovery_steps:
             h["recovery_steps"] = self.opt.recovery_steps
@@ -229,6 +227,20 @@ class QualityGuard:
         else:  # the next period (if any) starts from this state and takes this copy as its snapshot
             self.good = {"state": self.opt.snapshot(), "step": step, "period": period}
         self.snap = self.pending = None
+
+    def _retry(self, h: dict) -> None:
+        """Check `h` missed and gets a retry: the next `retry_steps` train its structure (QASSO's
+        next forgetting waits for them), then it is scored again."""
+        h["action"] = self._retry_action
+        self.opt.recovery_steps = self.retry_steps
+
+    @property
+    def _retry_action(self) -> str:
+        return f"retry after {self.retry_steps} recovery steps"
+
+    def _retried(self, h: dict, first_drop: float) -> None:
+        """Check `h` is a retry's second score; `first_drop`: the miss that started it."""
+        h.update(recovery_steps=self.retry_steps, drop_at_commit=first_drop)
 
     def _after_retry(self, drop: float) -> float | None:
         """The drop a retry is expected to end at: `drop` less the largest share of a drop that
