@@ -222,7 +222,7 @@ def test_quality_guard_checks_the_exported_file_and_ships_the_better_of_two(tmp_
     model, npz, _ = write_problem(tmp_path)
     args = ["compress", str(model), "--data", f"npz:{npz}", "--steps", "60", "--batch-size", "32",
             "--target-sparsity", "0.5", "--max-accuracy-drop", "0.5", "--group-divisible", "8", "--batch", "1",
-            "--no-plots", "--no-progress", "--force"]
+            "--int8-only", "--no-plots", "--no-progress", "--force"]  # no timed float-twin choice: the file is the export
     plain = tmp_path / "plain.onnx"  # the same run, its file not scripted to miss: the final state's file
     first = CliRunner().invoke(main, args + ["-o", str(plain)])
     assert first.exit_code == 0, first.output
