@@ -339,10 +339,12 @@ def versions() -> dict:
 
     from . import __version__
     from .latency.table import cpu_name
+    from .quant import kernel
 
     return {"geta_onnx": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()})"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()})",
+            "fake_quant_kernel": kernel.status()}
 
 
 def _write_outputs(report: dict, paths: OutputPaths, plots: bool, log) -> None:

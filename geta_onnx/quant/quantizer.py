@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import GetaError
+from . import kernel
 
 D_FLOOR = 1e-20
 Q_FLOOR = 1e-8
@@ -124,8 +125,15 @@ def _clip(x, q_m, signed: bool) -> torch.Tensor:
 
 
 def _linear_forward(ctx, x, d, q_m, signed: bool) -> torch.Tensor:
-    """Q(x) at t = 1, keeping the residual and the region code for _linear_backward."""
+    """Q(x) at t = 1, keeping the residual and the region code for _linear_backward; or, where
+    the compiled kernel takes the call (kernel.py), Q(x) in one pass, keeping x."""
     dd = d.clamp_min(D_FLOOR)
+    ctx.linear, ctx.shapes = True, (d.shape, q_m.shape)
+    if kernel.usable(x, d, q_m):
+        x = x.contiguous()
+        ctx.fused = float(dd), float(q_m.clamp_min(Q_FLOOR))  # the float32 values, exactly
+        ctx.save_for_backward(x)
+        return kernel.forward(x, *ctx.fused, signed)
     z = _clip(x, q_m, signed) / dd
     k = torch.round(z)
     need_x, need_d, need_q = ctx.needs_input_grad[:3]
@@ -135,7 +143,6 @@ def _linear_forward(ctx, x, d, q_m, signed: bool) -> torch.Tensor:
         q = q_m.clamp_min(Q_FLOOR)
         region = (x >= q).view(torch.int8)  # bool as int8: the same bytes, no copy
         region -= ((x <= -q) if signed else (x < 0)).view(torch.int8)
-    ctx.linear, ctx.shapes = True, (d.shape, q_m.shape)
     ctx.save_for_backward(residual, region)
     return k.mul_(dd)
 
@@ -144,8 +151,12 @@ def _linear_backward(ctx, grad):
     """The gradients of the module docstring at t = 1 from what _linear_forward kept:
     dQ/dx = [region = 0], dQ/dd = round(z) - z, dQ/dq_m = the region's sign where |x| >= q_m
     (unsigned: 1 where x >= q_m)."""
-    residual, region = ctx.saved_tensors
     d_shape, q_shape = ctx.shapes
+    if getattr(ctx, "fused", None):
+        (x,) = ctx.saved_tensors
+        gx, gd, gq = kernel.backward(grad.contiguous(), x, *ctx.fused, ctx.signed, *ctx.needs_input_grad[:3])
+        return gx, gd if gd is None else gd.reshape(d_shape), gq if gq is None else gq.reshape(q_shape), None, None
+    residual, region = ctx.saved_tensors
     gx = gd = gq = None
     if ctx.needs_input_grad[0]:
         gx = torch.where(region == 0, grad, 0.0)
