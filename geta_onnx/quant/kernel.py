@@ -9,7 +9,8 @@ kernel makes one pass each way, on torch's intra-op thread count.
 
 How it is built (as NNCF builds its quantization kernels at run time, but with no torch
 headers: a plain C file, about a second with gcc):
-- `$CC` (else cc, gcc, clang) -O3 -shared -fPIC -pthread, never -ffast-math;
+- `$CC` (else cc, gcc, clang) -O3 -shared -fPIC -fno-trapping-math -fopenmp, never
+  -ffast-math; without -fopenmp where the compiler has no OpenMP (one thread then);
 - into $GETA_ONNX_CACHE (else ~/.cache/geta-onnx)/kernels/fakequant-<key>.so, key = a hash of
   the source, the flags, the compiler's version and the machine, written atomically, so
   several processes (torchrun ranks) may build it at once;
@@ -35,7 +36,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fakequant.c")
-FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-fno-fast-math", "-fno-trapping-math")
+FLAGS = ("-O3", "-shared", "-fPIC", "-fno-fast-math", "-fno-trapping-math")
+OPENMP = "-fopenmp"  # tried first; a compiler without OpenMP builds the one-thread kernel
 MIN_ELEMENTS = 16384  # below this the torch path's call overhead is no worse than ctypes'
 
 _lib = None  # the loaded library, False once building failed, None before the first try
@@ -87,7 +89,7 @@ def _load():
         _lib, _why = False, "GETA_ONNX_KERNEL=off"
         return _lib
     try:
-        lib = ctypes.CDLL(str(_build()))
+        lib = ctypes.CDLL(str(_built()))
     except (OSError, subprocess.SubprocessError, RuntimeError) as e:
         _lib, _why = False, f"not built: {e}"
         log.info("fake-quant kernel not available (%s): the torch path runs", e)
@@ -110,11 +112,20 @@ def _compiler() -> tuple[str, str]:
     raise RuntimeError("no C compiler (cc, gcc, clang or $CC) on PATH")
 
 
-def _build() -> Path:
+def _built() -> Path:
+    """The library with OpenMP, else without; the last error when neither builds."""
+    try:
+        return _build((*FLAGS, OPENMP))
+    except RuntimeError as e:
+        log.info("fake-quant kernel without OpenMP (%s)", e)
+        return _build(FLAGS)
+
+
+def _build(flags: tuple[str, ...]) -> Path:
     """The compiled library, built into the cache on the first call on this machine."""
     cc, version = _compiler()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      platform.machine().encode(), platform.system().encode()])).hexdigest()[:16]
     root = Path(os.environ.get("GETA_ONNX_CACHE") or Path.home() / ".cache" / "geta-onnx") / "kernels"
     target = root / f"fakequant-{key}.so"
@@ -124,7 +135,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
     os.close(fd)
     try:
-        run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        run = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
             raise RuntimeError(f"{Path(cc).name} failed: {run.stderr.strip()[-300:]}")
         os.replace(tmp, target)  # atomic: another process sees no half-written library

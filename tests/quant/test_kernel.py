@@ -9,6 +9,7 @@ path of the linear quantizer:
 """
 from __future__ import annotations
 
+import ctypes
 import shutil
 
 import pytest
@@ -128,10 +129,10 @@ def test_no_compiler_falls_back_with_a_reason(monkeypatch, tmp_path):
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
 def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path))
-    first = kernel._build()
+    first = kernel._built()
     stamp = first.stat().st_mtime_ns
     assert first.parent == tmp_path / "kernels" and first.name.startswith("fakequant-")
-    assert kernel._build() == first and first.stat().st_mtime_ns == stamp  # not built again
+    assert kernel._built() == first and first.stat().st_mtime_ns == stamp  # not built again
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temporary file left
 
 
@@ -143,5 +144,22 @@ def test_failed_build_leaves_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(fake_cc))
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="broken"):
-        kernel._build()
+        kernel._built()  # with OpenMP, then without: both fail
     assert list((tmp_path / "cache" / "kernels").iterdir()) == []
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+def test_a_compiler_without_openmp_builds_the_one_thread_kernel(monkeypatch, tmp_path):
+    real = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    fake_cc = tmp_path / "cc"
+    fake_cc.write_text(f"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -fopenmp ] && echo no openmp >&2 && exit 1; done\n"
+                       f"exec {real} \"$@\"\n")
+    fake_cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake_cc))
+    monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
+    lib = ctypes.CDLL(str(kernel._built()))
+    x = torch.linspace(-2, 2, N)
+    out = torch.empty_like(x)
+    lib.geta_fq_forward.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_float] * 3 + [ctypes.c_int]
+    lib.geta_fq_forward(x.data_ptr(), out.data_ptr(), N, 0.25, 1.0, -1.0, 2)
+    assert torch.equal(out, torch.round(x.clamp(-1, 1) / 0.25) * 0.25)
