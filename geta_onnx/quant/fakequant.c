@@ -10,8 +10,8 @@
  *
  * The forward is bitwise quantizer.py's torch path: the same float32 operations (a true
  * division, not a reciprocal) and round half to even, as torch.round. The backward's two
- * sums are taken per block of BLOCK elements, in 8 double lanes, and the blocks added in
- * order by the caller: the result does not depend on the thread count.
+ * sums are taken per block of BLOCK elements, in 8 double lanes, and the caller adds the
+ * blocks' sums: the result does not depend on the thread count.
  *
  * Threads: OpenMP when the compiler has it. Loaded into a process that has torch, the
  * library's libgomp.so.1 is torch's own (the loader matches the soname), so the kernel

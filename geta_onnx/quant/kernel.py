@@ -17,7 +17,7 @@ headers: a plain C file, about a second with gcc):
 - `GETA_ONNX_KERNEL=off` keeps the torch path; without a compiler the torch path is used
   too (logged once). `status()` says which one runs, for the report.
 The forward is bitwise the torch path's; the parameter gradients are sums in another order
-(per 65,536-element block in double, the blocks in order: the same on any thread count).
+(per 65,536-element block in double, then over the blocks: the same on any thread count).
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("fakequant.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-fno-fast-math", "-fno-trapping-math")
 OPENMP = "-fopenmp"  # tried first; a compiler without OpenMP builds the one-thread kernel
-MIN_ELEMENTS = 16384  # below this the torch path's call overhead is no worse than ctypes'
+MIN_ELEMENTS = 16384  # smaller tensors stay on the torch path: the kernel saves passes over memory,
+# and a call adds fixed costs of its own (ctypes, an OpenMP region)
 
 _lib = None  # the loaded library, False once building failed, None before the first try
 _why = "not built yet"
@@ -73,7 +74,8 @@ def backward(grad: torch.Tensor, x: torch.Tensor, d: float, q: float, signed: bo
     gq = torch.empty(blocks, dtype=torch.float64) if need_q else None
     _lib.geta_fq_backward(_ptr(grad), _ptr(x), _ptr(gx), _ptr(gd), _ptr(gq), n, d, q,
                           -q if signed else 0.0, torch.get_num_threads())
-    total = (lambda p: None if p is None else p.sum().to(torch.float32))  # blocks in order
+    # a few hundred block sums at most: torch adds them on one thread, the same on any thread count
+    total = (lambda p: None if p is None else p.sum().to(torch.float32))
     return gx, total(gd), total(gq)
 
 

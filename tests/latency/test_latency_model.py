@@ -236,6 +236,41 @@ def test_cache_hit_miss_and_another_targets_table(tmp_path, monkeypatch):
     assert LatencyTable.load(path).entries.keys() == other.entries.keys()  # the user's file is left as it was
 
 
+def test_whole_models_take_the_least_of_interleaved_rounds(tmp_path, monkeypatch):
+    """A burst of background load during one measurement of the original does not set the
+    budget: each whole model is timed in rounds interleaved with the others, the least counts,
+    and a spread is reported."""
+    monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
+    model, module, plan, qadg, _ = _resnet()
+    sample = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    target = Target.here(1, 2)
+    build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)  # fills the cache
+    import geta_onnx.latency.build as build
+
+    calls = []
+
+    def timed(proto, feeds, threads, min_seconds):
+        calls.append(proto)
+        whole = proto is model.proto
+        return (50.0 if len(calls) == 1 else 20.0) if whole else 10.0  # the first round of the original is slowed
+
+    monkeypatch.setattr(build, "time_ms", timed)
+    lines = []
+    lm = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False, log_line=lines.append)
+    assert lm.original_ms == 20.0
+    assert [c is model.proto for c in calls] == [True] * build.WHOLE_ROUNDS
+    assert len(lines) == 1 and "the original measured 20.000 and 50.000 ms at batch 2" in lines[0]
+    lines.clear()
+    calls.clear()
+    reference = type(model.proto)()
+    reference.CopyFrom(model.proto)  # stands for the int8 export of the unpruned model
+    lm = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False,
+                             log_line=lines.append, int8_export_of=lambda removed: None if removed else reference)
+    assert [c is model.proto for c in calls] == [True, False] * build.WHOLE_ROUNDS  # A B, A B
+    assert lm.original_ms == 20.0  # its rounds: 50 (the burst) and 20
+    assert len(lines) == 1 and lines[0].startswith("note: the original")  # the reference's rounds agree
+
+
 def test_fill_measures_only_missing_entries():
     spec = _conv(cin=32, cout=32, hw=8)
     table, measured = fill(None, [spec, spec], 16, TARGET, progress=False)
