@@ -143,20 +143,22 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
     model, npz, _ = write_problem(tmp_path)
     out = tmp_path / "fast.onnx"
+    # 1.8x: inside the reach of this 60 us model however the machine timed it (its reach, every
+    # layer at one unit, was 2.21x to 2.38x in runs under load); its int8 export alone is no faster
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
-                                       "--batch-size", "32", "--target-speedup", "2.5", "--group-divisible", "8",
+                                       "--batch-size", "32", "--target-speedup", "1.8", "--group-divisible", "8",
                                        "--batch", "1,8", "--no-progress", "--no-plots"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".report.json").read_text())
     lat = report["latency_model"]
-    assert lat["batch"] == 8 and lat["target_speedup"] == pytest.approx(2.5)
+    assert lat["batch"] == 8 and lat["target_speedup"] == pytest.approx(1.8)
     assert min(lat["predicted_ms"].values()) <= lat["target_ms"] * (1 + 1e-9)
     assert set(lat["measured_ms"]) == set(report["precision"]["candidates"]) and all(
         v > 0 for v in lat["measured_ms"].values())
     # every planned group removed; none planned when the original, timed under this machine's load,
-    # was so slow that the unpruned int8 prediction already meets 2.5x (seen under a parallel test run)
+    # was so slow that the unpruned int8 prediction already meets the budget (seen under a parallel test run)
     assert report["groups"]["removed"] == report["groups"]["planned"]
-    assert report["settings"]["prune"]["target_speedup"] == 2.5 and report["settings"]["prune"]["target_sparsity"] is None
+    assert report["settings"]["prune"]["target_speedup"] == 1.8 and report["settings"]["prune"]["target_sparsity"] is None
     assert "Latency budget at batch 8" in out.with_suffix(".report.md").read_text()
 
     # a table (of another target) that times one layer's int8 kernel 10x slower than its float one
