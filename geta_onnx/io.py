@@ -1,4 +1,5 @@
-"""Atomic file writes: outputs appear whole or not at all, and never replace an input.
+"""Atomic file writes: outputs appear whole or not at all, and never replace an input; and
+the per-machine cache folder (cache_root).
 
 The file gets the mode a plain open() would give it (0666 less the umask; the old file's mode
 when one is replaced), not the 0600 of the temporary file it is written as."""
@@ -36,3 +37,9 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def cache_root() -> Path:
+    """What geta-onnx keeps per machine (latency tables, the compiled fake-quant kernel):
+    $GETA_ONNX_CACHE, else ~/.cache/geta-onnx."""
+    return Path(os.environ.get("GETA_ONNX_CACHE") or Path.home() / ".cache" / "geta-onnx")

@@ -153,10 +153,8 @@ def _whole_ms(protos: dict, feeds, threads: int, log_line) -> dict[str, float]:
             rounds[name].append(time_ms(proto, feeds, threads, min_seconds=0.5))
     for name, times in rounds.items():
         if max(times) > WHOLE_SPREAD * min(times):
-            log_line(f"note: {name} measured {min(times):.3f} and {max(times):.3f} ms at batch {_batch(feeds)}: "
+            batch = len(next(iter(feeds.values())))
+            log_line(f"note: {name} measured {min(times):.3f} and {max(times):.3f} ms at batch {batch}: "
                      f"the machine was busy; the latency model uses {min(times):.3f} ms")
     return {name: min(times) for name, times in rounds.items()}
 
-
-def _batch(feeds: dict) -> int:
-    return len(next(iter(feeds.values())))

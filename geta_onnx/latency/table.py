@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import write_text_atomic
+from ..io import cache_root, write_text_atomic
 from .micro import FORMS
 
 FORMAT = "geta-onnx-latency/1"
@@ -142,7 +142,6 @@ class LatencyTable:
 
 
 def cache_path(target: Target) -> Path:
-    """Where tables measured on this machine are kept: $GETA_ONNX_CACHE, else
-    ~/.cache/geta-onnx, under latency/<target>.json."""
-    root = os.environ.get("GETA_ONNX_CACHE") or Path.home() / ".cache" / "geta-onnx"
-    return Path(root) / "latency" / f"{target.slug}.json"
+    """Where tables measured on this machine are kept: latency/<target>.json in the cache root
+    (io.cache_root: $GETA_ONNX_CACHE, else ~/.cache/geta-onnx)."""
+    return cache_root() / "latency" / f"{target.slug}.json"

@@ -72,23 +72,32 @@ static void input_grad_block(const float *restrict grad, const float *restrict x
         for (int64_t i = 0; i < n; i++) gx[i] = (x[i] >= q || x[i] < 0.0f) ? 0.0f : grad[i];
 }
 
+/* one element's term of dQ/dd * grad: (round(z) - z) * grad */
+static inline float step_term(float g, float v, float d, float q, float lo) {
+    float z = clip(v, lo, q) / d;
+    return g * (round_even(z) - z);
+}
+
+/* one element's term of dQ/dq * grad: +grad at x >= q, -grad at x <= -q (signed only) */
+static inline float range_term(float g, float v, float q, float lo, int is_signed) {
+    return v >= q ? g : ((is_signed && v <= lo) ? -g : 0.0f);
+}
+
+static inline double lanes_sum(const double *lane) {
+    double s = 0.0;
+    for (int j = 0; j < LANES; j++) s += lane[j];
+    return s;
+}
+
 VECTOR_CLONES
 static double step_grad_block(const float *restrict grad, const float *restrict x, int64_t n, float d, float q,
                               float lo) {
     double lane[LANES] = {0};
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            float z = clip(x[i + j], lo, q) / d;
-            lane[j] += (double)(grad[i + j] * (round_even(z) - z));
-        }
-    for (; i < n; i++) {
-        float z = clip(x[i], lo, q) / d;
-        lane[0] += (double)(grad[i] * (round_even(z) - z));
-    }
-    double s = 0.0;
-    for (int j = 0; j < LANES; j++) s += lane[j];
-    return s;
+        for (int j = 0; j < LANES; j++) lane[j] += (double)step_term(grad[i + j], x[i + j], d, q, lo);
+    for (; i < n; i++) lane[0] += (double)step_term(grad[i], x[i], d, q, lo);
+    return lanes_sum(lane);
 }
 
 VECTOR_CLONES
@@ -97,18 +106,9 @@ static double range_grad_block(const float *restrict grad, const float *restrict
     int is_signed = lo < 0.0f;
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            float v = x[i + j], g = grad[i + j];
-            float edge = v >= q ? g : ((is_signed && v <= lo) ? -g : 0.0f);
-            lane[j] += (double)edge;
-        }
-    for (; i < n; i++) {
-        float v = x[i], g = grad[i];
-        lane[0] += (double)(v >= q ? g : ((is_signed && v <= lo) ? -g : 0.0f));
-    }
-    double s = 0.0;
-    for (int j = 0; j < LANES; j++) s += lane[j];
-    return s;
+        for (int j = 0; j < LANES; j++) lane[j] += (double)range_term(grad[i + j], x[i + j], q, lo, is_signed);
+    for (; i < n; i++) lane[0] += (double)range_term(grad[i], x[i], q, lo, is_signed);
+    return lanes_sum(lane);
 }
 
 /* gx (or NULL) = dQ/dx * grad; gd / gq (or NULL): geta_fq_blocks(n) partial sums each. */

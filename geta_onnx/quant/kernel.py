@@ -11,9 +11,9 @@ How it is built (as NNCF builds its quantization kernels at run time, but with n
 headers: a plain C file, about a second with gcc):
 - `$CC` (else cc, gcc, clang) -O3 -shared -fPIC -fno-trapping-math -fopenmp, never
   -ffast-math; without -fopenmp where the compiler has no OpenMP (one thread then);
-- into $GETA_ONNX_CACHE (else ~/.cache/geta-onnx)/kernels/fakequant-<key>.so, key = a hash of
-  the source, the flags, the compiler's version and the machine, written atomically, so
-  several processes (torchrun ranks) may build it at once;
+- into kernels/fakequant-<key>.so of the cache root (io.cache_root: $GETA_ONNX_CACHE, else
+  ~/.cache/geta-onnx), key = a hash of the source, the flags, the compiler's version and the
+  machine, written atomically, so several processes (torchrun ranks) may build it at once;
 - `GETA_ONNX_KERNEL=off` keeps the torch path; without a compiler the torch path is used
   too (logged once). `status()` says which one runs, for the report.
 The forward is bitwise the torch path's; the parameter gradients are sums in another order
@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from ..io import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +98,17 @@ def _load():
         _lib, _why = False, f"not built: {e}"
         log.info("fake-quant kernel not available (%s): the torch path runs", e)
         return _lib
+    _lib, _why = _bind(lib), ""
+    return _lib
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The C signatures of fakequant.c's entry points on a loaded library."""
     c_float, c_int64, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
     lib.geta_fq_blocks.argtypes, lib.geta_fq_blocks.restype = [c_int64], c_int64
     lib.geta_fq_forward.argtypes = [ptr, ptr, c_int64, c_float, c_float, c_float, ctypes.c_int]
     lib.geta_fq_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, c_int64, c_float, c_float, c_float, ctypes.c_int]
-    _lib, _why = lib, ""
-    return _lib
+    return lib
 
 
 def _compiler() -> tuple[str, str]:
@@ -129,7 +136,7 @@ def _build(flags: tuple[str, ...]) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      platform.machine().encode(), platform.system().encode()])).hexdigest()[:16]
-    root = Path(os.environ.get("GETA_ONNX_CACHE") or Path.home() / ".cache" / "geta-onnx") / "kernels"
+    root = cache_root() / "kernels"
     target = root / f"fakequant-{key}.so"
     if target.exists():
         return target

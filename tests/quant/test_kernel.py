@@ -157,9 +157,8 @@ def test_a_compiler_without_openmp_builds_the_one_thread_kernel(monkeypatch, tmp
     fake_cc.chmod(0o755)
     monkeypatch.setenv("CC", str(fake_cc))
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
-    lib = ctypes.CDLL(str(kernel._built()))
+    lib = kernel._bind(ctypes.CDLL(str(kernel._built())))
     x = torch.linspace(-2, 2, N)
     out = torch.empty_like(x)
-    lib.geta_fq_forward.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_float] * 3 + [ctypes.c_int]
     lib.geta_fq_forward(x.data_ptr(), out.data_ptr(), N, 0.25, 1.0, -1.0, 2)
     assert torch.equal(out, torch.round(x.clamp(-1, 1) / 0.25) * 0.25)
