@@ -39,6 +39,7 @@ class GetaResult:
     train: TrainResult
     metrics: dict = field(default_factory=dict)
     guard: QualityGuard | None = None  # the quality guard of a guarded run (compress asks it about the file)
+    teacher: str | None = None  # what ran the distillation teacher: "onnxruntime", "torch" (teacher.py) or None
 
     @property
     def removed_groups(self) -> set[int]:
@@ -151,8 +152,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     module = to_torch(model)
     module.per_sample = per_sample
     _check_gradient_path(module, model, data, train_config.output)
-    # the teacher (distillation) is the fp32 original: copied before any quantizer exists
-    loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, kd=train_config.kd,
+    # the teacher (distillation) is the fp32 original, taken before any quantizer exists
+    loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, model=model,
+                     device=train_config.device, kd=train_config.kd,
                      temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output,
                      every_output=train_config.kd_outputs == "all")
     qadg = analyze(model)
@@ -199,7 +201,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                            f"{len(chosen.nodes)} layer(s) back to float ({chosen}), training starts over")
     if guard is not None:
         guard.finish()  # the end check: a final model past the tolerance falls back to the last one within it
-    out = GetaResult(module, plan, qadg, opt, result, guard=guard)
+    out = GetaResult(module, plan, qadg, opt, result, guard=guard,
+                     teacher=getattr(loss.teacher, "kind", "torch") if loss.uses_teacher else None)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,
         "target_groups": opt.target_groups, "prunable_groups": len(opt.views),

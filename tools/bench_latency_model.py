@@ -2,13 +2,17 @@
 time of pruned models, float and int8, at several pruning levels.
 
     python tools/bench_latency_model.py MODEL.onnx [--shape 3x224x224] [--batch 32] [--threads 2]
-                                        [--levels 0,0.3,0.5,0.7] [--seeds 2]
+                                        [--levels 0,0.3,0.5,0.7] [--seeds 2] [--removed RUN/checkpoint.safetensors ...]
 
 For each level and seed, random group scores pick the groups to remove (the unit-rounded
 selection QASSO uses), prune_model removes them physically, and the pruned model is timed
 in float and as the int8 QDQ model compress writes (latency.reference.int8_export: the real
 export, every quantizer at 8 bits, calibrated on the example sample), next to the latency model's
 prediction of both. The table build time is printed apart.
+
+--removed adds a row per compress checkpoint given: the groups that trained run removed
+(QASSO's state in the checkpoint; MODEL must be the file that run compressed), timed and
+predicted the same way. Trained structures are where the prediction errs most (docs/latency.md).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def main() -> None:
     from geta_onnx.prune.physical import prune_model
     from geta_onnx.qadg import analyze
     from geta_onnx.quant.sites import attach_quantizers
+    from geta_onnx.train import load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -46,6 +51,7 @@ def main() -> None:
     p.add_argument("--levels", default="0,0.3,0.5,0.7")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--table", help="latency table file (default: the cache)")
+    p.add_argument("--removed", nargs="*", default=[], help="checkpoints of compress runs of MODEL: their removed groups")
     a = p.parse_args()
     torch.manual_seed(0)
     model = load_model(a.model)
@@ -67,28 +73,36 @@ def main() -> None:
     print(f"{Path(a.model).name}: {len(lm.layers)} layers modelled, table ready in {time.perf_counter() - t0:.1f} s; "
           f"original {lm.original_ms:.3f} ms, layers (float) {lm.layers_float_ms:.3f} ms, "
           + ", ".join(f"{f}: scale {lm.scale[f]:.3f} rest {lm.fixed[f]:.3f} fixed + {lm.remainder[f]:.3f} ms shrinking"
-                      for f in ("float", "int8")))
+                      for f in ("float", "int8"))
+          + "".join(f"; {f} rest {rest:.3f} ms at the narrow probe's share {share:.2f} (the line: below {above:.2f})"
+                    for f, (share, rest, above) in lm.narrow.items()))
     feeds = {k: np.repeat(v, a.batch, axis=0) for k, v in sample.items()}
-    rows = []
-    for level in [float(x) for x in a.levels.split(",")]:
+    structures = []  # (label, level, removed group ids)
+    for level in [float(x) for x in a.levels.split(",") if x]:
         for seed in range(a.seeds if level > 0 else 1):
             rng = np.random.default_rng(seed)
             scores = {v.id: float(rng.random()) for v in views}
-            removed = plan(views, scores, round(level * len(views)), a.unit, set())
-            pruned = prune_model(qadg, removed)
-            measured = {"float": time_ms(pruned, feeds, a.threads, min_seconds=1.0)}
-            int8 = int8_export(module, qplan, qadg, model, removed)
-            if int8 is not None:
-                measured["int8"] = time_ms(int8, feeds, a.threads, min_seconds=1.0)
-            predicted = lm.forms_ms(lm.state(removed))
-            row = [level, seed, len(removed)]
-            for form in ("float", "int8"):
-                m = measured.get(form)
-                row += [predicted[form], m, (predicted[form] / m - 1) * 100 if m else float("nan")]
-            rows.append(row)
-            print(f"  level {level:.2f} seed {seed} removed {len(removed):4d} | " + " | ".join(
-                f"{form} pred {row[3 + 3 * k]:8.3f} meas {row[4 + 3 * k] or float('nan'):8.3f} err {row[5 + 3 * k]:+6.1f}%"
-                for k, form in enumerate(("float", "int8"))))
+            structures.append((f"level {level:.2f} seed {seed}", level, plan(views, scores, round(level * len(views)),
+                                                                            a.unit, set())))
+    for path in a.removed:
+        zeroed = load_checkpoint(path)["optimizer"]["qasso"]["zeroed"]
+        structures.append((Path(path).parent.name, len(zeroed) / len(views), list(zeroed)))
+    rows = []
+    for label, level, removed in structures:
+        pruned = prune_model(qadg, removed)
+        measured = {"float": time_ms(pruned, feeds, a.threads, min_seconds=1.0)}
+        int8 = int8_export(module, qplan, qadg, model, removed)
+        if int8 is not None:
+            measured["int8"] = time_ms(int8, feeds, a.threads, min_seconds=1.0)
+        predicted = lm.forms_ms(lm.state(removed))
+        row = [level, label, len(removed)]
+        for form in ("float", "int8"):
+            m = measured.get(form)
+            row += [predicted[form], m, (predicted[form] / m - 1) * 100 if m else float("nan")]
+        rows.append(row)
+        print(f"  {label} removed {len(removed):4d} | " + " | ".join(
+            f"{form} pred {row[3 + 3 * k]:8.3f} meas {row[4 + 3 * k] or float('nan'):8.3f} err {row[5 + 3 * k]:+6.1f}%"
+            for k, form in enumerate(("float", "int8"))))
     errs = {f: [abs(r[5 if f == "float" else 8]) for r in rows if not np.isnan(r[5 if f == "float" else 8])]
             for f in ("float", "int8")}
     print("max |error|: " + ", ".join(f"{f} {max(e):.1f}%" for f, e in errs.items() if e))

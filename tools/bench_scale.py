@@ -1,7 +1,7 @@
 """How the cost of a training step grows: plain fp32 PyTorch vs geta-onnx, 1 vs 2 processes.
 
     python tools/bench_scale.py [--models resnet,bert,mobilenetv2-224,minilm] [--batch 16] [--steps 24]
-                                [--procs 1,2] [--threads 2 [--per-process]] [--device cpu|cuda]
+                                [--procs 1,2] [--threads 2 [--per-process]] [--device cpu|cuda] [--teacher]
 
 Per model, every row runs the real training loop (geta_onnx.train.train) for --steps steps
 at the same GLOBAL batch and times each step from before its forward to after the optimizer
@@ -19,6 +19,9 @@ as `compress` does:
   geta      the shipped design (synced BatchNorm, DDP re-wrapped when the cool-down freezes d);
   +unused   DDP's find_unused_parameters=True instead (a graph walk every step);
   -syncbn   BatchNorm statistics of each rank's half only.
+With --teacher, two more rows per model: one forward of the distillation teacher at the same
+batch (what `compress` adds to each step when it distils), the bridged module in eval mode
+under no_grad against onnxruntime on the ONNX file (train/teacher.py), interleaved, median.
 Printed: ms per step, samples/s, ratios geta / native and 2 processes / 1. mobilenetv2-224 and
 minilm need the assets (python tools/prepare_assets.py); figures: docs/measurements.md.
 """
@@ -49,6 +52,7 @@ from geta_onnx.quant.sites import attach_quantizers  # noqa: E402
 from geta_onnx.train import Data, Schedule, distributed, train  # noqa: E402
 from geta_onnx.train.batching import ArrayDataset, make_loader  # noqa: E402
 from geta_onnx.train.losses import pick  # noqa: E402
+from geta_onnx.train.teacher import OrtTeacher  # noqa: E402
 
 WARM = 2  # steps left out of the mean (allocator, first-call dispatch)
 
@@ -139,6 +143,23 @@ def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool) -
     return statistics.mean(timer.seconds[WARM:])
 
 
+def teacher_seconds(name: str, batch: int, calls: int) -> dict[str, float]:
+    """Median seconds of one teacher forward at `batch`: {"torch": the bridged module, eval,
+    no_grad; "onnxruntime": OrtTeacher}, the two interleaved call by call."""
+    model, _, inputs = setup(name, batch)
+    module = to_torch(model).eval()
+    teachers = {"torch": module, "onnxruntime": OrtTeacher(model, module.input_names, module.output_names)}
+    xs = tuple(inputs.values())
+    seconds: dict[str, list[float]] = {k: [] for k in teachers}
+    with torch.no_grad():
+        for _ in range(calls):
+            for kind, teacher in teachers.items():
+                start = time.perf_counter()
+                teacher(*xs)
+                seconds[kind].append(time.perf_counter() - start)
+    return {k: statistics.median(v[WARM:]) for k, v in seconds.items()}
+
+
 def worker(a) -> None:
     """One torchrun rank: run the configuration, rank 0 prints it as a BENCH line."""
     torch.set_num_threads(a.threads)
@@ -173,6 +194,7 @@ def main() -> None:
     p.add_argument("--per-process", action="store_true",
                    help="each process gets --threads threads (N processes use N times the cores of one)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--teacher", action="store_true", help="also time one distillation-teacher forward per model")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="geta", help=argparse.SUPPRESS)
     p.add_argument("--find-unused", action="store_true", help=argparse.SUPPRESS)
@@ -194,6 +216,11 @@ def main() -> None:
             one[kind] = s
             ratio = f"{s / one['native']:.2f}x" if kind != "native" else ""
             print(f"{name:<16} {1:>5} {kind:<8} {s * 1e3:>9.1f} {a.batch / s:>10.1f} {ratio:>9} {'':>9}", flush=True)
+        if a.teacher and a.device == "cpu":
+            for kind, s in teacher_seconds(name, a.batch, a.steps).items():
+                label = "t-torch" if kind == "torch" else "t-ort"
+                print(f"{name:<16} {1:>5} {label:<8} {s * 1e3:>9.1f} {a.batch / s:>10.1f} {s / one['native']:>8.2f}x "
+                      f"{'':>9}", flush=True)
         for n in (x for x in procs if x > 1):
             threads = a.threads if a.per_process else max(a.threads // n, 1)
             rows = {"native": launched(a, "native", n, threads), "geta": launched(a, "geta", n, threads),

@@ -182,7 +182,8 @@ def _footer(report: dict) -> list[str]:
     t = report.get("training", {})
     if "processes" in t:
         where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"
-        lines.append(f"Trained {t['steps']} steps on {t.get('device', 'cpu')}, {where}.")
+        teacher = f", distilled from the original run in {t['teacher']}" if t.get("teacher") else ""
+        lines.append(f"Trained {t['steps']} steps on {t.get('device', 'cpu')}, {where}{teacher}.")
     if "versions" in report:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")
     if "bops_convention" in report:

@@ -84,9 +84,9 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     `groups`: the QADG's prunable groups; `sample`: one training sample per input (batch 1);
     `int8_export_of(removed group ids)`: the int8 QDQ export of the model with those groups
     cut, or None (latency.reference.int8_export). The unpruned export's measured time fits the
-    int8 prediction, and a probe structure's (model.probe_removal) splits its rest into a
-    fixed and a shrinking part (no callable: the int8 layers as measured, plus the float
-    model's rest)."""
+    int8 prediction, a probe structure's (model.probe_removal) splits its rest into a fixed
+    and a shrinking part, and a narrow probe's bends it for the narrowest structures (no
+    callable: the int8 layers as measured, plus the float model's rest)."""
     shapes = probe_shapes(model, feeds=sample)
     if not shapes:
         raise ConfigError(f"{model.label}: onnxruntime could not run the model on one training sample, so no "
@@ -112,11 +112,16 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     reference = int8_export_of(()) if int8_export_of is not None else None
     removed = probe_removal(effects, layers, unit) if reference is not None else []
     pruned = int8_export_of(removed) if removed else None
-    wholes = {"the original": model.proto, "the int8 reference": reference, "the int8 probe": pruned}
+    narrow = probe_removal(effects, layers, unit, narrow=True) if pruned is not None else []
+    narrowed = int8_export_of(narrow) if len(narrow) > len(removed) else None
+    wholes = {"the original": model.proto, "the int8 reference": reference, "the int8 probe": pruned,
+              "the narrow int8 probe": narrowed}
     ms = _whole_ms({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
                    table.target.threads, log_line)
     probe = (removed, ms["the int8 probe"]) if pruned is not None else None
-    return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe)
+    narrow_probe = (narrow, ms["the narrow int8 probe"]) if narrowed is not None else None
+    return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe,
+                        int8_narrow=narrow_probe)
 
 
 def _read_table(path: str | None, target: Target) -> LatencyTable | None:

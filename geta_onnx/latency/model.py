@@ -21,8 +21,11 @@ F_f is the part of the rest that does not shrink (onnxruntime's per-node dispatc
 input's Q / transposes). One whole model cannot tell it apart from R_f, so a second int8
 model is measured: the export with a probe structure removed (probe_removal: about half of
 every layer's channels). Its rest W_1 - L_1 = F + R * share_1 splits the full model's rest
-W_0 - L_0 = F + R. docs/latency.md gives the measured split and the error of this model
-with and without F.
+W_0 - L_0 = F + R. Below the half probe's share the rest follows a third int8 export, the
+narrow probe (every layer cut towards one unit, probe_removal(narrow=True)): from (share_1,
+F + R share_1) linearly to its measured rest, flat below it. Narrow layers cost more in a
+chain than their one-layer times, which the line through the half probe does not see.
+docs/latency.md gives the measured split and the error of this model with and without them.
 """
 from __future__ import annotations
 
@@ -57,11 +60,14 @@ class State:
 class LatencyModel:
     def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
                  effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None,
-                 int8_probe: tuple[list[int], float] | None = None):
+                 int8_probe: tuple[list[int], float] | None = None,
+                 int8_narrow: tuple[list[int], float] | None = None):
         """`effects`: group id -> [(layer index, "in" | "out", channels removed)].
         `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float).
         `int8_probe`: (groups removed, measured ms) of the int8 export of a pruned structure
-        (probe_removal), which splits the int8 rest into F_int8 and R_int8 (None: F = 0)."""
+        (probe_removal), which splits the int8 rest into F_int8 and R_int8 (None: F = 0).
+        `int8_narrow`: the same of the narrow probe (probe_removal(narrow=True)), the int8 rest
+        below the half probe's share (None: the line F + R share all the way down)."""
         self.layers, self.table, self.original_ms, self.effects = layers, table, original_ms, effects
         self._entries = [table.entries[la.spec.key] for la in layers]
         self._out = np.array([la.spec.out_elems for la in layers], dtype=np.float64)
@@ -78,27 +84,52 @@ class LatencyModel:
             else:
                 self.scale[form], self.remainder[form] = 1.0, whole - layers_ms
         self.fixed = {"float": 0.0, "int8": 0.0}
+        self.narrow: dict[str, tuple[float, float, float]] = {}  # form -> (share_n, rest_n, share_1)
         if int8_probe is not None and int8_original_ms is not None:
             self._split_rest("int8", *int8_probe)
+            if int8_narrow is not None:
+                self._narrow_rest("int8", int8_probe[0], *int8_narrow)
 
     def _split_rest(self, form: str, removed, measured_ms: float) -> None:
         """F_form and R_form from the rest of the full model (R now) and of the probe: with
         share s, rest_probe = F + R' s and F + R' = R. Clipped to 0 <= F <= R; a probe that
         keeps nearly everything (s > 0.9) cannot tell them apart and leaves F = 0."""
-        probe = self.state(removed)
-        share = self._share(probe.removed_out)
-        layers_ms = float((probe.t_deployed if form == "int8" else probe.t_float).sum())
-        rest, probe_rest = self.remainder[form], measured_ms - self.scale[form] * layers_ms
+        share, probe_rest = self._probe_rest(form, removed, measured_ms)
+        rest = self.remainder[form]
         if share > 0.9 or rest <= 0:
             return
         variable = min(max((rest - probe_rest) / (1.0 - share), 0.0), rest)
         self.fixed[form], self.remainder[form] = rest - variable, variable
 
+    def _probe_rest(self, form: str, removed, measured_ms: float) -> tuple[float, float]:
+        """(share, measured rest) of a probe structure's export."""
+        probe = self.state(removed)
+        layers_ms = float((probe.t_deployed if form == "int8" else probe.t_float).sum())
+        return self._share(probe.removed_out), measured_ms - self.scale[form] * layers_ms
+
+    def _narrow_rest(self, form: str, half_removed, removed, measured_ms: float) -> None:
+        """The knee below the half probe: kept only where the narrow probe's share lies clearly
+        below the half probe's (a model whose layers cannot narrow further has no knee)."""
+        half_share = self._share(self.state(half_removed).removed_out)
+        share, rest = self._probe_rest(form, removed, measured_ms)
+        if share < half_share - 0.05:
+            self.narrow[form] = (share, max(rest, 0.0), half_share)
+
+    def rest(self, form: str, share: float) -> float:
+        """The time outside the layers of a structure with this output-channel share."""
+        line = self.fixed[form] + self.remainder[form] * share
+        knee = self.narrow.get(form)
+        if knee is None or share >= knee[2]:
+            return line
+        share_n, rest_n, share_1 = knee
+        at_1 = self.fixed[form] + self.remainder[form] * share_1
+        return rest_n + (at_1 - rest_n) * (max(share, share_n) - share_n) / (share_1 - share_n)
+
     # ---- persistence: a resumed run plans with the numbers it started with -------------
     def snapshot(self) -> dict:
         """The measured numbers (plain JSON) the plans depend on."""
         return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
-                "fixed": dict(self.fixed), "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
+                "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()}, "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
 
     def restore(self, snap: dict) -> None:
         from .table import Entry
@@ -107,6 +138,7 @@ class LatencyModel:
         self.remainder = {k: float(v) for k, v in snap["remainder"].items()}
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
         self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}
+        self.narrow = {k: tuple(float(x) for x in v) for k, v in snap.get("narrow", {}).items()}
         self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
 
     # ---- precision ----------------------------------------------------------------------
@@ -178,8 +210,8 @@ class LatencyModel:
         return self._forms(float(s.t_deployed.sum()), float(s.t_float.sum()), self._share(s.removed_out))
 
     def _forms(self, deployed: float, flt: float, share: float) -> dict[str, float]:
-        return {"int8": self.scale["int8"] * deployed + self.fixed["int8"] + self.remainder["int8"] * share,
-                "float": self.scale["float"] * flt + self.fixed["float"] + self.remainder["float"] * share}
+        return {"int8": self.scale["int8"] * deployed + self.rest("int8", share),
+                "float": self.scale["float"] * flt + self.rest("float", share)}
 
     def ms(self, s: State) -> float:
         return min(self.forms_ms(s).values())
@@ -211,13 +243,19 @@ class LatencyModel:
             s.t_deployed[i], s.t_float[i] = self._times(i, rin, rout)
 
 
-def probe_removal(effects: dict[int, list[tuple[int, str, int]]], layers: list[ModelLayer], unit: int = 1) -> list[int]:
+def probe_removal(effects: dict[int, list[tuple[int, str, int]]], layers: list[ModelLayer], unit: int = 1,
+                  narrow: bool = False) -> list[int]:
     """Groups, taken in id order, whose removal takes from every layer at most the multiple of
     `unit` nearest below half of its input and output channels: a structure about half as
     wide, spread over the model, at widths on the unit (as QASSO keeps them), for the probe
-    measurement (LatencyModel's int8_probe). Deterministic, so a resumed run measures the same."""
-    cap_in = [unit * (la.spec.cin // (2 * unit)) for la in layers]
-    cap_out = [unit * (la.spec.cout // (2 * unit)) for la in layers]
+    measurement (LatencyModel's int8_probe). `narrow`: at most all but the last (partial)
+    unit of each, the narrowest structure QASSO could keep (int8_narrow). Deterministic, so a
+    resumed run measures the same."""
+    def cap(c: int) -> int:
+        return unit * ((c - 1) // unit) if narrow else unit * (c // (2 * unit))
+
+    cap_in = [cap(la.spec.cin) for la in layers]
+    cap_out = [cap(la.spec.cout) for la in layers]
     removed_in = [0] * len(layers)
     removed_out = [0] * len(layers)
     chosen = []

@@ -33,11 +33,15 @@ def quant_targets(plan: QuantPlan, config: QuantConfig, profile: str | None = No
     for site in plan.sites:
         if site.quantizer in targets:
             continue
-        weight, layer = site.kind == "weight", layers[site.node]
+        weight = site.kind == "weight"
         start = config.weight_bits_start if weight else config.act_bits_start
-        widths = () if profile is None else deployable_bits(profile, layer.op_type, weight, len(layer.weight_shape))
-        if weight and widths and site.node in int8_only:
-            widths = tuple(w for w in widths if w >= 8) or DEFAULT_WIDTHS
+        if weight:
+            layer = layers[site.node]
+            widths = () if profile is None else deployable_bits(profile, layer.op_type, True, len(layer.weight_shape))
+            if widths and site.node in int8_only:
+                widths = tuple(w for w in widths if w >= 8) or DEFAULT_WIDTHS
+        else:  # an activation: of a layer's input, a conv's output or a residual Add's output (no layer)
+            widths = () if profile is None else DEFAULT_WIDTHS
         targets[site.quantizer] = QuantTarget(  # the bounds: the quantizer's bit_range (attach_quantizers)
             site.quantizer, plan.quantizer(site.quantizer), site.tensor if weight else None, start,
             layer.out_axis if weight and site.per_channel else None, widths)

@@ -49,7 +49,7 @@ class QuantSite:
     """One quantized input of one layer (or a conv output, kind "output"); the layer's
     geometry is in its QuantLayer (QuantPlan.layer(site.node))."""
 
-    node: str  # ONNX node name of the layer
+    node: str  # ONNX node name of the layer (an output site: the conv, or the residual Add)
     kind: str  # "weight" | "act" | "output"
     tensor: str  # weight: the initializer; act: the activation tensor the node reads; output: see below
     input_index: int  # the node input that is quantized (-1 for an output site)
@@ -81,7 +81,8 @@ class QuantPlan:
 
     def output_sites(self) -> list[QuantSite]:
         """Activation quantizers on a conv's output that no layer reads directly (residual
-        Add / pooling inputs): `node` is the conv, `tensor` the quantized tensor."""
+        Add / pooling inputs): `node` is the conv, `tensor` the quantized tensor; or on a
+        residual Add's output (sites.residual_outputs): `node` is the Add."""
         return [s for s in self.sites if s.kind == "output"]
 
     def sites_of(self, node: str) -> list[QuantSite]:

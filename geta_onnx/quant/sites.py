@@ -11,7 +11,9 @@ Ensures:
   (followed through a BatchNormalization reading the conv, which the export folds, then Relu / Clip,
   which onnxruntime absorbs before a Q)
   when no layer quantizes that tensor: a residual Add input, a global pooling input.
-  onnxruntime turns DQ -> Conv -> Q into QLinearConv only with that Q;
+  onnxruntime turns DQ -> Conv -> Q into QLinearConv only with that Q; likewise one on the
+  output of an Add of two quantized tensors (through Relu / Clip) that nothing quantizes,
+  for QLinearAdd (a ResNet's last residual Add before the global pooling);
 - quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>", "o_<tensor>");
 - EVERY reader of a quantized activation tensor (a residual Add too) reads the quantized
   value, as in the exported QDQ graph where all consumers read the DQ output; a graph
@@ -132,10 +134,14 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
         records.append(replace(layer, weight_quantizer=w_name, act_quantizer=a_name, skipped=reason))
     if config.quantize_activations and config.quantize_outputs:
         quantized = {s.tensor for s in sites if s.kind == "act"}
-        for layer, tensor in fusion_outputs(model, layers, skipped, quantized):
+        outputs = fusion_outputs(model, layers, skipped, quantized)
+        quantized |= {tensor for _, tensor in outputs}
+        outputs += residual_outputs(model, quantized)
+        for node, tensor in outputs:
             signed = tensor not in nonneg
             name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
-            sites.append(QuantSite(layer.node, "output", tensor, -1, name, signed))
+            sites.append(QuantSite(node.node if isinstance(node, QuantLayer) else node, "output", tensor, -1,
+                                   name, signed))
     module.graph.lint()
     module.recompile()
     return QuantPlan(sites, records, module=module)
@@ -241,6 +247,33 @@ def fusion_outputs(model: OnnxModel, layers: list[QuantLayer], skipped: dict[str
             continue
         seen.add(tensor)
         found.append((layer, tensor))
+    return found
+
+
+def residual_outputs(model: OnnxModel, quantized: set[str]) -> list[tuple[str, str]]:
+    """(Add node, tensor) pairs needing an output quantizer: the output of an Add whose every
+    input is a quantized activation, followed through a single-reader chain of ABSORBED ops,
+    when it is read by some op, is no graph output and nothing quantizes it already. With
+    that Q onnxruntime runs DQ, DQ -> Add -> Q as one QLinearAdd in the int8 (NHWC) chain;
+    without it a ResNet's last residual Add, whose Relu feeds the global pooling, ran in float
+    behind two DequantizeLinear and two layout Transposes (docs/measurements.md, "The last
+    residual Add in int8")."""
+    found = []
+    for node in model.nodes:
+        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        if not all(x in quantized for x in node.input):
+            continue
+        tensor = node.output[0]
+        while tensor not in model.output_names:
+            readers = model.consumers(tensor)
+            if len(readers) != 1 or readers[0][0].op_type not in ABSORBED:
+                break
+            tensor = readers[0][0].output[0]
+        if tensor in quantized or tensor in model.output_names or not model.consumers(tensor):
+            continue
+        quantized.add(tensor)
+        found.append((node.name, tensor))
     return found
 
 

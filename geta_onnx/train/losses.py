@@ -4,18 +4,18 @@ Every loss is called as loss(outputs, target, inputs) -> scalar tensor, where `o
 the student module returned (a tensor or a tuple of them), `target` the batch's labels (or
 None) and `inputs` the tuple fed to the student (the teacher reads the same inputs).
 
-The teacher is the original fp32 bridged model, frozen: eval mode, requires_grad False, run
-under torch.no_grad(), so compressing the student never moves it.
+The teacher is the original fp32 model, frozen (teacher.py: run in onnxruntime on a CPU run,
+else the bridged module in eval mode, requires_grad False, under torch.no_grad()), so
+compressing the student never moves it.
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .teacher import teacher_for
 
 
 def pick(outputs, index: int) -> torch.Tensor:
@@ -202,16 +202,18 @@ class Loss:
 
 
 def make_loss(mode: str = "auto", *, has_labels: bool, module: nn.Module | None = None,
-              teacher: nn.Module | None = None, **kw) -> Loss:
+              teacher: nn.Module | None = None, model=None, device="cpu", **kw) -> Loss:
     """mode "auto": task loss + distillation when the data has labels, distillation alone
     otherwise (the original is a trained model; config.TrainConfig.loss). The teacher defaults
-    to a frozen deep copy of `module` taken now (before any training step)."""
+    to the original as it is now, before any training step: `model` (the OnnxModel `module`
+    was bridged from) run in onnxruntime on a CPU run, else a frozen deep copy of `module`
+    (teacher.teacher_for)."""
     if mode == "auto":
         mode = "task+kd" if has_labels else "kd"
     if mode != "task" and teacher is None:
         if module is None:
             raise ConfigError(f"option 'loss': '{mode}' needs the original model as teacher")
-        teacher = copy.deepcopy(module)
+        teacher = teacher_for(module, model, device)
     if mode != "kd" and not has_labels:
         raise ConfigError(f"option 'loss': '{mode}' needs labels and the data has none; use loss = kd")
     return Loss(mode, teacher=teacher, **kw)

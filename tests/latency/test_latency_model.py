@@ -173,6 +173,44 @@ def test_the_probe_splits_the_int8_rest_into_fixed_and_shrinking():
     assert near.fixed["int8"] == 0  # share > 0.9: not told apart
 
 
+def test_the_narrow_probe_bends_the_int8_rest_below_the_half_probe():
+    """Narrow layers cost more in a chain than alone: whole-model times made as layers + a rest
+    that is F + R * share above the half probe's share and rises again below it. The narrow
+    probe (every layer cut to its last unit) is hit exactly, the half probe and everything
+    wider keep the line, structures in between are interpolated, and a resume restores it."""
+    model, module, plan, qadg, _ = _resnet()
+    lm = _synthetic_model(model, plan, qadg)
+    for unit in (1, 4):
+        narrow = probe_removal(lm.effects, lm.layers, unit, narrow=True)
+        state = lm.state(narrow)
+        assert all(la.spec.cout - rout >= 1 and la.spec.cin - rin >= 1
+                   for la, rin, rout in zip(lm.layers, state.removed_in, state.removed_out))
+        assert set(probe_removal(lm.effects, lm.layers, unit)) < set(narrow)  # narrower than the half probe
+    half, narrow = probe_removal(lm.effects, lm.layers), probe_removal(lm.effects, lm.layers, narrow=True)
+    s_half, s_narrow = (lm._share(lm.state(r).removed_out) for r in (half, narrow))
+    fixed, shrinking, bump = 0.3, 0.5, 0.4  # the rest at the narrow probe: the line's value + bump
+
+    def rest(share):
+        line = fixed + shrinking * share
+        return line if share >= s_half else line + bump * (s_half - share) / (s_half - s_narrow)
+
+    truth = lambda st: float(st.t_deployed.sum()) + rest(lm._share(st.removed_out))  # noqa: E731
+    fitted = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(lm.state(())),
+                          int8_probe=(half, truth(lm.state(half))), int8_narrow=(narrow, truth(lm.state(narrow))))
+    assert fitted.fixed["int8"] == pytest.approx(fixed) and fitted.remainder["int8"] == pytest.approx(shrinking)
+    for removed in (narrow, half, (), sorted(lm.effects)[::3]):
+        assert fitted.forms_ms(fitted.state(removed))["int8"] == pytest.approx(truth(lm.state(removed)))
+    mid = 0.5 * (s_half + s_narrow)
+    assert fitted.rest("int8", mid) == pytest.approx(rest(mid))
+    assert fitted.rest("int8", s_narrow / 2) == pytest.approx(rest(s_narrow))  # flat below the narrow probe
+    restored = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(lm.state(())))
+    restored.restore(json.loads(json.dumps(fitted.snapshot())))
+    assert restored.rest("int8", mid) == pytest.approx(fitted.rest("int8", mid))
+    same = LatencyModel(lm.layers, lm.table, lm.original_ms, lm.effects, int8_original_ms=truth(lm.state(())),
+                        int8_probe=(half, truth(lm.state(half))), int8_narrow=(half, truth(lm.state(half))))
+    assert same.narrow == {}  # a narrow probe no narrower than the half one has no knee
+
+
 def test_layers_whose_int8_kernel_is_slower_stay_float_and_a_resume_decides_the_same():
     model, module, plan, qadg, _ = _resnet()
     lm = _synthetic_model(model, plan, qadg)  # int8 = float / 3 (+ a constant): every layer int8

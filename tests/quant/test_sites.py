@@ -271,3 +271,54 @@ def test_output_quantizers_on_conv_outputs_no_layer_reads():
     assert [r.args[0].target for r in readers] == ["quantizers.o_a3"] * 2
     _, _, plan = _attach(_cnn()[0], quantize_outputs=False)
     assert not plan.output_sites()
+
+
+def _residual_tail():
+    """Conv -> BN -> Relu -> Conv -> BN, plus a 1x1 shortcut Conv -> BN, Add, Relu, then the
+    global pooling and a Gemm: a ResNet's last block, whose Add output no layer reads."""
+    n = helper.make_node
+    c = 8
+    bn = {f"{p}_{k}": v for p in ("bn1", "bn2", "bn3") for k, v in
+          (("s", np.full(c, 1.1, np.float32)), ("b", np.full(c, 0.05, np.float32)),
+           ("m", np.zeros(c, np.float32)), ("v", np.ones(c, np.float32)))}
+    nodes = [
+        n("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", "bn1_s", "bn1_b", "bn1_m", "bn1_v"], ["b1"], name="bn1"),
+        n("Relu", ["b1"], ["r1"], name="relu1"),
+        n("Conv", ["r1", "w2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c2", "bn2_s", "bn2_b", "bn2_m", "bn2_v"], ["b2"], name="bn2"),
+        n("Conv", ["x", "w3"], ["c3"], name="short"),
+        n("BatchNormalization", ["c3", "bn3_s", "bn3_b", "bn3_m", "bn3_v"], ["b3"], name="bn3"),
+        n("Add", ["b2", "b3"], ["s"], name="add"),
+        n("Relu", ["s"], ["r"], name="relu"),
+        n("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        n("Flatten", ["g"], ["f"], name="flat"),
+        n("Gemm", ["f", "wg"], ["y"], name="gemm", transB=1),
+    ]
+    inits = {"w1": _w(c, c, 3, 3, seed=1), "w2": _w(c, c, 3, 3, seed=2), "w3": _w(c, c, 1, 1, seed=3),
+             "wg": _w(4, c, seed=4), **bn}
+    x = rng(9).standard_normal((2, c, 6, 6)).astype(np.float32)
+    return make_model(nodes, {"x": x}, ["y"], inits, opset=13), x
+
+
+def test_a_residual_add_of_quantized_tensors_gets_an_output_quantizer(tmp_path):
+    """Both Add inputs are quantized conv outputs and the Relu after it feeds the pooling: the
+    Relu output gets an (unsigned) output quantizer, so onnxruntime fuses a QLinearAdd and no
+    float Add or layout Transpose is left between the int8 convs and the pooling."""
+    import onnx
+    import onnxruntime as ort
+
+    from geta_onnx.latency.reference import int8_export
+    from geta_onnx.qadg import analyze
+
+    proto, x = _residual_tail()
+    model, module, plan = _attach(proto)
+    outs = {s.tensor: s for s in plan.output_sites()}
+    assert set(outs) == {"b2", "b3", "r"} and (outs["r"].node, outs["r"].signed) == ("add", False)
+    calibrate(module, plan, [(torch.from_numpy(x),)], QuantConfig())
+    exported = int8_export(module, plan, analyze(model), model)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(exported.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "QLinearAdd" in ops and "Add" not in ops, ops

@@ -24,8 +24,9 @@ from tests.zoo_cache import zoo_path
 # model -> (layers = weight sites, unique activation quantizers incl. conv outputs, unsigned activation sites)
 EXPECTED = {
     # 9 conv + fc; block convs 1 and shortcuts share their input; all but the stem after Relu;
-    # + 5 outputs: the 3 second convs and 2 shortcut convs end in the residual Add
-    "resnet": (10, 8 + 5, 9),
+    # + 5 outputs: the 3 second convs and 2 shortcut convs end in the residual Add; + 1: the last
+    # residual Add, whose Relu feeds the global pooling (sites.residual_outputs)
+    "resnet": (10, 8 + 5 + 1, 9),
     "bert": (14, 10, 0),  # 2 x (q, k, v share; proj; inter; out) + pooler + classifier; nothing provably >= 0
     # 16 conv + fc; ReLU6 = Clip(0, 6) inputs unsigned, HardSwish signed; + 9 outputs: convs
     # before HardSwish, before the residual Adds, before the global pooling

@@ -251,7 +251,7 @@ LOSSES = ("task", "task+kd", "kd-mse", "kd-cosine", "kd-bce", "kd-kl")
 
 
 class Distill:
-    """Distillation from a frozen teacher (the original fp32 model, bridged) on output
+    """Distillation from a frozen teacher (the original fp32 model: train/teacher.py) on output
     `output`: mse, cosine (1 - cos along the last axis: embeddings), bce (sigmoid
     probabilities as soft targets: CREPE's pitch bins) or kl (class logits, T = 1)."""
 
@@ -285,6 +285,7 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
     teacher model at `teacher_path`."""
     from geta_onnx.bridge import to_torch
     from geta_onnx.train import Loss
+    from geta_onnx.train.teacher import teacher_for
 
     if loss not in LOSSES:
         raise ConfigError(f"finetune: loss must be one of {', '.join(LOSSES)}, got '{loss}'")
@@ -292,7 +293,8 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
         return Loss("task", output=output)
     if teacher_path is None:
         raise ConfigError(f"finetune: loss '{loss}' needs teacher_path (the original fp32 model)")
-    teacher = to_torch(load_model(teacher_path))
+    original = load_model(teacher_path)
+    teacher = teacher_for(to_torch(original), original)  # as compress runs its teacher (onnxruntime on CPU)
     if loss == "task+kd":
         return Loss("task+kd", teacher=teacher, output=output)
     return Distill(loss[3:], teacher, output)
