@@ -95,14 +95,18 @@ def main() -> None:
         if int8 is not None:
             measured["int8"] = time_ms(int8, feeds, a.threads, min_seconds=1.0)
         predicted = lm.forms_ms(lm.state(removed))
+        knee, lm.narrow = lm.narrow, {}
+        line_ms = lm.forms_ms(lm.state(removed))["int8"]  # the same model without the narrow probe
+        lm.narrow = knee
         row = [level, label, len(removed)]
         for form in ("float", "int8"):
             m = measured.get(form)
             row += [predicted[form], m, (predicted[form] / m - 1) * 100 if m else float("nan")]
         rows.append(row)
+        line_err = (line_ms / measured["int8"] - 1) * 100 if measured.get("int8") else float("nan")
         print(f"  {label} removed {len(removed):4d} | " + " | ".join(
             f"{form} pred {row[3 + 3 * k]:8.3f} meas {row[4 + 3 * k] or float('nan'):8.3f} err {row[5 + 3 * k]:+6.1f}%"
-            for k, form in enumerate(("float", "int8"))))
+            for k, form in enumerate(("float", "int8"))) + f" | int8 without the narrow probe {line_err:+6.1f}%")
     errs = {f: [abs(r[5 if f == "float" else 8]) for r in rows if not np.isnan(r[5 if f == "float" else 8])]
             for f in ("float", "int8")}
     print("max |error|: " + ", ".join(f"{f} {max(e):.1f}%" for f, e in errs.items() if e))
