@@ -51,7 +51,8 @@ def main() -> None:
     p.add_argument("--levels", default="0,0.3,0.5,0.7")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--table", help="latency table file (default: the cache)")
-    p.add_argument("--removed", nargs="*", default=[], help="checkpoints of compress runs of MODEL: their removed groups")
+    p.add_argument("--removed", nargs="*", default=[],
+                   help="checkpoints of compress runs of MODEL: their removed groups")
     a = p.parse_args()
     torch.manual_seed(0)
     model = load_model(a.model)

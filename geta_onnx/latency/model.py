@@ -129,7 +129,8 @@ class LatencyModel:
     def snapshot(self) -> dict:
         """The measured numbers (plain JSON) the plans depend on."""
         return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
-                "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()}, "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
+                "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()},
+                "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
 
     def restore(self, snap: dict) -> None:
         from .table import Entry

@@ -134,14 +134,13 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
         records.append(replace(layer, weight_quantizer=w_name, act_quantizer=a_name, skipped=reason))
     if config.quantize_activations and config.quantize_outputs:
         quantized = {s.tensor for s in sites if s.kind == "act"}
-        outputs = fusion_outputs(model, layers, skipped, quantized)
+        outputs = [(layer.node, tensor) for layer, tensor in fusion_outputs(model, layers, skipped, quantized)]
         quantized |= {tensor for _, tensor in outputs}
         outputs += residual_outputs(model, quantized)
-        for node, tensor in outputs:
+        for node, tensor in outputs:  # node: the conv, or the residual Add
             signed = tensor not in nonneg
             name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
-            sites.append(QuantSite(node.node if isinstance(node, QuantLayer) else node, "output", tensor, -1,
-                                   name, signed))
+            sites.append(QuantSite(node, "output", tensor, -1, name, signed))
     module.graph.lint()
     module.recompile()
     return QuantPlan(sites, records, module=module)
@@ -253,7 +252,8 @@ def fusion_outputs(model: OnnxModel, layers: list[QuantLayer], skipped: dict[str
 def residual_outputs(model: OnnxModel, quantized: set[str]) -> list[tuple[str, str]]:
     """(Add node, tensor) pairs needing an output quantizer: the output of an Add whose every
     input is a quantized activation, followed through a single-reader chain of ABSORBED ops,
-    when it is read by some op, is no graph output and nothing quantizes it already. With
+    when it is read by some op, is no graph output and nothing quantizes it already (those
+    picked are added to `quantized`, so an Add reading one counts it as quantized). With
     that Q onnxruntime runs DQ, DQ -> Add -> Q as one QLinearAdd in the int8 (NHWC) chain;
     without it a ResNet's last residual Add, whose Relu feeds the global pooling, ran in float
     behind two DequantizeLinear and two layout Transposes (docs/measurements.md, "The last

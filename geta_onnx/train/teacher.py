@@ -2,9 +2,9 @@
 
 On CPU the teacher is the ONNX graph the bridge was built from, run in onnxruntime. It needs no
 gradient and no training-mode bookkeeping, and onnxruntime's fused inference kernels run it in
-a fraction of the bridged module's eager forward, which was about a third of a plain training
-step (docs/measurements.md, "An onnxruntime teacher"). Its outputs agree with the bridged
-module's within float rounding (tests/train/test_teacher.py).
+a fraction of the time of the bridged module's eager forward, a sizeable part of each step
+(docs/measurements.md, "An onnxruntime teacher"). Its outputs agree with the bridged module's
+within float rounding (tests/train/test_teacher.py).
 
 The bridged module, deep-copied before any quantizer exists, stays the teacher where
 onnxruntime cannot stand in: a CUDA run (our onnxruntime is the CPU build), a graph that takes
@@ -87,7 +87,8 @@ def teacher_for(module: nn.Module, model: OnnxModel | None = None, device: str |
         try:
             return OrtTeacher(model, module.input_names, module.output_names)
         except Exception as e:  # onnxruntime raises its own types; a > 2 GB proto cannot serialise
-            reason = f"onnxruntime cannot run {model.label} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"onnxruntime cannot run {model.label} ({first})"
     log.debug("distillation teacher: the bridged module (%s)", reason)
     teacher = copy.deepcopy(module)
     teacher.kind = "torch"
