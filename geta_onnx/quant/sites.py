@@ -236,16 +236,10 @@ def fusion_outputs(model: OnnxModel, layers: list[QuantLayer], skipped: dict[str
     for layer in layers:
         if layer.op_type not in ("Conv", "ConvTranspose") or layer.node in skipped or layer.act_slot is None:
             continue
-        tensor, absorbed = model.node_by_name[layer.node].output[0], FOLDED_FIRST + ABSORBED
-        while tensor not in model.output_names:
-            readers = model.consumers(tensor)
-            if len(readers) != 1 or readers[0][0].op_type not in absorbed:
-                break
-            tensor, absorbed = readers[0][0].output[0], ABSORBED
-        if tensor in quantized or tensor in seen or tensor in model.output_names or not model.consumers(tensor):
-            continue
-        seen.add(tensor)
-        found.append((layer, tensor))
+        tensor = _chain_end(model, model.node_by_name[layer.node].output[0], FOLDED_FIRST + ABSORBED)
+        if _unquantized_read(model, tensor, quantized | seen):
+            seen.add(tensor)
+            found.append((layer, tensor))
     return found
 
 
@@ -264,17 +258,28 @@ def residual_outputs(model: OnnxModel, quantized: set[str]) -> list[tuple[str, s
             continue
         if not all(x in quantized for x in node.input):
             continue
-        tensor = node.output[0]
-        while tensor not in model.output_names:
-            readers = model.consumers(tensor)
-            if len(readers) != 1 or readers[0][0].op_type not in ABSORBED:
-                break
-            tensor = readers[0][0].output[0]
-        if tensor in quantized or tensor in model.output_names or not model.consumers(tensor):
-            continue
-        quantized.add(tensor)
-        found.append((node.name, tensor))
+        tensor = _chain_end(model, node.output[0], ABSORBED)
+        if _unquantized_read(model, tensor, quantized):
+            quantized.add(tensor)
+            found.append((node.name, tensor))
     return found
+
+
+def _chain_end(model: OnnxModel, tensor: str, first: tuple[str, ...]) -> str:
+    """The tensor at the end of the single-reader chain from `tensor` whose first op is one of
+    `first` and later ones ABSORBED; it stops at a graph output."""
+    ops = first
+    while tensor not in model.output_names:
+        readers = model.consumers(tensor)
+        if len(readers) != 1 or readers[0][0].op_type not in ops:
+            break
+        tensor, ops = readers[0][0].output[0], ABSORBED
+    return tensor
+
+
+def _unquantized_read(model: OnnxModel, tensor: str, quantized: set[str]) -> bool:
+    """`tensor` is read by some op, is no graph output and nothing quantizes it yet."""
+    return tensor not in quantized and tensor not in model.output_names and bool(model.consumers(tensor))
 
 
 def _quantize_output(module, model: OnnxModel, tensor: str, signed: bool, config: QuantConfig, names,

@@ -39,13 +39,11 @@ class OrtTeacher:
     def __init__(self, model: OnnxModel, input_names: list[str], output_names: list[str]):
         import onnxruntime as ort
 
+        from ..bench.session import session_options
+
         self.input_names, self.output_names = list(input_names), list(output_names)
         self._dtypes = [model.info(n).np_dtype if model.info(n) is not None else None for n in input_names]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        opts = session_options(torch.get_num_threads())  # as every measurement runs, plus:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
@@ -66,7 +64,7 @@ class OrtTeacher:
         for name, x, dtype in zip(self.input_names, inputs, self._dtypes):
             a = x.detach().cpu().numpy()
             feeds[name] = np.ascontiguousarray(a if dtype is None or a.dtype == dtype else a.astype(dtype))
-        outs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(self.output_names, feeds)]
+        outs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feeds)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

@@ -17,7 +17,7 @@ from tests.zoo_cache import zoo_path
 CASES = ["resnet", "bert", "fpn", "lstm"]
 
 
-def _close(got, want):
+def assert_same_outputs(got, want):
     """float outputs within 1e-4 of the output's scale (onnxruntime fuses and reorders sums)."""
     got, want = (x if isinstance(x, tuple) else (x,) for x in (got, want))
     assert len(got) == len(want)
@@ -37,7 +37,7 @@ def test_onnxruntime_teacher_gives_the_bridged_outputs(name):
         inputs = tuple(get(name).example_inputs(batch, seed=batch).values())
         with torch.no_grad():
             want = module(*inputs)
-        _close(teacher(*inputs), want)
+        assert_same_outputs(teacher(*inputs), want)
 
 
 def test_several_outputs_come_back_as_a_tuple_in_graph_order():
@@ -50,7 +50,7 @@ def test_several_outputs_come_back_as_a_tuple_in_graph_order():
     x = torch.randn(2, 4)
     got = teacher_for(module, model)(x)
     with torch.no_grad():
-        _close(got, module(x))
+        assert_same_outputs(got, module(x))
     assert got[2].dtype == torch.int64 and got[2].tolist() == [2, 3]
 
 
@@ -59,7 +59,7 @@ def test_inputs_of_another_dtype_are_cast_to_the_graph_input_type():
     module = to_torch(model).eval()
     ids, mask = get("bert").example_inputs(3, seed=0).values()
     teacher = teacher_for(module, model)
-    _close(teacher(ids.to(torch.int32), mask.to(torch.int32)), teacher(ids, mask))
+    assert_same_outputs(teacher(ids.to(torch.int32), mask.to(torch.int32)), teacher(ids, mask))
 
 
 def test_the_bridged_copy_stands_in_where_onnxruntime_cannot(monkeypatch):
