@@ -328,7 +328,8 @@ def _latency_report(lat: dict, checks: dict) -> dict:
             "predicted_ms": predicted, "measured_ms": measured,
             "error": {k: predicted[k] / v - 1 for k, v in measured.items() if v and k in predicted},
             "table_target": lat["table"],
-            "int8_only": lat.get("int8_only", [])}  # MatMul layers kept from int4: MatMulNBits timed slower
+            "int8_only": lat.get("int8_only", []),  # MatMul layers kept from int4: MatMulNBits timed slower
+            "float_check": lat.get("float_check")}  # layers one-layer times call slower in int8 (latency.chain)
 
 
 def versions() -> dict:

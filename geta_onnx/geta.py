@@ -6,7 +6,7 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -212,7 +212,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
         out.metrics["guard"] = guard.summary()
     if latency is not None:
         latency.set_int4(_int4_layers(plan, profile))  # the prediction of the form each layer is exported in
-        out.metrics["latency"] = {"int8_only": sorted(int8_only),
+        out.metrics["latency"] = {"int8_only": sorted(int8_only), "float_check": latency.float_check,
                                   "target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__}
@@ -225,20 +225,35 @@ def _quantized_and_timed(model: OnnxModel, data: Data, module: OnnxModule | None
                          saved: dict | None):
     """(module, plan, latency model, budget ms): `module` (a fresh bridge when None) with its
     quantizers attached and calibrated, `keep_float`'s layers in float, and under a latency
-    budget the latency model. Layers whose int8 kernel the table times slower go to float
-    too (reason "latency", added to keep_float), and everything is built again without them."""
-    module, plan = _quantized(model, data, module, keep_float, quant, per_sample)
+    budget the latency model. There, with the ort profile, the layers one-layer times call
+    slower in int8 (thin stems, LatencyModel.slower_in_int8) stay in float only when the whole
+    model runs no slower so (latency.chain; added to keep_float with their reason), and then
+    everything is built again without their quantizers."""
+    chain = bool(prune.latency_budget) and quant.float_by_latency and profile == "ort"
+    first = _chain_decides_thin(quant) if chain else quant
+    module, plan = _quantized(model, data, module, keep_float, first, per_sample)
     if not prune.latency_budget:
         return module, plan, None, None
     latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at, train_config.progress)
-    if quant.float_by_latency and profile == "ort":
-        slow = [n for n in _float_by_latency(latency, saved) if n not in keep_float]
-        if slow:  # again from a fresh bridge: those layers get no quantizer, the model is timed again
-            keep_float.update({n: "latency" for n in slow})
-            module, plan = _quantized(model, data, None, keep_float, quant, per_sample)
-            latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
-                                                train_config.progress)
+    if not chain:
+        return module, plan, latency, budget_ms
+    check = _float_check(model, data, module, plan, qadg, latency, keep_float, quant, per_sample, latency_at, saved)
+    if check is not None and check["kept"] == "float":  # again from a fresh bridge, timed again
+        keep_float.update(check["layers"])
+        module, plan = _quantized(model, data, None, keep_float, first, per_sample)
+        latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
+                                            train_config.progress)
+        if latency is not None and _saved_latency(saved):  # a resumed run plans with the numbers it saved
+            latency.restore(_saved_latency(saved))
+    if latency is not None:
+        latency.float_check = check
     return module, plan, latency, budget_ms
+
+
+def _chain_decides_thin(quant: QuantConfig) -> QuantConfig:
+    """`quant` with thin stems quantized: their float choice is then the whole model's
+    timing (_float_check), not the rule's."""
+    return replace(quant, float_thin_convs=False)
 
 
 def _quantized(model: OnnxModel, data: Data, module: OnnxModule | None, keep_float: dict[str, str],
@@ -266,25 +281,54 @@ def _floated(saved: dict | None) -> dict | None:
     return None
 
 
-def _float_by_latency(latency, saved: dict | None) -> list[str]:
-    """The layers kept in float because the latency table times their int8 kernel slower
-    (LatencyModel.slower_in_int8), decided on rank 0 and agreed. A resumed run decides from
-    the table entries its checkpoint holds, so it rebuilds the module it saved."""
-    slow = None
-    if latency is not None:
-        entries = ((saved or {}).get("optimizer") or {}).get("qasso", {}).get("latency")
-        if entries:
-            latency.restore(entries)
-        slow = latency.slower_in_int8()
-    return distributed.agree(slow) or []
+def _float_check(model: OnnxModel, data: Data, module: OnnxModule, plan: QuantPlan, qadg: QADG, latency,
+                 keep_float: dict[str, str], quant: QuantConfig, per_sample: bool, at: tuple[int, int],
+                 saved: dict | None) -> dict | None:
+    """Which of the layers one-layer times call slower in int8 stay in float (latency.chain),
+    decided on rank 0 and agreed; None when there are none. A resumed run takes the decision
+    and the table entries its checkpoint holds, so it rebuilds the module it saved (a
+    checkpoint from before the whole-model check: all of them in float, as then)."""
+    from .latency import Target
+    from .latency.chain import float_candidates, timed_check, untimed_check
+    from .latency.reference import int8_export
+    from .preflight import first_samples
+
+    snap = _saved_latency(saved)
+    if snap and latency is not None:
+        latency.restore(snap)
+    if snap and "float_check" in snap:
+        return snap["float_check"]
+    check = None
+    if distributed.info().is_main:
+        candidates = float_candidates(model, plan, latency, exclude=keep_float, thin=quant.float_thin_convs)
+        target = latency.table.target
+        if not candidates:
+            check = None
+        elif snap:
+            check = untimed_check(candidates, "resumed from a checkpoint that kept them in float")
+        elif target != Target.here(*at):
+            check = untimed_check(candidates, f"the latency table is of another target ({target.cpu}); "
+                                              "its one-layer times decide")
+        else:
+            alt_module, alt_plan = _quantized(model, data, None, {**keep_float, **candidates},
+                                              _chain_decides_thin(quant), per_sample)
+            feeds = {k: v.repeat(target.batch, axis=0) for k, v in first_samples(model, data, 1).items()}
+            check = timed_check(candidates, int8_export(module, plan, qadg, model),
+                                int8_export(alt_module, alt_plan, qadg, model), feeds, target.threads)
+    return distributed.agree(check)
+
+
+def _saved_latency(saved: dict | None) -> dict | None:
+    """The latency model's snapshot in a checkpoint (LatencyModel.snapshot), or None."""
+    return ((saved or {}).get("optimizer") or {}).get("qasso", {}).get("latency")
 
 
 def _int8_only(latency, plan: QuantPlan, quant: QuantConfig, prune: PruneConfig, profile: str) -> frozenset[str]:
     """The layers kept from the int4 width their profile runs ([quant] int4_matmul): "auto"
     under a latency budget, those whose MatMulNBits the table times slower than their int8
     kernel (LatencyModel.int4_slower, decided on rank 0 and agreed; the latency entries are
-    the checkpoint's on resume, restored by _float_by_latency, so a resumed run decides the
-    same); "auto" without one and "off", all of them; "on", none."""
+    the checkpoint's on resume, restored by _float_check, so a resumed run decides the same);
+    "auto" without one and "off", all of them; "on", none."""
     if quant.int4_matmul == "on":
         return frozenset()
     if quant.int4_matmul == "auto" and prune.latency_budget:

@@ -159,7 +159,13 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     # was so slow that the unpruned int8 prediction already meets the budget (seen under a parallel test run)
     assert report["groups"]["removed"] == report["groups"]["planned"]
     assert report["settings"]["prune"]["target_speedup"] == 1.8 and report["settings"]["prune"]["target_sparsity"] is None
-    assert "Latency budget at batch 8" in out.with_suffix(".report.md").read_text()
+    md = out.with_suffix(".report.md").read_text()
+    assert "Latency budget at batch 8" in md
+    # the stem (thin) stays in float only where the whole int8 reference ran no slower so (latency.chain)
+    check, stem = lat["float_check"], report["layers"][0]
+    assert check["layers"][stem["name"]] == "thin" and (stem["float_reason"] == "thin") == (check["kept"] == "float")
+    assert (check["kept"] == "float") == (check["float_ms"] <= check["int8_ms"])
+    assert f"kept in {check['kept']}: the model ran" in md
 
     # a table (of another target) that times one layer's int8 kernel 10x slower than its float one
     # and every other 10x faster: that layer stays in float ("latency"), the others are quantized;
@@ -177,7 +183,9 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
                                        "--batch", "1,8", "--no-progress", "--no-plots", "--force", "--int8-only",
                                        "--latency-table", str(table)])
     assert result.exit_code == 0, result.output
-    layers = json.loads(out.with_suffix(".report.json").read_text())["layers"]
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    layers = report["layers"]
+    assert "another target" in report["latency_model"]["float_check"]["why"]  # its one-layer times decide
     slow = [la for la in layers if la["float_reason"] == "latency"]
     assert len(slow) == 1 and slow[0]["op_type"] in ("Gemm", "MatMul") and slow[0]["weight_bits"] is None
     assert any(la["weight_bits"] for la in layers)  # the others stay int8

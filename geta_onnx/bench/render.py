@@ -82,7 +82,16 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
     if lat.get("int8_only"):
         lines.append(f"Kept from 4-bit weights, their MatMulNBits timed slower than int8: "
                      f"{', '.join(f'`{n}`' for n in lat['int8_only'])}.")
+    lines += _float_check_lines(lat.get("float_check"))
     return lines + [""]
+
+
+def _float_check_lines(check: dict | None) -> list[str]:
+    """Where the layers one-layer times call slower in int8 run, and why (latency.chain)."""
+    if not check or not check.get("layers"):
+        return []
+    names = ", ".join(f"`{n}` ({why})" for n, why in check["layers"].items())
+    return [f"Timed slower in int8 alone: {names}; kept in {check['kept']}: {check['why']}."]
 
 
 def _guard_lines(guard: dict | None) -> list[str]:

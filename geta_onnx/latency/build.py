@@ -21,7 +21,7 @@ from .table import LatencyTable, Target, cache_path
 log = logging.getLogger(__name__)
 
 
-WHOLE_ROUNDS = 2  # rounds of whole-model timing (_whole_ms)
+WHOLE_ROUNDS = 2  # rounds of whole-model timing (whole_ms)
 WHOLE_SPREAD = 1.25  # rounds further apart than this are reported
 
 
@@ -116,8 +116,8 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     narrowed = int8_export_of(narrow) if len(narrow) > len(removed) else None
     wholes = {"the original": model.proto, "the int8 reference": reference, "the int8 probe": pruned,
               "the narrow int8 probe": narrowed}
-    ms = _whole_ms({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
-                   table.target.threads, log_line)
+    ms = whole_ms({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
+                  table.target.threads, log_line)
     probe = (removed, ms["the int8 probe"]) if pruned is not None else None
     narrow_probe = (narrow, ms["the narrow int8 probe"]) if narrowed is not None else None
     return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe,
@@ -145,21 +145,21 @@ def _save(table: LatencyTable, path: Path, log_line) -> None:
         log_line(f"note: could not save the latency table to {path} ({e.strerror}); it is measured again next time")
 
 
-def _whole_ms(protos: dict, feeds, threads: int, log_line) -> dict[str, float]:
+def whole_ms(protos: dict, feeds, threads: int, log_line, rounds: int = WHOLE_ROUNDS) -> dict[str, float]:
     """Whole models at the target, each a longer run than a micro-benchmark for a steadier
-    median, timed in WHOLE_ROUNDS interleaved rounds (A B C, A B C); per model the least of its
+    median, timed in `rounds` interleaved rounds (A B C, A B C); per model the least of its
     rounds' medians counts. Background load only ever adds time, and a burst that lasts a
     whole measurement is caught by the next round: once a MiniLM original measured 415 ms at
     the start of a run and 163 ms at its end, and the budget derived from it asked for no
     pruning at all (docs/latency.md, "Whole-model measurements")."""
-    rounds = {name: [] for name in protos}
-    for _ in range(WHOLE_ROUNDS):
+    times_of = {name: [] for name in protos}
+    for _ in range(rounds):
         for name, proto in protos.items():
-            rounds[name].append(time_ms(proto, feeds, threads, min_seconds=0.5))
-    for name, times in rounds.items():
+            times_of[name].append(time_ms(proto, feeds, threads, min_seconds=0.5))
+    for name, times in times_of.items():
         if max(times) > WHOLE_SPREAD * min(times):
             batch = len(next(iter(feeds.values())))
             log_line(f"note: {name} measured {min(times):.3f} and {max(times):.3f} ms at batch {batch}: "
                      f"the machine was busy; the latency model uses {min(times):.3f} ms")
-    return {name: min(times) for name, times in rounds.items()}
+    return {name: min(times) for name, times in times_of.items()}
 

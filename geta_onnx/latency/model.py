@@ -85,6 +85,9 @@ class LatencyModel:
                 self.scale[form], self.remainder[form] = 1.0, whole - layers_ms
         self.fixed = {"float": 0.0, "int8": 0.0}
         self.narrow: dict[str, tuple[float, float, float]] = {}  # form -> (share_n, rest_n, share_1)
+        # which layers one-layer times called slower in int8, and whether the whole model kept
+        # them in float (latency.chain; plain JSON, None: nothing to decide), for resume and report
+        self.float_check: dict | None = None
         if int8_probe is not None and int8_original_ms is not None:
             self._split_rest("int8", *int8_probe)
             if int8_narrow is not None:
@@ -130,6 +133,7 @@ class LatencyModel:
         """The measured numbers (plain JSON) the plans depend on."""
         return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
                 "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()},
+                "float_check": self.float_check,
                 "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
 
     def restore(self, snap: dict) -> None:
@@ -140,6 +144,7 @@ class LatencyModel:
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
         self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}
         self.narrow = {k: tuple(float(x) for x in v) for k, v in snap.get("narrow", {}).items()}
+        self.float_check = snap.get("float_check", self.float_check)
         self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
 
     # ---- precision ----------------------------------------------------------------------

@@ -106,7 +106,7 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
                       keep_float: dict[str, str] | None = None) -> QuantPlan:
     """Insert quantizers into `module` (in place) following `config`; returns the plan.
     `keep_float`: node name -> reason, more layers kept in float (e.g. "latency": the
-    latency model times their int8 kernel slower, geta._float_by_latency)."""
+    latency model times their int8 kernel slower, latency.chain)."""
     if "quantizers" in module._modules:
         raise GetaError("the module already has quantizers; attach them to a fresh bridge.to_torch(model)")
     trainable = frozenset(n for q, n in module.initializer_of.items() if q.startswith("params."))

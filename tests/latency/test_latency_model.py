@@ -218,7 +218,7 @@ def test_layers_whose_int8_kernel_is_slower_stay_float_and_a_resume_decides_the_
     saved = json.loads(json.dumps(lm.snapshot()))
     slow = lm.layers[-1].spec
     saved["entries"][slow.key]["int8"] = (np.asarray(saved["entries"][slow.key]["float"]) * 1.5).tolist()
-    lm.restore(saved)  # what _float_by_latency does on resume: the checkpoint's entries decide
+    lm.restore(saved)  # what geta._float_check does on resume: the checkpoint's entries decide
     assert lm.slower_in_int8() == [slow.node] and lm.slower_in_int8(margin=2.0) == []
 
 
