@@ -57,6 +57,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
     g = GraphEditor(proto)
     act_scale: dict[str, np.float32] = {}
+    unclipped = []  # (tensor, scale, zero point) of the Qs without a Clip before them
     for a in [la.act for la in layers if la.act is not None] + list(outputs):
         if a.tensor in act_scale:
             continue
@@ -67,6 +68,9 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
             _quantize_tensor(g, a.tensor, *params, clip=clip)
             if clip is None:
                 _drop_clip_before_q(g, a.tensor, *params)
+                unclipped.append((a.tensor, *params))
+    for tensor, scale, zp in unclipped:  # once every activation has its DQ (a pool reads one)
+        _quantize_pool_before_reshape(g, tensor, scale, zp)
     nodes = g.nodes_by_name()
     weights: dict[tuple, Tensor] = {}  # (initializer, transpose, slot kind) -> DQ output (shared weights)
     for la in layers:
@@ -137,6 +141,35 @@ def _drop_clip_before_q(g: GraphEditor, tensor: str, scale: np.float32, zp: np.n
     if s * (info.min - z) > lo - 0.49 * s and s * (info.max - z) < hi + 0.49 * s:
         q = g.consumers(tensor)[0]
         q.inputs[0] = clip.inputs[0]
+
+
+# ops that only move values: Q(op(x)) == op(Q(x)) with the same scale and zero point
+VALUE_MOVES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+# ops onnxruntime runs in uint8 between a DQ and a Q (QLinearGlobalAveragePool, QLinearAveragePool,
+# uint8 MaxPool), which it only does when their own output is quantized
+INT8_POOLS = ("GlobalAveragePool", "AveragePool", "MaxPool")
+
+
+def _quantize_pool_before_reshape(g: GraphEditor, tensor: str, scale: np.float32, zp: np.ndarray) -> None:
+    """pool -> Flatten / Reshape -> tensor -> Q: the pool's output gets a Q -> DQ with the same
+    scale and zero point. Exact (the values are only moved, so the second Q finds them on its
+    grid), and onnxruntime then runs the pool in uint8 and drops DQ -> Flatten -> Q, where it
+    ran the pool in float behind a DequantizeLinear and layout Transposes (the Fashion-MNIST
+    ResNet's head: docs/measurements.md, "The pooled head in int8"). onnxruntime's own static
+    quantization writes the same pair. Only where the pool reads a quantized tensor (a DQ)
+    and nothing else reads its output."""
+    move = g.producer(tensor)
+    if move is None or move.op not in VALUE_MOVES or not is_default_domain(move) or g.is_output(tensor):
+        return
+    pooled = move.inputs[0].name
+    pool = g.producer(pooled)
+    if pool is None or pool.op not in INT8_POOLS or not is_default_domain(pool) or g.is_output(pooled):
+        return
+    if len(g.consumers(pooled)) != 1 or len(pool.outputs) != 1:
+        return
+    source = g.producer(pool.inputs[0].name)
+    if source is not None and source.op == "DequantizeLinear":
+        _quantize_tensor(g, pooled, scale, zp)
 
 
 def clip_range(g: GraphEditor, clip: Node) -> tuple[float | None, float | None]:

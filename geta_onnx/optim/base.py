@@ -45,10 +45,50 @@ def direction(p: torch.Tensor, state: dict, group: dict, base: str) -> torch.Ten
     return torch.div(state["exp_avg"], denom, out=denom).div_(1 - beta1 ** t)
 
 
-def decoupled_decay(p: torch.Tensor, group: dict, base: str) -> None:
-    """AdamW's decoupled weight decay, applied before the step."""
-    if base == "adamw" and group.get("weight_decay", 0.0):
-        p.mul_(1 - group["lr"] * group["weight_decay"])
+def directions(params: list[torch.Tensor], states: list[dict], group: dict, base: str) -> list[torch.Tensor]:
+    """ghat of each of `params` (grads set; one param group), the values direction() gives
+    one by one, bit for bit: Adam's moment updates run as torch._foreach ops over all the
+    parameters at the same step count, one call per op instead of one per op and parameter.
+    A step's Python cost was most of the optimizer's on models with many small tensors (each
+    quantizer's d and q_m are parameters; docs/measurements.md, "QASSO step time")."""
+    if base == "sgd" or len(params) < 2:
+        return [direction(p, s, group, base) for p, s in zip(params, states)]
+    grads = [p.grad for p in params]
+    wd = group.get("weight_decay", 0.0)
+    if base == "adam" and wd:
+        grads = torch._foreach_add(grads, params, alpha=wd)
+    beta1, beta2 = group.get("betas", (0.9, 0.999))
+    at_step: dict[int, list[int]] = {}  # step count -> indices (a frozen d skips steps: its own count)
+    for i, (p, state) in enumerate(zip(params, states)):
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] = 0
+        state["step"] += 1
+        at_step.setdefault(state["step"], []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(params)
+    for t, index in at_step.items():
+        g = [grads[i] for i in index]
+        m = [states[i]["exp_avg"] for i in index]
+        v = [states[i]["exp_avg_sq"] for i in index]
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, g, alpha=1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+        torch._foreach_add_(denom, group.get("eps", 1e-8))
+        ghat = torch._foreach_div(m, denom)
+        torch._foreach_div_(ghat, 1 - beta1 ** t)
+        for i, value in zip(index, ghat):
+            out[i] = value
+    return out
+
+
+def decoupled_decay(params: list[torch.Tensor], group: dict, base: str) -> None:
+    """AdamW's decoupled weight decay of `params` (one group), applied before the step."""
+    if base == "adamw" and group.get("weight_decay", 0.0) and params:
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
 
 
 def check_base(base: str) -> str:
@@ -59,4 +99,4 @@ def check_base(base: str) -> str:
     return base
 
 
-__all__ = ["BASES", "check_base", "decoupled_decay", "direction", "math"]
+__all__ = ["BASES", "check_base", "decoupled_decay", "direction", "directions", "math"]

@@ -26,7 +26,7 @@ from torch import nn
 from ..bridge import OnnxModule
 from ..errors import ConfigError
 from ..qadg import QADG
-from ..quant.quantizer import bits_of, d_of_bits
+from ..quant.quantizer import D_FLOOR, Q_FLOOR, bits_of, d_of_bits, levels_of
 from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import max_removal, plan, plan_latency
@@ -246,9 +246,9 @@ class QASSO(torch.optim.Optimizer):
         stage = info.name
         ghat: dict[int, torch.Tensor] = {}
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    ghat[id(p)] = base_opt.direction(p, self.state[p], group, self.base)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p, g in zip(params, base_opt.directions(params, [self.state[p] for p in params], group, self.base)):
+                ghat[id(p)] = g
         if stage == "cooldown" and not self.frozen:
             self._freeze_bits()
         caps = []  # (d entries, bound) from the forgetting rule: applied after this step's update of d
@@ -258,20 +258,19 @@ class QASSO(torch.optim.Optimizer):
             if self.redundant and info.step_in_period >= self.recovery_steps:
                 w = self.recovery_steps  # R shrinks to zero over the period's last steps
                 caps = self._forget(ghat, info.period_steps - w, info.step_in_period - w)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if id(p) not in ghat or (self.frozen and id(p) in self._d_params):
-                    continue
-                base_opt.decoupled_decay(p, group, self.base)
-                p.add_(ghat[id(p)], alpha=-group["lr"])
+        for group in self.param_groups:  # p <- p - lr ghat, one foreach call per group
+            params = [p for p in group["params"]
+                      if id(p) in ghat and not (self.frozen and id(p) in self._d_params)]
+            base_opt.decoupled_decay(params, group, self.base)
+            if params:
+                torch._foreach_add_(params, [ghat[id(p)] for p in params], alpha=-group["lr"])
         for entries, bound in caps:  # the descent rule bounds d from above; d keeps its own step below it
             entries.cap(bound)
         self._keep_positive()
         if stage in ("projection", "pruning"):
             self._project_bits()
-        if self.frozen:  # cool-down: d follows the frozen bits as q_m and t keep training
-            for layer in self.layers:
-                layer.quantizer.d.copy_(layer.d_for(layer.quantizer.frozen_bits).reshape(layer.quantizer.d.shape))
+        if self.frozen and self.layers:  # cool-down: d follows the frozen bits as q_m and t keep training
+            self._follow_frozen_bits()
         if stage == "pruning" and info.step_in_period == info.period_steps - 1:
             self._commit()
         self.masks.apply()
@@ -290,18 +289,43 @@ class QASSO(torch.optim.Optimizer):
                 s.index = s.index.to(device)
         self._index_device = device
 
+    # Per-quantizer updates run as torch._foreach ops over all layers: one call per op, not one
+    # per op and layer (each quantizer's d and q_m are tiny tensors: the Python cost was the
+    # step's). Each computes what Quantizer.clamp_ / QuantTarget.d_for compute, bit for bit.
     def _keep_positive(self) -> None:
-        for layer in self.layers:
-            layer.quantizer.clamp_()
+        if self.layers:
+            torch._foreach_clamp_min_([layer.quantizer.d for layer in self.layers], D_FLOOR)
+            torch._foreach_clamp_min_([layer.quantizer.q_m for layer in self.layers], Q_FLOOR)
+
+    def _tops(self) -> list[torch.Tensor]:
+        """q_m^t of every layer (q_m floored), detached: the numerator of d(b) (d_of_bits)."""
+        q_m = torch._foreach_clamp_min([layer.quantizer.q_m.detach() for layer in self.layers], Q_FLOOR)
+        return torch._foreach_pow(q_m, [layer.t().detach() for layer in self.layers])
 
     def _project_bits(self) -> None:
         """d <- clip(d, d(b_u current), d(b_l)) for EVERY quantizer: after each step
         b_l <= b <= b_u current (departure: per layer, weights and activations alike)."""
-        for layer in self.layers:
-            d = layer.quantizer.d
-            lo = layer.d_for(self.upper_bits(layer)).reshape(d.shape)
-            hi = layer.d_for(layer.low).reshape(d.shape)
-            d.copy_(torch.maximum(torch.minimum(d, hi), lo))
+        if not self.layers:
+            return
+        tops, ds = self._tops(), [layer.quantizer.d for layer in self.layers]
+        hi = torch._foreach_div(tops, [levels_of(layer.low, layer.quantizer.signed, d.dtype)
+                                       for layer, d in zip(self.layers, ds)])
+        lo = torch._foreach_div(tops, [levels_of(self.upper_bits(layer), layer.quantizer.signed, d.dtype)
+                                       for layer, d in zip(self.layers, ds)])
+        torch._foreach_minimum_(ds, hi)
+        torch._foreach_maximum_(ds, lo)
+
+    def _follow_frozen_bits(self) -> None:
+        """Cool-down: d <- d(frozen bits) at the current q_m and t, for every layer."""
+        tops, ds = self._tops(), [layer.quantizer.d for layer in self.layers]
+        for signed in (True, False):
+            index = [i for i, layer in enumerate(self.layers) if layer.quantizer.signed == signed]
+            if not index:
+                continue
+            bits = [self.layers[i].quantizer.frozen_bits for i in index]
+            exponent = torch._foreach_sub(bits, 1) if signed else bits  # 2^(b-1) - 1 or 2^b - 1 levels
+            steps = torch._foreach_div([tops[i] for i in index], torch._foreach_sub(torch._foreach_pow(2, exponent), 1))
+            torch._foreach_copy_([ds[i] for i in index], steps)
 
     def _freeze_bits(self) -> None:
         for layer in self.layers:

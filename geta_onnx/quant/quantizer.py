@@ -25,6 +25,8 @@ range: d(32 bits) of q_m = Q_FLOOR is still ~5e-18 > D_FLOOR.
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 
@@ -56,6 +58,18 @@ def d_of_bits(bits, q_m, t=1.0, signed: bool = True) -> torch.Tensor:
     return _d_of_bits(bits, q_m, t, signed)
 
 
+@functools.lru_cache(maxsize=None)
+def levels_of(bits: float, signed: bool, dtype: torch.dtype = torch.float32) -> float:
+    """The divisor of d(b) = q_m^t / levels as _d_of_bits computes it in `dtype` (exact as a
+    Python number: dividing a `dtype` tensor by it divides by the same value), for QASSO's
+    projections of many quantizers at once. Checks the width as d_of_bits does."""
+    if bits < (2 if signed else 1):
+        raise GetaError(f"a {'signed' if signed else 'unsigned'} quantizer needs at least "
+                        f"{2 if signed else 1} bits, got {bits}")
+    b = torch.tensor(bits, dtype=dtype)
+    return float(2 ** (b - 1) - 1 if signed else 2 ** b - 1)
+
+
 def _d_of_bits(bits, q_m, t, signed: bool) -> torch.Tensor:
     """d_of_bits without the range check (no host sync inside forward)."""
     levels = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1  # largest |round(u / d)|
@@ -67,7 +81,8 @@ class GetaQuantize(torch.autograd.Function):
     """Q(x) with the gradients of the module docstring.
 
     x: any shape; d, q_m: broadcastable to x (a scalar, or (1, C, 1, 1)-like for per-channel);
-    t: a scalar tensor, or None for the linear quantizer t = 1 (not learned: the default). Only
+    t: a scalar tensor, or None for the linear quantizer t = 1 (not learned: the default).
+    scale: LSQ's gradient scale of d and q_m (a number, or a tensor shaped as d), or None. Only
     x, d, q_m, t are saved: the backward recomputes u (cheap) instead of keeping four x-sized
     intermediates alive.
 
@@ -82,8 +97,8 @@ class GetaQuantize(torch.autograd.Function):
     the paths agree bitwise."""
 
     @staticmethod
-    def forward(ctx, x, d, q_m, t, signed: bool):
-        ctx.signed = signed
+    def forward(ctx, x, d, q_m, t, signed: bool, scale=None):
+        ctx.signed, ctx.scale = signed, scale
         if t is None:
             return _linear_forward(ctx, x, d, q_m, signed)
         ctx.save_for_backward(x, d, q_m, t)
@@ -93,24 +108,31 @@ class GetaQuantize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if getattr(ctx, "linear", False):
-            return _linear_backward(ctx, grad)
-        x, d, q_m, t = ctx.saved_tensors
-        s, a, c, u, z = _parts(x, d, q_m, t, ctx.signed)
-        q = q_m.clamp_min(Q_FLOOR)
-        gx = gd = gq = gt = None
-        gs = grad * s if ctx.signed else grad  # the sign factor every parameter gradient has
-        if ctx.needs_input_grad[0]:
-            inside = a < q if ctx.signed else (x >= 0) & (x < q)
-            gx = grad * inside
-        if ctx.needs_input_grad[1]:
-            gd = (gs * (torch.round(z) - z)).sum_to_size(d.shape)
-        if ctx.needs_input_grad[2]:
-            gq = (gs * (a >= q) * (t * q ** (t - 1))).sum_to_size(q_m.shape)
-        if ctx.needs_input_grad[3]:
-            log_c = torch.where(c > 0, torch.log(c.clamp_min(torch.finfo(c.dtype).tiny)), torch.zeros_like(c))
-            gt = (gs * u * log_c).sum_to_size(t.shape)
-        return gx, gd, gq, gt, None
+        gx, gd, gq, gt = (_linear_backward if getattr(ctx, "linear", False) else _general_backward)(ctx, grad)
+        if ctx.scale is not None:  # LSQ (Quantizer.grad_scale): d and q_m gradients times the scale
+            gd = gd if gd is None else gd * ctx.scale
+            gq = gq if gq is None else gq * ctx.scale
+        return gx, gd, gq, gt, None, None
+
+
+def _general_backward(ctx, grad):
+    """The gradients of the module docstring, recomputed from x (any t)."""
+    x, d, q_m, t = ctx.saved_tensors
+    s, a, c, u, z = _parts(x, d, q_m, t, ctx.signed)
+    q = q_m.clamp_min(Q_FLOOR)
+    gx = gd = gq = gt = None
+    gs = grad * s if ctx.signed else grad  # the sign factor every parameter gradient has
+    if ctx.needs_input_grad[0]:
+        inside = a < q if ctx.signed else (x >= 0) & (x < q)
+        gx = grad * inside
+    if ctx.needs_input_grad[1]:
+        gd = (gs * (torch.round(z) - z)).sum_to_size(d.shape)
+    if ctx.needs_input_grad[2]:
+        gq = (gs * (a >= q) * (t * q ** (t - 1))).sum_to_size(q_m.shape)
+    if ctx.needs_input_grad[3]:
+        log_c = torch.where(c > 0, torch.log(c.clamp_min(torch.finfo(c.dtype).tiny)), torch.zeros_like(c))
+        gt = (gs * u * log_c).sum_to_size(t.shape)
+    return gx, gd, gq, gt
 
 
 def _clip(x, q_m, signed: bool) -> torch.Tensor:
@@ -155,7 +177,7 @@ def _linear_backward(ctx, grad):
     if getattr(ctx, "fused", None):
         (x,) = ctx.saved_tensors
         gx, gd, gq = kernel.backward(grad.contiguous(), x, *ctx.fused, ctx.signed, *ctx.needs_input_grad[:3])
-        return gx, gd if gd is None else gd.reshape(d_shape), gq if gq is None else gq.reshape(q_shape), None, None
+        return gx, gd if gd is None else gd.reshape(d_shape), gq if gq is None else gq.reshape(q_shape), None
     residual, region = ctx.saved_tensors
     gx = gd = gq = None
     if ctx.needs_input_grad[0]:
@@ -165,7 +187,7 @@ def _linear_backward(ctx, grad):
     if ctx.needs_input_grad[2]:  # the code as grad's dtype first: mixed int8 * float is slow
         edge = (region if ctx.signed else region.clamp_min(0)).to(grad.dtype)
         gq = (grad * edge).sum_to_size(q_shape)
-    return gx, gd, gq, None, None
+    return gx, gd, gq, None
 
 
 def _parts(x, d, q_m, t, signed: bool):
@@ -175,21 +197,6 @@ def _parts(x, d, q_m, t, signed: bool):
     c = torch.minimum(a, q_m.clamp_min(Q_FLOOR))
     u = c ** t
     return s, a, c, u, u / d.clamp_min(D_FLOOR)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward, gradient times `scale` (LSQ). A Function rather than the
-    (p - p*g).detach() + p*g trick, which can move the forward value by an ulp."""
-
-    @staticmethod
-    def forward(ctx, p, scale):
-        ctx.save_for_backward(scale)
-        return p.view_as(p)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (scale,) = ctx.saved_tensors
-        return grad * scale, None
 
 
 # ---------------------------------------------------------------------------- module
@@ -295,18 +302,24 @@ class Quantizer(nn.Module):
         if x.dtype in (torch.float16, torch.bfloat16):  # D_FLOOR and 2^b levels need float32
             return self.forward(x.float()).to(x.dtype)
         q_m, d = self.q_m, self.d
-        if self.grad_scale and x.numel() and torch.is_grad_enabled():
-            # LSQ: 1 / sqrt(elements per (d, q_m) * levels); levels = q_m^t / d, the largest |round(u/d)|
-            with torch.no_grad():
-                per = x.numel() // (1 if self.axis is None else x.shape[self.axis])
-                levels = (q_m.clamp_min(Q_FLOOR) ** self.t / self.effective_d()).clamp_min(1.0)
-                scale = torch.rsqrt(per * levels)
-            q_m = _ScaleGrad.apply(q_m, scale)
-            d = _ScaleGrad.apply(d, scale)
         if self.frozen_bits is not None:  # cool-down: d follows q_m (and t) at the frozen width
             d = _d_of_bits(self.frozen_bits, q_m, self.t, self.signed)
+        scale = self._lsq_scale(x, d) if self.grad_scale and x.numel() and torch.is_grad_enabled() else None
         t = self.t.to(x.dtype) if self.learn_t else None  # None: t = 1, the fused linear path
-        return GetaQuantize.apply(x, self._view(d, x), self._view(q_m, x), t, self.signed)
+        return GetaQuantize.apply(x, self._view(d, x), self._view(q_m, x), t, self.signed, scale)
+
+    @torch.no_grad()
+    def _lsq_scale(self, x: torch.Tensor, d: torch.Tensor):
+        """LSQ's gradient scale of d and q_m, 1 / sqrt(elements per (d, q_m) * levels), levels
+        = q_m^t / d (the largest |round(u / d)|, at least 1; `d`: the step forward uses): a
+        Python number for a per-tensor quantizer on the CPU (no tensor op, no autograd node),
+        else a tensor shaped as _view's d."""
+        per = x.numel() // (1 if self.axis is None else x.shape[self.axis])
+        if self.axis is None and x.device.type == "cpu" and not self.learn_t:
+            levels = max(self.q_m.item(), Q_FLOOR) / max(d.item(), D_FLOOR)
+            return 1.0 / math.sqrt(per * max(levels, 1.0))
+        levels = (self.q_m.clamp_min(Q_FLOOR) ** self.t / d.clamp_min(D_FLOOR)).clamp_min(1.0)
+        return self._view(torch.rsqrt(per * levels), x)
 
     def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """p as x's dtype, shaped (1, ..., C, ..., 1) along `axis` for per-channel."""

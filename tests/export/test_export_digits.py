@@ -25,6 +25,7 @@ from geta_onnx.config import DataConfig, PruneConfig, QuantConfig, ScheduleConfi
 from geta_onnx.errors import GetaError
 from geta_onnx.export import export_onnx, fusion_report, save
 from geta_onnx.export.params import act_q, pruning_cuts
+from geta_onnx.export.qdq import VALUE_MOVES
 from geta_onnx.geta import run_geta
 from geta_onnx.graph import load_model
 from geta_onnx.train import load_data
@@ -167,6 +168,9 @@ def test_int32_bias_with_product_scale(trained):
 def test_zero_points_per_profile(trained):
     result, _, _, _, _, exported = trained
     signed = {s.tensor: s.signed for s in result.plan.act_sites() + result.plan.output_sites()}
+    # a pool's output quantized with the parameters of the Flatten output it feeds (qdq.VALUE_MOVES)
+    signed.update({n.input[0].removesuffix("_DequantizeLinear_out"): signed[n.output[0]]
+                   for n in exported["ort"].graph.node if n.op_type in VALUE_MOVES and n.output[0] in signed})
     for n in exported["ort"].graph.node:
         if n.op_type == "QuantizeLinear":  # it reads the tensor, a Clip of it, or the input of a Relu it made redundant
             zp = initializer(exported["ort"], n.input[2])

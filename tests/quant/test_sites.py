@@ -322,3 +322,10 @@ def test_a_residual_add_of_quantized_tensors_gets_an_output_quantizer(tmp_path):
     ort.InferenceSession(exported.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert "QLinearAdd" in ops and "Add" not in ops, ops
+    # the pooling reads the quantized Relu and its Flatten feeds the Gemm's input quantizer: its
+    # output gets the Gemm input's scale (export.qdq._quantize_pool_before_reshape), so it runs
+    # in uint8 too, and the file computes what it did without that pair
+    assert "QLinearGlobalAveragePool" in ops and "GlobalAveragePool" not in ops, " ".join(ops)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in exported.graph.initializer}
+    q = {n.input[0]: [consts[k] for k in n.input[1:]] for n in exported.graph.node if n.op_type == "QuantizeLinear"}
+    assert set(q) >= {"g", "f"} and all(np.array_equal(a, b) for a, b in zip(q["g"], q["f"]))
