@@ -243,8 +243,9 @@ def _quantized_and_timed(model: OnnxModel, data: Data, module: OnnxModule | None
         module, plan = _quantized(model, data, None, keep_float, first, per_sample)
         latency, budget_ms = _latency_model(module, model, data, plan, qadg, prune, latency_at,
                                             train_config.progress)
-        if latency is not None and _saved_latency(saved):  # a resumed run plans with the numbers it saved
-            latency.restore(_saved_latency(saved))
+        snap = _saved_latency(saved)
+        if latency is not None and snap:  # a resumed run plans with the numbers it saved
+            latency.restore(snap)
     if latency is not None:
         latency.float_check = check
     return module, plan, latency, budget_ms
@@ -298,13 +299,12 @@ def _float_check(model: OnnxModel, data: Data, module: OnnxModule, plan: QuantPl
         latency.restore(snap)
     if snap and "float_check" in snap:
         return snap["float_check"]
-    check = None
-    if distributed.info().is_main:
-        candidates = float_candidates(model, plan, latency, exclude=keep_float, thin=quant.float_thin_convs)
+    check = None  # also when nothing is a candidate
+    candidates = (float_candidates(model, plan, latency, exclude=keep_float, thin=quant.float_thin_convs)
+                  if distributed.info().is_main else None)
+    if candidates:
         target = latency.table.target
-        if not candidates:
-            check = None
-        elif snap:
+        if snap:
             check = untimed_check(candidates, "resumed from a checkpoint that kept them in float")
         elif target != Target.here(*at):
             check = untimed_check(candidates, f"the latency table is of another target ({target.cpu}); "

@@ -52,10 +52,19 @@ def bits_of(d, q_m, t=1.0, signed: bool = True) -> torch.Tensor:
 def d_of_bits(bits, q_m, t=1.0, signed: bool = True) -> torch.Tensor:
     """Step size d(b) giving `bits` bits at range q_m (the inverse of bits_of)."""
     bits, q_m, t = (torch.as_tensor(v, dtype=torch.float64 if not torch.is_tensor(v) else None) for v in (bits, q_m, t))
-    if float(bits.min()) < (2 if signed else 1):
-        raise GetaError(f"a {'signed' if signed else 'unsigned'} quantizer needs at least "
-                        f"{2 if signed else 1} bits, got {float(bits.min())}")
+    _check_width(float(bits.min()), signed)
     return _d_of_bits(bits, q_m, t, signed)
+
+
+def _check_width(bits: float, signed: bool) -> None:
+    if bits < (2 if signed else 1):
+        raise GetaError(f"a {'signed' if signed else 'unsigned'} quantizer needs at least "
+                        f"{2 if signed else 1} bits, got {bits}")
+
+
+def _levels(bits: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The largest |round(u / d)| at `bits` bits: 2^(b-1) - 1 signed, 2^b - 1 unsigned."""
+    return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,17 +72,13 @@ def levels_of(bits: float, signed: bool, dtype: torch.dtype = torch.float32) -> 
     """The divisor of d(b) = q_m^t / levels as _d_of_bits computes it in `dtype` (exact as a
     Python number: dividing a `dtype` tensor by it divides by the same value), for QASSO's
     projections of many quantizers at once. Checks the width as d_of_bits does."""
-    if bits < (2 if signed else 1):
-        raise GetaError(f"a {'signed' if signed else 'unsigned'} quantizer needs at least "
-                        f"{2 if signed else 1} bits, got {bits}")
-    b = torch.tensor(bits, dtype=dtype)
-    return float(2 ** (b - 1) - 1 if signed else 2 ** b - 1)
+    _check_width(bits, signed)
+    return float(_levels(torch.tensor(bits, dtype=dtype), signed))
 
 
 def _d_of_bits(bits, q_m, t, signed: bool) -> torch.Tensor:
     """d_of_bits without the range check (no host sync inside forward)."""
-    levels = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1  # largest |round(u / d)|
-    return q_m.clamp_min(Q_FLOOR) ** t / levels
+    return q_m.clamp_min(Q_FLOOR) ** t / _levels(bits, signed)
 
 
 # ---------------------------------------------------------------------------- autograd
