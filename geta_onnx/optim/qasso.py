@@ -31,6 +31,7 @@ from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import max_removal, plan, plan_latency
 from .slices import GroupView, Slice, ZeroMasks, group_views, merge_slices
+from .taylor import TAYLOR_BATCHES, TaylorScores
 from ..train import distributed
 from ..train.schedule import Schedule
 
@@ -165,6 +166,11 @@ class QASSO(torch.optim.Optimizer):
             raise ConfigError(f"option 'latency_selection': expected one of {', '.join(LATENCY_SELECTIONS)}, "
                               f"got '{latency_selection}'")
         self.latency_selection = latency_selection
+        # the knapsack's scores: loss-based, comparable across layers (optim/taylor.py), gathered over the
+        # TAYLOR_BATCHES steps up to each pruning period's first step
+        self.taylor = TaylorScores(self.views) if self._knapsack else None
+        self._taylor_steps = {first - back for first in stages.pruning_period_starts
+                              for back in range(TAYLOR_BATCHES)} if self._knapsack else set()
         if latency is not None and target_latency_ms is not None:
             fastest = latency.ms(latency.state(max_removal(self.views, group_divisible, set())))
             if fastest > target_latency_ms:
@@ -188,6 +194,10 @@ class QASSO(torch.optim.Optimizer):
         self._index_device: torch.device | None = None  # where the slices' index tensors live
 
     # ---- public state -----------------------------------------------------------------
+    @property
+    def _knapsack(self) -> bool:
+        return self.target_latency_ms is not None and self.latency_selection == "knapsack"
+
     def predicted_ms(self, removed=None) -> dict[str, float] | None:
         """The latency model's prediction (int8 and float export) of the structure with
         `removed` groups gone (default: the zeroed ones); None without a latency model."""
@@ -249,6 +259,8 @@ class QASSO(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             for p, g in zip(params, base_opt.directions(params, [self.state[p] for p in params], group, self.base)):
                 ghat[id(p)] = g
+        if k in self._taylor_steps and not self.stopped:
+            self.taylor.add()
         if stage == "cooldown" and not self.frozen:
             self._freeze_bits()
         caps = []  # (d entries, bound) from the forgetting rule: applied after this step's update of d
@@ -351,12 +363,15 @@ class QASSO(torch.optim.Optimizer):
         return lo
 
     def _start_period(self, period: int, ghat: dict[int, torch.Tensor]) -> None:
-        remaining = [v for v in self.views if v.id not in self.zeroed]
-        s = scores(remaining, ghat, self.importance)
+        if self._knapsack:  # the loss-based scores of the batches up to this step (optim/taylor.py)
+            s = {gid: v for gid, v in self.taylor.scores().items() if gid not in self.zeroed}
+            self.taylor.reset()
+        else:
+            s = scores([v for v in self.views if v.id not in self.zeroed], ghat, self.importance)
         s.update({gid: -1.0 for gid in self.zeroed})
         if self.stopped or (self.target_latency_ms is not None and self.latency is None):
             final = set(self.zeroed)  # the guard stopped pruning; or off rank 0: rank 0's plan comes below
-        elif self.target_latency_ms is not None and self.latency_selection == "knapsack":
+        elif self._knapsack:
             final = plan_latency(self.views, s, self.target_latency_ms, self.unit, self.zeroed, self.latency)
         else:  # the importance plan of the budget's K (for a latency budget, the smallest K within it)
             final = plan(self.views, s, self._budget(s), self.unit, self.zeroed)
@@ -528,6 +543,7 @@ class QASSO(torch.optim.Optimizer):
             "latency": self.latency.snapshot() if self.latency is not None else None,
             "target_latency_ms": self.target_latency_ms, "stopped": self.stopped,
             "recovery_steps": self.recovery_steps,  # a guard's retry changes it for one period
+            "taylor": self.taylor.state_dict() if self.taylor is not None else None,
         }
         return state
 
@@ -539,6 +555,8 @@ class QASSO(torch.optim.Optimizer):
         self.zeroed, self.redundant = set(extra["zeroed"]), list(extra["redundant"])
         self.stopped = bool(extra.get("stopped", False))
         self.recovery_steps = int(extra.get("recovery_steps", self.recovery_steps))
+        if self.taylor is not None and extra.get("taylor"):
+            self.taylor.load_state_dict(extra["taylor"])
         self._follow_device()
         self.masks = ZeroMasks()
         for gid in self.zeroed:
@@ -556,7 +574,7 @@ class QASSO(torch.optim.Optimizer):
 FORGET_RULES = ("spec", "budget")
 # under a latency budget: "count" removes the importance plan's groups (optim.selection.plan, as for
 # a sparsity) up to the smallest count predicted within the budget; "knapsack" picks cluster steps
-# by importance per millisecond saved (HALP; optim.selection.plan_latency)
+# by loss-based importance (optim/taylor.py) per millisecond saved (HALP; optim.selection.plan_latency)
 LATENCY_SELECTIONS = ("count", "knapsack")
 
 

@@ -114,6 +114,12 @@ class Schedule:
         """Steps of the shortest pruning period (lengths differ by one at most); 0 without pruning."""
         return self.pruning_steps // self.pruning_periods if self.pruning_periods else 0
 
+    @property
+    def pruning_period_starts(self) -> list[int]:
+        """The first step of each pruning period."""
+        return [self.pruning_start + (p * self.pruning_steps) // self.pruning_periods
+                for p in range(self.pruning_periods)]
+
     def stage(self, step: int) -> StageInfo:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")

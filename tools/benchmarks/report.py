@@ -167,6 +167,10 @@ def model_section(result: dict, png: str) -> str:
             f"lr {s['lr']:g}, cosine decay, batch {s['batch_size']}, loss `{s['finetune_loss']}`; PTQ calibration: "
             f"{s['calibration_samples']} training samples, op types: {s.get('ptq_op_types') or 'all'}; L1 kept widths: "
             f"multiples of {s['unit']}"]
+    if s.get("geta_config"):
+        out.append("- geta-onnx config (its --config file): " + "; ".join(
+            f"[{section}] " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+            for section, values in s["geta_config"].items()))
     out += fp32_training_line(result)
     out += [f"- {n}" for n in result.get("notes", [])]
     if result.get("findings"):  # MODEL.findings.md beside the JSON: what the numbers mean, written by hand

@@ -52,7 +52,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         "beside them) as the geta rows, instead of --budgets")
     p.add_argument("--epochs", type=int, help="fmnist: fine-tuning (and compress) epochs instead of the default")
     p.add_argument("--repeats", type=int, help="latency repeats per model and batch (default 50, --quick 10)")
+    p.add_argument("--geta-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a config setting for the geta-onnx runs, over the model's own (e.g. "
+                   "prune.latency_selection=knapsack); repeatable; recorded in the results")
     return p.parse_args(argv)
+
+
+def geta_settings(items: list[str]) -> dict:
+    """--geta-set SECTION.KEY=VALUE items as config sections; a VALUE is read as TOML (a number, a
+    boolean, a quoted string), else taken as a string."""
+    import tomllib
+
+    sections: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise SystemExit(f"--geta-set {item!r}: expected SECTION.KEY=VALUE, e.g. prune.latency_selection=knapsack")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        sections.setdefault(section, {})[name] = parsed
+    return sections
 
 
 def main(argv=None) -> None:
@@ -72,6 +94,8 @@ def main(argv=None) -> None:
 
     log(f"[{a.model}] preparing the fp32 original and the data in {work}")
     bench = prepare(a.model, work, a.quick, fp32=a.fp32_onnx, epochs=a.epochs)
+    for section, values in geta_settings(a.geta_set).items():
+        bench.geta_config.setdefault(section, {}).update(values)
     if given:
         bench.notes.append("geta-onnx rows: compress outputs given with --geta-onnx ("
                            + ", ".join(f"`{g}`" for g, _ in given) + "), made by the command in docs/measurements.md; "
@@ -111,7 +135,7 @@ def main(argv=None) -> None:
         "environment": report.environment(a.threads), "latency": latency, "notes": bench.notes, "prep": bench.prep,
         "settings": {"epochs": bench.epochs, "lr": bench.lr, "batch_size": bench.batch_size,
                      "finetune_loss": bench.finetune_loss, "budgets": [repr(b) for b in budgets], "unit": a.unit,
-                     "ptq_op_types": bench.ptq_op_types,
+                     "ptq_op_types": bench.ptq_op_types, "geta_config": bench.geta_config,
                      "calibration_samples": sum(len(next(iter(b.values()))) for b in bench.calibration)},
         "skipped": sorted(set(skipped)), "rows": [_portable(r) for r in table],
         "total_seconds": time.perf_counter() - started,
