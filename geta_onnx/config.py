@@ -197,9 +197,10 @@ class PruneConfig:
     target_speedup: float | None = None  # predicted fp32-original / compressed time, e.g. 3.0
     target_latency_ms: float | None = None  # predicted time per batch of the compressed model
     latency_table: str = ""  # a latency table file (docs/latency.md); "": this machine's, measured and cached
-    # how a latency budget picks groups: "count" (the importance plan of the smallest group count
-    # predicted within the budget) or "knapsack" (HALP: importance per millisecond saved); docs/latency.md
-    latency_selection: str = "count"
+    # how a latency budget picks groups: "knapsack" (HALP: loss-based importance per millisecond saved,
+    # optim/taylor.py) or "count" (the importance plan of the smallest group count predicted within the
+    # budget); docs/latency.md
+    latency_selection: str = "knapsack"
     # the quality guard (optim/guard.py, docs/guard.md): a pruning period whose commit drops the held-out
     # quality (accuracy with labels, else agreement / cosine with the original) by more than this is
     # rolled back and pruning stops there; the budget stays the most the run removes. None: off

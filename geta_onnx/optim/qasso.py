@@ -131,7 +131,7 @@ class QASSO(torch.optim.Optimizer):
                  target_sparsity: float | None = 0.5, target_bops: float | None = None, bops_fn=None,
                  bit_reduction: float | None = None, group_divisible: int = 16,
                  importance: ImportanceWeights = ImportanceWeights(), forget: str = "budget",
-                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "count",
+                 target_latency_ms: float | None = None, latency=None, latency_selection: str = "knapsack",
                  recovery_steps: int = 0):
         """`recovery_steps`: the first steps of each pruning period train the structure the last
         commit left before this period's forgetting starts (the quality guard checks that

@@ -7,9 +7,9 @@ whatever it does to the loss; divided by milliseconds, that made the expensive l
 free to strip (docs/latency.md, "Selection under a latency budget").
 
 These scores are in the loss's units, as HALP's: the first-order Taylor estimate of the loss
-change when a group is zeroed, squared and averaged over the last TAYLOR_BATCHES batches before
-a pruning period starts (Molchanov et al., "Importance Estimation for Neural Network Pruning",
-CVPR 2019):
+change when a group is zeroed, squared and averaged over the last TAYLOR_BATCHES batches up to
+a pruning period's first step (fewer when the period before is shorter: each plan starts the sum
+again), after Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019:
 
     I_g = mean over batches of ( sum over the group's entries w of  w * dL/dw )^2
 
@@ -51,7 +51,7 @@ class TaylorScores:
         for param, axis, groups, channels in self._parts:
             if param.grad is None:
                 continue
-            product = (param.detach() * param.grad).double()
+            product = param.detach().double() * param.grad.double()
             others = [d for d in range(product.dim()) if d != axis]
             per_channel = (product.sum(others) if others else product).cpu()  # [channels along axis]
             dots.index_add_(0, groups, per_channel[channels])

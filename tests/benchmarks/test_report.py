@@ -64,3 +64,21 @@ def test_budgets_parse_sparsities_speedups_and_guards():
                             geta_config=None, data=SimpleNamespace(has_labels=True))
     cmd, out = geta_command(bench, Path("w"), guarded)
     assert cmd[cmd.index("--max-accuracy-drop") + 1] == "0.005" and out.name == "geta_4p5x_g0p005.onnx"
+
+
+def test_geta_set_overrides_parse_and_show_on_the_page():
+    import pytest
+
+    from tools.benchmarks.run import geta_settings
+
+    sections = geta_settings(["prune.latency_selection=knapsack", "schedule.pruning_periods=6",
+                              "train.loss=\"task\"", "data.resize=true"])
+    assert sections == {"prune": {"latency_selection": "knapsack"}, "schedule": {"pruning_periods": 6},
+                        "train": {"loss": "task"}, "data": {"resize": True}}
+    assert tomllib.loads(_toml(sections)) == sections  # what compress's --config file reads back
+    for bad in ("latency_selection=knapsack", "prune.latency_selection", ".x=1"):
+        with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+            geta_settings([bad])
+    result = _result()
+    result["settings"]["geta_config"] = {"prune": {"latency_selection": "knapsack"}}
+    assert '[prune] latency_selection = "knapsack"' in report.render({"fmnist": result}, "benchmarks")
