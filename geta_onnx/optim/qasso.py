@@ -194,10 +194,6 @@ class QASSO(torch.optim.Optimizer):
         self._index_device: torch.device | None = None  # where the slices' index tensors live
 
     # ---- public state -----------------------------------------------------------------
-    @property
-    def _knapsack(self) -> bool:
-        return self.target_latency_ms is not None and self.latency_selection == "knapsack"
-
     def predicted_ms(self, removed=None) -> dict[str, float] | None:
         """The latency model's prediction (int8 and float export) of the structure with
         `removed` groups gone (default: the zeroed ones); None without a latency model."""
@@ -343,6 +339,11 @@ class QASSO(torch.optim.Optimizer):
         for layer in self.layers:
             layer.quantizer.freeze_bits(layer.deployable(layer.bits()))
         self.frozen = True
+
+    @property
+    def _knapsack(self) -> bool:
+        """A latency budget picked by the knapsack: it plans with the Taylor scores (optim/taylor.py)."""
+        return self.target_latency_ms is not None and self.latency_selection == "knapsack"
 
     def _budget(self, s: dict[int, float]) -> int:
         """K: the sparsity's count, or the smallest K whose planned removal meets the BOPs target
