@@ -365,7 +365,7 @@ class QASSO(torch.optim.Optimizer):
 
     def _start_period(self, period: int, ghat: dict[int, torch.Tensor]) -> None:
         if self._knapsack:  # the loss-based scores of the batches up to this step (optim/taylor.py)
-            s = {gid: v for gid, v in self.taylor.scores().items() if gid not in self.zeroed}
+            s = self.taylor.scores()
             self.taylor.reset()
         else:
             s = scores([v for v in self.views if v.id not in self.zeroed], ghat, self.importance)
