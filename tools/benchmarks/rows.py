@@ -140,16 +140,27 @@ def compression_seconds(report: dict, fallback: float) -> float:
     return float(wall) if wall else fallback
 
 
-def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, unit: int = 16) -> list[dict]:
+def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, unit: int = 16,
+            log=print, reuse: bool = False) -> list[dict]:
     """L1 prune to target_macs, fine-tune bench.epochs, then int8 PTQ: two rows (fp32 and int8),
     the int8 row timed over all three steps. `tag` names the files and rows (file-safe),
-    `what` says in words where the target comes from."""
+    `what` says in words where the target comes from. reuse: keep the three models of an earlier
+    run with the very same settings (the stamp l1_TAG.cmd.json holds them and the steps' figures)."""
     pruned, tuned, int8 = (work / f"l1_{tag}{s}.onnx" for s in ("_pruned", "_ft", "_ft_int8"))
-    prune = baselines.l1_prune(bench.model, target_macs, pruned, unit=unit)
-    teacher = bench.model if bench.finetune_loss != "task" else None
-    tune = baselines.finetune(pruned, bench.data, bench.epochs, bench.lr, tuned, loss=bench.finetune_loss,
-                              teacher_path=teacher, output=bench.output)
-    quant = baselines.ptq_int8(tuned, bench.calibration, int8, op_types=bench.ptq_op_types)
+    stamp = work / f"l1_{tag}.cmd.json"
+    settings = {"model": str(bench.model), "target_macs": int(target_macs), "unit": unit, "epochs": bench.epochs,
+                "lr": bench.lr, "loss": bench.finetune_loss, "ptq_op_types": bench.ptq_op_types}
+    earlier = json.loads(stamp.read_text()) if reuse and stamp.is_file() else None
+    if earlier is not None and earlier["settings"] == settings and all(p.is_file() for p in (pruned, tuned, int8)):
+        log(f"  reusing the L1 models of the same settings: {tuned}")
+        prune, tune, quant = earlier["prune"], earlier["finetune"], earlier["ptq"]
+    else:
+        prune = baselines.l1_prune(bench.model, target_macs, pruned, unit=unit)
+        teacher = bench.model if bench.finetune_loss != "task" else None
+        tune = baselines.finetune(pruned, bench.data, bench.epochs, bench.lr, tuned, loss=bench.finetune_loss,
+                                  teacher_path=teacher, output=bench.output)
+        quant = baselines.ptq_int8(tuned, bench.calibration, int8, op_types=bench.ptq_op_types)
+        stamp.write_text(json.dumps({"settings": settings, "prune": prune, "finetune": tune, "ptq": quant}))
     steps = prune["seconds"] + tune["seconds"]
     details = {"prune": prune, "finetune": tune}
     return [row(f"l1-{tag}", f"L1 prune + FT (fp32), {what}", tuned, "l1", steps, details=details),

@@ -1,0 +1,35 @@
+"""The benchmark's L1 rows: made once, reused only when every setting is the same."""
+from types import SimpleNamespace
+
+from tools.benchmarks import rows
+
+
+def _fake_steps(monkeypatch, calls):
+    def step(name):
+        def run(src, *args, **kwargs):
+            calls.append(name)
+            out = args[1] if name == "prune" else args[3] if name == "finetune" else args[1]
+            open(out, "wb").write(b"onnx")
+            return {"seconds": 1.5}
+        return run
+
+    monkeypatch.setattr(rows.baselines, "l1_prune", step("prune"))
+    monkeypatch.setattr(rows.baselines, "finetune", step("finetune"))
+    monkeypatch.setattr(rows.baselines, "ptq_int8", step("ptq"))
+
+
+def test_l1_rows_reuse_only_the_same_settings(tmp_path, monkeypatch):
+    calls = []
+    _fake_steps(monkeypatch, calls)
+    bench = SimpleNamespace(model=tmp_path / "fp32.onnx", epochs=2, lr=1e-3, finetune_loss="task",
+                            ptq_op_types=None, data=None, output=0, calibration=[])
+    made = rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None)
+    assert calls == ["prune", "finetune", "ptq"]
+    again = rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls == ["prune", "finetune", "ptq"]  # nothing re-run
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in made] == [3.0, 4.5]
+    rows.l1_rows(bench, tmp_path, 1200, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls[3:] == ["prune", "finetune", "ptq"]  # another target: made again
+    bench.epochs = 3
+    rows.l1_rows(bench, tmp_path, 1200, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls[6:] == ["prune", "finetune", "ptq"]  # another epoch count: made again
