@@ -327,6 +327,11 @@ def _latency_report(lat: dict, checks: dict) -> dict:
             "original_ms": {"predicted": lat["original_ms"], "measured": original},
             "predicted_ms": predicted, "measured_ms": measured,
             "error": {k: predicted[k] / v - 1 for k, v in measured.items() if v and k in predicted},
+            # the same in shares of the original, each against the original timed beside it (the
+            # prediction's at the start of the run, the measurement's now): a machine that runs
+            # slower now than at the start moves both, and this error not (docs/latency.md)
+            "error_relative": {k: (predicted[k] / lat["original_ms"]) / (v / original) - 1
+                               for k, v in measured.items() if v and original and k in predicted},
             "table_target": lat["table"],
             "int8_only": lat.get("int8_only", []),  # MatMul layers kept from int4: MatMulNBits timed slower
             "float_check": lat.get("float_check")}  # layers one-layer times call slower in int8 (latency.chain)

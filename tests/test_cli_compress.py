@@ -155,12 +155,17 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     assert min(lat["predicted_ms"].values()) <= lat["target_ms"] * (1 + 1e-9)
     assert set(lat["measured_ms"]) == set(report["precision"]["candidates"]) and all(
         v > 0 for v in lat["measured_ms"].values())
+    # the error as shares of the original, each against the original timed beside it
+    original = lat["original_ms"]
+    for form, rel in lat["error_relative"].items():
+        expected = (lat["predicted_ms"][form] / original["predicted"]) / (lat["measured_ms"][form] / original["measured"])
+        assert rel == pytest.approx(expected - 1)
     # every planned group removed; none planned when the original, timed under this machine's load,
     # was so slow that the unpruned int8 prediction already meets the budget (seen under a parallel test run)
     assert report["groups"]["removed"] == report["groups"]["planned"]
     assert report["settings"]["prune"]["target_speedup"] == 1.8 and report["settings"]["prune"]["target_sparsity"] is None
     md = out.with_suffix(".report.md").read_text()
-    assert "Latency budget at batch 8" in md
+    assert "Latency budget at batch 8" in md and "as shares of the original" in md
     # the stem (thin) stays in float only where the whole int8 reference ran no slower so (latency.chain)
     check, stem = lat["float_check"], report["layers"][0]
     assert check["layers"][stem["name"]] == "thin" and (stem["float_reason"] == "thin") == (check["kept"] == "float")

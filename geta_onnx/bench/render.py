@@ -76,7 +76,9 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
         return []
     target = (f"{lat['target_ms']:.3f} ms ({lat['target_speedup']:.2f}x the original)" if lat.get("target_speedup")
               else f"{lat['target_ms']:.3f} ms")
-    forms = "; ".join(f"{k} predicted {v:.3f} ms, measured {lat['measured_ms'][k]:.3f} ms ({lat['error'][k]:+.1%})"
+    relative = lat.get("error_relative", {})
+    forms = "; ".join(f"{k} predicted {v:.3f} ms, measured {lat['measured_ms'][k]:.3f} ms ({lat['error'][k]:+.1%}"
+                      + (f"; {relative[k]:+.1%} as shares of the original" if k in relative else "") + ")"
                       for k, v in lat["predicted_ms"].items() if lat["measured_ms"].get(k) and k in lat["error"])
     lines = [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}."]
     if lat.get("int8_only"):

@@ -26,7 +26,7 @@ from torch import nn
 from ..bridge import OnnxModule
 from ..errors import ConfigError
 from ..qadg import QADG
-from ..quant.quantizer import D_FLOOR, Q_FLOOR, bits_of, d_of_bits, levels_of
+from ..quant.quantizer import D_FLOOR, Q_FLOOR, bits_of, d_of_bits, levels_foreach, levels_of
 from . import base as base_opt
 from .importance import ImportanceWeights, scores
 from .selection import max_removal, plan, plan_latency
@@ -331,8 +331,7 @@ class QASSO(torch.optim.Optimizer):
             if not index:
                 continue
             bits = [self.layers[i].quantizer.frozen_bits for i in index]
-            exponent = torch._foreach_sub(bits, 1) if signed else bits  # 2^(b-1) - 1 or 2^b - 1 levels
-            steps = torch._foreach_div([tops[i] for i in index], torch._foreach_sub(torch._foreach_pow(2, exponent), 1))
+            steps = torch._foreach_div([tops[i] for i in index], levels_foreach(bits, signed))
             torch._foreach_copy_([ds[i] for i in index], steps)
 
     def _freeze_bits(self) -> None:

@@ -67,6 +67,12 @@ def _levels(bits: torch.Tensor, signed: bool) -> torch.Tensor:
     return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
 
 
+def levels_foreach(bits: list[torch.Tensor], signed: bool) -> list[torch.Tensor]:
+    """_levels of many bit-width tensors in one foreach pass (QASSO's cool-down, every step)."""
+    exponent = torch._foreach_sub(bits, 1) if signed else bits
+    return torch._foreach_sub(torch._foreach_pow(2, exponent), 1)
+
+
 @functools.lru_cache(maxsize=None)
 def levels_of(bits: float, signed: bool, dtype: torch.dtype = torch.float32) -> float:
     """The divisor of d(b) = q_m^t / levels as _d_of_bits computes it in `dtype` (exact as a

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from geta_onnx.errors import GetaError
-from geta_onnx.quant.quantizer import D_FLOOR, GetaQuantize, Quantizer, bits_of, d_of_bits
+from geta_onnx.quant.quantizer import D_FLOOR, GetaQuantize, Quantizer, bits_of, d_of_bits, levels_foreach, levels_of
 
 SEED = 0
 
@@ -293,3 +293,12 @@ def test_quantizer_module_uses_the_linear_path_unless_t_is_learned():
         q.set_range(2.0, 4)
     assert torch.equal(fixed(x), learned(x))  # t = 1 in both
     assert not fixed.learn_t and learned.learn_t
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_levels_foreach_equals_the_one_tensor_levels(signed):
+    """QASSO's cool-down divides by levels_foreach; the projection by levels_of: the same divisors."""
+    bits = [torch.tensor(b, dtype=torch.float32) for b in (2.0, 4.0, 8.0, 16.0)]
+    got = [float(x) for x in levels_foreach(bits, signed)]
+    assert got == [levels_of(float(b), signed) for b in bits]
+    assert got[2] == (127.0 if signed else 255.0)

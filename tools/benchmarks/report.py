@@ -107,13 +107,15 @@ def _quality(r: dict) -> str:
     return f"{v:.2%}" if r["quality"].get("percent") else f"{v:.4f}"
 
 
-def _predicted(r: dict) -> tuple[int, float] | None:
-    """(batch, ms) the latency model of a geta-onnx row predicted (rows of a latency budget,
-    docs/latency.md: the faster of the int8 and float exports, as compress ships the faster), else None."""
+def _predicted(r: dict) -> tuple[int, float, float] | None:
+    """(batch, ms, speedup) the latency model of a geta-onnx row predicted (rows of a latency
+    budget, docs/latency.md: the faster of the int8 and float exports, as compress ships the
+    faster; the speedup against the original as compress timed it at the start), else None."""
     lat = (r.get("report") or {}).get("latency_model")
     if not lat or not lat.get("predicted_ms"):
         return None
-    return int(lat["batch"]), min(lat["predicted_ms"].values())
+    ms = min(lat["predicted_ms"].values())
+    return int(lat["batch"]), ms, lat["original_ms"]["predicted"] / ms
 
 
 def table(result: dict) -> str:
@@ -128,7 +130,7 @@ def table(result: dict) -> str:
         cells += [f"{r['latency_ms'][b]:.2f} ms" for b in batches]
         if predicted:
             p = _predicted(r)
-            cells.append(f"{p[1]:.2f} ms (b{p[0]})" if p else "")
+            cells.append(f"{p[1]:.2f} ms, {p[2]:.2f}x (b{p[0]})" if p else "")
         cells += [f"{r['speedup'][b]:.2f}x" for b in batches]
         cells += [f"{r['fusion']['int8']} / {r['fusion']['float']}", _fmt_time(r["seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -209,7 +211,8 @@ only; geta-onnx rows from its report, which knows the learned bit widths); MACs 
 (symbolic dims count 1); file size; onnxruntime CPU latency at batch 1 and 32 (median; all rows
 of a model timed in one `geta_onnx.bench.measure_latency` call: rotating blocks, one live session at a time); for
 geta-onnx rows with a latency budget, the time its latency model predicted at the budget's batch
-(docs/latency.md); speedup against the fp32 original; integer kernels onnxruntime fused vs weighted ops left in float; wall-clock time
+and the speedup that is against the original as the run timed it at its start (docs/latency.md;
+compare it with the speedup column: the host's speed moves between the run and this table); speedup against the fp32 original; integer kernels onnxruntime fused vs weighted ops left in float; wall-clock time
 of the compression itself (PTQ: pre-processing + calibration; L1 rows: pruning + fine-tuning
 (+ PTQ); geta-onnx: training + export as its report gives it).
 """
