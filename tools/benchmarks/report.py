@@ -218,12 +218,18 @@ of the compression itself (PTQ: pre-processing + calibration; L1 rows: pruning +
 """
 
 
+def _budgets_option(result: dict | None) -> str:
+    """` --budgets ...` as the published run of a model gave them ("" for a model not run)."""
+    budgets = (result or {}).get("settings", {}).get("budgets")
+    return f" --budgets {','.join(budgets)}" if budgets else ""
+
+
 def render(results: dict[str, dict], png_rel: str) -> str:
     parts = [INTRO, "## Reproduce", "", "```bash",
              "apt-get install dataset-fashion-mnist   # Fashion-MNIST (fmnist, mobilenetv2)",
              "python tools/prepare_assets.py          # MobileNetV2, MiniLM and CREPE weights into assets/",
              "python tools/benchmarks/run.py fmnist --quick   # smoke run: tiny subsets, 1 epoch, results in runs/"]
-    parts += [f"python tools/benchmarks/run.py {n}" for n in NAMES]
+    parts += [f"python tools/benchmarks/run.py {n}" + _budgets_option(results.get(n)) for n in NAMES]
     parts += ["python tools/benchmarks/report.py   # the page again from the JSON results", "```", ""]
     for name in NAMES:
         if name in results:
