@@ -23,6 +23,7 @@ def test_l1_rows_reuse_only_the_same_settings(tmp_path, monkeypatch):
     _fake_steps(monkeypatch, calls)
     bench = SimpleNamespace(model=tmp_path / "fp32.onnx", epochs=2, lr=1e-3, finetune_loss="task",
                             ptq_op_types=None, data=None, output=0, calibration=[])
+    bench.model.write_bytes(b"fp32 v1")
     made = rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None)
     assert calls == ["prune", "finetune", "ptq"]
     again = rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
@@ -33,3 +34,6 @@ def test_l1_rows_reuse_only_the_same_settings(tmp_path, monkeypatch):
     bench.epochs = 3
     rows.l1_rows(bench, tmp_path, 1200, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
     assert calls[6:] == ["prune", "finetune", "ptq"]  # another epoch count: made again
+    bench.model.write_bytes(b"fp32 v2")  # the fp32 original trained again at the same path: made again
+    rows.l1_rows(bench, tmp_path, 1200, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls[9:] == ["prune", "finetune", "ptq"]

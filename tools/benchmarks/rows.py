@@ -15,6 +15,7 @@ itself, 0 for fp32), "details" (what the step returned), "command" (geta rows)}.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -145,10 +146,12 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
     """L1 prune to target_macs, fine-tune bench.epochs, then int8 PTQ: two rows (fp32 and int8),
     the int8 row timed over all three steps. `tag` names the files and rows (file-safe),
     `what` says in words where the target comes from. reuse: keep the three models of an earlier
-    run with the very same settings (the stamp l1_TAG.cmd.json holds them and the steps' figures)."""
+    run with the very same settings and fp32 model (the stamp l1_TAG.cmd.json holds them, the
+    model's SHA-256 and the steps' figures)."""
     pruned, tuned, int8 = (work / f"l1_{tag}{s}.onnx" for s in ("_pruned", "_ft", "_ft_int8"))
     stamp = work / f"l1_{tag}.cmd.json"
-    settings = {"model": str(bench.model), "target_macs": int(target_macs), "unit": unit, "epochs": bench.epochs,
+    settings = {"model": str(bench.model), "model_sha256": hashlib.sha256(Path(bench.model).read_bytes()).hexdigest(),
+                "target_macs": int(target_macs), "unit": unit, "epochs": bench.epochs,
                 "lr": bench.lr, "loss": bench.finetune_loss, "ptq_op_types": bench.ptq_op_types}
     earlier = json.loads(stamp.read_text()) if reuse and stamp.is_file() else None
     if earlier is not None and earlier["settings"] == settings and all(p.is_file() for p in (pruned, tuned, int8)):
