@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
+
 from tools.benchmarks import report
 from tools.benchmarks.rows import _toml
 
@@ -67,8 +69,6 @@ def test_budgets_parse_sparsities_speedups_and_guards():
 
 
 def test_geta_set_overrides_parse_and_show_on_the_page():
-    import pytest
-
     from tools.benchmarks.run import geta_settings
 
     sections = geta_settings(["prune.latency_selection=knapsack", "schedule.pruning_periods=6",

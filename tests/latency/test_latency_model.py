@@ -10,27 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from geta_onnx.bridge import to_torch
-from geta_onnx.config import QuantConfig, ScheduleConfig
 from geta_onnx.errors import ConfigError
-from geta_onnx.graph import from_proto
-from geta_onnx.graph.probe import probe_shapes
 from geta_onnx.latency import LatencyModel, LatencyTable, Target, build_latency_model
-from geta_onnx.latency.build import _specs
 from geta_onnx.latency.measure import fill, measure_entry
-from geta_onnx.latency.model import ModelLayer, probe_removal
+from geta_onnx.latency.model import probe_removal
 from geta_onnx.latency.spec import LayerSpec
 from geta_onnx.latency.table import Entry, cache_path
-from geta_onnx.optim import QASSO, quant_targets
 from geta_onnx.optim.selection import max_removal, plan_latency
 from geta_onnx.optim.slices import group_views
-from geta_onnx.qadg import analyze
-from geta_onnx.quant.sites import attach_quantizers
-from geta_onnx.train.schedule import Schedule
-from tests.qadg import models
-
-TARGET = Target("onnxruntime test", "test cpu", 1, 4)
-
+from tests.latency.problems import TARGET, latency_qasso, resnet_problem, synthetic_latency_model
 
 def _conv(cin=128, cout=128, hw=16, group=1) -> LayerSpec:
     return LayerSpec("conv", "Conv", (cin, hw, hw), cin, cout, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
@@ -87,37 +75,9 @@ def test_measured_time_grows_with_width():
         assert entry.at(form, 128, 128) > 1.5 * entry.at(form, 64, 64) > 0, form
 
 
-def _resnet():
-    proto = models.resnet2(batch=1)[0]
-    for vi in list(proto.graph.input) + list(proto.graph.output):  # a dynamic batch, as compress trains
-        vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del proto.graph.value_info[:]
-    model = from_proto(proto)
-    module = to_torch(model)
-    config = QuantConfig(float_thin_convs=False)
-    plan = attach_quantizers(module, model, config)
-    qadg = analyze(model)
-    return model, module, plan, qadg, config
-
-
-def _synthetic_model(model, plan, qadg) -> LatencyModel:
-    """Layer times proportional to MACs (plus a width-independent part), no measurement."""
-    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    specs, effects = _specs(model, plan.layers, qadg.prunable, probe_shapes(model, feeds={"x": x}))
-    entries = {}
-    for spec in specs:
-        cin, cout = spec.width_grid(1)
-        macs = np.outer(cin, cout) * max(spec.out_elems, 1) * 1e-5
-        entries[spec.key] = Entry(cin, cout, {"float": macs + 0.01, "int8": macs / 3 + 0.01})
-    table = LatencyTable(TARGET, 0.0, entries)
-    full = sum(e.ms["float"][-1, -1] for e in entries.values())
-    return LatencyModel([ModelLayer(s, True) for s in specs], table, full * 1.2, effects,
-                        int8_original_ms=full / 2)
-
-
 def test_selection_never_exceeds_the_latency_budget():
-    model, module, plan, qadg, _ = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
+    model, module, plan, qadg, _ = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
     views = group_views(module, qadg.groups)
     scores = {v.id: float(i % 5) for i, v in enumerate(views)}
     full = lm.ms(lm.state(()))
@@ -138,8 +98,8 @@ def test_selection_never_exceeds_the_latency_budget():
 
 
 def test_probe_removal_halves_every_layer_on_the_unit():
-    model, module, plan, qadg, _ = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
+    model, module, plan, qadg, _ = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
     for unit in (1, 4):
         chosen = probe_removal(lm.effects, lm.layers, unit)
         assert chosen == sorted(chosen) and chosen == probe_removal(lm.effects, lm.layers, unit)  # deterministic
@@ -154,8 +114,8 @@ def test_probe_removal_halves_every_layer_on_the_unit():
 def test_the_probe_splits_the_int8_rest_into_fixed_and_shrinking():
     """Whole-model times made as layers + F + R * share: the probe recovers F and R, and the
     prediction of another structure is then exact; a probe that keeps nearly all cannot."""
-    model, module, plan, qadg, _ = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
+    model, module, plan, qadg, _ = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
     fixed, shrinking = 0.3, 0.5
     truth = lambda st: float(st.t_deployed.sum()) + fixed + shrinking * lm._share(st.removed_out)  # noqa: E731
     full, probe = lm.state(()), probe_removal(lm.effects, lm.layers)
@@ -178,8 +138,8 @@ def test_the_narrow_probe_bends_the_int8_rest_below_the_half_probe():
     that is F + R * share above the half probe's share and rises again below it. The narrow
     probe (every layer cut to its last unit) is hit exactly, the half probe and everything
     wider keep the line, structures in between are interpolated, and a resume restores it."""
-    model, module, plan, qadg, _ = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
+    model, module, plan, qadg, _ = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
     for unit in (1, 4):
         narrow = probe_removal(lm.effects, lm.layers, unit, narrow=True)
         state = lm.state(narrow)
@@ -212,8 +172,8 @@ def test_the_narrow_probe_bends_the_int8_rest_below_the_half_probe():
 
 
 def test_layers_whose_int8_kernel_is_slower_stay_float_and_a_resume_decides_the_same():
-    model, module, plan, qadg, _ = _resnet()
-    lm = _synthetic_model(model, plan, qadg)  # int8 = float / 3 (+ a constant): every layer int8
+    model, module, plan, qadg, _ = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)  # int8 = float / 3 (+ a constant): every layer int8
     assert lm.slower_in_int8() == []
     saved = json.loads(json.dumps(lm.snapshot()))
     slow = lm.layers[-1].spec
@@ -222,22 +182,16 @@ def test_layers_whose_int8_kernel_is_slower_stay_float_and_a_resume_decides_the_
     assert lm.slower_in_int8() == [slow.node] and lm.slower_in_int8(margin=2.0) == []
 
 
-def _qasso(module, plan, qadg, config, lm, budget, steps=30, selection="count"):
-    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2))
-    return QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
-                 group_divisible=1, target_latency_ms=budget, latency=lm, latency_selection=selection)
-
-
 @pytest.mark.parametrize("selection", ["count", "knapsack"])
 def test_qasso_meets_a_latency_budget_and_refuses_an_unreachable_one(selection):
     torch.manual_seed(0)
-    model, module, plan, qadg, config = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
+    model, module, plan, qadg, config = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
     full = lm.ms(lm.state(()))
     with pytest.raises(ConfigError, match="out of reach"):
-        _qasso(module, plan, qadg, config, lm, full / 1000, selection=selection)
+        latency_qasso(module, plan, qadg, config, lm, full / 1000, selection=selection)
     budget = 0.6 * full
-    opt = _qasso(module, plan, qadg, config, lm, budget, selection=selection)
+    opt = latency_qasso(module, plan, qadg, config, lm, budget, selection=selection)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     for _ in range(30):
         opt.zero_grad()
@@ -251,7 +205,7 @@ def test_qasso_meets_a_latency_budget_and_refuses_an_unreachable_one(selection):
 
 def test_cache_hit_miss_and_another_targets_table(tmp_path, monkeypatch):
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
-    model, module, plan, qadg, _ = _resnet()
+    model, module, plan, qadg, _ = resnet_problem()
     sample = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     target = Target.here(1, 2)
     first = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
@@ -279,7 +233,7 @@ def test_whole_models_take_the_least_of_interleaved_rounds(tmp_path, monkeypatch
     budget: each whole model is timed in rounds interleaved with the others, the least counts,
     and a spread is reported."""
     monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
-    model, module, plan, qadg, _ = _resnet()
+    model, module, plan, qadg, _ = resnet_problem()
     sample = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     target = Target.here(1, 2)
     build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)  # fills the cache
@@ -345,12 +299,12 @@ def test_resume_plans_with_the_checkpointed_measurements():
     started with (the checkpoint's latency snapshot and budget), not the new ones."""
     def setup(slower: float):
         torch.manual_seed(0)
-        model, module, plan, qadg, config = _resnet()
-        lm = _synthetic_model(model, plan, qadg)
+        model, module, plan, qadg, config = resnet_problem()
+        lm = synthetic_latency_model(model, plan, qadg)
         for entry in lm.table.entries.values():  # "this machine, another day": other kernel times
             entry.ms = {k: v * slower for k, v in entry.ms.items()}
         lm = LatencyModel(lm.layers, lm.table, lm.original_ms * slower, lm.effects, int8_original_ms=lm.original_ms)
-        return module, _qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(()))), lm
+        return module, latency_qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(()))), lm
 
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

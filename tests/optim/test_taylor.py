@@ -12,7 +12,7 @@ from geta_onnx.graph import from_proto
 from geta_onnx.optim.slices import group_views
 from geta_onnx.optim.taylor import TaylorScores
 from geta_onnx.qadg import analyze
-from tests.latency.test_latency_model import _qasso, _resnet, _synthetic_model
+from tests.latency.problems import latency_qasso, resnet_problem, synthetic_latency_model
 from tests.qadg import models
 
 
@@ -72,9 +72,9 @@ def _train(opt, module, steps, start=0, on_step=None):
 def test_knapsack_plans_with_the_scores_of_the_batches_before_each_period(monkeypatch):
     monkeypatch.setattr(qasso_module, "TAYLOR_BATCHES", 3)
     torch.manual_seed(0)
-    model, module, plan, qadg, config = _resnet()
-    lm = _synthetic_model(model, plan, qadg)
-    opt = _qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(())), selection="knapsack")
+    model, module, plan, qadg, config = resnet_problem()
+    lm = synthetic_latency_model(model, plan, qadg)
+    opt = latency_qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(())), selection="knapsack")
     starts = opt.stages.pruning_period_starts
     assert len(starts) == 2
     gathered, planned, taken = [], [], {}
@@ -100,9 +100,9 @@ def test_a_checkpoint_inside_a_gathering_window_resumes_to_the_same_weights(monk
 
     def fresh():
         torch.manual_seed(0)
-        model, module, plan, qadg, config = _resnet()
-        lm = _synthetic_model(model, plan, qadg)
-        return module, _qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(())), selection="knapsack")
+        model, module, plan, qadg, config = resnet_problem()
+        lm = synthetic_latency_model(model, plan, qadg)
+        return module, latency_qasso(module, plan, qadg, config, lm, 0.6 * lm.ms(lm.state(())), selection="knapsack")
 
     module, opt = fresh()
     _train(opt, module, 30)

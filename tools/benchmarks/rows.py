@@ -99,9 +99,10 @@ def geta_row(bench: Bench, work: Path, budget: Budget, log=print, reuse: bool = 
     cmd, out = geta_command(bench, work, budget)
     stamp = out.with_suffix(".cmd.json")
     report_path = out.with_suffix(".report.json")
-    if reuse and stamp.is_file() and report_path.is_file() and json.loads(stamp.read_text())["command"] == cmd:
+    earlier = _earlier(stamp, "command", cmd, (report_path,)) if reuse else None
+    if earlier is not None:
         log("  reusing the output of the same command: " + str(out))
-        total = json.loads(stamp.read_text())["seconds"]
+        total = earlier["seconds"]
     else:
         log("$ " + shlex.join(cmd))
         start = time.perf_counter()
@@ -116,6 +117,15 @@ def geta_row(bench: Bench, work: Path, budget: Budget, log=print, reuse: bool = 
     return row(f"geta-{budget.tag}", f"geta-onnx {budget.label}", out, "geta",
                compression_seconds(report, total), command=_display(cmd), command_seconds=total,
                report=_report_summary(report))
+
+
+def _earlier(stamp: Path, key: str, value, outputs) -> dict | None:
+    """The stamp (JSON) of an earlier run whose `key` (its command, or its settings) equals
+    `value`, when every one of its `outputs` is still there; else None: the rows are made again."""
+    if not stamp.is_file() or not all(p.is_file() for p in outputs):
+        return None
+    earlier = json.loads(stamp.read_text())
+    return earlier if earlier.get(key) == value else None
 
 
 def group_sparsity(report: dict) -> float:
@@ -153,8 +163,8 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
     settings = {"model": str(bench.model), "model_sha256": hashlib.sha256(Path(bench.model).read_bytes()).hexdigest(),
                 "target_macs": int(target_macs), "unit": unit, "epochs": bench.epochs,
                 "lr": bench.lr, "loss": bench.finetune_loss, "ptq_op_types": bench.ptq_op_types}
-    earlier = json.loads(stamp.read_text()) if reuse and stamp.is_file() else None
-    if earlier is not None and earlier["settings"] == settings and all(p.is_file() for p in (pruned, tuned, int8)):
+    earlier = _earlier(stamp, "settings", settings, (pruned, tuned, int8)) if reuse else None
+    if earlier is not None:
         log(f"  reusing the L1 models of the same settings: {tuned}")
         prune, tune, quant = earlier["prune"], earlier["finetune"], earlier["ptq"]
     else:
