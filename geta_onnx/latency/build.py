@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..graph.probe import probe_shapes
 from ..quant.plan import QuantLayer
+from .attribution import time_split
 from .measure import fill, time_ms
 from .model import LatencyModel, ModelLayer, probe_removal
 from .spec import LayerSpec, layer_spec
@@ -21,7 +22,7 @@ from .table import LatencyTable, Target, cache_path
 log = logging.getLogger(__name__)
 
 
-WHOLE_ROUNDS = 2  # rounds of whole-model timing (whole_ms)
+WHOLE_ROUNDS = 3  # rounds of whole-model timing (timed_wholes: the median of 3 ratios outvotes one slow spell)
 WHOLE_SPREAD = 1.25  # rounds further apart than this are reported
 
 
@@ -86,7 +87,9 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     cut, or None (latency.reference.int8_export). The unpruned export's measured time fits the
     int8 prediction, a probe structure's (model.probe_removal) splits its rest into a fixed
     and a shrinking part, and a narrow probe's bends it for the narrowest structures (no
-    callable: the int8 layers as measured, plus the float model's rest)."""
+    callable: the int8 layers as measured, plus the float model's rest). Each whole model is
+    also profiled once (latency.attribution): where its time goes, which fits the model in
+    place of the difference of timings taken apart."""
     shapes = probe_shapes(model, feeds=sample)
     if not shapes:
         raise ConfigError(f"{model.label}: onnxruntime could not run the model on one training sample, so no "
@@ -116,12 +119,15 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     narrowed = int8_export_of(narrow) if len(narrow) > len(removed) else None
     wholes = {"the original": model.proto, "the int8 reference": reference, "the int8 probe": pruned,
               "the narrow int8 probe": narrowed}
-    ms = whole_ms({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
-                  table.target.threads, log_line)
+    ms, profiled = timed_wholes({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
+                                table.target.threads, log_line, split=[s.node for s in specs],
+                                profiled=("the original", "the int8 reference"), rounds=WHOLE_ROUNDS,
+                                relative_to="the int8 reference" if reference is not None else None)
     probe = (removed, ms["the int8 probe"]) if pruned is not None else None
     narrow_probe = (narrow, ms["the narrow int8 probe"]) if narrowed is not None else None
+    splits = {"float": profiled.get("the original"), "int8": profiled.get("the int8 reference")}
     return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe,
-                        int8_narrow=narrow_probe)
+                        int8_narrow=narrow_probe, splits=splits)
 
 
 def _read_table(path: str | None, target: Target) -> LatencyTable | None:
@@ -152,14 +158,40 @@ def whole_ms(protos: dict, feeds, threads: int, log_line, rounds: int = WHOLE_RO
     whole measurement is caught by the next round: once a MiniLM original measured 415 ms at
     the start of a run and 163 ms at its end, and the budget derived from it asked for no
     pruning at all (docs/latency.md, "Whole-model measurements")."""
+    return timed_wholes(protos, feeds, threads, log_line, rounds)[0]
+
+
+def timed_wholes(protos: dict, feeds, threads: int, log_line, rounds: int = WHOLE_ROUNDS, split=(),
+                 profiled=(), relative_to: str | None = None) -> tuple[dict[str, float], dict]:
+    """whole_ms, and for the models named in `profiled` the latency.attribution.Split over the
+    layers `split` (node names) of the round whose profile ran fastest: the host's slow spells
+    slow memory-bound nodes more than the layers' kernels (a MiniLM export's layers were 52 %
+    of its kernel time in fast runs, 45 % in slow ones), so the split is taken where the
+    timing is (docs/latency.md, "The rest, attributed"). A model whose profile cannot be
+    split has no entry.
+
+    `relative_to` (a name): every other model's time is that model's least time times the
+    median over the rounds of their ratio in the same round. A slow spell can outlast all
+    rounds of one model and not another's; the ratio of two models timed seconds apart moves
+    far less than either time."""
     times_of = {name: [] for name in protos}
+    splits: dict = {}
     for _ in range(rounds):
         for name, proto in protos.items():
             times_of[name].append(time_ms(proto, feeds, threads, min_seconds=0.5))
+            if name in profiled:
+                found = time_split(proto, feeds, threads, list(split))
+                if found is not None and (name not in splits or found.total < splits[name].total):
+                    splits[name] = found
     for name, times in times_of.items():
         if max(times) > WHOLE_SPREAD * min(times):
             batch = len(next(iter(feeds.values())))
             log_line(f"note: {name} measured {min(times):.3f} and {max(times):.3f} ms at batch {batch}: "
                      f"the machine was busy; the latency model uses {min(times):.3f} ms")
-    return {name: min(times) for name, times in times_of.items()}
-
+    ms = {name: min(times) for name, times in times_of.items()}
+    if relative_to is not None:
+        ref = times_of[relative_to]
+        ms = {name: ms[name] if name == relative_to else
+              ms[relative_to] * float(np.median([t / r for t, r in zip(times, ref)]))
+              for name, times in times_of.items()}
+    return ms, splits

@@ -4,7 +4,15 @@ Each (layer signature, kept widths, form) is one session of a one-layer graph
 (latency.micro), opened with the options of the latency measurement
 (bench.session.session_options: sequential, all graph optimisations, the target's threads), warmed up, then timed until
 MIN_RUNS runs and MIN_SECONDS have passed (at most MAX_RUNS); the median minus
-session.run's fixed cost is the entry. One session is alive at a time.
+session.run's fixed cost is one measurement. One session is alive at a time.
+
+A host can run slower for seconds to minutes at a time, which no median over 20 ms sees: on
+the 2-vCPU AMD host of 2026-12-06 two builds of the same table put one point 1.8x apart.
+So the whole grid is measured in PASSES passes over all the missing entries, and each point
+keeps its least measurement (background load only ever adds time); three passes brought
+the points of three builds within a few per cent of each other (docs/latency.md, "The
+table file"). Timing each width against its layer's full-width graph in alternating runs
+was tried and is worse: the idle session's spinning threads slow the other one.
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from .spec import LayerSpec
 from .table import Entry, LatencyTable, Target
 
 WARMUP, MIN_RUNS, MAX_RUNS, MIN_SECONDS = 3, 10, 200, 0.02
+# passes over every missing entry; each point keeps its least median (module docstring)
+PASSES = 3
 
 
 def session(proto: onnx.ModelProto, threads: int):
@@ -89,10 +99,20 @@ def fill(table: LatencyTable | None, specs: list[LayerSpec], unit: int, target: 
     here = table.target == target
     missing = list({s.key: s for s in specs if s.key not in table.entries
                     or (here and _missing_forms(s, table.entries[s.key]))}.values())
-    total = sum(benchmarks_needed(s, unit, table.entries.get(s.key)) for s in missing)
+    total = PASSES * sum(benchmarks_needed(s, unit, table.entries.get(s.key)) for s in missing)
+    least: dict[str, Entry] = {}
     with tqdm(total=total, unit="bench", desc="latency table", dynamic_ncols=True,
               disable=not progress or not missing) as bar:
-        for spec in missing:
-            table.entries[spec.key] = measure_entry(spec, unit, table.target, table.overhead_ms,
-                                                    tick=lambda: bar.update(), into=table.entries.get(spec.key))
+        for _ in range(PASSES):
+            for spec in missing:
+                entry = measure_entry(spec, unit, table.target, table.overhead_ms,
+                                      tick=lambda: bar.update(), into=table.entries.get(spec.key))
+                least[spec.key] = _least(least[spec.key], entry) if spec.key in least else entry
+    table.entries.update(least)
     return table, len(missing)
+
+
+def _least(a: Entry, b: Entry) -> Entry:
+    """Two measurements of the same widths: the least time of each point (a form measured
+    before, which both carry, stays as it was)."""
+    return Entry(a.cin, a.cout, {f: a.ms[f] if a.ms[f] is b.ms[f] else np.minimum(a.ms[f], b.ms[f]) for f in a.ms})

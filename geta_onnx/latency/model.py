@@ -26,6 +26,17 @@ narrow probe (every layer cut towards one unit, probe_removal(narrow=True)): fro
 F + R share_1) linearly to its measured rest, flat below it. Narrow layers cost more in a
 chain than their one-layer times, which the line through the half probe does not see.
 docs/latency.md gives the measured split and the error of this model with and without them.
+
+With onnxruntime's profile of a whole model (latency.attribution.Split: its kernel time split
+between the layers, the nodes each layer's outputs feed, and the rest) the rest is not a
+difference of two timings taken minutes apart, and it shrinks per layer, not with one share:
+
+    T_f = a_f * sum_l t_l + F_f + sum_l w_l * kept_out_l / cout_l + residual_f(share)
+
+with a_f, F_f and w_l the profile's shares of W_f (a_f = W_f * layer share / sum_l t_l at full
+width: the in-chain time of the layers over their one-layer times, and whatever moved the host
+since the table was measured). The probes then measure what this misses: their measured minus
+predicted time, linear in the share between them, 0 at full width and flat below the narrowest.
 """
 from __future__ import annotations
 
@@ -61,14 +72,19 @@ class LatencyModel:
     def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
                  effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None,
                  int8_probe: tuple[list[int], float] | None = None,
-                 int8_narrow: tuple[list[int], float] | None = None):
+                 int8_narrow: tuple[list[int], float] | None = None, splits: dict | None = None):
         """`effects`: group id -> [(layer index, "in" | "out", channels removed)].
         `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float).
         `int8_probe`: (groups removed, measured ms) of the int8 export of a pruned structure
         (probe_removal), which splits the int8 rest into F_int8 and R_int8 (None: F = 0).
         `int8_narrow`: the same of the narrow probe (probe_removal(narrow=True)), the int8 rest
-        below the half probe's share (None: the line F + R share all the way down)."""
+        below the half probe's share (None: the line F + R share all the way down).
+        `splits`: form -> latency.attribution.Split of the whole model of that form (the
+        original for float, the int8 reference for int8); a form without one keeps the fit above."""
         self.layers, self.table, self.original_ms, self.effects = layers, table, original_ms, effects
+        # the measurements this fit is made of (tools/bench_latency_model.py refits without the split)
+        self.inputs = {"int8_original_ms": int8_original_ms, "int8_probe": int8_probe, "int8_narrow": int8_narrow,
+                       "splits": splits}
         self._entries = [table.entries[la.spec.key] for la in layers]
         self._out = np.array([la.spec.out_elems for la in layers], dtype=np.float64)
         self._cout = np.array([la.spec.cout for la in layers], dtype=np.float64)
@@ -85,13 +101,49 @@ class LatencyModel:
                 self.scale[form], self.remainder[form] = 1.0, whole - layers_ms
         self.fixed = {"float": 0.0, "int8": 0.0}
         self.narrow: dict[str, tuple[float, float, float]] = {}  # form -> (share_n, rest_n, share_1)
+        # with a profile split: form -> (layers,) ms of the rest that shrinks with each layer's kept
+        # output channels, and the probes' (share, measured - predicted ms), widest first
+        self.weights: dict[str, np.ndarray] = {}
+        self.residual: dict[str, list[tuple[float, float]]] = {}
         # which layers one-layer times called slower in int8, and whether the whole model kept
         # them in float (latency.chain; plain JSON, None: nothing to decide), for resume and report
         self.float_check: dict | None = None
-        if int8_probe is not None and int8_original_ms is not None:
+        for form, whole in (("float", original_ms), ("int8", int8_original_ms)):
+            if whole is not None and (splits or {}).get(form) is not None:
+                self._attribute(form, splits[form], whole, float((full.t_deployed if form == "int8" else full.t_float).sum()))
+        if "int8" in self.weights:
+            self.residual["int8"] = self._residuals("int8", [p for p in (int8_probe, int8_narrow) if p is not None])
+        elif int8_probe is not None and int8_original_ms is not None:
             self._split_rest("int8", *int8_probe)
             if int8_narrow is not None:
                 self._narrow_rest("int8", int8_probe[0], *int8_narrow)
+
+    def _attribute(self, form: str, split, whole: float, layers_ms: float) -> None:
+        """a_f, F_f and w_l from the profile's shares of the measured whole model. A layer whose
+        outputs no group prunes feeds a part of the rest that never shrinks: it counts in F."""
+        k = whole / split.total
+        weights = k * np.asarray(split.per_layer, dtype=np.float64)
+        never = np.array([not la.spec.prune_out for la in self.layers])
+        self.scale[form] = k * split.layers / layers_ms if layers_ms > 0 else 1.0
+        self.fixed[form] = k * split.fixed + float(weights[never].sum())
+        weights[never] = 0.0
+        self.weights[form], self.remainder[form] = weights, float(weights.sum())
+
+    def _residuals(self, form: str, probes) -> list[tuple[float, float]]:
+        """(share, measured - predicted ms) of each probe (removed groups, measured ms), widest
+        first; a probe that keeps nearly everything, or lies within 0.05 of a wider one's share,
+        tells nothing new and is left out."""
+        points = []
+        for removed, measured in probes:
+            st = self.state(removed)
+            share = self._share(st.removed_out)
+            predicted = self._forms(float(st.t_deployed.sum()), float(st.t_float.sum()), st.removed_out)[form]
+            points.append((share, measured - predicted))
+        kept: list[tuple[float, float]] = []
+        for share, r in sorted(points, reverse=True):
+            if share < min([0.95] + [s - 0.05 for s, _ in kept]):
+                kept.append((share, r))
+        return kept
 
     def _split_rest(self, form: str, removed, measured_ms: float) -> None:
         """F_form and R_form from the rest of the full model (R now) and of the probe: with
@@ -118,8 +170,24 @@ class LatencyModel:
         if share < half_share - 0.05:
             self.narrow[form] = (share, max(rest, 0.0), half_share)
 
+    def rest_of(self, form: str, removed_out: np.ndarray) -> float:
+        """The time outside the layers of a structure with these output channels removed."""
+        share = self._share(removed_out)
+        if form not in self.weights:
+            return self.rest(form, share)
+        kept = (self._cout - removed_out) / self._cout
+        return self.fixed[form] + float(self.weights[form] @ kept) + self._residual(form, share)
+
+    def _residual(self, form: str, share: float) -> float:
+        points = [(1.0, 0.0)] + self.residual.get(form, [])
+        for (s0, r0), (s1, r1) in zip(points, points[1:]):
+            if share >= s1:
+                return r1 + (r0 - r1) * (min(share, s0) - s1) / (s0 - s1)
+        return points[-1][1]
+
     def rest(self, form: str, share: float) -> float:
-        """The time outside the layers of a structure with this output-channel share."""
+        """The time outside the layers of a structure with this output-channel share (the fit
+        without a profile split)."""
         line = self.fixed[form] + self.remainder[form] * share
         knee = self.narrow.get(form)
         if knee is None or share >= knee[2]:
@@ -133,6 +201,8 @@ class LatencyModel:
         """The measured numbers (plain JSON) the plans depend on."""
         return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
                 "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()},
+                "weights": {k: [float(x) for x in v] for k, v in self.weights.items()},
+                "residual": {k: [list(p) for p in v] for k, v in self.residual.items()},
                 "float_check": self.float_check,
                 "entries": {la.spec.key: e.to_json() for la, e in zip(self.layers, self._entries)}}
 
@@ -144,6 +214,9 @@ class LatencyModel:
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
         self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}
         self.narrow = {k: tuple(float(x) for x in v) for k, v in snap.get("narrow", {}).items()}
+        # a checkpoint from before the profile split has neither: its run planned without it
+        self.weights = {k: np.asarray(v, dtype=np.float64) for k, v in snap.get("weights", {}).items()}
+        self.residual = {k: [(float(s), float(r)) for s, r in v] for k, v in snap.get("residual", {}).items()}
         self.float_check = snap.get("float_check", self.float_check)
         self._entries = [Entry.from_json(snap["entries"][la.spec.key], "checkpoint") for la in self.layers]
 
@@ -213,11 +286,11 @@ class LatencyModel:
         return float((self._out * (self._cout - removed_out)).sum()) / total if total else 1.0
 
     def forms_ms(self, s: State) -> dict[str, float]:
-        return self._forms(float(s.t_deployed.sum()), float(s.t_float.sum()), self._share(s.removed_out))
+        return self._forms(float(s.t_deployed.sum()), float(s.t_float.sum()), s.removed_out)
 
-    def _forms(self, deployed: float, flt: float, share: float) -> dict[str, float]:
-        return {"int8": self.scale["int8"] * deployed + self.rest("int8", share),
-                "float": self.scale["float"] * flt + self.rest("float", share)}
+    def _forms(self, deployed: float, flt: float, removed_out: np.ndarray) -> dict[str, float]:
+        return {"int8": self.scale["int8"] * deployed + self.rest_of("int8", removed_out),
+                "float": self.scale["float"] * flt + self.rest_of("float", removed_out)}
 
     def ms(self, s: State) -> float:
         return min(self.forms_ms(s).values())
@@ -241,7 +314,7 @@ class LatencyModel:
             dep += new_dep - s.t_deployed[i]
             flt += new_flt - s.t_float[i]
             rout[i] = ro
-        return min(self._forms(dep, flt, self._share(rout)).values()) - self.ms(s)
+        return min(self._forms(dep, flt, rout).values()) - self.ms(s)
 
     def apply(self, s: State, groups) -> None:
         for i, (rin, rout) in self._changed(s, groups).items():

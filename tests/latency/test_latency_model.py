@@ -263,6 +263,45 @@ def test_whole_models_take_the_least_of_interleaved_rounds(tmp_path, monkeypatch
     assert len(lines) == 1 and lines[0].startswith("note: the original")  # the reference's rounds agree
 
 
+def test_whole_models_relative_to_the_reference_outvote_a_slow_spell(monkeypatch):
+    """A slow spell that lasts through every round of the reference and one round of another
+    model: the other's time is the reference's least time times the median ratio of the two
+    in the same rounds, not its own least time; the profile of the fastest round is kept."""
+    import geta_onnx.latency.build as build
+    from geta_onnx.latency.attribution import Split
+
+    times = {"ref": iter([10.0, 20.0, 12.0]), "other": iter([8.0, 10.0, 6.0])}
+    totals = iter([9.0, 7.0, 8.0])
+    monkeypatch.setattr(build, "time_ms", lambda proto, feeds, threads, min_seconds: next(times[proto]))
+    monkeypatch.setattr(build, "time_split", lambda proto, feeds, threads, nodes: Split(next(totals), 1.0, 0.0,
+                                                                                           np.zeros(len(nodes))))
+    ms, splits = build.timed_wholes({"ref": "ref", "other": "other"}, {"x": np.zeros((2, 1))}, 1, print,
+                                    rounds=3, split=["a"], profiled=("ref",), relative_to="ref")
+    assert ms == {"ref": 10.0, "other": pytest.approx(5.0)}  # ratios 0.8, 0.5, 0.5; its own least was 6
+    assert splits["ref"].total == 7.0 and "other" not in splits
+
+
+def test_the_table_keeps_each_points_least_of_its_passes(monkeypatch):
+    """A slow spell during one pass over the grid does not stay in the table: every point is
+    measured in PASSES passes and keeps its least time."""
+    import geta_onnx.latency.measure as measure
+
+    spec = _conv(cin=32, cout=32, hw=8)  # unit 16: 2 x 2 widths, int8 and float: 8 per pass
+    calls = []
+
+    def timed(proto, feeds, threads, min_seconds=0.02):
+        calls.append(proto)
+        if len(calls) == 1:
+            return 0.0  # session.run's fixed cost
+        return [5.0, 1.0, 3.0][(len(calls) - 2) // 8]  # the first and the last pass ran slower
+
+    monkeypatch.setattr(measure, "time_ms", timed)
+    table, measured = fill(None, [spec], 16, TARGET, progress=False)
+    assert measure.PASSES == 3 and measured == 1 and len(calls) == 1 + 3 * 8
+    for form in ("int8", "float"):
+        assert np.all(table.entries[spec.key].ms[form] == 1.0)
+
+
 def test_fill_measures_only_missing_entries():
     spec = _conv(cin=32, cout=32, hw=8)
     table, measured = fill(None, [spec, spec], 16, TARGET, progress=False)
