@@ -333,6 +333,7 @@ def _latency_report(lat: dict, checks: dict) -> dict:
             "error_relative": {k: (predicted[k] / lat["original_ms"]) / (v / original) - 1
                                for k, v in measured.items() if v and original and k in predicted},
             "table_target": lat["table"],
+            "fit": lat.get("fit"),  # the unpruned model's time as the latency model splits it, per form
             "int8_only": lat.get("int8_only", []),  # MatMul layers kept from int4: MatMulNBits timed slower
             "float_check": lat.get("float_check")}  # layers one-layer times call slower in int8 (latency.chain)
 

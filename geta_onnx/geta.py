@@ -215,7 +215,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
         out.metrics["latency"] = {"int8_only": sorted(int8_only), "float_check": latency.float_check,
                                   "target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
-                                  "table": latency.table.target.__dict__}
+                                  "table": latency.table.target.__dict__, "fit": latency.fit_summary()}
     return out
 
 

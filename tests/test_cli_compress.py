@@ -166,6 +166,10 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     assert report["settings"]["prune"]["target_speedup"] == 1.8 and report["settings"]["prune"]["target_sparsity"] is None
     md = out.with_suffix(".report.md").read_text()
     assert "Latency budget at batch 8" in md and "as shares of the original" in md
+    # the unpruned int8 model as the fit splits it: onnxruntime's profile finds every layer here
+    fit = lat["fit"]["int8"]
+    assert fit["rest_from"] == "profile" and fit["layers_ms"] > 0 and fit["fixed_ms"] >= 0 <= fit["shrinking_ms"]
+    assert f"{fit['layers_ms']:.3f} ms in the layers" in md and "the rest from onnxruntime's profile" in md
     # the stem (thin) stays in float only where the whole int8 reference ran no slower so (latency.chain)
     check, stem = lat["float_check"], report["layers"][0]
     assert check["layers"][stem["name"]] == "thin" and (stem["float_reason"] == "thin") == (check["kept"] == "float")

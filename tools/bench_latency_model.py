@@ -13,6 +13,11 @@ prediction of both. The table build time is printed apart.
 --removed adds a row per compress checkpoint given: the groups that trained run removed
 (QASSO's state in the checkpoint; MODEL must be the file that run compressed), timed and
 predicted the same way. Trained structures are where the prediction errs most (docs/latency.md).
+
+All structures are timed in --rounds interleaved rounds, each relative to the unpruned int8
+model in the same rounds (latency.build.timed_wholes); the int8 error is also printed for the
+model fitted without onnxruntime's profile ("without the profile split", the fit by difference),
+and at the end as shares of the unpruned model, which a host that changes speed moves least.
 """
 from __future__ import annotations
 

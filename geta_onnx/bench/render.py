@@ -81,6 +81,12 @@ def _latency_model_lines(lat: dict | None) -> list[str]:
                       + (f"; {relative[k]:+.1%} as shares of the original" if k in relative else "") + ")"
                       for k, v in lat["predicted_ms"].items() if lat["measured_ms"].get(k) and k in lat["error"])
     lines = [f"Latency budget at batch {lat['batch']}, {lat['threads']} thread(s): {target}. {forms}."]
+    fit = (lat.get("fit") or {}).get("int8")
+    if fit:
+        where = "onnxruntime's profile" if fit["rest_from"] == "profile" else "a difference of whole-model timings"
+        lines.append(f"The latency model's unpruned int8 model: {fit['layers_ms']:.3f} ms in the layers, "
+                     f"{fit['fixed_ms']:.3f} ms fixed, {fit['shrinking_ms']:.3f} ms shrinking with the pruned "
+                     f"channels (the rest from {where}).")
     if lat.get("int8_only"):
         lines.append(f"Kept from 4-bit weights, their MatMulNBits timed slower than int8: "
                      f"{', '.join(f'`{n}`' for n in lat['int8_only'])}.")

@@ -196,6 +196,17 @@ class LatencyModel:
         at_1 = self.fixed[form] + self.remainder[form] * share_1
         return rest_n + (at_1 - rest_n) * (max(share, share_n) - share_n) / (share_1 - share_n)
 
+    def fit_summary(self) -> dict:
+        """Per form, the unpruned model's predicted time as the fit splits it (plain JSON, for the
+        report): its layers (scaled), the fixed rest, the rest that shrinks with the pruned
+        channels, and whether the rest comes from onnxruntime's profile or from a difference of
+        timings (docs/latency.md, "The rest, attributed")."""
+        full = self.state(())
+        return {form: {"layers_ms": self.scale[form] * float(layers.sum()), "fixed_ms": self.fixed[form],
+                       "shrinking_ms": self.remainder[form],
+                       "rest_from": "profile" if form in self.weights else "difference"}
+                for form, layers in (("int8", full.t_deployed), ("float", full.t_float))}
+
     # ---- persistence: a resumed run plans with the numbers it started with -------------
     def snapshot(self) -> dict:
         """The measured numbers (plain JSON) the plans depend on."""
