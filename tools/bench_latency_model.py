@@ -114,7 +114,8 @@ def main() -> None:
     # with an unpruned structure, every time is its least time times the median of the ratios in
     # the same rounds (build.timed_wholes): a slow spell that outlasts one model's rounds then
     # moves its time less than its least median alone
-    unpruned = next(((label, "int8") for label, _, removed in structures if not removed and (label, "int8") in protos), None)
+    unpruned = next(((label, "int8") for label, _, removed in structures
+                     if not removed and (label, "int8") in protos), None)
     timed = timed_wholes(protos, feeds, a.threads, print, rounds=a.rounds, relative_to=unpruned)[0]
     rows = []
     for label, level, removed in structures:

@@ -110,7 +110,8 @@ class LatencyModel:
         self.float_check: dict | None = None
         for form, whole in (("float", original_ms), ("int8", int8_original_ms)):
             if whole is not None and (splits or {}).get(form) is not None:
-                self._attribute(form, splits[form], whole, float((full.t_deployed if form == "int8" else full.t_float).sum()))
+                layers_ms = float((full.t_deployed if form == "int8" else full.t_float).sum())
+                self._attribute(form, splits[form], whole, layers_ms)
         if "int8" in self.weights:
             self.residual["int8"] = self._residuals("int8", [p for p in (int8_probe, int8_narrow) if p is not None])
         elif int8_probe is not None and int8_original_ms is not None:

@@ -53,7 +53,8 @@ def test_layers_are_found_under_onnxruntimes_names_and_the_rest_goes_to_the_laye
 
 
 def test_a_node_fed_by_two_layers_is_split_evenly():
-    original = _graph([helper.make_node("Conv", ["x", "w"], ["p"], "p"), helper.make_node("Conv", ["x", "w"], ["q"], "q"),
+    original = _graph([helper.make_node("Conv", ["x", "w"], ["p"], "p"),
+                       helper.make_node("Conv", ["x", "w"], ["q"], "q"),
                        helper.make_node("Add", ["p", "q"], ["y"], "add")])
     split = split_graph(original, original, {"p": 1.0, "q": 1.0, "add": 0.5}, ["p", "q"])
     assert split.per_layer.tolist() == pytest.approx([0.25, 0.25]) and split.fixed == 0
