@@ -3,6 +3,7 @@ report, plots), then the gate on its report, and the refusals that protect the i
 import hashlib
 import json
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -182,6 +183,10 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     cached = LatencyTable.load(cache_path(Target(**lat["table_target"])))  # the table the first run measured
     key = next(k for k in cached.entries if k.startswith("Gemm") or k.startswith("MatMul"))
     for k, entry in cached.entries.items():
+        # (a tiny layer's time less session.run's overhead is clamped at 0 where the two measured
+        # alike, and 10 x 0 is not slower: the slowed layer gets a float time of at least 1 us)
+        if k == key:
+            entry.ms["float"] = np.maximum(entry.ms["float"], 1e-3)
         entry.ms["int8"] = entry.ms["float"] * (10 if k == key else 0.1)
     table = tmp_path / "slow_gemm.json"
     LatencyTable(Target("onnxruntime 0.0", "a slow-int8 cpu", 2, 8), 0.0, cached.entries).save(table)
