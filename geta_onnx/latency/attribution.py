@@ -22,7 +22,9 @@ Q, an embedding Gather) is fixed; so, in effect, is one fed only by layers whose
 never pruned (LayerNorm on a hidden size no group removes).
 
 onnxruntime renames the nodes it fuses. A layer is found in its optimised graph under its own
-name, with a "_token_N" suffix (the NHWC QLinearConv), or as "<tensor>_nchwc" for a tensor of
+name, with a "_token_N" suffix (the NHWC QLinearConv), as "fused <name>" (a Gemm with its
+activation: FusedGemm), as "<name>/MatMulAddFusion" (a MatMul with its bias Add, as a Gemm;
+"fused <name>/MatMulAddFusion" with an activation too), or as "<tensor>_nchwc" for a tensor of
 its fused chain (the float NCHWc Conv, named after the output of the BatchNormalization /
 activation fused into it). When a layer is not found the profile cannot be split, and the
 caller keeps the older fit (None).
@@ -164,11 +166,11 @@ def _find_layers(original: onnx.ModelProto, optimized_names: list[str], nodes: l
     """Optimised node name -> index into `nodes`, for every layer; None (logged) when one is
     missing."""
     available = set(optimized_names)
-    token = {}  # base name -> optimised names "<base>_token_N"
+    renamed: dict[str, list[str]] = {}  # original name -> optimised names it may have become
     for name in optimized_names:
-        m = re.fullmatch(r"(.*)_token_\d+", name)
-        if m:
-            token.setdefault(m.group(1), []).append(name)
+        base = _unfused(name)
+        if base != name:
+            renamed.setdefault(base, []).append(name)
     consumers: dict[str, list] = {}
     for n in original.graph.node:
         for t in n.input:
@@ -176,7 +178,7 @@ def _find_layers(original: onnx.ModelProto, optimized_names: list[str], nodes: l
     by_name = {n.name: n for n in original.graph.node}
     found: dict[str, int] = {}
     for i, node in enumerate(nodes):
-        candidates = [node] + token.get(node, [])
+        candidates = [node] + renamed.get(node, [])
         if node in by_name:
             candidates += [t + "_nchwc" for t in _chain(by_name[node], consumers)]
         hit = next((c for c in candidates if c in available and c not in found), None)
@@ -185,6 +187,14 @@ def _find_layers(original: onnx.ModelProto, optimized_names: list[str], nodes: l
             return None
         found[hit] = i
     return found
+
+
+def _unfused(name: str) -> str:
+    """The original node name behind an optimised one (module docstring): "fused a/MatMulAddFusion_token_2"
+    -> "a"; a name onnxruntime kept comes back as it is."""
+    name = re.sub(r"_token_\d+$", "", name)
+    name = name.removesuffix("/MatMulAddFusion")
+    return name.removeprefix("fused ")
 
 
 def _chain(node, consumers: dict[str, list]) -> list[str]:

@@ -52,6 +52,22 @@ def test_layers_are_found_under_onnxruntimes_names_and_the_rest_goes_to_the_laye
     assert split_graph(original, optimized, kernel, ["a", "missing"]) is None
 
 
+def test_fused_gemms_are_found_under_their_fused_names():
+    """A Gemm fused with its activation is "fused <name>" (CREPE's classifier: before this its
+    float profile could not be split); a MatMul fused with its bias Add is "<name>/MatMulAddFusion",
+    "fused ..." with an activation too, "_token_N" when the name was taken."""
+    original = _graph([helper.make_node("Gemm", ["x", "w"], ["g"], "head"),
+                       helper.make_node("MatMul", ["g", "w"], ["m"], "proj"),
+                       helper.make_node("MatMul", ["m", "w"], ["y"], "out")])
+    optimized = _graph([helper.make_node("FusedGemm", ["x", "w"], ["g"], "fused head"),
+                        helper.make_node("FusedGemm", ["g", "w"], ["m"], "fused proj/MatMulAddFusion"),
+                        helper.make_node("Gemm", ["m", "w"], ["y"], "out/MatMulAddFusion_token_4")])
+    kernel = {"fused head": 1.0, "fused proj/MatMulAddFusion": 2.0, "out/MatMulAddFusion_token_4": 3.0}
+    split = split_graph(original, optimized, kernel, ["head", "proj", "out"])
+    assert split is not None and split.layers == pytest.approx(6.0) and split.fixed == 0
+    assert split_graph(original, optimized, kernel, ["head", "pro"]) is None  # a prefix is not a name
+
+
 def test_a_node_fed_by_two_layers_is_split_evenly():
     original = _graph([helper.make_node("Conv", ["x", "w"], ["p"], "p"),
                        helper.make_node("Conv", ["x", "w"], ["q"], "q"),
