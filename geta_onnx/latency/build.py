@@ -121,7 +121,7 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
               "the narrow int8 probe": narrowed}
     ms, profiled = timed_wholes({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
                                 table.target.threads, log_line, split=[s.node for s in specs],
-                                profiled=("the original", "the int8 reference"), rounds=WHOLE_ROUNDS,
+                                profiled=("the original", "the int8 reference"),
                                 relative_to="the int8 reference" if reference is not None else None)
     probe = (removed, ms["the int8 probe"]) if pruned is not None else None
     narrow_probe = (narrow, ms["the narrow int8 probe"]) if narrowed is not None else None
