@@ -67,6 +67,10 @@ class State:
     t_deployed: np.ndarray = field(default=None)  # (layers,) ms of each layer in the QDQ export
     t_float: np.ndarray = field(default=None)  # (layers,) ms of each layer in float
 
+    def layers_ms(self, form: str) -> float:
+        """The layers' one-layer times summed, in the QDQ export ("int8") or in float."""
+        return float((self.t_deployed if form == "int8" else self.t_float).sum())
+
 
 class LatencyModel:
     def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
@@ -89,7 +93,7 @@ class LatencyModel:
         self._out = np.array([la.spec.out_elems for la in layers], dtype=np.float64)
         self._cout = np.array([la.spec.cout for la in layers], dtype=np.float64)
         full = self.state(())
-        self.layers_float_ms = float(full.t_float.sum())
+        self.layers_float_ms = full.layers_ms("float")
         self.scale, self.remainder = {}, {}
         for form, layers_ms, whole in (("float", self.layers_float_ms, original_ms),
                                        ("int8", float(full.t_deployed.sum()), int8_original_ms)):
@@ -110,8 +114,7 @@ class LatencyModel:
         self.float_check: dict | None = None
         for form, whole in (("float", original_ms), ("int8", int8_original_ms)):
             if whole is not None and (splits or {}).get(form) is not None:
-                layers_ms = float((full.t_deployed if form == "int8" else full.t_float).sum())
-                self._attribute(form, splits[form], whole, layers_ms)
+                self._attribute(form, splits[form], whole, full.layers_ms(form))
         if "int8" in self.weights:
             self.residual["int8"] = self._residuals("int8", [p for p in (int8_probe, int8_narrow) if p is not None])
         elif int8_probe is not None and int8_original_ms is not None:
@@ -160,8 +163,7 @@ class LatencyModel:
     def _probe_rest(self, form: str, removed, measured_ms: float) -> tuple[float, float]:
         """(share, measured rest) of a probe structure's export."""
         probe = self.state(removed)
-        layers_ms = float((probe.t_deployed if form == "int8" else probe.t_float).sum())
-        return self._share(probe.removed_out), measured_ms - self.scale[form] * layers_ms
+        return self._share(probe.removed_out), measured_ms - self.scale[form] * probe.layers_ms(form)
 
     def _narrow_rest(self, form: str, half_removed, removed, measured_ms: float) -> None:
         """The knee below the half probe: kept only where the narrow probe's share lies clearly
@@ -203,10 +205,10 @@ class LatencyModel:
         channels, and whether the rest comes from onnxruntime's profile or from a difference of
         timings (docs/latency.md, "The rest, attributed")."""
         full = self.state(())
-        return {form: {"layers_ms": self.scale[form] * float(layers.sum()), "fixed_ms": self.fixed[form],
+        return {form: {"layers_ms": self.scale[form] * full.layers_ms(form), "fixed_ms": self.fixed[form],
                        "shrinking_ms": self.remainder[form],
                        "rest_from": "profile" if form in self.weights else "difference"}
-                for form, layers in (("int8", full.t_deployed), ("float", full.t_float))}
+                for form in ("int8", "float")}
 
     # ---- persistence: a resumed run plans with the numbers it started with -------------
     def snapshot(self) -> dict:
