@@ -221,6 +221,12 @@ class PruneConfig:
     # On by default: on the digits sample it kept more groups within the same tolerance (docs/guard.md).
     # Unused with guard_recovery > 0, where every commit already waits
     guard_retry: float = 0.5
+    # the cool-down probe: the budget's structure is scored once this share of the cool-down has trained it,
+    # and only then decided on; a commit that misses the tolerance does not stop the pruning. Where the probe
+    # misses, the commits' drops scaled by the recovery the probe measured pick the structure the run goes
+    # back to for the rest of the cool-down (docs/guard.md, "The cool-down probe"). 0: each commit decides
+    # (guard_retry, guard_recovery)
+    guard_probe: float = 0.0
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
     # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
     guard_float_layers: int = 8
@@ -245,6 +251,7 @@ class PruneConfig:
         _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
                f"{self.guard_recovery}")
         _check(0 <= self.guard_retry < 1, "guard_retry", f"a share of a pruning period in [0, 1), got {self.guard_retry}")
+        _check(0 <= self.guard_probe < 1, "guard_probe", f"a share of the cool-down in [0, 1), got {self.guard_probe}")
         _check(self.guard_float_layers >= 0, "guard_float_layers", "must be >= 0 (0: no layer goes back to float)")
         _check(self.latency_selection in ("count", "knapsack"), "latency_selection",
                f"expected count or knapsack, got '{self.latency_selection}'")

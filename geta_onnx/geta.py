@@ -6,6 +6,7 @@ QASSO, the training loop. What `compress` builds on; the export to QDQ ONNX come
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -184,6 +185,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
         lrs = lr_scheduler(opt, optim.lr_schedule, sched.total_steps)
         guard = (quality_guard(module, data, plan, loss, opt, sched, prune, train_config, floated)
                  if prune.max_quality_drop is not None else None)
+        started = time.perf_counter()
         try:
             result = train(module, data, opt, loss_fn=loss, schedule=sched, lr_scheduler=lrs,
                            device=train_config.device, checkpoint_dir=checkpoint_dir, resume=resume,
@@ -193,7 +195,9 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                            amp=train_config.amp)
             break
         except FloatLayers as chosen:  # the guard's first check: start over with these layers in float
-            floated = chosen.found
+            # what the attempt cost (the report's guard cost): its training until the check, the float search
+            floated = {**chosen.found, "attempt_seconds": time.perf_counter() - started,
+                       "search_seconds": guard.cost["float_search_seconds"]}
             keep_float.update({node: "quality" for node in chosen.nodes})
             module, resume, saved = None, False, None
             if distributed.info().is_main:

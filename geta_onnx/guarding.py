@@ -45,10 +45,20 @@ def recovery_steps(prune: PruneConfig, sched: Schedule, share: float | None = No
     """Steps of each pruning period that train the last commit's structure before the guard
     scores it ([prune] guard_recovery, or `share`, of the shortest period; never all of it:
     forgetting needs a step); 0 without a guard."""
-    if prune.max_quality_drop is None:
+    if prune.max_quality_drop is None or (share is None and prune.guard_probe):  # the probe scores commits at once
         return 0
     share = prune.guard_recovery if share is None else share
     return min(int(share * sched.shortest_pruning_period), max(sched.shortest_pruning_period - 1, 0))
+
+
+def probe_step(prune: PruneConfig, sched: Schedule) -> int | None:
+    """The step before which the guard's cool-down probe scores ([prune] guard_probe of the
+    cool-down in), or None: no probe (guard_probe = 0, no pruning periods, or a cool-down too
+    short to train the structure before it and after it)."""
+    cooldown = sched.total_steps - sched.pruning_end
+    if not prune.guard_probe or not sched.pruning_periods or cooldown < 2:
+        return None
+    return sched.pruning_end + min(max(int(prune.guard_probe * cooldown), 1), cooldown - 1)
 
 
 def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QASSO, sched: Schedule,
@@ -104,4 +114,5 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
                         samples=samples, rank_score=lambda: -score(few, "loss"),
-                        retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry))
+                        retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry),
+                        probe_step=probe_step(prune, sched))

@@ -236,7 +236,36 @@ def test_quality_guard_end_to_end(tmp_path):
     end = guard["end"]  # the end check: kept within the tolerance, or the fallback scored again
     assert (end["drop"] <= 0.02) == (end["action"] == "kept")
     assert "| end of training " in md and (("| fallback: " in md) == ("quality_after" in end))
+    cost = guard["cost"]  # every score the guard took, timed: the checks, the end check (and its fallback's)
+    assert cost["checks"] == len(guard["checks"]) + 1 + ("quality_after" in end) and cost["check_seconds"] > 0
+    assert cost["float_search_seconds"] == 0 and f"Guard cost: {cost['checks']} checks" in md
     assert out.with_suffix(".summary.png").stat().st_size > 0  # with the curve's panel
+
+
+def test_quality_guard_probe_end_to_end(tmp_path):
+    """[prune] guard_probe: commits that miss the tolerance do not stop the pruning; the probe
+    in the cool-down scores the budget's structure once and keeps it or goes back (the
+    report's guard section and the Markdown table show it)."""
+    model, npz, _ = write_problem(tmp_path)
+    out, config = tmp_path / "probed.onnx", tmp_path / "probe.toml"
+    config.write_text("[prune]\nguard_probe = 0.5\n")
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "60",
+                                       "--batch-size", "32", "--target-sparsity", "0.9", "--max-accuracy-drop", "0.02",
+                                       "--group-divisible", "8", "--batch", "1", "--no-progress", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    guard = report["guard"]
+    commits, probe = guard["checks"][1:-1], guard["checks"][-1]
+    assert commits and all(c["action"] == ("kept" if c["drop"] <= 0.02 else "missed; the cool-down probe decides")
+                           for c in commits)
+    assert probe["probe"] and probe["removed"] == commits[-1]["removed"]  # it scores the last commit's structure
+    assert (probe["drop"] <= 0.02) == (probe["action"] == "kept") and guard["stopped_at_period"] is None
+    if probe["action"] != "kept":  # gone back: the structure of the state it names
+        assert report["groups"]["removed"] == probe["removed_after"] < probe["removed"]
+    else:
+        assert report["groups"]["removed"] == commits[-1]["removed"] == report["groups"]["planned"]
+    assert guard["why"].startswith("the cool-down probe")
+    assert f"| cool-down probe, step {probe['step']} |" in out.with_suffix(".report.md").read_text()
 
 
 @pytest.mark.parametrize("file_drops,ships", [((0.9, 0.0), "fallback"), ((0.9, 0.95), "final")])
@@ -291,7 +320,10 @@ def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_pat
     assert report["guard"]["checks"][0]["drop"] <= 0.02  # and by the restarted run before pruning
     reasons = {la["name"]: la["float_reason"] for la in report["layers"]}
     assert all(reasons[node] == "quality" for node in floated)
-    assert "went back to float" in out.with_suffix(".report.md").read_text()
+    md = out.with_suffix(".report.md").read_text()
+    assert "went back to float" in md
+    # what the restart cost: the first attempt (its float search part of it), trained again
+    assert fallback["attempt_seconds"] > fallback["search_seconds"] > 0 and "its steps were trained again" in md
     again = CliRunner().invoke(main, args + ["--resume"])
     assert again.exit_code == 0, again.output
     resumed = json.loads(out.with_suffix(".report.json").read_text())

@@ -117,6 +117,8 @@ def _guard_lines(guard: dict | None) -> list[str]:
              "|---|---:|---:|" + ("---:|" if speed else "") + "---:|---:|---|"]
     for c in guard["checks"]:
         where = "before pruning" if c["period"] < 0 else f"period {c['period'] + 1}"
+        if c.get("probe"):  # the cool-down probe: the budget's structure after some cool-down steps
+            where = f"cool-down probe, step {c['step']}"
         if "drop_at_commit" in c:  # a retry's second check
             where += f", {c['recovery_steps']} steps later"
         share = f"{c['sparsity']:.1%}" if "sparsity" in c else ""
@@ -136,7 +138,19 @@ def _guard_lines(guard: dict | None) -> list[str]:
                      f"{ex['action']} |")
         if ex.get("drop_fallback") is not None:
             lines.append(f"| exported file of the last state within the tolerance {gap}| {ex['drop_fallback']:+.4f} | |")
-    return lines + [""]
+    return lines + ["", *_guard_cost_lines(guard), ""]
+
+
+def _guard_cost_lines(guard: dict) -> list[str]:
+    """What the guard added to the training time (reports from before it was recorded: nothing)."""
+    cost, floated = guard.get("cost"), guard.get("float_fallback") or {}
+    if not cost:
+        return []
+    line = f"Guard cost: {cost['checks']} checks, {cost['check_seconds']:.0f} s"
+    if "attempt_seconds" in floated:  # the attempt before the float fallback, then its search
+        line += (f"; the attempt before the float fallback ran {floated['attempt_seconds']:.0f} s (its float "
+                 f"search {floated['search_seconds']:.0f} s of it), and its steps were trained again")
+    return [line + "."]
 
 
 def _guard_samples(guard: dict) -> str:

@@ -1,7 +1,7 @@
 """The quality guard (`--max-accuracy-drop`, `--min-fidelity`): the budget is found inside
 the one training run.
 
-QASSO removes groups period by period. The guard, a training-loop hook, does six things:
+QASSO removes groups period by period. The guard, a training-loop hook, does seven things:
 - before each pruning period's removal, it snapshots the module and the optimizer (QASSO.snapshot);
 - after each commit and `opt.recovery_steps` steps of training the structure it left
   (QASSO's forgetting of the next period starts after them), it scores the model on
@@ -20,6 +20,10 @@ QASSO removes groups period by period. The guard, a training-loop hook, does six
   NNCF's accuracy control does for post-training quantization) and raises FloatLayers: the
   run starts over with them in float. When no `max_float` layers bring the quality within
   the tolerance, the run stops;
+- with a cool-down probe (`probe_step`), a check that misses does not stop the run or the
+  pruning; the probe scores the budget's structure part-way into the cool-down and keeps it, or
+  goes back to the state after the last commit whose drop, scaled by the recovery the probe
+  measured, is predicted within the tolerance (_probe);
 - after the last step (`finish`), it scores the final model; when that misses the tolerance,
   the run falls back to the last snapshot that met it (QASSO.fall_back);
 - after the export, compress gives it the file's drop on the whole eval split
@@ -35,8 +39,11 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
     guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
     guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after")}
     guard.exported  # set by compress: {"split", "samples", "drop", "action", ("drop_fallback")}
+    guard.cost      # {"checks": scores taken, "check_seconds", "float_search_seconds"}: what the guard added
 """
 from __future__ import annotations
+
+import time
 
 from ..errors import GetaError
 from ..quant.quantizer import quantizers_off
@@ -63,7 +70,7 @@ class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
                  floated: dict | None = None, samples: int | None = None, retry_steps: int = 0,
-                 rank_score=None):
+                 rank_score=None, probe_step: int | None = None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
@@ -74,7 +81,9 @@ class QualityGuard:
         the recovery steps a commit that misses gets before its second check (0: none).
         `rank_score()`: what orders the float fallback's candidates (higher is better; e.g. the
         negated held-out loss on fewer batches: continuous, so it does not tie as accuracy on a
-        few batches does); its cumulative checks use `score` (default: `score` for both)."""
+        few batches does); its cumulative checks use `score` (default: `score` for both).
+        `probe_step`: the cool-down step before which the probe scores the structure (None: the
+        commits decide, as above; see _probe)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
@@ -87,6 +96,10 @@ class QualityGuard:
                 self._modules[name] = q
         self.floated, self.samples, self.retry_steps = floated, samples, retry_steps
         self.rank_score = rank_score or score
+        self.probe_step = probe_step
+        # with a probe: the state at each pruning period's start, the probe's rollback targets:
+        # [{"period", "step": taken after this step, "within": its last check met the tolerance, "state"}]
+        self.starts: list[dict] = []
         # what each retry recovered: [{"period", "drop_at_commit", "drop_after"}] (the learned margin)
         self.recoveries: list[dict] = []
         self.history: list[dict] = []
@@ -100,10 +113,21 @@ class QualityGuard:
         self.end: dict | None = None  # the end check (finish)
         # the exported file's check (compress): {"split", "samples", "drop", "action", ("drop_fallback")}
         self.exported: dict | None = None
+        # wall time the guard added to training (a resumed run adds to its checkpoint's): the checks' scores
+        # (BatchNorm refresh + held-out forward) and the float fallback's search (its ranking and cumulative scores)
+        self.cost = {"checks": 0, "check_seconds": 0.0, "float_search_seconds": 0.0}
+
+    def _timed_score(self) -> float:
+        """score(), counted in `cost`."""
+        start = time.perf_counter()
+        quality = self.score()
+        self.cost["checks"] += 1
+        self.cost["check_seconds"] += time.perf_counter() - start
+        return quality
 
     def _check(self, period: int, action_over: str) -> bool:
         """Score now, record it, and whether the drop passes the tolerance (rank 0 decides)."""
-        quality = self.score()
+        quality = self._timed_score()
         drop = self.baseline - quality
         over = bool(distributed.agree(drop > self.tolerance))
         self.history.append({"period": period, "removed": len(self.opt.zeroed), "sparsity": self.opt.group_sparsity(),
@@ -122,6 +146,9 @@ class QualityGuard:
     def before_step(self, step: int) -> None:
         if self.pending is not None and step >= self.pending["check_at"]:
             self._check_commit(self.pending["period"], step - 1)
+        if step == self.probe_step and self.starts and not any(h.get("probe") for h in self.history):
+            self._probe(step)
+            return
         info = self.schedule.stage(step)
         # a period's removal starts after its recovery steps: the snapshot is the state just before
         if info.name != "pruning" or info.step_in_period != self.opt.recovery_steps or self.opt.stopped:
@@ -130,7 +157,9 @@ class QualityGuard:
         verdict = self._check_start() if start else "kept"
         if verdict == "retry":
             return
-        if verdict == "over":
+        if verdict == "over" and self.probe_step is not None:  # too early to tell: the probe decides
+            self.history[-1]["action"] = self._probe_action
+        elif verdict == "over":
             found = None if self.floated else self._float_fallback(self.history[-1]["quality"])
             if found:
                 raise FloatLayers(found)
@@ -142,9 +171,15 @@ class QualityGuard:
                 f"{h['quality']:.4f} {self.metric} on the guard's held-out batches, {h['drop']:.4f} below the "
                 f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}){tried}; allow a larger drop, "
                 "train longer, or widen the bit ranges (--weight-bits, --act-bits)")
-        if self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
+        within = self.history[-1]["action"] == "kept"  # with a probe, a commit that missed goes on too
+        if not within:
+            self.snap = self.opt.snapshot()
+        elif self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
             self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": self.history[-1]["period"]}
-        self.snap = self.good["state"]  # the state the last check scored: within the tolerance
+        if within:
+            self.snap = self.good["state"]  # the state the last check scored: within the tolerance
+        if self.probe_step is not None:
+            self.starts.append({"period": info.period, "step": step - 1, "within": within, "state": self.snap})
 
     def _check_start(self) -> str:
         """The check before the first removal of the quantized, unpruned model: "kept", "over"
@@ -169,6 +204,13 @@ class QualityGuard:
         0's choice is everyone's."""
         if self.max_float <= 0 or not self.layer_quantizers:
             return None
+        start = time.perf_counter()
+        try:
+            return self._float_search(quality)
+        finally:
+            self.cost["float_search_seconds"] += time.perf_counter() - start
+
+    def _float_search(self, quality: float) -> dict | None:
         alone = {}
         for node in self.layer_quantizers:
             with quantizers_off(self._gone_with({node})):
@@ -196,7 +238,12 @@ class QualityGuard:
             return {}
         if self.retry_steps:
             self.opt.recovery_steps = 0  # a retry delays only the forgetting of the period after its miss
-        elif self.opt.recovery_steps:  # scored once the structure has trained that long (before_step)
+        if self.probe_step is not None:  # the commit is scored and recorded; the probe decides
+            if not self._check(info.period, self._probe_action):
+                self.good = {"state": self.opt.snapshot(), "step": step, "period": info.period}
+            self.snap = None
+            return {"drop": f"{self.history[-1]['drop']:+.3f}"}
+        if self.opt.recovery_steps:  # scored once the structure has trained that long (before_step)
             self.pending = {"period": info.period, "check_at": step + 1 + self.opt.recovery_steps}
             return {}
         self._check_commit(info.period, step, may_retry=bool(self.retry_steps))
@@ -228,6 +275,40 @@ class QualityGuard:
             self.good = {"state": self.opt.snapshot(), "step": step, "period": period}
         self.snap = self.pending = None
 
+    _probe_action = "missed; the cool-down probe decides"
+
+    def _probe(self, step: int) -> None:
+        """The cool-down probe, before `step`: score the budget's structure after the cool-down's
+        first steps. Within the tolerance, it stays. Else the commits' drops, each scaled by the
+        share of the last commit's drop still left at the probe (the recovery this run measured on
+        its own cool-down), predict each earlier structure's drop after as many steps: the run goes
+        back to the state after the last commit predicted within the tolerance (the unpruned state
+        when none is), re-freezing the bits from it, and the rest of the cool-down trains that
+        structure. docs/guard.md, "The cool-down probe"."""
+        last = self.history[-1]["period"]  # the last commit's check
+        over = self._check(last, "rolled back")
+        h = self.history[-1]
+        h.update(probe=True, step=step)
+        if not over:
+            self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": last}
+        else:
+            left = self.history[-2]["drop"]
+            h["recovery_left"] = h["drop"] / left if left > h["drop"] else 1.0
+            # the drop before each start: its period's commit check (period 0: the start check)
+            before = {start["period"]: next(c["drop"] for c in reversed(self.history[:-1])
+                                            if c["period"] == start["period"] - 1) for start in self.starts}
+            fits = [start for start in self.starts
+                    if max(before[start["period"]], 0.0) * h["recovery_left"] <= self.tolerance]
+            target = distributed.agree(fits[-1]["period"] if fits else self.starts[0]["period"])
+            start = next(st for st in self.starts if st["period"] == target)
+            h["predicted_drop"] = max(before[target], 0.0) * h["recovery_left"]
+            self.opt.fall_back(start["state"])
+            h.update(action=f"rolled back to {_after(target - 1)}", removed_after=len(self.opt.zeroed))
+            kept = [st for st in self.starts if st["within"] and st["period"] <= target]
+            self.good = ({"state": kept[-1]["state"], "step": kept[-1]["step"], "period": kept[-1]["period"] - 1}
+                         if kept else None)  # None: no check before the probe met the tolerance
+        self.starts = []  # no more rollbacks: the snapshots' memory goes
+
     def _retry(self, h: dict) -> None:
         """Check `h` missed and gets a retry: the next `retry_steps` train its structure (QASSO's
         next forgetting waits for them), then it is scored again."""
@@ -258,17 +339,20 @@ class QualityGuard:
         tolerance, fall back to the last state a check found within it (its structure is the
         final one, since no group is removed after that state; the fallback gives up what
         training did since, the cool-down's included) and score that again."""
-        if self.good is None or self.end is not None:  # no pruning period ran, or finished (a resume)
+        if not self.history or self.end is not None:  # no pruning period ran, or finished (a resume)
             return
         if self.pending is not None:  # the run ended inside the last commit's recovery steps
             self._check_commit(self.pending["period"], self.opt.step_count - 1)
-        quality = self.score()
+        quality = self._timed_score()
         drop = self.baseline - quality
         self.end = {"quality": quality, "drop": drop, "action": "kept"}
         if not distributed.agree(drop > self.tolerance):
             return
+        if self.good is None:  # with a probe: no check found a state within the tolerance
+            self.end["action"] = "missed; no state within the tolerance to fall back to"
+            return
         self.opt.fall_back(self.good["state"])
-        after = self.score()
+        after = self._timed_score()
         self.end.update({"action": "fell back to the last state within the tolerance",
                          "fallback_period": self.good["period"],
                          "quality_after": after, "drop_after": self.baseline - after})
@@ -299,12 +383,15 @@ class QualityGuard:
     # ---- checkpoint: a run interrupted mid-period resumes with its snapshot ----------------
     def state_dict(self) -> dict:
         return {"history": self.history, "snap": self.snap, "baseline": self.baseline, "good": self.good,
-                "floated": self.floated, "pending": self.pending, "recoveries": self.recoveries}
+                "floated": self.floated, "pending": self.pending, "recoveries": self.recoveries, "cost": self.cost,
+                "starts": self.starts}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.snap, self.baseline = list(state["history"]), state["snap"], float(state["baseline"])
         self.good, self.floated, self.pending = state.get("good"), state.get("floated"), state.get("pending")
         self.recoveries = list(state.get("recoveries", []))
+        self.cost = {**self.cost, **state.get("cost", {})}
+        self.starts = list(state.get("starts", []))
 
     def summary(self) -> dict:
         """The report's record: the metric, the tolerance, the original's score, every check."""
@@ -312,8 +399,24 @@ class QualityGuard:
         last = next((h for h in reversed(self.history) if h["action"].startswith("rolled back")), {})
         after = (f" after {last['recovery_steps']} recovery steps" if last.get("recovery_steps") else
                  " and its retry was not expected to recover it" if "predicted_after_retry" in last else "")
-        why = (f"period {stopped + 1} dropped the quality past the tolerance{after}: rolled back" if stopped is not None
-               else "every period met the tolerance: the budget bounded the removal")
+        probe = next((h for h in self.history if h.get("probe")), None)
+        if probe is not None:
+            stopped = None
+            at = f"the cool-down probe (step {probe['step']})"
+            target = probe["action"][len("rolled back to "):]
+            if probe["action"] == "kept":
+                why = f"{at} met the tolerance: the budget bounded the removal"
+            elif probe["predicted_drop"] <= self.tolerance:
+                why = (f"{at} missed it; with {probe['recovery_left']:.0%} of the last commit's drop left there, "
+                       f"{target} was predicted within it ({probe['predicted_drop']:+.4f}): rolled back to it")
+            else:
+                why = f"{at} missed it, and no pruned structure was predicted within it: rolled back to {target}"
+        elif stopped is not None:
+            why = f"period {stopped + 1} dropped the quality past the tolerance{after}: rolled back"
+        else:
+            why = "every period met the tolerance: the budget bounded the removal"
+        if self.end is not None and self.good is None and self.end["action"] != "kept":
+            why += f"; the final model missed it too ({self.end['drop']:+.4f}), and no state was within it"
         if self.end is not None and "quality_after" in self.end:
             why += (f"; the final model missed it ({self.end['drop']:+.4f}), so the run fell back to the last state "
                     "within it, without the training since")
@@ -323,4 +426,9 @@ class QualityGuard:
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
                 **({"end": self.end} if self.end is not None else {}),
                 **({"exported": self.exported} if self.exported is not None else {}),
-                **({"float_fallback": self.floated} if self.floated else {})}
+                **({"float_fallback": self.floated} if self.floated else {}), "cost": dict(self.cost)}
+
+
+def _after(period: int) -> str:
+    """The state a probe goes back to, in words: after commit `period` (-1: before pruning)."""
+    return "the unpruned structure" if period < 0 else f"the structure after period {period + 1}"

@@ -10,6 +10,8 @@ import torch
 
 from geta_onnx.errors import GetaError
 from geta_onnx.optim.guard import FloatLayers, QualityGuard
+from geta_onnx.train import Schedule
+from geta_onnx.train.checkpoint import load, save
 from tests.optim.test_qasso import _setup
 
 STEPS = 60  # 3 pruning periods of 8 steps: [18, 42)
@@ -143,6 +145,7 @@ def test_end_check_falls_back_to_the_last_state_within_the_tolerance():
     assert end["action"].startswith("fell back") and end["fallback_period"] == 2
     assert end["drop"] == pytest.approx(0.5) and end["drop_after"] == pytest.approx(0.005)
     assert "fell back" in guard.summary()["why"]
+    assert guard.summary()["cost"]["checks"] == 6  # every score counted: 4 checks, the end's, the fallback's
     state = module.state_dict()
     for key, value in good.items():  # weights, q_m and statistics bitwise; d follows the re-frozen widths
         if not key.endswith(".d"):
@@ -521,3 +524,136 @@ def test_a_start_check_that_misses_gets_a_retry_before_the_float_fallback():
         _train(module, opt, layers, STEPS, hooks=[guard])
     assert [h["action"] for h in guard.history] == ["retry after 3 recovery steps", "start"]
     assert not opt.zeroed
+
+
+# ---- the cool-down probe ([prune] guard_probe) ------------------------------------------------------
+PROBE = 51  # the probe's step: half of the cool-down [42, 60) in
+
+
+def _probe_guard(opt, stages, score, tolerance=0.05):
+    return QualityGuard(opt, stages, score, baseline=1.0, tolerance=tolerance, metric="accuracy", probe_step=PROBE)
+
+
+def _zeroed_by_step(opt, drops):
+    """A scripted score (quality 1 - drops[step_count], else 1) that also records the zeroed
+    groups and the module's state at each check."""
+    seen = {}
+
+    def score():
+        seen[opt.step_count] = (set(opt.zeroed), copy.deepcopy(opt.module.state_dict()))
+        return 1.0 - drops.get(opt.step_count, 0.0)
+    return score, seen
+
+
+def test_probe_lets_commits_that_miss_go_on_and_keeps_the_budget_when_it_passes():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.1, COMMITS[1]: 0.2, COMMITS[2]: 0.3, PROBE: 0.03})
+    guard = _probe_guard(opt, stages, score)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()
+    assert [h["action"] for h in guard.history] == ["kept"] + [QualityGuard._probe_action] * 3 + ["kept"]
+    assert guard.history[-1]["probe"] and guard.history[-1]["step"] == PROBE
+    assert opt.zeroed == seen[COMMITS[2]][0] and len(opt.zeroed) == opt.target_groups  # the whole budget
+    assert not guard.starts and guard.summary()["why"].startswith("the cool-down probe (step 51) met")
+
+
+def test_probe_that_misses_goes_back_to_the_structure_its_recovery_predicts_within_the_tolerance():
+    """Commit drops 0.02, 0.1, 0.3; the probe measures 0.15, half the last commit's: the
+    predictions are 0.01, 0.05 and 0.15, so the run goes back to the state after period 2
+    (0.05 meets a 0.05 tolerance), bitwise but d re-frozen, and trains it to the end."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.02, COMMITS[1]: 0.1, COMMITS[2]: 0.3, PROBE: 0.15})
+    guard = _probe_guard(opt, stages, score)
+    after = {}
+
+    class Catch:  # the state right after the probe's rollback
+        def before_step(self, step):
+            if step == PROBE:
+                after.update(zeroed=set(opt.zeroed), state=copy.deepcopy(module.state_dict()))
+
+        def after_step(self, step, loss):
+            return {}
+
+    _train(module, opt, layers, STEPS, hooks=[guard, Catch()])
+    probe = guard.history[-1]
+    assert probe["probe"] and probe["action"] == "rolled back to the structure after period 2"
+    assert probe["recovery_left"] == pytest.approx(0.5) and probe["predicted_drop"] == pytest.approx(0.05)
+    assert after["zeroed"] == seen[COMMITS[1]][0] == opt.zeroed and opt.frozen
+    for key, value in seen[COMMITS[1]][1].items():  # the state the commit check scored, d re-frozen
+        if not key.endswith(".d") and "frozen_bits" not in key:
+            assert torch.equal(value, after["state"][key]), key
+    for layer in layers:  # bits frozen again from the snapshot's widths
+        bits = layer.quantizer.frozen_bits
+        assert torch.equal(bits, bits.round()) and bool(((bits >= layer.low) & (bits <= layer.high)).all())
+    assert guard.good["period"] == 0  # period 1's commit met the tolerance (0.02), period 2's did not
+    assert "rolled back to it" in guard.summary()["why"] and guard.summary()["stopped_at_period"] is None
+    assert not guard.starts  # the snapshots are released after the probe
+
+
+def test_probe_goes_back_to_the_unpruned_model_when_no_commit_is_predicted_within():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, _ = _zeroed_by_step(opt, {COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.4})
+    guard = _probe_guard(opt, stages, score)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert guard.history[-1]["action"] == "rolled back to the unpruned structure" and not opt.zeroed
+    assert guard.history[-1]["recovery_left"] == 1.0  # nothing recovered: the commit drops are the predictions
+
+
+def test_probe_step_is_a_share_of_the_cool_down_and_off_without_one():
+    from geta_onnx.config import PruneConfig
+    from geta_onnx.guarding import probe_step, recovery_steps
+
+    _, _, _, stages = _setup(sparsity=0.5, steps=STEPS)  # cool-down [42, 60)
+    probe = PruneConfig(0.5, max_quality_drop=0.01, guard_probe=0.5, guard_recovery=0.5)
+    assert probe_step(probe, stages) == PROBE and probe_step(PruneConfig(0.5, max_quality_drop=0.01), stages) is None
+    assert probe_step(PruneConfig(0.5, max_quality_drop=0.01, guard_probe=0.99), stages) == 59  # one step after it
+    assert recovery_steps(probe, stages) == 0  # with a probe, commits are scored at once (no recovery steps)
+    no_cooldown = Schedule(42, 10, warmup_steps=6, projection_steps=12, projection_periods=4, pruning_start=18,
+                           pruning_steps=24, pruning_periods=3)
+    assert probe_step(probe, no_cooldown) is None
+
+
+def test_resume_before_the_probe_is_bit_identical(tmp_path):
+    drops = {COMMITS[0]: 0.02, COMMITS[1]: 0.1, COMMITS[2]: 0.3, PROBE: 0.15}
+
+    def run(steps, start=0, state=None):
+        return _guarded_run(steps, lambda opt, stages: _probe_guard(opt, stages, _drop_by_step(opt, drops)),
+                            start=start, state=state)
+
+    module, opt, guard = run(STEPS)
+    m2, o2, g2 = run(46)  # in the cool-down, the probe ahead: the period starts' snapshots saved
+    assert len(g2.starts) == 3
+    # through the checkpoint file (no pickle): the snapshots survive as tensors
+    path = save(tmp_path / "ckpt.safetensors", {"m": m2.state_dict(), "o": o2.state_dict(), "g": g2.state_dict()})
+    saved = load(path)
+    state = (saved["m"], saved["o"], saved["g"])
+    m3, o3, g3 = run(STEPS, start=46, state=state)
+    assert o3.zeroed == opt.zeroed and g3.history == guard.history
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, m3.state_dict()[key]), key
+
+
+def test_with_a_probe_a_start_check_that_misses_does_not_stop_the_run():
+    """At the start check quantization-aware training is only a few steps in: with a probe, a
+    miss there is recorded, the pruning goes on, and the probe decides; the end check reports
+    a final miss when no state was ever found within the tolerance."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, seen = _zeroed_by_step(opt, {18: 0.1, COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.04,
+                                        STEPS: 0.03})
+    guard = _probe_guard(opt, stages, score)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()
+    assert [h["action"] for h in guard.history] == [QualityGuard._probe_action] * 4 + ["kept"]
+    assert opt.zeroed == seen[COMMITS[2]][0] and guard.end["action"] == "kept"
+
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, _ = _zeroed_by_step(opt, {18: 0.1, COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.4,
+                                     STEPS: 0.1})
+    guard = _probe_guard(opt, stages, score)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()
+    assert guard.history[-1]["action"] == "rolled back to the unpruned structure" and not opt.zeroed
+    assert guard.good is None and guard.export_fallback() is None
+    assert guard.end["action"] == "missed; no state within the tolerance to fall back to"
+    why = guard.summary()["why"]
+    assert "no pruned structure was predicted within it" in why and "the final model missed it too" in why
