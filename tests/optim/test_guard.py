@@ -637,21 +637,20 @@ def test_with_a_probe_a_start_check_that_misses_does_not_stop_the_run():
     """At the start check quantization-aware training is only a few steps in: with a probe, a
     miss there is recorded, the pruning goes on, and the probe decides; the end check reports
     a final miss when no state was ever found within the tolerance."""
-    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
-    score, seen = _zeroed_by_step(opt, {18: 0.1, COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.04,
-                                        STEPS: 0.03})
-    guard = _probe_guard(opt, stages, score)
-    _train(module, opt, layers, STEPS, hooks=[guard])
-    guard.finish()
+    def run(probe_drop, end_drop):  # the start check and every commit miss the 0.05 tolerance
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+        score, seen = _zeroed_by_step(opt, {18: 0.1, COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4,
+                                            PROBE: probe_drop, STEPS: end_drop})
+        guard = _probe_guard(opt, stages, score)
+        _train(module, opt, layers, STEPS, hooks=[guard])
+        guard.finish()
+        return opt, guard, seen
+
+    opt, guard, seen = run(0.04, 0.03)
     assert [h["action"] for h in guard.history] == [QualityGuard._probe_action] * 4 + ["kept"]
     assert opt.zeroed == seen[COMMITS[2]][0] and guard.end["action"] == "kept"
 
-    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
-    score, _ = _zeroed_by_step(opt, {18: 0.1, COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.4,
-                                     STEPS: 0.1})
-    guard = _probe_guard(opt, stages, score)
-    _train(module, opt, layers, STEPS, hooks=[guard])
-    guard.finish()
+    opt, guard, _ = run(0.4, 0.1)
     assert guard.history[-1]["action"] == "rolled back to the unpruned structure" and not opt.zeroed
     assert guard.good is None and guard.export_fallback() is None
     assert guard.end["action"] == "missed; no state within the tolerance to fall back to"
