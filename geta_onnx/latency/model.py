@@ -96,7 +96,7 @@ class LatencyModel:
         self.layers_float_ms = full.layers_ms("float")
         self.scale, self.remainder = {}, {}
         for form, layers_ms, whole in (("float", self.layers_float_ms, original_ms),
-                                       ("int8", float(full.t_deployed.sum()), int8_original_ms)):
+                                       ("int8", full.layers_ms("int8"), int8_original_ms)):
             if whole is None:  # no int8 reference: the int8 layers as measured, the float model's rest
                 self.scale[form], self.remainder[form] = 1.0, self.remainder["float"]
             elif layers_ms > whole:

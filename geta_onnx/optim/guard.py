@@ -171,15 +171,17 @@ class QualityGuard:
                 f"{h['quality']:.4f} {self.metric} on the guard's held-out batches, {h['drop']:.4f} below the "
                 f"original's {self.baseline:.4f} (tolerance {self.tolerance:g}){tried}; allow a larger drop, "
                 "train longer, or widen the bit ranges (--weight-bits, --act-bits)")
-        within = self.history[-1]["action"] == "kept"  # with a probe, a commit that missed goes on too
-        if not within:
-            self.snap = self.opt.snapshot()
-        elif self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
-            self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": self.history[-1]["period"]}
+        last = self.history[-1]
+        within = last["action"] == "kept"  # with a probe, a commit that missed goes on too
         if within:
+            if self.good is None or self.good["step"] != step - 1:  # else: taken after the last check, one step ago
+                self.good = {"state": self.opt.snapshot(), "step": step - 1, "period": last["period"]}
             self.snap = self.good["state"]  # the state the last check scored: within the tolerance
+        else:
+            self.snap = self.opt.snapshot()
         if self.probe_step is not None:
-            self.starts.append({"period": info.period, "step": step - 1, "within": within, "state": self.snap})
+            self.starts.append({"period": info.period, "step": step - 1, "drop": last["drop"], "within": within,
+                                "state": self.snap})
 
     def _check_start(self) -> str:
         """The check before the first removal of the quantized, unpruned model: "kept", "over"
@@ -294,16 +296,14 @@ class QualityGuard:
         else:
             left = self.history[-2]["drop"]
             h["recovery_left"] = h["drop"] / left if left > h["drop"] else 1.0
-            # the drop before each start: its period's commit check (period 0: the start check)
-            before = {start["period"]: next(c["drop"] for c in reversed(self.history[:-1])
-                                            if c["period"] == start["period"] - 1) for start in self.starts}
-            fits = [start for start in self.starts
-                    if max(before[start["period"]], 0.0) * h["recovery_left"] <= self.tolerance]
+            # each start's drop: the check before it (its period's commit; period 0: the start check)
+            fits = [st for st in self.starts if max(st["drop"], 0.0) * h["recovery_left"] <= self.tolerance]
             target = distributed.agree(fits[-1]["period"] if fits else self.starts[0]["period"])
             start = next(st for st in self.starts if st["period"] == target)
-            h["predicted_drop"] = max(before[target], 0.0) * h["recovery_left"]
+            h["predicted_drop"] = max(start["drop"], 0.0) * h["recovery_left"]
             self.opt.fall_back(start["state"])
-            h.update(action=f"rolled back to {_after(target - 1)}", removed_after=len(self.opt.zeroed))
+            h.update(action=f"rolled back to {_after(target - 1)}", back_to_period=target - 1,
+                     removed_after=len(self.opt.zeroed))
             kept = [st for st in self.starts if st["within"] and st["period"] <= target]
             self.good = ({"state": kept[-1]["state"], "step": kept[-1]["step"], "period": kept[-1]["period"] - 1}
                          if kept else None)  # None: no check before the probe met the tolerance
@@ -403,14 +403,15 @@ class QualityGuard:
         if probe is not None:
             stopped = None
             at = f"the cool-down probe (step {probe['step']})"
-            target = probe["action"][len("rolled back to "):]
             if probe["action"] == "kept":
                 why = f"{at} met the tolerance: the budget bounded the removal"
             elif probe["predicted_drop"] <= self.tolerance:
                 why = (f"{at} missed it; with {probe['recovery_left']:.0%} of the last commit's drop left there, "
-                       f"{target} was predicted within it ({probe['predicted_drop']:+.4f}): rolled back to it")
+                       f"{_after(probe['back_to_period'])} was predicted within it ({probe['predicted_drop']:+.4f}): "
+                       "rolled back to it")
             else:
-                why = f"{at} missed it, and no pruned structure was predicted within it: rolled back to {target}"
+                why = (f"{at} missed it, and no pruned structure was predicted within it: rolled back to "
+                       f"{_after(probe['back_to_period'])}")
         elif stopped is not None:
             why = f"period {stopped + 1} dropped the quality past the tolerance{after}: rolled back"
         else:
