@@ -116,19 +116,19 @@ class ScheduleConfig:
     span K_b steps, joint pruning [S_p, S_p + K_p) in P periods, cool-down after.
 
     The defaults are a fine-tuning schedule: the input is a trained model and the run is a few
-    epochs, so pruning is done by 35 % of the steps and the final structure trains for the other
-    65 % (the paper's schedule, warmup 0.1, projection 0.2, pruning_start 0.3, pruning 0.4, gave
+    epochs, so pruning is done by 22 % of the steps and the final structure trains for the other
+    78 % (the paper's schedule, warmup 0.1, projection 0.2, pruning_start 0.3, pruning 0.4, gave
     the final structure 30 %; docs/algorithm.md section 3 has the measurements)."""
 
     epochs: int = 0  # 0: chosen from min_steps / max_epochs and the data size
     steps: int = 0  # > 0: total optimizer steps (overrides epochs)
     min_steps: int = 2000  # automatic length: enough epochs for at least this many steps...
     max_epochs: int = 100  # ...but never more epochs than this
-    warmup: float = 0.05  # S_b / total
-    projection: float = 0.1  # K_b / total
+    warmup: float = 0.02  # S_b / total
+    projection: float = 0.05  # K_b / total
     projection_periods: int = 5  # B
-    pruning_start: float = 0.15  # S_p / total
-    pruning: float = 0.2  # K_p / total
+    pruning_start: float = 0.07  # S_p / total
+    pruning: float = 0.15  # K_p / total
     pruning_periods: int = 5  # P
 
     def __post_init__(self):
@@ -227,6 +227,10 @@ class PruneConfig:
     # back to for the rest of the cool-down (docs/guard.md, "The cool-down probe"). 0: each commit decides
     # (guard_retry, guard_recovery)
     guard_probe: float = 0.0
+    # where the probe goes back: true keeps the cool-down's training of the kept groups and regrows the
+    # removed ones from their last values before removal; false restores the whole state of that period's
+    # start, discarding the training since (docs/guard.md, "The cool-down probe")
+    guard_regrow: bool = True
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
     # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
     guard_float_layers: int = 8

@@ -115,4 +115,4 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
                         samples=samples, rank_score=lambda: -score(few, "loss"),
                         retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry),
-                        probe_step=probe_step(prune, sched))
+                        probe_step=probe_step(prune, sched), regrow=prune.guard_regrow)

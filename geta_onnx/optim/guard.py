@@ -70,7 +70,7 @@ class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
                  floated: dict | None = None, samples: int | None = None, retry_steps: int = 0,
-                 rank_score=None, probe_step: int | None = None):
+                 rank_score=None, probe_step: int | None = None, regrow: bool = True):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
@@ -83,7 +83,8 @@ class QualityGuard:
         negated held-out loss on fewer batches: continuous, so it does not tie as accuracy on a
         few batches does); its cumulative checks use `score` (default: `score` for both).
         `probe_step`: the cool-down step before which the probe scores the structure (None: the
-        commits decide, as above; see _probe)."""
+        commits decide, as above; see _probe). `regrow`: the probe goes back by QASSO.regrow
+        (the training since kept), else by QASSO.fall_back (the period start's whole state)."""
         self.opt, self.schedule, self.score = opt, schedule, score
         self.baseline, self.tolerance, self.metric = baseline, tolerance, metric
         self.layer_quantizers, self.max_float = layer_quantizers or {}, max_float
@@ -96,7 +97,7 @@ class QualityGuard:
                 self._modules[name] = q
         self.floated, self.samples, self.retry_steps = floated, samples, retry_steps
         self.rank_score = rank_score or score
-        self.probe_step = probe_step
+        self.probe_step, self.regrow = probe_step, regrow
         # with a probe: the state at each pruning period's start, the probe's rollback targets:
         # [{"period", "step": taken after this step, "within": its last check met the tolerance, "state"}]
         self.starts: list[dict] = []
@@ -186,7 +187,7 @@ class QualityGuard:
     def _check_start(self) -> str:
         """The check before the first removal of the quantized, unpruned model: "kept", "over"
         the tolerance, or "retry". A first miss gets a retry, as a commit's does: with the
-        default schedule quantization-aware training is only 15 % in here, and the first
+        default schedule quantization-aware training is only 7 % in here, and the first
         period's removal waits `retry_steps` more steps of it."""
         retried = self.history[-1] if self.history else None
         over = self._check(-1, "start")
@@ -301,8 +302,13 @@ class QualityGuard:
             target = distributed.agree(fits[-1]["period"] if fits else self.starts[0]["period"])
             start = next(st for st in self.starts if st["period"] == target)
             h["predicted_drop"] = max(start["drop"], 0.0) * h["recovery_left"]
-            self.opt.fall_back(start["state"])
-            h.update(action=f"rolled back to {_after(target - 1)}", back_to_period=target - 1,
+            if self.regrow:  # each removed group from the last start before its removal
+                h["regrown"] = len(self.opt.regrow(start["state"], [st["state"] for st in self.starts
+                                                                     if st["period"] >= target]))
+            else:
+                self.opt.fall_back(start["state"])
+            regrown = f" ({h['regrown']} groups regrown into the trained model)" if "regrown" in h else ""
+            h.update(action=f"rolled back to {_after(target - 1)}{regrown}", back_to_period=target - 1,
                      removed_after=len(self.opt.zeroed))
             kept = [st for st in self.starts if st["within"] and st["period"] <= target]
             self.good = ({"state": kept[-1]["state"], "step": kept[-1]["step"], "period": kept[-1]["period"] - 1}

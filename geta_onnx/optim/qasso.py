@@ -533,6 +533,41 @@ class QASSO(torch.optim.Optimizer):
         if frozen and not self.frozen:
             self._freeze_bits()
 
+    @torch.no_grad()
+    def regrow(self, snap: dict, sources: list[dict]) -> list[int]:
+        """The cool-down probe's way back (optim.guard): to the structure of `snap` (a pruning
+        period's start), keeping the training since, where fall_back would discard it. The
+        groups removed after `snap` come back with their entries (weights, BatchNorm statistics,
+        the optimizer's moments) from the last of `sources` (period-start snapshots in step
+        order) taken before their removal; every other entry, the quantizers and the frozen bits
+        stay as trained. No more removals. Returns the groups regrown."""
+        keep = set(snap["optimizer"]["qasso"]["zeroed"])
+        back = self.zeroed - keep
+        live = self.module.state_dict(keep_vars=True)  # qualified name -> the live tensor
+        params = [p for group in self.param_groups for p in group["params"]]
+        index_of = {id(p): i for i, p in enumerate(params)}
+        for source in sources:  # in step order: a later source overwrites with later values
+            grown = set(source["optimizer"]["qasso"]["zeroed"])
+            for gid in sorted(back - grown):
+                for m in self._by_id[gid].group.members:
+                    name = self.module.tensor_of.get(m.tensor)
+                    if name not in live:
+                        continue
+                    tensor = live[name]
+                    index = torch.tensor(m.indices, dtype=torch.long, device=tensor.device)
+                    was = source["module"][name].to(tensor.device)
+                    tensor.data.index_copy_(m.axis, index, was.index_select(m.axis, index))
+                    moments = source["optimizer"]["state"].get(index_of.get(id(tensor), -1), {})
+                    for key, value in self.state.get(tensor, {}).items():
+                        if torch.is_tensor(value) and value.shape == tensor.shape and key in moments:
+                            value.index_copy_(m.axis, index, moments[key].to(value.device).index_select(m.axis, index))
+        self.zeroed, self.redundant = keep, []
+        self.masks = ZeroMasks()
+        for gid in self.zeroed:
+            self.masks.add(self._by_id[gid])
+        self.stopped, self.planned = True, len(self.zeroed)
+        return sorted(back)
+
     # ---- persistence --------------------------------------------------------------------
     def state_dict(self):
         state = super().state_dict()

@@ -39,6 +39,11 @@ def test_page_and_plot(tmp_path):
     assert "![quality vs latency](benchmarks/fmnist_pareto.png)" in text
     assert "geta-onnx compress m.onnx" in text
     assert "Not run yet: `python tools/benchmarks/run.py crepe`" in text
+    assert "geta-onnx schedule" not in text  # rows made before their reports' schedule was kept: no claim
+    result["rows"][-1]["report"] = {"schedule": {"warmup": 0.02, "projection": 0.05, "pruning_start": 0.07,
+                                                 "pruning": 0.15}}
+    text = report.render({"fmnist": result}, "benchmarks")
+    assert "- geta-onnx schedule: pruning done by 22% of the steps (warm-up 0.02, projection 0.05" in text
     png = tmp_path / "p.png"
     report.pareto_png(result, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

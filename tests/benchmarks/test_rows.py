@@ -37,3 +37,31 @@ def test_l1_rows_reuse_only_the_same_settings(tmp_path, monkeypatch):
     bench.model.write_bytes(b"fp32 v2")  # the fp32 original trained again at the same path: made again
     rows.l1_rows(bench, tmp_path, 1200, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
     assert calls[9:] == ["prune", "finetune", "ptq"]
+
+
+def test_geta_rows_reuse_only_the_same_command_and_defaults(tmp_path, monkeypatch):
+    """A geta-onnx row is made again when the package's defaults (its schedule) changed, though
+    the command is the same; its row keeps the schedule the run trained with."""
+    import json
+
+    runs = []
+
+    def compress(cmd, **kwargs):  # stands in for the geta-onnx subprocess: writes the report
+        runs.append(cmd)
+        out = cmd[cmd.index("-o") + 1]
+        report = {"accuracy": {"original": 0.9, "compressed": 0.89}, "wall_time_s": {"train": 10.0, "export": 1.0},
+                  "settings": {"schedule": {"warmup": 0.02, "projection": 0.05, "pruning_start": 0.07,
+                                            "pruning": 0.15, "pruning_periods": 5}}}
+        open(out.replace(".onnx", ".report.json"), "w").write(json.dumps(report))
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(rows.subprocess, "run", compress)
+    bench = SimpleNamespace(model="m.onnx", data_spec="npz:d.npz", epochs=1, batch_size=8, geta_lr=None,
+                            geta_config=None, data=SimpleNamespace(has_labels=True))
+    made = rows.geta_row(bench, tmp_path, rows.Budget("3x"), log=lambda *_: None)
+    assert made["report"]["schedule"] == {"warmup": 0.02, "projection": 0.05, "pruning_start": 0.07, "pruning": 0.15}
+    rows.geta_row(bench, tmp_path, rows.Budget("3x"), log=lambda *_: None, reuse=True)
+    assert len(runs) == 1  # the same command and defaults: reused
+    monkeypatch.setattr(rows, "geta_defaults", lambda: {"schedule": {"warmup": 0.05}})
+    rows.geta_row(bench, tmp_path, rows.Budget("3x"), log=lambda *_: None, reuse=True)
+    assert len(runs) == 2  # another default schedule: made again

@@ -49,7 +49,9 @@ def synthetic_latency_model(model, plan, qadg) -> LatencyModel:
 
 
 def latency_qasso(module, plan, qadg, config, lm, budget, steps=30, selection="count"):
-    """QASSO under a latency budget of `budget` ms on `lm`, 2 projection and 2 pruning periods in `steps`."""
-    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2))
+    """QASSO under a latency budget of `budget` ms on `lm`, 2 projection and 2 pruning periods in `steps`
+    (pruning [0.15, 0.35) of them: 3-step periods in 30 steps, whatever the default schedule)."""
+    stages = Schedule.from_config(steps, ScheduleConfig(steps=steps, projection_periods=2, pruning_periods=2,
+                                                        warmup=0.05, projection=0.1, pruning_start=0.15, pruning=0.2))
     return QASSO(module, qadg, quant_targets(plan, config), stages, lr=0.01, base="adam", target_sparsity=None,
                  group_divisible=1, target_latency_ms=budget, latency=lm, latency_selection=selection)

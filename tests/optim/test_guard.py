@@ -530,8 +530,9 @@ def test_a_start_check_that_misses_gets_a_retry_before_the_float_fallback():
 PROBE = 51  # the probe's step: half of the cool-down [42, 60) in
 
 
-def _probe_guard(opt, stages, score, tolerance=0.05):
-    return QualityGuard(opt, stages, score, baseline=1.0, tolerance=tolerance, metric="accuracy", probe_step=PROBE)
+def _probe_guard(opt, stages, score, tolerance=0.05, regrow=True):
+    return QualityGuard(opt, stages, score, baseline=1.0, tolerance=tolerance, metric="accuracy", probe_step=PROBE,
+                        regrow=regrow)
 
 
 def _zeroed_by_step(opt, drops):
@@ -560,10 +561,11 @@ def test_probe_lets_commits_that_miss_go_on_and_keeps_the_budget_when_it_passes(
 def test_probe_that_misses_goes_back_to_the_structure_its_recovery_predicts_within_the_tolerance():
     """Commit drops 0.02, 0.1, 0.3; the probe measures 0.15, half the last commit's: the
     predictions are 0.01, 0.05 and 0.15, so the run goes back to the state after period 2
-    (0.05 meets a 0.05 tolerance), bitwise but d re-frozen, and trains it to the end."""
+    (0.05 meets a 0.05 tolerance); without regrowth bitwise that state but d re-frozen, and
+    trains it to the end."""
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
     score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.02, COMMITS[1]: 0.1, COMMITS[2]: 0.3, PROBE: 0.15})
-    guard = _probe_guard(opt, stages, score)
+    guard = _probe_guard(opt, stages, score, regrow=False)
     after = {}
 
     class Catch:  # the state right after the probe's rollback
@@ -590,12 +592,73 @@ def test_probe_that_misses_goes_back_to_the_structure_its_recovery_predicts_with
     assert not guard.starts  # the snapshots are released after the probe
 
 
+class _StateAt:
+    """A hook that copies the module's state, the optimizer's per-parameter state and the
+    period starts' snapshots before `step` (placed before or after the guard in the hooks)."""
+
+    def __init__(self, opt, step, guard=None):
+        self.opt, self.step, self.guard, self.state = opt, step, guard, None
+
+    def before_step(self, step):
+        if step == self.step:
+            self.state = copy.deepcopy(self.opt.module.state_dict())
+            self.moments = {id(p): copy.deepcopy(st) for p, st in self.opt.state.items()}
+            self.starts = copy.deepcopy(self.guard.starts) if self.guard is not None else None
+
+    def after_step(self, step, loss):
+        return {}
+
+
+def test_probe_regrows_the_removed_groups_into_the_cool_down_trained_model():
+    """Commit drops 0.02, 0.2, 0.3 and a probe at 0.15: back to the structure after period 1.
+    The groups removed in periods 2 and 3 come back with their entries (weights and moments)
+    from the start of the period that removed them; every other entry (weights, quantizers,
+    frozen bits) stays as the cool-down trained it; the regrown groups train on, unmasked."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.02, COMMITS[1]: 0.2, COMMITS[2]: 0.3, PROBE: 0.15})
+    guard = _probe_guard(opt, stages, score)
+    before, after = _StateAt(opt, PROBE, guard), _StateAt(opt, PROBE)
+    _train(module, opt, layers, STEPS, hooks=[before, guard, after])
+    probe = guard.history[-1]
+    assert probe["action"] == f"rolled back to the structure after period 1 ({probe['regrown']} groups regrown " \
+                              "into the trained model)"
+    assert opt.zeroed == seen[COMMITS[0]][0] and opt.stopped and opt.frozen
+    removed_in = {1: seen[COMMITS[1]][0] - seen[COMMITS[0]][0], 2: seen[COMMITS[2]][0] - seen[COMMITS[1]][0]}
+    assert all(removed_in.values()) and probe["regrown"] == len(removed_in[1] | removed_in[2])
+    expected = copy.deepcopy(before.state)
+    params = dict(module.named_parameters())
+    moments = {}  # (parameter name, moment) -> its expected value after the regrowth
+    for period, groups in removed_in.items():
+        start = next(st for st in before.starts if st["period"] == period)
+        source = start["state"]
+        assert source["optimizer"]["qasso"]["zeroed"] == sorted(seen[COMMITS[period - 1]][0])
+        index_of = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+        for gid in groups:
+            for m in opt._by_id[gid].group.members:
+                name = module.tensor_of[m.tensor]
+                index = torch.tensor(m.indices)
+                expected[name].index_copy_(m.axis, index, source["module"][name].index_select(m.axis, index))
+                if name in params:
+                    mine = before.moments[id(params[name])]["momentum_buffer"]
+                    was = source["optimizer"]["state"][index_of[id(params[name])]]["momentum_buffer"]
+                    value = moments.setdefault(name, mine.clone())
+                    value.index_copy_(m.axis, index, was.index_select(m.axis, index))
+    for key, value in expected.items():
+        assert torch.equal(value, after.state[key]), key
+    for name, value in moments.items():
+        assert torch.equal(value, after.moments[id(params[name])]["momentum_buffer"]), name
+    regrown = removed_in[1] | removed_in[2]
+    assert all(norm > 0 for norm in _norms(opt, regrown).values())  # trained on to the end, not masked
+    assert all(norm == 0 for norm in _norms(opt, opt.zeroed).values())
+
+
 def test_probe_goes_back_to_the_unpruned_model_when_no_commit_is_predicted_within():
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
     score, _ = _zeroed_by_step(opt, {COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.4})
     guard = _probe_guard(opt, stages, score)
     _train(module, opt, layers, STEPS, hooks=[guard])
-    assert guard.history[-1]["action"] == "rolled back to the unpruned structure" and not opt.zeroed
+    assert guard.history[-1]["action"] == (f"rolled back to the unpruned structure ({opt.target_groups} groups "
+                                           "regrown into the trained model)") and not opt.zeroed
     assert guard.history[-1]["recovery_left"] == 1.0  # nothing recovered: the commit drops are the predictions
 
 
@@ -651,7 +714,8 @@ def test_with_a_probe_a_start_check_that_misses_does_not_stop_the_run():
     assert opt.zeroed == seen[COMMITS[2]][0] and guard.end["action"] == "kept"
 
     opt, guard, _ = run(0.4, 0.1)
-    assert guard.history[-1]["action"] == "rolled back to the unpruned structure" and not opt.zeroed
+    assert guard.history[-1]["action"] == (f"rolled back to the unpruned structure ({opt.target_groups} groups "
+                                           "regrown into the trained model)") and not opt.zeroed
     assert guard.good is None and guard.export_fallback() is None
     assert guard.end["action"] == "missed; no state within the tolerance to fall back to"
     why = guard.summary()["why"]

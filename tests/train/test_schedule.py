@@ -20,16 +20,16 @@ def test_automatic_length_reaches_min_steps_and_is_capped():
 
 
 def test_default_stages_in_order_with_even_periods():
-    # 2000 steps: warm-up 100, projection 200 (5 x 40), pruning 400 (5 x 80), cool-down 1300 (65 %)
+    # 2000 steps: warm-up 40, projection 100 (5 x 20), pruning 300 (5 x 60), cool-down 1560 (78 %)
     s = Schedule.from_config(100)
     names = [s.stage(k).name for k in range(s.total_steps)]
-    assert names == ["warmup"] * 100 + ["projection"] * 200 + ["pruning"] * 400 + ["cooldown"] * 1300
+    assert names == ["warmup"] * 40 + ["projection"] * 100 + ["pruning"] * 300 + ["cooldown"] * 1560
     counts = Counter((st.name, st.period) for st in map(s.stage, range(s.total_steps)))
-    assert [counts[("projection", p)] for p in range(5)] == [40] * 5
-    assert [counts[("pruning", p)] for p in range(5)] == [80] * 5
-    first, last = s.stage(300), s.stage(699)
-    assert (first.period, first.step_in_period, first.period_steps) == (0, 0, 80)
-    assert (last.period, last.step_in_period, last.period_steps) == (4, 79, 80)
+    assert [counts[("projection", p)] for p in range(5)] == [20] * 5
+    assert [counts[("pruning", p)] for p in range(5)] == [60] * 5
+    first, last = s.stage(140), s.stage(439)
+    assert (first.period, first.step_in_period, first.period_steps) == (0, 0, 60)
+    assert (last.period, last.step_in_period, last.period_steps) == (4, 59, 60)
     assert s.stage(5000).name == "cooldown" and s.epochs == 20
 
 

@@ -150,6 +150,23 @@ def fp32_training_line(result: dict) -> list[str]:
             f"{_fmt_time(fp32)}" + (f"; geta-onnx compression time over it: {ratios}" if ratios else "")]
 
 
+def schedule_line(result: dict) -> list[str]:
+    """The geta-onnx rows' training schedule, from their reports: where pruning ended, as a share
+    of the steps (the rest trains the final structure); nothing for rows made before the report
+    summary kept it."""
+    seen = {json.dumps(r["report"]["schedule"], sort_keys=True) for r in result["rows"]
+            if r["kind"] == "geta" and "schedule" in r.get("report", {})}
+    if not seen:
+        return []
+    parts = []
+    for text in sorted(seen):
+        sc = json.loads(text)
+        parts.append(f"pruning done by {sc['pruning_start'] + sc['pruning']:.0%} of the steps (warm-up "
+                     f"{sc['warmup']:g}, projection {sc['projection']:g}, pruning from {sc['pruning_start']:g} for "
+                     f"{sc['pruning']:g})")
+    return ["- geta-onnx schedule: " + "; ".join(parts)]
+
+
 def model_section(result: dict, png: str) -> str:
     env, lat, s = result["environment"], result["latency"], result["settings"]
     out = [f"## {result['title']}", ""]
@@ -174,6 +191,7 @@ def model_section(result: dict, png: str) -> str:
             f"[{section}] " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
             for section, values in s["geta_config"].items()))
     out += fp32_training_line(result)
+    out += schedule_line(result)
     out += [f"- {n}" for n in result.get("notes", [])]
     if result.get("findings"):  # MODEL.findings.md beside the JSON: what the numbers mean, written by hand
         out += ["", "### Findings", "", result["findings"].strip()]

@@ -99,7 +99,8 @@ def geta_row(bench: Bench, work: Path, budget: Budget, log=print, reuse: bool = 
     cmd, out = geta_command(bench, work, budget)
     stamp = out.with_suffix(".cmd.json")
     report_path = out.with_suffix(".report.json")
-    earlier = _earlier(stamp, "command", cmd, (report_path,)) if reuse else None
+    key = {"command": cmd, "defaults": geta_defaults()}
+    earlier = _earlier(stamp, "key", key, (report_path,)) if reuse else None
     if earlier is not None:
         log("  reusing the output of the same command: " + str(out))
         total = earlier["seconds"]
@@ -112,7 +113,7 @@ def geta_row(bench: Bench, work: Path, budget: Budget, log=print, reuse: bool = 
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"geta-onnx compress failed (exit {proc.returncode}):\n{tail}")
-        stamp.write_text(json.dumps({"command": cmd, "seconds": total}))
+        stamp.write_text(json.dumps({"key": key, "seconds": total}))
     report = json.loads(report_path.read_text())
     return row(f"geta-{budget.tag}", f"geta-onnx {budget.label}", out, "geta",
                compression_seconds(report, total), command=_display(cmd), command_seconds=total,
@@ -184,7 +185,23 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
 def _report_summary(report: dict) -> dict:
     keys = ("accuracy", "fidelity", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity",
             "wall_time_s", "groups", "latency_model")
-    return {k: report[k] for k in keys if k in report}
+    schedule = report.get("settings", {}).get("schedule")  # the stage fractions the run trained with
+    return {**{k: report[k] for k in keys if k in report},
+            **({"schedule": {k: schedule[k] for k in SCHEDULE_KEYS}} if schedule else {})}
+
+
+SCHEDULE_KEYS = ("warmup", "projection", "pruning_start", "pruning")
+
+
+def geta_defaults() -> dict:
+    """The settings geta-onnx compress takes when the command gives none (geta_onnx.config): an
+    earlier output is reused only when they are the same, since a changed default (the schedule)
+    changes the run that the same command makes."""
+    import dataclasses
+
+    from geta_onnx.config import ScheduleConfig
+
+    return {"schedule": dataclasses.asdict(ScheduleConfig())}
 
 
 def _display(cmd: list[str]) -> str:

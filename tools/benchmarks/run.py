@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--l1-macs", default="0.55", help="without geta rows: L1 MAC targets as fractions of the "
                                                      "original, one per budget or one for all (default 0.55)")
     p.add_argument("--unit", type=int, default=16, help="L1 kept widths: multiples of this (default 16)")
-    p.add_argument("--reuse", action="store_true", help="keep geta-onnx outputs made by the same command earlier, and L1 "
+    p.add_argument("--reuse", action="store_true", help="keep geta-onnx outputs made by the same command (and "
+                   "the same geta-onnx defaults) earlier, and L1 "
                    "models made with the same settings")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads (default 2)")
     p.add_argument("--fp32-onnx", help="fmnist: this trained fp32 model instead of training one")
