@@ -302,13 +302,14 @@ class QualityGuard:
             target = distributed.agree(fits[-1]["period"] if fits else self.starts[0]["period"])
             start = next(st for st in self.starts if st["period"] == target)
             h["predicted_drop"] = max(start["drop"], 0.0) * h["recovery_left"]
+            how = ""
             if self.regrow:  # each removed group from the last start before its removal
                 h["regrown"] = len(self.opt.regrow(start["state"], [st["state"] for st in self.starts
                                                                      if st["period"] >= target]))
+                how = f" ({h['regrown']} groups regrown into the trained model)"
             else:
                 self.opt.fall_back(start["state"])
-            regrown = f" ({h['regrown']} groups regrown into the trained model)" if "regrown" in h else ""
-            h.update(action=f"rolled back to {_after(target - 1)}{regrown}", back_to_period=target - 1,
+            h.update(action=f"rolled back to {_after(target - 1)}{how}", back_to_period=target - 1,
                      removed_after=len(self.opt.zeroed))
             kept = [st for st in self.starts if st["within"] and st["period"] <= target]
             self.good = ({"state": kept[-1]["state"], "step": kept[-1]["step"], "period": kept[-1]["period"] - 1}

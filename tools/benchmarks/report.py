@@ -21,6 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from tools.benchmarks.models import NAMES  # noqa: E402
+from tools.benchmarks.rows import SCHEDULE_KEYS  # noqa: E402
 
 MARKERS = {"fp32": "o", "int8": "s", "l1": "v", "l1-int8": "D", "geta": "*"}
 KIND_LABELS = {"fp32": "fp32 original", "int8": "int8 PTQ", "l1": "L1 + FT (fp32)", "l1-int8": "L1 + FT + int8 PTQ",
@@ -154,17 +155,11 @@ def schedule_line(result: dict) -> list[str]:
     """The geta-onnx rows' training schedule, from their reports: where pruning ended, as a share
     of the steps (the rest trains the final structure); nothing for rows made before the report
     summary kept it."""
-    seen = {json.dumps(r["report"]["schedule"], sort_keys=True) for r in result["rows"]
-            if r["kind"] == "geta" and "schedule" in r.get("report", {})}
-    if not seen:
-        return []
-    parts = []
-    for text in sorted(seen):
-        sc = json.loads(text)
-        parts.append(f"pruning done by {sc['pruning_start'] + sc['pruning']:.0%} of the steps (warm-up "
-                     f"{sc['warmup']:g}, projection {sc['projection']:g}, pruning from {sc['pruning_start']:g} for "
-                     f"{sc['pruning']:g})")
-    return ["- geta-onnx schedule: " + "; ".join(parts)]
+    seen = sorted({tuple(r["report"]["schedule"][k] for k in SCHEDULE_KEYS) for r in result["rows"]
+                   if r["kind"] == "geta" and "schedule" in r.get("report", {})})
+    parts = [f"pruning done by {start + length:.0%} of the steps (warm-up {warmup:g}, projection {projection:g}, "
+             f"pruning from {start:g} for {length:g})" for warmup, projection, start, length in seen]
+    return ["- geta-onnx schedule: " + "; ".join(parts)] if parts else []
 
 
 def model_section(result: dict, png: str) -> str:

@@ -15,6 +15,7 @@ itself, 0 for fp32), "details" (what the step returned), "command" (geta rows)}.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -182,6 +183,9 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
                 steps + quant["seconds"], details={**details, "ptq": quant})]
 
 
+SCHEDULE_KEYS = ("warmup", "projection", "pruning_start", "pruning")  # the stage fractions a row keeps
+
+
 def _report_summary(report: dict) -> dict:
     keys = ("accuracy", "fidelity", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity",
             "wall_time_s", "groups", "latency_model")
@@ -190,15 +194,11 @@ def _report_summary(report: dict) -> dict:
             **({"schedule": {k: schedule[k] for k in SCHEDULE_KEYS}} if schedule else {})}
 
 
-SCHEDULE_KEYS = ("warmup", "projection", "pruning_start", "pruning")
-
 
 def geta_defaults() -> dict:
     """The settings geta-onnx compress takes when the command gives none (geta_onnx.config): an
     earlier output is reused only when they are the same, since a changed default (the schedule)
     changes the run that the same command makes."""
-    import dataclasses
-
     from geta_onnx.config import ScheduleConfig
 
     return {"schedule": dataclasses.asdict(ScheduleConfig())}
