@@ -543,30 +543,39 @@ class QASSO(torch.optim.Optimizer):
         stay as trained. No more removals. Returns the groups regrown."""
         keep = set(snap["optimizer"]["qasso"]["zeroed"])
         back = self.zeroed - keep
+        last = {}  # group -> index of the last source in which it was still there (sources in step order)
+        for i, source in enumerate(sources):
+            for gid in back - set(source["optimizer"]["qasso"]["zeroed"]):
+                last[gid] = i
         live = self.module.state_dict(keep_vars=True)  # qualified name -> the live tensor
         params = [p for group in self.param_groups for p in group["params"]]
         index_of = {id(p): i for i, p in enumerate(params)}
-        for source in sources:  # in step order: a later source overwrites with later values
-            grown = set(source["optimizer"]["qasso"]["zeroed"])
-            for gid in sorted(back - grown):
-                for m in self._by_id[gid].group.members:
-                    name = self.module.tensor_of.get(m.tensor)
-                    if name not in live:
-                        continue
-                    tensor = live[name]
-                    index = torch.tensor(m.indices, dtype=torch.long, device=tensor.device)
-                    was = source["module"][name].to(tensor.device)
-                    tensor.data.index_copy_(m.axis, index, was.index_select(m.axis, index))
-                    moments = source["optimizer"]["state"].get(index_of.get(id(tensor), -1), {})
-                    for key, value in self.state.get(tensor, {}).items():
-                        if torch.is_tensor(value) and value.shape == tensor.shape and key in moments:
-                            value.index_copy_(m.axis, index, moments[key].to(value.device).index_select(m.axis, index))
+        # latest sources first: an entry two regrown groups share (a conv weight's [out, in] of two removed
+        # channels) ends with the earlier group's source, the last state before either removal zeroed it
+        for gid in sorted(last, key=lambda g: (-last[g], g)):
+            source = sources[last[gid]]
+            for m in self._by_id[gid].group.members:
+                name = self.module.tensor_of.get(m.tensor)
+                if name not in live:
+                    continue
+                tensor = live[name]
+                index = torch.tensor(m.indices, dtype=torch.long, device=tensor.device)
+                was = source["module"][name].to(tensor.device)
+                tensor.data.index_copy_(m.axis, index, was.index_select(m.axis, index))
+                moments = source["optimizer"]["state"].get(index_of.get(id(tensor), -1), {})
+                for key, value in self.state.get(tensor, {}).items():
+                    if torch.is_tensor(value) and value.shape == tensor.shape and key in moments:
+                        value.index_copy_(m.axis, index, moments[key].to(value.device).index_select(m.axis, index))
         self.zeroed, self.redundant = keep, []
+        self._mask_zeroed()
+        self.stopped, self.planned = True, len(self.zeroed)
+        return sorted(back)
+
+    def _mask_zeroed(self) -> None:
+        """Masks of exactly the zeroed groups (after a load or a regrowth changed them)."""
         self.masks = ZeroMasks()
         for gid in self.zeroed:
             self.masks.add(self._by_id[gid])
-        self.stopped, self.planned = True, len(self.zeroed)
-        return sorted(back)
 
     # ---- persistence --------------------------------------------------------------------
     def state_dict(self):
@@ -593,9 +602,7 @@ class QASSO(torch.optim.Optimizer):
         if self.taylor is not None and extra.get("taylor"):
             self.taylor.load_state_dict(extra["taylor"])
         self._follow_device()
-        self.masks = ZeroMasks()
-        for gid in self.zeroed:
-            self.masks.add(self._by_id[gid])
+        self._mask_zeroed()
         if self.latency is not None and extra.get("latency"):
             self.latency.restore(extra["latency"])
         if extra.get("target_latency_ms") is not None:  # a speedup's budget in ms as first measured

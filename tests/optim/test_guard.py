@@ -612,8 +612,9 @@ class _StateAt:
 def test_probe_regrows_the_removed_groups_into_the_cool_down_trained_model():
     """Commit drops 0.02, 0.2, 0.3 and a probe at 0.15: back to the structure after period 1.
     The groups removed in periods 2 and 3 come back with their entries (weights and moments)
-    from the start of the period that removed them; every other entry (weights, quantizers,
-    frozen bits) stays as the cool-down trained it; the regrown groups train on, unmasked."""
+    from the start of the period that removed them (an entry both share: from the earlier one,
+    the last state where it was not zero); every other entry (weights, quantizers, frozen
+    bits) stays as the cool-down trained it; the regrown groups train on, unmasked."""
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
     score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.02, COMMITS[1]: 0.2, COMMITS[2]: 0.3, PROBE: 0.15})
     guard = _probe_guard(opt, stages, score)
@@ -628,7 +629,7 @@ def test_probe_regrows_the_removed_groups_into_the_cool_down_trained_model():
     expected = copy.deepcopy(before.state)
     params = dict(module.named_parameters())
     moments = {}  # (parameter name, moment) -> its expected value after the regrowth
-    for period, groups in removed_in.items():
+    for period, groups in sorted(removed_in.items(), reverse=True):  # an entry two groups share: the earlier source
         start = next(st for st in before.starts if st["period"] == period)
         source = start["state"]
         assert source["optimizer"]["qasso"]["zeroed"] == sorted(seen[COMMITS[period - 1]][0])
