@@ -232,7 +232,9 @@ class PruneConfig:
     # start, discarding the training since (docs/guard.md, "The cool-down probe")
     guard_regrow: bool = True
     # when the quantized, unpruned model already misses max_quality_drop, at most this many layers go back
-    # to float (those whose quantization costs the most) and training starts over; 0: the run stops there
+    # to float (those whose quantization costs the most) and training starts over; 0: the run stops there.
+    # When the final model misses it and its fallback too (or it has none: a probe's run), layers go to
+    # float in the trained model, up to this many with those of the first check
     guard_float_layers: int = 8
     group_divisible: int = 16  # kept channels per layer: a multiple of this (heads are whole anyway)
     importance: tuple[float, float, float, float, float] = (0.2, 0.2, 0.2, 0.2, 0.2)

@@ -205,6 +205,14 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                            f"{len(chosen.nodes)} layer(s) back to float ({chosen}), training starts over")
     if guard is not None:
         guard.finish()  # the end check: a final model past the tolerance falls back to the last one within it
+        late = guard.floated_after_training  # still past it: these layers went to float in the trained model
+        if late:
+            plan = plan.with_float(late, "quality")
+            if latency is not None:
+                latency.set_float(late)
+            if distributed.info().is_main:
+                tqdm.write(f"quality guard: the final model misses the tolerance; {len(late)} layer(s) to float "
+                           f"after training ({', '.join(late)}): drop {guard.end['drop_float']:+.4f}")
     out = GetaResult(module, plan, qadg, opt, result, guard=guard,
                      teacher=getattr(loss.teacher, "kind", "torch") if loss.uses_teacher else None)
     out.metrics = {

@@ -333,6 +333,47 @@ def test_quality_guard_puts_costly_layers_in_float_and_resumes_with_them(tmp_pat
     assert resumed["groups"] == report["groups"]
 
 
+def test_layers_the_end_check_puts_in_float_ship_in_float(tmp_path, monkeypatch):
+    """The end check's float fallback (scripted: the final model misses, and one conv in
+    float is found to meet the tolerance) reaches the shipped file: that conv reads a float
+    weight, the layer table gives the reason, the guard's record names it, and the run says so."""
+    from geta_onnx.optim.guard import QualityGuard
+
+    chosen = []
+
+    def fallback(self, quality, limit=None):
+        chosen.append(list(self.layer_quantizers)[1])  # the second quantized conv
+        return {"quality": quality, "layers": [{"node": chosen[0], "rank_score": 0.0,
+                                                "quality_cumulative": self.baseline}]}
+
+    def finish(self):
+        self.end = {"quality": 0.5, "drop": self.baseline - 0.5, "action": "missed"}
+        self._float_after_training(0.5)
+
+    monkeypatch.setattr(QualityGuard, "_float_fallback", fallback)
+    monkeypatch.setattr(QualityGuard, "finish", finish)
+    model, npz, _ = write_problem(tmp_path)
+    out = tmp_path / "guarded.onnx"
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                       "--batch-size", "32", "--target-sparsity", "0.25", "--max-accuracy-drop", "0.5",
+                                       "--batch", "1", "--int8-only", "--no-plots", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"1 layer(s) to float after training ({chosen[0]})" in result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    layers = {la["name"]: la for la in report["layers"]}
+    assert layers[chosen[0]]["float_reason"] == "quality" and layers[chosen[0]]["weight_bits"] is None
+    assert sum(la["float_reason"] == "quality" for la in report["layers"]) == 1
+    assert [la["node"] for la in report["guard"]["end"]["float_layers"]] == chosen
+    baseline = report["guard"]["baseline"]  # the scripted search met it exactly
+    assert f"| 1 layer(s) to float after training | | | {baseline:.4f} | +0.0000 | shipped: `{chosen[0]}` |" in \
+        out.with_suffix(".report.md").read_text()
+    proto = onnx.load(str(out))
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    conv = next(n for n in proto.graph.node if n.name == chosen[0])
+    assert producer.get(conv.input[1]) != "DequantizeLinear"  # a float weight
+    assert sum(producer.get(n.input[1]) == "DequantizeLinear" for n in proto.graph.node if n.op_type == "Conv") >= 1
+
+
 def test_quality_guard_says_when_its_tolerance_is_below_its_resolution(tmp_path):
     """A 0.1-point tolerance is less than one of the guard's held-out samples here: the run
     says its checks are at the noise level (whatever they then decide)."""

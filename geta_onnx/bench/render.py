@@ -131,7 +131,11 @@ def _guard_lines(guard: dict | None) -> list[str]:
         if "quality_after" in end:
             at = "before pruning" if end["fallback_period"] < 0 else f"after period {end['fallback_period'] + 1}"
             lines.append(f"| fallback: the state {at} {gap}{end['quality_after']:.4f} | {end['drop_after']:+.4f} | "
-                         "shipped |")
+                         f"{'' if 'float_layers' in end else 'shipped'} |")
+        if "float_layers" in end:  # still over it: layers to float in the trained model (no training again)
+            names = ", ".join(f"`{la['node']}`" for la in end["float_layers"])
+            lines.append(f"| {len(end['float_layers'])} layer(s) to float after training {gap}{end['quality_float']:.4f} | "
+                         f"{end['drop_float']:+.4f} | shipped: {names} |")
     ex = guard.get("exported")
     if ex:  # the file's check: the whole eval split in onnxruntime (compress._guarded_file)
         lines.append(f"| exported file, {ex['samples']} {ex['split']} samples in onnxruntime {gap}| {ex['drop']:+.4f} | "

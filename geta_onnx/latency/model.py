@@ -277,6 +277,13 @@ class LatencyModel:
         form = "int4" if la.int4 and "int4" in self._entries[i].ms else "int8"
         return self.layer_ms(i, form, rin, rout), t_float
 
+    def set_float(self, nodes) -> None:
+        """The layers that went to float after training (the quality guard's end check)."""
+        nodes = set(nodes)
+        for la in self.layers:
+            if la.spec.node in nodes:
+                la.quantized = la.int4 = False
+
     def set_int4(self, nodes) -> None:
         """The layers exported with an INT4 weight (after training: the learned widths decide)."""
         nodes = set(nodes)

@@ -25,7 +25,10 @@ QASSO removes groups period by period. The guard, a training-loop hook, does sev
   goes back to the state after the last commit whose drop, scaled by the recovery the probe
   measured, is predicted within the tolerance (_probe);
 - after the last step (`finish`), it scores the final model; when that misses the tolerance,
-  the run falls back to the last snapshot that met it (QASSO.fall_back);
+  the run falls back to the last snapshot that met it (QASSO.fall_back). When there is none
+  (a probe's run) or that misses too, the costliest layers go to float in the trained model,
+  picked as the first check's fallback picks them (`floated_after_training`; the run's plan
+  leaves them out: QuantPlan.with_float);
 - after the export, compress gives it the file's drop on the whole eval split
   (`measured_drop`); when that misses, `export_fallback` moves to the last state within the
   tolerance for a second export, and compress ships the better file.
@@ -37,7 +40,8 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
     train(..., hooks=[guard])
     guard.finish()  # after training: the end check, and the fallback when it misses
     guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
-    guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after")}
+    guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after"),
+                    #  ("float_layers", "quality_float", "drop_float") or ("float_search")}
     guard.exported  # set by compress: {"split", "samples", "drop", "action", ("drop_fallback")}
     guard.cost      # {"checks": scores taken, "check_seconds", "float_search_seconds"}: what the guard added
 """
@@ -199,28 +203,29 @@ class QualityGuard:
             return "retry"
         return "over" if over else "kept"
 
-    def _float_fallback(self, quality: float) -> dict | None:
+    def _float_fallback(self, quality: float, limit: int | None = None) -> dict | None:
         """The layers to keep in float, as NNCF's accuracy control picks them: each candidate
         scored with only its quantizers off, then turned off in the order of that score (best
         first), one more at a time, until the quality is within the tolerance (FloatLayers.found;
-        `quality`: the quantized model's). None when `max_float` layers do not get there. Rank
-        0's choice is everyone's."""
-        if self.max_float <= 0 or not self.layer_quantizers:
+        `quality`: the quantized model's). None when `limit` (default `max_float`) layers do
+        not get there. Rank 0's choice is everyone's."""
+        limit = self.max_float if limit is None else limit
+        if limit <= 0 or not self.layer_quantizers:
             return None
         start = time.perf_counter()
         try:
-            return self._float_search(quality)
+            return self._float_search(quality, limit)
         finally:
             self.cost["float_search_seconds"] += time.perf_counter() - start
 
-    def _float_search(self, quality: float) -> dict | None:
+    def _float_search(self, quality: float, limit: int) -> dict | None:
         alone = {}
         for node in self.layer_quantizers:
             with quantizers_off(self._gone_with({node})):
                 alone[node] = self.rank_score()
         ranked = sorted(alone, key=lambda n: -alone[n])  # stable: ties keep the layers' graph order
         chosen = []
-        for node in ranked[:self.max_float]:
+        for node in ranked[:limit]:
             with quantizers_off(self._gone_with({c["node"] for c in chosen} | {node})):
                 cumulative = self.score()
             chosen.append({"node": node, "rank_score": alone[node], "quality_cumulative": cumulative})
@@ -357,12 +362,39 @@ class QualityGuard:
             return
         if self.good is None:  # with a probe: no check found a state within the tolerance
             self.end["action"] = "missed; no state within the tolerance to fall back to"
+        else:
+            self.opt.fall_back(self.good["state"])
+            quality = self._timed_score()
+            self.end.update({"action": "fell back to the last state within the tolerance",
+                             "fallback_period": self.good["period"],
+                             "quality_after": quality, "drop_after": self.baseline - quality})
+            if not distributed.agree(self.baseline - quality > self.tolerance):
+                return
+        self._float_after_training(quality)
+
+    def _float_after_training(self, quality: float) -> None:
+        """The end check still misses (`quality`, its last score): the layers whose quantization
+        costs the most go to float in the trained model, as the first check's fallback picks
+        them (at most `max_float` with those an earlier attempt put in float), without training
+        again: their quantizers are turned off here, and the run's plan leaves them out
+        (QuantPlan.with_float). This is the precision guard of a run whose first check could
+        not decide (the cool-down probe's), and the last resort of one whose fallback missed."""
+        limit = self.max_float - len((self.floated or {}).get("layers", []))
+        found = self._float_fallback(quality, limit)
+        if found is None:
+            if limit > 0 and self.layer_quantizers:
+                self.end["float_search"] = f"no {limit} layers in float bring it within the tolerance"
             return
-        self.opt.fall_back(self.good["state"])
-        after = self._timed_score()
-        self.end.update({"action": "fell back to the last state within the tolerance",
-                         "fallback_period": self.good["period"],
-                         "quality_after": after, "drop_after": self.baseline - after})
+        for q in self._gone_with({la["node"] for la in found["layers"]}):
+            q.enabled = False
+        after = found["layers"][-1]["quality_cumulative"]  # scored with every chosen layer in float
+        self.end.update(float_layers=found["layers"], quality_float=after, drop_float=self.baseline - after,
+                        action=self.end["action"] + f"; {len(found['layers'])} layer(s) to float after training")
+
+    @property
+    def floated_after_training(self) -> list[str]:
+        """The layers the end check put in float (_float_after_training), in the order chosen."""
+        return [la["node"] for la in (self.end or {}).get("float_layers", [])]
 
     # ---- the exported file: compress scores it on the whole eval split in onnxruntime ----------
     def measured_drop(self, quality: dict) -> float | None:
@@ -428,6 +460,12 @@ class QualityGuard:
         if self.end is not None and "quality_after" in self.end:
             why += (f"; the final model missed it ({self.end['drop']:+.4f}), so the run fell back to the last state "
                     "within it, without the training since")
+        if self.end is not None and "float_layers" in self.end:
+            names = ", ".join(la["node"] for la in self.end["float_layers"])
+            why += (f"; still over it, {len(self.end['float_layers'])} layer(s) went to float after training ({names}): "
+                    f"{self.end['drop_float']:+.4f}")
+        elif self.end is not None and "float_search" in self.end:
+            why += f"; {self.end['float_search']}"
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
                 **({"samples": self.samples} if self.samples else {}),
                 **({"retries": self.recoveries} if self.recoveries else {}),

@@ -119,5 +119,30 @@ class QuantPlan:
         """Every activation quantizer: layer inputs and conv outputs."""
         return self.quantizers(("act", "output"))
 
+    def only_of(self, nodes) -> list[str]:
+        """The quantizers (qualified names, in site order) that only the sites of `nodes` use."""
+        users: dict[str, set[str]] = {}
+        for s in self.sites:
+            users.setdefault(s.quantizer, set()).add(s.node)
+        return [name for name, used_by in users.items() if used_by <= set(nodes)]
+
+    def with_float(self, nodes, reason: str) -> "QuantPlan":
+        """This plan with layers `nodes` in float after training (the quality guard's end
+        check): their weight and input sites go, and every quantizer no remaining site uses
+        (a conv's output quantizer, an input quantizer only they read). An input quantizer
+        shared with a layer that stays quantized stays: the float layer reads the quantized
+        tensor, in the module as in the export. The quantizers that go must already be off
+        (Quantizer.enabled), so the module computes what the export of this plan does."""
+        nodes = set(nodes)
+        gone = set(self.only_of(nodes))
+        on = sorted(name for name in gone if self.quantizer(name).enabled)
+        if on:
+            raise GetaError(f"QuantPlan.with_float: quantizer(s) {', '.join(on)} of the layers going to float are "
+                            "still on; turn them off first (Quantizer.enabled = False)")
+        sites = [s for s in self.sites if s.quantizer not in gone and not (s.node in nodes and s.kind != "output")]
+        layers = [replace(la, weight_quantizer=None, act_quantizer=None, skipped=reason) if la.node in nodes else la
+                  for la in self.layers]
+        return replace(self, sites=sites, layers=layers)
+
     def to_dict(self) -> dict:
         return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers]}

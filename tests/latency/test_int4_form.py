@@ -82,6 +82,17 @@ def test_int4_slower_than_int8_is_kept_at_8_bits_and_an_int4_layer_is_predicted_
     assert lm.forms_ms(lm.state(()))["int8"] == before
 
 
+def test_a_layer_set_to_float_after_training_is_predicted_in_float():
+    lm = _model(int4_ms=0.6)
+    lm.set_int4(["mm"])
+    before = lm.forms_ms(lm.state(()))["int8"]
+    lm.set_float(["mm"])  # the quality guard's end check put it in float
+    assert lm.forms_ms(lm.state(()))["int8"] == before + 1.4  # 2 ms in float against 0.6 as int4
+    assert not lm.layers[0].quantized and not lm.layers[0].int4
+    lm.set_int4(["mm"])  # the export's int4 layers are set after: a float layer stays float
+    assert lm.forms_ms(lm.state(()))["int8"] == before + 1.4
+
+
 def _two_matmuls(config: QuantConfig):
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),

@@ -721,3 +721,68 @@ def test_with_a_probe_a_start_check_that_misses_does_not_stop_the_run():
     assert guard.end["action"] == "missed; no state within the tolerance to fall back to"
     why = guard.summary()["why"]
     assert "no pruned structure was predicted within it" in why and "the final model missed it too" in why
+
+
+# ---- after training: the layers whose quantization costs the most go to float ------------------------
+def _costly_quantizers(opt, layers, drops, cost=0.03):
+    """Quality 1 - drops[step_count] - `cost` for each of the quantizers fq2 and fq5 that is on,
+    and the float fallback's candidates (one layer per quantizer)."""
+    hostile = [layers[2].quantizer, layers[5].quantizer]
+    score = lambda: 1.0 - drops.get(opt.step_count, 0.0) - cost * sum(q.enabled for q in hostile)  # noqa: E731
+    return score, {f"layer{i}": {layer.name: layer.quantizer} for i, layer in enumerate(layers)}
+
+
+def test_a_probe_run_the_end_check_misses_puts_the_costliest_layers_in_float():
+    """Every check misses the 0.05 tolerance (the two costly quantizers: 0.06), so the probe goes
+    back to the unpruned structure and no state is within it. The end check then turns off the
+    layer that brings it within (each alone scores 0.97; one is enough), in the trained model."""
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, candidates = _costly_quantizers(opt, layers, {})
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.05, metric="accuracy", probe_step=PROBE,
+                         layer_quantizers=candidates, max_float=3)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    assert guard.history[0]["action"] == QualityGuard._probe_action and not opt.zeroed and guard.good is None
+    guard.finish()
+    assert guard.floated_after_training == ["layer2"]
+    assert not layers[2].quantizer.enabled and all(la.quantizer.enabled for i, la in enumerate(layers) if i != 2)
+    assert guard.end["drop_float"] == pytest.approx(0.03) and guard.end["action"] == (
+        "missed; no state within the tolerance to fall back to; 1 layer(s) to float after training")
+    assert "1 layer(s) went to float after training (layer2): +0.0300" in guard.summary()["why"]
+    assert guard.summary()["cost"]["float_search_seconds"] > 0
+
+
+def test_an_end_check_whose_fallback_misses_too_puts_layers_in_float_within_the_allowed_count():
+    """Without a probe: the checks meet the tolerance, the final model and the state it falls
+    back to miss it by 0.01 (scored at the last step): a layer goes to float. With one layer
+    already in float from the first check and max_float 1, none is left to try."""
+    def run(max_float, floated=None):
+        module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+        score, candidates = _costly_quantizers(opt, layers, {STEPS: 0.02}, cost=0.02)
+        guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.05, metric="accuracy",
+                             layer_quantizers=candidates, max_float=max_float, floated=floated)
+        _train(module, opt, layers, STEPS, hooks=[guard])
+        guard.finish()
+        return guard, layers
+
+    guard, layers = run(3)
+    assert guard.end["drop"] == pytest.approx(0.06) and guard.end["drop_after"] == pytest.approx(0.06)
+    assert guard.floated_after_training == ["layer2"] and not layers[2].quantizer.enabled
+    assert guard.end["action"] == "fell back to the last state within the tolerance; 1 layer(s) to float after training"
+    floated = {"quality": 0.9, "layers": [{"node": "layer7", "rank_score": 0.95, "quality_cumulative": 0.95}]}
+    guard, layers = run(1, floated)
+    assert guard.floated_after_training == [] and all(la.quantizer.enabled for la in layers)
+    assert "float_search" not in guard.end  # nothing was allowed to try
+    guard, layers = run(2, floated)  # one more allowed: layer2 is enough
+    assert guard.floated_after_training == ["layer2"]
+
+
+def test_an_end_check_no_allowed_layers_bring_within_says_so():
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
+    score, candidates = _costly_quantizers(opt, layers, {STEPS: 0.2})  # no quantizer explains this drop
+    guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.1, metric="accuracy",
+                         layer_quantizers=candidates, max_float=2)
+    _train(module, opt, layers, STEPS, hooks=[guard])
+    guard.finish()
+    assert guard.floated_after_training == [] and all(la.quantizer.enabled for la in layers)
+    assert guard.end["float_search"] == "no 2 layers in float bring it within the tolerance"
+    assert guard.summary()["why"].endswith("; no 2 layers in float bring it within the tolerance")
