@@ -777,12 +777,16 @@ def test_an_end_check_whose_fallback_misses_too_puts_layers_in_float_within_the_
 
 
 def test_an_end_check_no_allowed_layers_bring_within_says_so():
+    """A drop no quantizer explains: every layer in float still misses, so the search stops
+    after that one check, without ranking the layers."""
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
     score, candidates = _costly_quantizers(opt, layers, {STEPS: 0.2})  # no quantizer explains this drop
+    ranked = []
     guard = QualityGuard(opt, stages, score, baseline=1.0, tolerance=0.1, metric="accuracy",
-                         layer_quantizers=candidates, max_float=2)
+                         layer_quantizers=candidates, max_float=2, rank_score=lambda: ranked.append(1) or 0.0)
     _train(module, opt, layers, STEPS, hooks=[guard])
     guard.finish()
+    assert not ranked  # hopeless with every layer in float: no ranking
     assert guard.floated_after_training == [] and all(la.quantizer.enabled for la in layers)
     assert guard.end["float_search"] == "no 2 layers in float bring it within the tolerance"
     assert guard.summary()["why"].endswith("; no 2 layers in float bring it within the tolerance")
