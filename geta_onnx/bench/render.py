@@ -218,6 +218,12 @@ def _footer(report: dict) -> list[str]:
     if "processes" in t:
         where = f"{t['processes']} data-parallel processes" if t["processes"] > 1 else "1 process"
         teacher = f", distilled from the original run in {t['teacher']}" if t.get("teacher") else ""
+        memo = t.get("teacher_memo")
+        if memo and not memo.get("off"):
+            teacher += (f" ({memo['misses']:,} samples through the teacher, {memo['hits']:,} from its remembered "
+                        "outputs)")
+        elif memo:
+            teacher += f" (its outputs not remembered: {memo['off']})"
         lines.append(f"Trained {t['steps']} steps on {t.get('device', 'cpu')}, {where}{teacher}.")
     if "versions" in report:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")

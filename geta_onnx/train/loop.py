@@ -118,11 +118,14 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
         schedule = Schedule.plain(total, per_epoch)
     names = list(getattr(module, "input_names", ["x"]))
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    memo = getattr(loss_fn, "memo", None)  # the teacher's outputs per sample (teacher_memo.py)
 
     step, epoch, history, resumed_at = 0, 0, [], None
     if resume and ckpt.exists():
         state = checkpoint.load(ckpt)
         _restore(state, ckpt, module, optimizer, lr_scheduler, hooks)
+        if memo is not None and state.get("teacher_memo"):  # the rows the uninterrupted run would read
+            memo.load_state_dict(state["teacher_memo"])
         step, epoch, history, resumed_at = state["step"], state["epoch"], list(state["history"]), state["step"]
     cast = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
@@ -208,6 +211,7 @@ def train(module: torch.nn.Module, data: Data, optimizer: torch.optim.Optimizer,
                 state = _state(module, optimizer, lr_scheduler, hooks, step, epoch, history, schedule, seed, config)
                 if scaler is not None:
                     state["scaler"] = scaler.state_dict()
+                state["teacher_memo"] = memo.state_dict() if memo is not None else None
                 checkpoint.save(ckpt, state)
             distributed.barrier()  # nobody races ahead (or reads the checkpoint) before it is written
     bar.close()

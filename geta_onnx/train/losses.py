@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .teacher import teacher_for
+from .teacher_memo import TeacherMemo
 
 
 def pick(outputs, index: int) -> torch.Tensor:
@@ -124,6 +125,7 @@ class Loss:
         self._kinds: dict[int, str] = {}  # output index -> kl | bce | mse (kd "auto": decided once each)
         self._probs: dict[int, bool] = {}  # output index -> its values are softmax probabilities
         self._labels_checked = False
+        self.memo: TeacherMemo | None = None  # the teacher's outputs per sample (teacher_memo.py), set by make_loss
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
@@ -142,9 +144,10 @@ class Loss:
         return self
 
     def teacher_outputs(self, inputs):
-        """Every output of the teacher on `inputs` (a tensor or a tuple, as the model returns)."""
+        """Every output of the teacher on `inputs` (a tensor or a tuple, as the model returns),
+        remembered per sample when the loss has a memo."""
         with torch.no_grad():
-            return self.teacher(*inputs)
+            return self.memo(self.teacher, inputs) if self.memo is not None else self.teacher(*inputs)
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """The kd loss of output `index` (default: the loss's output)."""
@@ -202,12 +205,15 @@ class Loss:
 
 
 def make_loss(mode: str = "auto", *, has_labels: bool, module: nn.Module | None = None,
-              teacher: nn.Module | None = None, model=None, device="cpu", **kw) -> Loss:
+              teacher: nn.Module | None = None, model=None, device="cpu", memo_samples: int | None = None,
+              **kw) -> Loss:
     """mode "auto": task loss + distillation when the data has labels, distillation alone
     otherwise (the original is a trained model; config.TrainConfig.loss). The teacher defaults
     to the original as it is now, before any training step: `model` (the OnnxModel `module`
     was bridged from) run in onnxruntime on a CPU run, else a frozen deep copy of `module`
-    (teacher.teacher_for)."""
+    (teacher.teacher_for). memo_samples: the distinct samples the data holds (training +
+    held-out); on a CPU run the teacher's outputs are then remembered per sample
+    (teacher_memo.py), None: the teacher runs on every batch."""
     if mode == "auto":
         mode = "task+kd" if has_labels else "kd"
     if mode != "task" and teacher is None:
@@ -216,4 +222,7 @@ def make_loss(mode: str = "auto", *, has_labels: bool, module: nn.Module | None 
         teacher = teacher_for(module, model, device)
     if mode != "kd" and not has_labels:
         raise ConfigError(f"option 'loss': '{mode}' needs labels and the data has none; use loss = kd")
-    return Loss(mode, teacher=teacher, **kw)
+    loss = Loss(mode, teacher=teacher, **kw)
+    if loss.uses_teacher and memo_samples and torch.device(device).type == "cpu":
+        loss.memo = TeacherMemo(memo_samples)
+    return loss

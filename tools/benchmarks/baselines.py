@@ -258,6 +258,7 @@ class Distill:
     def __init__(self, kind: str, teacher: torch.nn.Module, output: int = 0):
         self.kind, self.output = kind, output
         self.teacher = teacher.eval().requires_grad_(False)
+        self.memo = None  # a TeacherMemo: each sample through the teacher once, as compress does
 
     def to(self, device):
         self.teacher.to(device)
@@ -268,7 +269,8 @@ class Distill:
 
         student = pick(outputs, self.output)
         with torch.no_grad():
-            teacher = pick(self.teacher(*inputs), self.output)
+            teacher = pick(self.memo(self.teacher, inputs) if self.memo is not None else self.teacher(*inputs),
+                           self.output)
         if self.kind == "mse":
             return F.mse_loss(student, teacher)
         if self.kind == "cosine":
@@ -278,14 +280,18 @@ class Distill:
         return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
 
 
-def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = None, output: int = 0):
+def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = None, output: int = 0,
+                       memo_samples: int | None = None):
     """A loss(outputs, target, inputs) for the repo's training loop: "task" (cross-entropy
     with labels), "task+kd" (geta-onnx's default loss with labels, the same weights: half
     cross-entropy, half KL at T = 2 from the teacher) or "kd-<mse|cosine|bce|kl>" from the
-    teacher model at `teacher_path`."""
+    teacher model at `teacher_path`. memo_samples: the distinct samples of the data; the
+    teacher's outputs are then remembered per sample, as compress remembers them
+    (geta_onnx/train/teacher_memo.py), so the pipeline's fine-tuning pays what compress pays."""
     from geta_onnx.bridge import to_torch
     from geta_onnx.train import Loss
     from geta_onnx.train.teacher import teacher_for
+    from geta_onnx.train.teacher_memo import TeacherMemo
 
     if loss not in LOSSES:
         raise ConfigError(f"finetune: loss must be one of {', '.join(LOSSES)}, got '{loss}'")
@@ -295,9 +301,9 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
         raise ConfigError(f"finetune: loss '{loss}' needs teacher_path (the original fp32 model)")
     original = load_model(teacher_path)
     teacher = teacher_for(to_torch(original), original)  # as compress runs its teacher (onnxruntime on CPU)
-    if loss == "task+kd":
-        return Loss("task+kd", teacher=teacher, output=output)
-    return Distill(loss[3:], teacher, output)
+    made = Loss("task+kd", teacher=teacher, output=output) if loss == "task+kd" else Distill(loss[3:], teacher, output)
+    made.memo = TeacherMemo(memo_samples) if memo_samples else None
+    return made
 
 
 @torch.no_grad()
@@ -338,7 +344,8 @@ def finetune(model_path: str | os.PathLike, data, epochs: int, lr: float, out_pa
     start = time.perf_counter()
     model = load_model(model_path)
     module = to_torch(model)
-    loss_fn = make_finetune_loss(loss, teacher_path=teacher_path, output=output)
+    samples = data.n_train + (data.n_eval or 0) if data.n_train else None
+    loss_fn = make_finetune_loss(loss, teacher_path=teacher_path, output=output, memo_samples=samples)
     torch.manual_seed(seed)
     before = mean_loss(module, data, loss_fn, probe_batches)
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
