@@ -9,7 +9,7 @@ Keys are the samples' content, not their positions: a 16-byte BLAKE2b digest of 
 row's bytes, dtype and shape. So a memo cannot serve a wrong row when a loader reorders,
 shards or limits its data; an augmented sample, or a sequence padded to another length, is
 simply a new key. When more distinct samples come than the data holds (`capacity`: the
-data is augmented or drawn at random), or the rows would pass `max_bytes`, the memo lets go
+data is augmented or drawn at random), or the data's rows would pass `max_bytes`, the memo lets go
 of what it holds and turns itself off for the rest of the run: from then on every batch runs
 the teacher, as without a memo.
 
@@ -109,8 +109,9 @@ class TeacherMemo:
         if not self._rows:
             self._single = single
             self._rows = [np.empty((0, *o.shape[1:]), dtype=o.detach().numpy().dtype) for o in outs]
-        if need * self._row_bytes() > self.max_bytes:
-            return self._turn_off(f"the outputs of {need} samples would pass {self.max_bytes >> 20} MiB")
+        if self.capacity * self._row_bytes() > self.max_bytes:  # decided before any row is copied
+            return self._turn_off(f"the outputs of the data's {self.capacity} samples would pass "
+                                  f"{self.max_bytes >> 20} MiB")
         if need > len(self._rows[0]):
             grown = min(max(need, 2 * len(self._rows[0]), 64), self.capacity)
             self._rows = [np.concatenate([s, np.empty((grown - len(s), *s.shape[1:]), s.dtype)]) for s in self._rows]

@@ -78,9 +78,12 @@ def test_a_partly_remembered_batch_runs_the_teacher_and_remembers_only_its_new_r
 
 def test_outputs_past_the_byte_cap_or_without_a_batch_axis_turn_it_off():
     xs, ids, _ = _batches()
-    big = TeacherMemo(capacity=40, max_bytes=8 * 3 * 4 - 1)  # one row short of a batch's logits
+    big = TeacherMemo(capacity=40, max_bytes=40 * 3 * 4 - 1)  # one row short of the data's logits
     big(Counted(), (xs[:8], ids[:8]))
-    assert "MiB" in big.off
+    assert "data's 40 samples" in big.off and big.summary()["samples"] == 0
+    fits = TeacherMemo(capacity=40, max_bytes=40 * 3 * 4)
+    fits(Counted(), (xs[:8], ids[:8]))
+    assert fits.off is None and fits.summary()["samples"] == 8
     pooled = TeacherMemo(capacity=40)
     out = pooled(lambda x, i: x.mean(), (xs[:8], ids[:8]))  # a scalar: no row per sample
     assert out.dim() == 0 and "axis 0" in pooled.off
