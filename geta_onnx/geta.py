@@ -159,7 +159,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                      device=train_config.device, kd=train_config.kd,
                      temperature=train_config.temperature, alpha=train_config.alpha, output=train_config.output,
                      every_output=train_config.kd_outputs == "all",
-                     memo_samples=_memo_samples(data) if train_config.teacher_memo else None)
+                     memo_samples=data.samples if train_config.teacher_memo else None)
     qadg = analyze(model)
     sched = Schedule.from_config(len(data.train), schedule)
     kind, value = prune.budget
@@ -232,12 +232,6 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__, "fit": latency.fit_summary()}
     return out
-
-
-def _memo_samples(data: Data) -> int | None:
-    """Distinct samples the run's loaders hold (training + held-out), None when unknown (a
-    py: loader): the teacher memo's capacity."""
-    return data.n_train + (data.n_eval or 0) if data.n_train else None
 
 
 def _quantized_and_timed(model: OnnxModel, data: Data, module: OnnxModule | None, qadg: QADG,

@@ -37,6 +37,11 @@ class Data:
     n_eval: int | None = None
     classes: list[str] | None = None
 
+    @property
+    def samples(self) -> int | None:
+        """Distinct samples the loaders hold (training + held-out); None when unknown (py:)."""
+        return self.n_train + (self.n_eval or 0) if self.n_train else None
+
     def shard(self, rank: int, world: int) -> Data:
         """This rank's share for data-parallel training (distributed.shard_loader): its slice
         of every global batch of our own datasets, every world-th batch of a py: loader."""

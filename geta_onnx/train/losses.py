@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .teacher import teacher_for
-from .teacher_memo import TeacherMemo
+from .teacher_memo import TeacherMemo, teacher_outputs
 
 
 def pick(outputs, index: int) -> torch.Tensor:
@@ -147,7 +147,7 @@ class Loss:
         """Every output of the teacher on `inputs` (a tensor or a tuple, as the model returns),
         remembered per sample when the loss has a memo."""
         with torch.no_grad():
-            return self.memo(self.teacher, inputs) if self.memo is not None else self.teacher(*inputs)
+            return teacher_outputs(self.teacher, inputs, self.memo)
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """The kd loss of output `index` (default: the loss's output)."""

@@ -146,11 +146,10 @@ class TeacherMemo:
 
     # ---- checkpoint --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        n = len(self._index)
-        keys = np.frombuffer(b"".join(self._index), dtype=np.uint8).reshape(n, -1) if n else np.zeros((0, 16), np.uint8)
-        order = np.argsort(np.fromiter(self._index.values(), dtype=np.int64, count=n), kind="stable")
+        n = len(self._index)  # key k (insertion order) names row k: rows are appended as keys arrive
+        keys = np.frombuffer(b"".join(self._index), dtype=np.uint8).reshape(n, 16).copy()
         return {"capacity": self.capacity, "off": self.off or "", "hits": self.hits, "misses": self.misses,
-                "single": self._single, "keys": torch.from_numpy(keys[order].copy()),
+                "single": self._single, "keys": torch.from_numpy(keys),
                 "rows": [torch.from_numpy(s[:n].copy()) for s in self._rows]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -159,6 +158,11 @@ class TeacherMemo:
         keys = state["keys"].numpy()
         self._index = {bytes(k): i for i, k in enumerate(keys)}
         self._rows = [r.numpy().copy() for r in state["rows"]]
+
+
+def teacher_outputs(teacher, inputs, memo: TeacherMemo | None):
+    """teacher(*inputs), through `memo` when there is one."""
+    return memo(teacher, inputs) if memo is not None else teacher(*inputs)
 
 
 def _rows_of(inputs) -> bool:

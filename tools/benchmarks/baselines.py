@@ -266,11 +266,11 @@ class Distill:
 
     def __call__(self, outputs, target, inputs) -> torch.Tensor:
         from geta_onnx.train.losses import bce_distill, pick
+        from geta_onnx.train.teacher_memo import teacher_outputs
 
         student = pick(outputs, self.output)
         with torch.no_grad():
-            teacher = pick(self.memo(self.teacher, inputs) if self.memo is not None else self.teacher(*inputs),
-                           self.output)
+            teacher = pick(teacher_outputs(self.teacher, inputs, self.memo), self.output)
         if self.kind == "mse":
             return F.mse_loss(student, teacher)
         if self.kind == "cosine":
@@ -344,8 +344,7 @@ def finetune(model_path: str | os.PathLike, data, epochs: int, lr: float, out_pa
     start = time.perf_counter()
     model = load_model(model_path)
     module = to_torch(model)
-    samples = data.n_train + (data.n_eval or 0) if data.n_train else None
-    loss_fn = make_finetune_loss(loss, teacher_path=teacher_path, output=output, memo_samples=samples)
+    loss_fn = make_finetune_loss(loss, teacher_path=teacher_path, output=output, memo_samples=data.samples)
     torch.manual_seed(seed)
     before = mean_loss(module, data, loss_fn, probe_batches)
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
