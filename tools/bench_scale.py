@@ -142,9 +142,10 @@ class StepTimer:
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool, run_steps: int = 2000):
-    """Mean seconds per step of one configuration (in this process, or this torchrun rank);
-    for geta in one process also (mean, seconds per step weighted as a real run: run_weighted)."""
+def run(name: str, kind: str, batch: int, steps: int, device: str,
+        sync: bool) -> tuple[list[float], Schedule | None]:
+    """(seconds of each step, the geta schedule or None) of one configuration (in this
+    process, or this torchrun rank)."""
     model, native, inputs = setup(name, batch * steps)
     data, timer = _data(inputs, batch), StepTimer()
     torch.manual_seed(0)
@@ -165,16 +166,21 @@ def run(name: str, kind: str, batch: int, steps: int, device: str, sync: bool, r
                     target_sparsity=0.3)
         train(module, data, opt, loss_fn=_loss, schedule=sched, device=device, hooks=[timer], progress=False,
               sync_batchnorm=sync)
-        if not distributed.launched():
-            return statistics.mean(timer.seconds[WARM:]), run_weighted(timer.seconds, sched, run_steps)
-    return statistics.mean(timer.seconds[WARM:])
+        return timer.seconds, sched
+    return timer.seconds, None
 
 
-def run_weighted(seconds: list[float], sched: Schedule, run_steps: int) -> float:
+def mean_step(seconds: list[float]) -> float:
+    """Mean seconds per step, the first WARM steps left out."""
+    return statistics.mean(seconds[WARM:])
+
+
+def run_weighted(seconds: list[float], sched: Schedule, run_steps: int) -> float | None:
     """Seconds per step of a run of `run_steps` with the default schedule, from the steps timed
     over `sched`: each stage's median ordinary step (the first WARM steps left out) times the
     stage's share of that run, plus the mean extra of a period start over its stage's
-    ordinary step, as many times as that run has period starts."""
+    ordinary step, as many times as that run has period starts. None when a stage has no
+    ordinary step timed (fewer than 24 steps: the warm-up's are all in the first WARM)."""
     ordinary: dict[str, list[float]] = {}
     starts: list[tuple[str, float]] = []
     for k, sec in enumerate(seconds):
@@ -183,6 +189,8 @@ def run_weighted(seconds: list[float], sched: Schedule, run_steps: int) -> float
             starts.append((info.name, sec))
         elif k >= WARM:
             ordinary.setdefault(info.name, []).append(sec)
+    if set(ordinary) != {"warmup", "projection", "pruning", "cooldown"}:
+        return None
     median = {stage: statistics.median(v) for stage, v in ordinary.items()}
     extra = statistics.mean(sec - median[stage] for stage, sec in starts)
     real = Schedule.from_config(run_steps, ScheduleConfig())  # one epoch of run_steps
@@ -215,7 +223,7 @@ def worker(a) -> None:
     if a.find_unused:  # the alternative design: DDP looks for unused parameters every step
         plain = distributed.wrap
         distributed.wrap = lambda module, device, find_unused=False: plain(module, device, True)
-    seconds = run(a.models, a.kind, a.batch, a.steps, a.device, not a.no_syncbn)
+    seconds = mean_step(run(a.models, a.kind, a.batch, a.steps, a.device, not a.no_syncbn)[0])
     if distributed.info().is_main:
         print("BENCH " + json.dumps({"seconds": seconds}), flush=True)
     distributed.clean_exit(0)
@@ -265,8 +273,11 @@ def main() -> None:
         one = {}
         run(name, "native", a.batch, 2 * WARM + 2, a.device, True)  # untimed: the process's first steps are slow
         for kind in ("native", "bridge", "geta"):
-            s = run(name, kind, a.batch, a.steps, a.device, True, a.run_steps)
-            rows = {"geta": s[0], "geta-run": s[1]} if kind == "geta" else {kind: s}
+            seconds, sched = run(name, kind, a.batch, a.steps, a.device, True)
+            rows = {kind: mean_step(seconds)}
+            weighted = run_weighted(seconds, sched, a.run_steps) if sched is not None else None
+            if weighted is not None:
+                rows["geta-run"] = weighted
             one.update(rows)
             for label, s in rows.items():
                 ratio = f"{s / one['native']:.2f}x" if label != "native" else ""

@@ -33,3 +33,10 @@ def test_stages_weigh_as_the_default_schedule_of_the_real_run():
     assert want == pytest.approx(0.02 * 1 + 0.05 * 2 + 0.15 * 3 + 0.78 * 0.5 + 10 * START / 2000)
     # a longer run spreads the period starts thinner; the first WARM steps never count
     assert bench_scale.run_weighted(_timed(sched), sched, 20000) < got
+
+
+def test_too_few_steps_to_time_every_stage_give_no_row():
+    n = 2  # --steps 16: the two warm-up steps are the WARM ones, left out
+    sched = Schedule(8 * n, 8 * n, warmup_steps=n, projection_steps=2 * n, projection_periods=2,
+                     pruning_start=3 * n, pruning_steps=3 * n, pruning_periods=3)
+    assert bench_scale.run_weighted(_timed(sched), sched, 2000) is None
