@@ -164,3 +164,43 @@ def test_finetune_lowers_the_loss_and_writes_back(resnet, labelled, tmp_path, lo
     before, after = _run(path, x), _run(out, x)
     assert after.shape == before.shape and not np.allclose(after, before)
     onnx.checker.check_model(str(out), full_check=True)
+
+
+def _two_output_model(path) -> None:
+    """x [B, 4] -> (tokens = x @ W1 [B, 3], pooled = x @ W2 [B, 2]): two float outputs, the
+    second 10x the scale of the first."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(10 * rng.standard_normal((4, 2)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["tokens"]), helper.make_node("MatMul", ["x", "w2"], ["pooled"])],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 2])], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_kd_all_distils_every_output_as_compress_does(tmp_path):
+    """The pipeline's "kd-all-mse" is compress's label-free loss on a two-output model (the
+    mean over outputs of MSE / the teacher's mean square), where "kd-mse" reads one output."""
+    from geta_onnx.bridge import to_torch
+    from geta_onnx.train.losses import make_loss
+    from tools.benchmarks.baselines import make_finetune_loss
+
+    path = tmp_path / "two.onnx"
+    _two_output_model(path)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    teacher = [torch.from_numpy(t) for t in open_session(str(path)).run(None, {"x": x.numpy()})]
+    student = (teacher[0] + 0.5, teacher[1] - 2.0)
+    expected = float(np.mean([0.25 / teacher[0].pow(2).mean(), 4.0 / teacher[1].pow(2).mean()]))
+
+    every = make_finetune_loss("kd-all-mse", teacher_path=path, output=1)
+    assert float(every(student, None, (x,))) == pytest.approx(expected, rel=1e-5)
+    model = load_model(path)
+    compress = make_loss("kd", has_labels=False, module=to_torch(model), model=model, kd="mse", output=1)
+    assert float(compress(student, None, (x,))) == pytest.approx(expected, rel=1e-5)
+    # one output: the pooled one's plain MSE (4.0), not the mean over both
+    assert float(make_finetune_loss("kd-mse", teacher_path=path, output=1)(student, None, (x,))) == \
+        pytest.approx(4.0, rel=1e-5)

@@ -247,7 +247,7 @@ def l1_prune(model_path: str | os.PathLike, target_macs: int, out_path: str | os
 
 
 # --------------------------------------------------------------------------- fine-tuning
-LOSSES = ("task", "task+kd", "kd-mse", "kd-cosine", "kd-bce", "kd-kl")
+LOSSES = ("task", "task+kd", "kd-mse", "kd-cosine", "kd-bce", "kd-kl", "kd-all-mse", "kd-all-bce", "kd-all-kl")
 
 
 class Distill:
@@ -284,8 +284,11 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
                        memo_samples: int | None = None):
     """A loss(outputs, target, inputs) for the repo's training loop: "task" (cross-entropy
     with labels), "task+kd" (geta-onnx's default loss with labels, the same weights: half
-    cross-entropy, half KL at T = 2 from the teacher) or "kd-<mse|cosine|bce|kl>" from the
-    teacher model at `teacher_path`. memo_samples: the distinct samples of the data; the
+    cross-entropy, half KL at T = 2 from the teacher), "kd-<mse|cosine|bce|kl>" from the
+    teacher model at `teacher_path` on output `output`, or "kd-all-<mse|bce|kl>": compress's
+    label-free loss with its default kd_outputs = "all" (every float output of a multi-output
+    model distilled, MSE ones relative to the teacher's mean square; train/losses.py), so a
+    pipeline gets the training signal compress gets. memo_samples: the distinct samples of the data; the
     teacher's outputs are then remembered per sample, as compress remembers them
     (geta_onnx/train/teacher_memo.py), so the pipeline's fine-tuning pays what compress pays."""
     from geta_onnx.bridge import to_torch
@@ -301,7 +304,12 @@ def make_finetune_loss(loss: str, *, teacher_path: str | os.PathLike | None = No
         raise ConfigError(f"finetune: loss '{loss}' needs teacher_path (the original fp32 model)")
     original = load_model(teacher_path)
     teacher = teacher_for(to_torch(original), original)  # as compress runs its teacher (onnxruntime on CPU)
-    made = Loss("task+kd", teacher=teacher, output=output) if loss == "task+kd" else Distill(loss[3:], teacher, output)
+    if loss == "task+kd":
+        made = Loss("task+kd", teacher=teacher, output=output)
+    elif loss.startswith("kd-all-"):
+        made = Loss("kd", teacher=teacher, kd=loss[len("kd-all-"):], output=output, every_output=True)
+    else:
+        made = Distill(loss[3:], teacher, output)
     made.memo = TeacherMemo(memo_samples) if memo_samples else None
     return made
 
@@ -333,7 +341,8 @@ def finetune(model_path: str | os.PathLike, data, epochs: int, lr: float, out_pa
 
     loss: "task" (labels), "task+kd" (labels and distillation, as geta-onnx's default) or
     "kd-mse" / "kd-cosine" / "kd-bce" / "kd-kl" (label-free: distillation from
-    `teacher_path`, the original model, on output `output`).
+    `teacher_path`, the original model, on output `output`) or "kd-all-mse" / "kd-all-bce" /
+    "kd-all-kl" (every float output, as compress distils: make_finetune_loss).
     Returns {"seconds", "epochs", "steps", "loss_before", "loss_after", "history"}, the
     losses measured in eval mode on the first `probe_batches` training batches."""
     from geta_onnx.bridge import to_torch

@@ -6,7 +6,9 @@ split into training and held-out sentences,
 tokenized with the model's own WordPiece vocabulary and padded to SEQ tokens.
 Quality: mean cosine similarity of the sentence embeddings (output 1) to the fp32
 original's on the held-out sentences. Training (geta-onnx and the L1 fine-tuning alike)
-distils the sentence embedding from the original.
+distils both outputs of the original, the token embeddings and the sentence embedding, with
+one loss: compress's label-free default (every float output, MSE relative to the teacher's
+mean square: geta_onnx/train/losses.py).
 """
 from __future__ import annotations
 
@@ -43,15 +45,16 @@ def prepare(work: Path, quick: bool) -> Bench:
         calibration=calibration_batches(data, s["calibration"], NAMES),
         quality=lambda p: evaluate_onnx(p, data, reference=model, output=1, metric="cosine"),
         quality_label="cosine to fp32 embeddings",
-        epochs=s["epochs"], lr=1e-4, batch_size=s["batch"], finetune_loss="kd-cosine", output=1, geta_lr=1e-4,
+        epochs=s["epochs"], lr=1e-4, batch_size=s["batch"], finetune_loss="kd-all-mse", output=1, geta_lr=1e-4,
         geta_config={"train": {"output": 1, "kd": "mse"}}, ptq_op_types=["MatMul", "Gemm"],
         seq=SEQ,
         notes=[f"text: {prep['sentences_available']} unique sentences of the Debian package descriptions in "
                f"{CORPUS} and the READMEs in /usr/share/doc; {s['train']} for training, {s['eval']} held out "
                f"for the quality; {SEQ} tokens each",
-               "label-free: the L1 fine-tuning distils the sentence embedding (output 1) with a cosine loss; "
-               "geta-onnx distils the same output with MSE (`--config`: [train] output = 1, kd = \"mse\"; "
-               "on unit-norm embeddings MSE = 2 - 2 cos)",
+               "label-free: geta-onnx and the L1 fine-tuning distil with the same loss, compress's default for "
+               "a label-free multi-output model: both outputs (the token embeddings and the sentence embedding), "
+               "each MSE over the teacher's mean square, averaged (`--config`: [train] output = 1, the output the "
+               "quality reads, kd = \"mse\"; the fine-tuning's loss `kd-all-mse`)",
                "int8 PTQ quantizes the MatMul / Gemm ops only (the usual setting for transformers): letting "
                "onnxruntime quantize every op type also quantizes the attention-mask Add and the LayerNorm "
                "inputs, and the embeddings' cosine to fp32 fell to 0.34 in the smoke run",
