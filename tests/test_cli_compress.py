@@ -8,10 +8,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from geta_onnx.bench import read_report
+from geta_onnx.bench import evaluate_onnx, read_report
 from geta_onnx.bench.choice import Candidate, pick
 from geta_onnx.cli import main
+from geta_onnx.config import DataConfig
+from geta_onnx.graph import load_model
 from geta_onnx.latency.table import LatencyTable, Target, cache_path
+from geta_onnx.train import load_data
 from tests.e2e.digits import write_problem
 
 pytestmark = pytest.mark.slow
@@ -238,6 +241,7 @@ def test_quality_guard_end_to_end(tmp_path):
     assert "## Quality guard" in md and sum(line.startswith("| period ") for line in md.splitlines()) == \
         sum(c["period"] >= 0 for c in guard["checks"])  # the curve: one row per check of a commit
     assert guard["samples"] > 0 and f"on {guard['samples']} samples of the held-out batches" in md
+    assert guard["samples"] == guard["exported"]["samples"] and "unseen" not in guard["exported"]  # all scored
     end = guard["end"]  # the end check: kept within the tolerance, or the fallback scored again
     assert (end["drop"] <= 0.02) == (end["action"] == "kept")
     assert "| end of training " in md and (("| fallback: " in md) == ("quality_after" in end))
@@ -253,7 +257,7 @@ def test_quality_guard_probe_end_to_end(tmp_path):
     report's guard section and the Markdown table show it)."""
     model, npz, _ = write_problem(tmp_path)
     out, config = tmp_path / "probed.onnx", tmp_path / "probe.toml"
-    config.write_text("[prune]\nguard_probe = 0.5\n")
+    config.write_text("[prune]\nguard_probe = 0.5\nguard_batches = 4\n")  # 128 of the 360 held-out samples
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "60",
                                        "--batch-size", "32", "--target-sparsity", "0.9", "--max-accuracy-drop", "0.02",
                                        "--group-divisible", "8", "--batch", "1", "--no-progress", "--config", str(config)])
@@ -271,6 +275,13 @@ def test_quality_guard_probe_end_to_end(tmp_path):
         assert report["groups"]["removed"] == commits[-1]["removed"] == report["groups"]["planned"]
     assert guard["why"].startswith("the cool-down probe")
     assert f"| cool-down probe, step {probe['step']} |" in out.with_suffix(".report.md").read_text()
+    # the shipped file on the held-out samples after the checks' 128, which no decision of the run read
+    unseen = guard["exported"]["unseen"]
+    assert guard["samples"] == 128 and unseen["samples"] == report["quality_split"]["samples"] - 128 == 232
+    q = evaluate_onnx(out, load_data(f"npz:{npz}", DataConfig(batch_size=32), model=load_model(model), seed=0),
+                      reference=model, skip=128)
+    assert unseen["drop"] == pytest.approx(q["reference_accuracy"] - q["accuracy"], abs=1e-12)
+    assert "| shipped file, the 232 held-out samples no check scored |" in out.with_suffix(".report.md").read_text()
 
 
 @pytest.mark.parametrize("file_drops,ships", [((0.9, 0.0), "fallback"), ((0.9, 0.95), "final")])

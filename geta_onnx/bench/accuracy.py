@@ -24,14 +24,15 @@ METRICS = ("auto", "agreement", "cosine", "mse")
 
 
 def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | None = None, output: int = 0, *,
-                  metric: str = "auto", limit: int = 0, threads: int = 2) -> dict:
+                  metric: str = "auto", limit: int = 0, skip: int = 0, threads: int = 2) -> dict:
     """Evaluate `path` on `data` (a geta_onnx.train.Data) in onnxruntime. Returns
 
         {"model", "reference", "split", "samples", "output", "metric", "value",
          and every number measured: "accuracy", "reference_accuracy", "agreement", "cosine", "mse", "max_abs"}
 
     `metric` (reference only): auto | agreement | cosine | mse. `limit` > 0 stops after that
-    many samples (the data spec's own limit draws a seeded subset instead)."""
+    many samples (the data spec's own limit draws a seeded subset instead). `skip` leaves the
+    split's first samples out (compress: the ones the quality guard's checks scored)."""
     if metric not in METRICS:
         raise ConfigError(f"option '--metric': expected one of {', '.join(METRICS)}, got '{metric}'")
     loader, split = (data.eval, "eval") if data.eval is not None else (data.train, "train")
@@ -45,19 +46,25 @@ def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | 
 
     fid = Fidelity()
     hits = ref_hits = labelled = seen = 0
+    passed = 0  # samples of the split gone by, the skipped ones included
     sq_err = 0.0
     max_err, n_err = 0.0, 0
     for batch in loader:
         inputs, target = split_batch(batch, names, f"data spec '{data.spec}'")
         n = int(inputs[0].shape[0])
-        take = n if not limit else min(n, limit - seen)
-        feeds = {k: np.ascontiguousarray(np.asarray(x[:take]), dtype=d) for k, x, d in zip(names, inputs, dtypes)}
+        lo = min(n, max(0, skip - passed))  # this batch's first sample past the skipped ones
+        passed += n
+        if lo == n:
+            continue
+        take = n - lo if not limit else min(n - lo, limit - seen)
+        rows = slice(lo, lo + take)
+        feeds = {k: np.ascontiguousarray(np.asarray(x[rows]), dtype=d) for k, x, d in zip(names, inputs, dtypes)}
         if target is None and ref_session is None:
             raise DataError(f"data spec '{data.spec}': the {split} split has no labels; pass --reference MODEL "
                             "to measure agreement with it instead")
         out = _run(path, session, feeds, output)
         if target is not None:
-            t = np.asarray(target[:take])  # torch tensors from our loaders, numpy from some py: ones
+            t = np.asarray(target[rows])  # torch tensors from our loaders, numpy from some py: ones
             if t.dtype.kind in "iu":  # class indices
                 h, c = top1_hits(out, t, spec=data.spec)
                 hits, labelled = hits + h, labelled + c
@@ -80,7 +87,8 @@ def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | 
         if limit and seen >= limit:
             break
     if seen == 0:
-        raise DataError(f"data spec '{data.spec}': the {split} split yields no samples")
+        raise DataError(f"data spec '{data.spec}': the {split} split yields no samples"
+                        + (f" after its first {skip}" if skip else ""))
 
     result = {"model": str(path), "reference": None if reference is None else str(reference), "split": split,
               "samples": seen, "output": output}

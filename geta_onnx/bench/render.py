@@ -142,6 +142,11 @@ def _guard_lines(guard: dict | None) -> list[str]:
                      f"{ex['action']} |")
         if ex.get("drop_fallback") is not None:
             lines.append(f"| exported file of the last state within the tolerance {gap}| {ex['drop_fallback']:+.4f} | |")
+        unseen = ex.get("unseen")
+        if unseen:  # the split after the checks' samples: no decision of the run read them (compress._unseen_check)
+            within = "within" if unseen["drop"] <= guard["tolerance"] else "over"
+            lines.append(f"| shipped file, the {unseen['samples']} held-out samples no check scored {gap}| "
+                         f"{unseen['drop']:+.4f} | {within} the tolerance |")
     return lines + ["", *_guard_cost_lines(guard), ""]
 
 

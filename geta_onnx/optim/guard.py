@@ -42,7 +42,7 @@ Its resolution is one period: more `[schedule] pruning_periods` give finer steps
     guard.history   # [{"period", "removed", "sparsity", ("predicted_speedup"), "quality", "drop", "action"}, ...]
     guard.end       # {"quality", "drop", "action", ("fallback_period", "quality_after", "drop_after"),
                     #  ("float_layers", "quality_float", "drop_float") or ("float_search")}
-    guard.exported  # set by compress: {"split", "samples", "drop", "action", ("drop_fallback")}
+    guard.exported  # set by compress: {"split", "samples", "drop", "action", ("drop_fallback"), ("unseen")}
     guard.cost      # {"checks": scores taken, "check_seconds", "float_search_seconds"}: what the guard added
 """
 from __future__ import annotations
@@ -116,7 +116,8 @@ class QualityGuard:
         # runs, ("drop_at_commit": a retry's first score)}
         self.pending: dict | None = None
         self.end: dict | None = None  # the end check (finish)
-        # the exported file's check (compress): {"split", "samples", "drop", "action", ("drop_fallback")}
+        # the exported file's check (compress): {"split", "samples", "drop", "action", ("drop_fallback"),
+        # ("unseen": {"samples", "drop"} on the eval samples after the checks' ones)}
         self.exported: dict | None = None
         # wall time the guard added to training (a resumed run adds to its checkpoint's): the checks' scores
         # (BatchNorm refresh + held-out forward) and the float fallback's search (its ranking and cumulative scores)

@@ -59,3 +59,39 @@ def test_eval_bad_data_spec(digits, tmp_path):
     model, _, _ = digits
     result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{tmp_path / 'missing.npz'}"])
     assert result.exit_code == 1 and "missing.npz" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("skip,limit", [(75, 100), (300, 0), (0, 60)])
+def test_evaluate_onnx_skips_the_first_samples(digits, skip, limit):
+    """`skip` (compress's check on the eval samples the quality guard never scored) leaves the
+    split's first samples out, mid-batch too: the accuracy is that of samples skip.. in
+    onnxruntime, run here on the arrays directly."""
+    from geta_onnx.bench import evaluate_onnx
+    from geta_onnx.bench.session import open_session
+    from geta_onnx.config import DataConfig
+    from geta_onnx.graph import load_model
+    from geta_onnx.train import load_data
+
+    model, npz, _ = digits
+    data = load_data(f"npz:{npz}", DataConfig(batch_size=50), model=load_model(model), seed=0)
+    r = evaluate_onnx(model, data, reference=model, skip=skip, limit=limit)
+    arrays = np.load(npz)
+    end = skip + limit if limit else len(arrays["eval_y"])
+    x, y = arrays["eval_x"][skip:end], arrays["eval_y"][skip:end]
+    session = open_session(str(model))
+    logits = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    assert r["samples"] == len(y) and r["agreement"] == 1.0
+    assert r["accuracy"] == pytest.approx(float((logits.argmax(1) == y).mean()), abs=1e-9)
+
+
+def test_evaluate_onnx_skip_past_the_split_says_so(digits):
+    from geta_onnx.bench import evaluate_onnx
+    from geta_onnx.config import DataConfig
+    from geta_onnx.errors import DataError
+    from geta_onnx.graph import load_model
+    from geta_onnx.train import load_data
+
+    model, npz, _ = digits
+    data = load_data(f"npz:{npz}", DataConfig(batch_size=50), model=load_model(model), seed=0)
+    with pytest.raises(DataError, match="no samples after its first 360"):
+        evaluate_onnx(model, data, skip=360)

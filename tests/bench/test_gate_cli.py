@@ -107,6 +107,11 @@ def test_gate_takes_the_guard_tolerance_by_default(report, tmp_path):
     result = CliRunner().invoke(main, ["gate", guarded, "--min-speedup", "1.5"])
     assert result.exit_code == 1 and "the tolerance of the run's quality guard" in result.output  # 0.5 > 0.4 points
     assert "FAIL  accuracy drop" in result.output
+    assert "no quality-guard check scored" not in result.output
+    unseen = {"split": "eval", "samples": 500, "drop": 0.003, "action": "shipped",
+              "unseen": {"samples": 300, "drop": 0.007}}
     loose = _write(tmp_path, {**report, "guard": {"metric": "accuracy", "tolerance": 0.01, "baseline": 0.92,
-                                                  "checks": []}})
-    assert CliRunner().invoke(main, ["gate", loose, "--min-speedup", "1.5"]).exit_code == 0
+                                                  "checks": [], "exported": unseen}})
+    result = CliRunner().invoke(main, ["gate", loose, "--min-speedup", "1.5"])
+    assert result.exit_code == 0  # judged on the whole split, as before; the unseen samples' drop is said
+    assert "on the 300 held-out samples no quality-guard check scored, the drop is +0.0070" in result.output

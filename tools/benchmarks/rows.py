@@ -188,7 +188,7 @@ SCHEDULE_KEYS = ("warmup", "projection", "pruning_start", "pruning")  # the stag
 
 def _report_summary(report: dict) -> dict:
     keys = ("accuracy", "fidelity", "latency_ms", "speedup", "relative_bops", "macs", "size_bytes", "group_sparsity",
-            "wall_time_s", "groups", "latency_model")
+            "wall_time_s", "groups", "latency_model", "guard")
     schedule = report.get("settings", {}).get("schedule")  # the stage fractions the run trained with
     return {**{k: report[k] for k in keys if k in report},
             **({"schedule": {k: schedule[k] for k in SCHEDULE_KEYS}} if schedule else {})}
