@@ -44,6 +44,12 @@ def test_page_and_plot(tmp_path):
                                                  "pruning": 0.15}}
     text = report.render({"fmnist": result}, "benchmarks")
     assert "- geta-onnx schedule: pruning done by 22% of the steps (warm-up 0.02, projection 0.05" in text
+    assert "no check read" not in text  # an unguarded row: no unseen-samples line
+    exported = {"split": "eval", "samples": 10000, "drop": 0.001, "action": "shipped",
+                "unseen": {"samples": 4880, "drop": 0.0031}}
+    result["rows"][-1]["report"]["guard"] = {"samples": 5120, "tolerance": 0.005, "exported": exported}
+    assert ("- geta-30: its guard's checks scored the first 5120 held-out samples; on the 4880 after them, which no "
+            "check read, the drop was +0.0031 (tolerance 0.005)") in report.render({"fmnist": result}, "benchmarks")
     png = tmp_path / "p.png"
     report.pareto_png(result, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -151,6 +151,21 @@ def fp32_training_line(result: dict) -> list[str]:
             f"{_fmt_time(fp32)}" + (f"; geta-onnx compression time over it: {ratios}" if ratios else "")]
 
 
+def guard_lines(result: dict) -> list[str]:
+    """Each guarded geta-onnx row's drop on the held-out samples its guard's checks never scored
+    (the report's guard.exported.unseen: the checks chose on the split's first ones), where the
+    split had more samples than the checks took."""
+    out = []
+    for r in result["rows"]:
+        guard = (r.get("report") or {}).get("guard") or {}
+        unseen = (guard.get("exported") or {}).get("unseen")
+        if r["kind"] == "geta" and unseen:
+            out.append(f"- {r['label']}: its guard's checks scored the first {guard['samples']} held-out samples; on "
+                       f"the {unseen['samples']} after them, which no check read, the drop was "
+                       f"{unseen['drop']:+.4f} (tolerance {guard['tolerance']:g})")
+    return out
+
+
 def schedule_line(result: dict) -> list[str]:
     """The geta-onnx rows' training schedule, from their reports: where pruning ended, as a share
     of the steps (the rest trains the final structure); nothing for rows made before the report
@@ -187,6 +202,7 @@ def model_section(result: dict, png: str) -> str:
             for section, values in s["geta_config"].items()))
     out += fp32_training_line(result)
     out += schedule_line(result)
+    out += guard_lines(result)
     out += [f"- {n}" for n in result.get("notes", [])]
     if result.get("findings"):  # MODEL.findings.md beside the JSON: what the numbers mean, written by hand
         out += ["", "### Findings", "", result["findings"].strip()]
