@@ -539,8 +539,10 @@ class QASSO(torch.optim.Optimizer):
         period's start), keeping the training since, where fall_back would discard it. The
         groups removed after `snap` come back with their entries (weights, BatchNorm statistics,
         the optimizer's moments) from the last of `sources` (period-start snapshots in step
-        order) taken before their removal; every other entry, the quantizers and the frozen bits
-        stay as trained. No more removals. Returns the groups regrown."""
+        order) taken before their removal, and so do a regrown output channel's entries of a
+        per-channel weight quantizer (_regrow_channels); every other entry, the other
+        quantizers and the frozen bits stay as trained. No more removals. Returns the groups
+        regrown."""
         keep = set(snap["optimizer"]["qasso"]["zeroed"])
         back = self.zeroed - keep
         last = {}  # group -> index of the last source in which it was still there (sources in step order)
@@ -548,6 +550,7 @@ class QASSO(torch.optim.Optimizer):
             for gid in back - set(source["optimizer"]["qasso"]["zeroed"]):
                 last[gid] = i
         live = self.module.state_dict(keep_vars=True)  # qualified name -> the live tensor
+        names = {id(t): name for name, t in live.items()}
         params = [p for group in self.param_groups for p in group["params"]]
         index_of = {id(p): i for i, p in enumerate(params)}
         # latest sources first: an entry two regrown groups share (a conv weight's [out, in] of two removed
@@ -558,18 +561,44 @@ class QASSO(torch.optim.Optimizer):
                 name = self.module.tensor_of.get(m.tensor)
                 if name not in live:
                     continue
-                tensor = live[name]
-                index = torch.tensor(m.indices, dtype=torch.long, device=tensor.device)
-                was = source["module"][name].to(tensor.device)
-                tensor.data.index_copy_(m.axis, index, was.index_select(m.axis, index))
-                moments = source["optimizer"]["state"].get(index_of.get(id(tensor), -1), {})
-                for key, value in self.state.get(tensor, {}).items():
-                    if torch.is_tensor(value) and value.shape == tensor.shape and key in moments:
-                        value.index_copy_(m.axis, index, moments[key].to(value.device).index_select(m.axis, index))
+                index = torch.tensor(m.indices, dtype=torch.long, device=live[name].device)
+                self._restore_entries(live[name], m.axis, index, source, name, index_of)
+                layer = self._weight_layer.get(m.tensor)
+                if layer is not None and layer.axis is not None and m.axis == layer.axis:
+                    self._regrow_channels(layer, index, source, names, index_of)
         self.zeroed, self.redundant = keep, []
         self._mask_zeroed()
         self.stopped, self.planned = True, len(self.zeroed)
         return sorted(back)
+
+    @torch.no_grad()
+    def _restore_entries(self, tensor: torch.Tensor, axis: int, index: torch.Tensor, source: dict, name: str,
+                         index_of: dict[int, int]) -> None:
+        """`tensor`'s entries `index` on `axis`, and their optimizer moments, from the snapshot
+        `source` (`name`: the tensor's key in its module state)."""
+        was = source["module"][name].to(tensor.device)
+        tensor.data.index_copy_(axis, index, was.index_select(axis, index))
+        moments = source["optimizer"]["state"].get(index_of.get(id(tensor), -1), {})
+        for key, value in self.state.get(tensor, {}).items():
+            if torch.is_tensor(value) and value.shape == tensor.shape and key in moments:
+                value.index_copy_(axis, index, moments[key].to(value.device).index_select(axis, index))
+
+    @torch.no_grad()
+    def _regrow_channels(self, layer: QuantTarget, index: torch.Tensor, source: dict, names: dict[int, str],
+                         index_of: dict[int, int]) -> None:
+        """Regrown output channels `index` of a per-channel weight quantizer: their q_m and d
+        (and moments) from `source`. The forgetting had set their d to the coarsest step and
+        the cool-down froze that width (b_l where the runtime runs it: int4 MatMul weights, free
+        widths); left so, a regrown channel of an int8 layer would train on at b_l's grid. In the
+        cool-down their frozen widths are made again from the source's d, snapped as any freeze."""
+        q = layer.quantizer
+        for p in (q.q_m, q.d):
+            self._restore_entries(p, 0, index, source, names[id(p)], index_of)
+        if q.frozen_bits is not None:
+            t = layer.t().detach()
+            bits = layer.deployable(bits_of(q.d[index], q.q_m[index], t, q.signed))
+            q.frozen_bits.index_copy_(0, index, bits.to(q.frozen_bits.dtype))
+            q.d.index_copy_(0, index, d_of_bits(bits, q.q_m[index].clamp_min(Q_FLOOR), t, q.signed).to(q.d.dtype))
 
     def _mask_zeroed(self) -> None:
         """Masks of exactly the zeroed groups (after a load or a regrowth changed them)."""

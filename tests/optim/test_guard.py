@@ -653,6 +653,39 @@ def test_probe_regrows_the_removed_groups_into_the_cool_down_trained_model():
     assert all(norm == 0 for norm in _norms(opt, opt.zeroed).values())
 
 
+def test_probe_regrowth_restores_a_regrown_channels_per_channel_weight_quantizer():
+    """Per-channel weight quantizers: the forgetting set a removed output channel's d to the
+    coarsest step and the cool-down froze that width. Regrown, the channel gets its q_m back
+    from the start of the period that removed it and a frozen width made from that state's
+    (d, q_m), with d following it; the other channels' entries stay as the cool-down trained them."""
+    from geta_onnx.quant.quantizer import bits_of, d_of_bits
+
+    module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS, per_channel=True)
+    score, seen = _zeroed_by_step(opt, {COMMITS[0]: 0.02, COMMITS[1]: 0.2, COMMITS[2]: 0.3, PROBE: 0.15})
+    guard = _probe_guard(opt, stages, score)
+    before, after = _StateAt(opt, PROBE, guard), _StateAt(opt, PROBE)
+    _train(module, opt, layers, STEPS, hooks=[before, guard, after])
+    assert guard.history[-1]["action"].startswith("rolled back to the structure after period 1")
+    removed_in = {1: seen[COMMITS[1]][0] - seen[COMMITS[0]][0], 2: seen[COMMITS[2]][0] - seen[COMMITS[1]][0]}
+    finer = 0  # regrown channels whose frozen width the regrowth raised
+    for layer in (la for la in layers if la.axis is not None):
+        q_m, bits = (before.state[f"{layer.name}.{k}"].clone() for k in ("q_m", "frozen_bits"))
+        for period, groups in sorted(removed_in.items(), reverse=True):  # a shared entry: the earlier source
+            source = next(st for st in before.starts if st["period"] == period)["state"]["module"]
+            for m in (m for gid in groups for m in opt._by_id[gid].group.members):
+                if m.tensor == layer.weight and m.axis == layer.axis:
+                    index = torch.tensor(m.indices)
+                    q_m[index] = source[f"{layer.name}.q_m"][index]
+                    was = bits_of(source[f"{layer.name}.d"][index], q_m[index], 1.0, True)
+                    bits[index] = layer.deployable(was).to(bits.dtype)
+                    finer += int((bits[index] > before.state[f"{layer.name}.frozen_bits"][index]).sum())
+        assert torch.equal(after.state[f"{layer.name}.q_m"], q_m), layer.name
+        assert torch.equal(after.state[f"{layer.name}.frozen_bits"], bits), layer.name
+        d = d_of_bits(bits.double(), q_m.double(), 1.0, True).float()
+        assert torch.allclose(after.state[f"{layer.name}.d"], d, rtol=1e-6), layer.name
+    assert finer > 0
+
+
 def test_probe_goes_back_to_the_unpruned_model_when_no_commit_is_predicted_within():
     module, opt, layers, stages = _setup(sparsity=0.5, steps=STEPS)
     score, _ = _zeroed_by_step(opt, {COMMITS[0]: 0.2, COMMITS[1]: 0.3, COMMITS[2]: 0.4, PROBE: 0.4})
