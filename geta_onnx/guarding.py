@@ -92,6 +92,12 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
         device = next(module.parameters()).device
         return metrics(refreshed_batchnorm(module, refresh, names, device), on)[key or metric]
 
+    def refresh_module() -> None:
+        """The statistics score() re-estimates on its copy, into the module itself."""
+        fresh = refreshed_batchnorm(module, refresh, names, next(module.parameters()).device)
+        if fresh is not module:
+            module.load_state_dict(fresh.state_dict())
+
     # the float fallback ranks every quantized layer by its held-out loss on at most GUARD_MIN_BATCHES
     # batches: a full check per layer costs one check per quantized layer, and accuracy on a few
     # batches ties (docs/guard.md, "What it does")
@@ -115,4 +121,4 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
                         samples=samples, rank_score=lambda: -score(few, "loss"),
                         retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry),
-                        probe_step=probe_step(prune, sched), regrow=prune.guard_regrow)
+                        probe_step=probe_step(prune, sched), regrow=prune.guard_regrow, refresh=refresh_module)

@@ -300,14 +300,27 @@ def test_quality_guard_checks_the_exported_file_and_ships_the_better_of_two(tmp_
     plain = tmp_path / "plain.onnx"  # the same run, its file not scripted to miss: the final state's file
     first = CliRunner().invoke(main, args + ["-o", str(plain)])
     assert first.exit_code == 0, first.output
-    drops = iter(file_drops)
-    monkeypatch.setattr(QualityGuard, "measured_drop", lambda self, quality: next(drops))
+    drops, real = iter(file_drops), QualityGuard.measured_drop
+
+    def scripted(self, quality):  # the two files' drops scripted; then the real one (the unseen samples' check)
+        drop = next(drops, None)
+        return real(self, quality) if drop is None else drop
+
+    monkeypatch.setattr(QualityGuard, "measured_drop", scripted)
     out = tmp_path / "guarded.onnx"
     result = CliRunner().invoke(main, args + ["-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "exporting the last state within it to compare" in result.output
     exported = json.loads(out.with_suffix(".report.json").read_text())["guard"]["exported"]
     assert exported["drop"] == 0.9 and exported["drop_fallback"] == file_drops[1]
+    guard = json.loads(out.with_suffix(".report.json").read_text())["guard"]  # the shipped file, after the checks'
+    assert exported["unseen"]["samples"] == exported["samples"] - guard["samples"] > 0  # samples: really measured
+    if ships == "fallback":  # the file is the state its check scored, BatchNorm statistics included: on the
+        # check's own samples its drop is the check's, but for a few samples the QDQ file and fake-quant disagree on
+        kept = [c for c in guard["checks"] if c["period"] >= 0 and c["action"] == "kept"][-1]
+        data = load_data(f"npz:{npz}", DataConfig(batch_size=32), model=load_model(model), seed=0)
+        q = evaluate_onnx(out, data, reference=model, limit=guard["samples"])
+        assert abs((q["reference_accuracy"] - q["accuracy"]) - kept["drop"]) <= 3 / guard["samples"], (q, kept)
     assert exported["action"].startswith("the last state" if ships == "fallback" else "shipped: the last")
     assert (_sha(out) == _sha(plain)) == (ships == "final")
     assert "| exported file, " in out.with_suffix(".report.md").read_text()
