@@ -439,8 +439,7 @@ class QualityGuard:
         """Back to the last state a check found within the tolerance, for good (nothing trains
         after it), with the BatchNorm statistics that check scored it with: the checks score a
         copy re-estimated on the pinned refresh batches, while the snapshot holds the running
-        statistics of its step, stale right after a commit (a digits state scored 0.49 below the
-        original by its check shipped 0.83 below it before this)."""
+        statistics of its step, stale right after a commit (docs/guard.md, step 4)."""
         self.opt.fall_back(self.good["state"])
         if self.refresh is not None:
             self.refresh()
