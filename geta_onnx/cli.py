@@ -480,10 +480,14 @@ def gate(report_path: str, max_accuracy_drop: float, min_speedup: float, max_rel
         click.echo(f"quality budget: {max_accuracy_drop:g}, the tolerance of the run's quality guard")
     checks = check_budgets(report, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
                            max_relative_bops=max_relative_bops, batch=batch, label=report_path)
-    unseen = ((report.get("guard") or {}).get("exported") or {}).get("unseen")
-    if unseen:  # the guard chose on the split's first samples; these it never read (compress._unseen_check)
+    guard = report.get("guard") or {}
+    unseen = (guard.get("exported") or {}).get("unseen")
+    if unseen:  # samples no guard check read (compress._unseen_check)
+        chosen = ("on training samples held out for them" if guard.get("held_out") == "train" else "on the others")
         click.echo(f"note: on the {unseen['samples']} held-out samples no quality-guard check scored, the drop is "
-                   f"{unseen['drop']:+.4f} (the checks chose the structure on the others)")
+                   f"{unseen['drop']:+.4f} (the checks chose the structure {chosen})")
+    if guard.get("fitted"):  # guard_data = "train" on samples the original fitted (guarding.fitted_original)
+        click.echo(f"note: {guard['fitted']['note']}")
     width = max(len(c.name) for c in checks)
     for c in checks:
         click.echo(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<{width}}  {c.shown}")

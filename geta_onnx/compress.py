@@ -186,15 +186,21 @@ def _guarded_file(result, first: tuple[dict, dict], exported, out: Path, source,
 def _unseen_check(result, proto, quality: dict, data, original, settings: Settings, log) -> None:
     """The shipped file's drop on the eval samples no guard check scored: the checks chose the
     structure on the split's first `guard.samples`, so only the rest estimates the drop without
-    that choice's optimism. Recorded as the guard's exported["unseen"] {"samples", "drop"}
-    (nothing when the checks scored the whole split). `proto`: the file that ships, in the
-    interface it was validated in; `quality`: its evaluate_onnx dict on the whole split."""
+    that choice's optimism; checks that scored training samples held out for them left the whole
+    split unread. Recorded as the guard's exported["unseen"] {"samples", "drop"} (nothing when
+    the checks scored the whole split). `proto`: the file that ships, in the interface it was
+    validated in; `quality`: its evaluate_onnx dict on the whole split."""
     import tempfile
 
     from .bench import evaluate_onnx
     from .export import save
 
     guard = result.guard
+    if guard.exported is not None and guard.held_out == "train":
+        drop = guard.measured_drop(quality)
+        if drop is not None:
+            _record_unseen(result, quality["samples"], drop, log)
+        return
     rest = quality["samples"] - (guard.samples or 0)
     if guard.exported is None or not guard.samples or rest <= 0:
         return
@@ -204,10 +210,14 @@ def _unseen_check(result, proto, quality: dict, data, original, settings: Settin
         q = evaluate_onnx(path, data, reference=original.run_path, output=settings.train.output,
                           skip=guard.samples, limit=rest, threads=settings.export.threads)
     drop = guard.measured_drop(q)
-    if drop is None:
-        return
-    guard.exported["unseen"] = {"samples": q["samples"], "drop": drop}
-    log(f"quality guard: on the {q['samples']} held-out samples no check scored, the shipped model drops "
+    if drop is not None:
+        _record_unseen(result, q["samples"], drop, log)
+
+
+def _record_unseen(result, samples: int, drop: float, log) -> None:
+    guard = result.guard
+    guard.exported["unseen"] = {"samples": samples, "drop": drop}
+    log(f"quality guard: on the {samples} held-out samples no check scored, the shipped model drops "
         f"{guard.metric} by {drop:.4f} (tolerance {guard.tolerance:g})")
     result.metrics["guard"] = guard.summary()
 

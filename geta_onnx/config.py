@@ -212,6 +212,11 @@ class PruneConfig:
     # tolerance is worth GUARD_SAMPLES_PER_TOLERANCE (25) held-out samples, at least 8 batches, at most
     # the eval split (guarding.guard_batches; docs/guard.md, "How many samples")
     guard_batches: int = 0
+    # where the guard's checks score: "eval" (the eval split's first guard_batches batches; compress then
+    # reports the shipped file on the rest as the figure no decision read) or "train" (as many samples,
+    # seeded, held out of the training split and never trained on: every eval sample stays unread by the
+    # run's decisions; docs/guard.md, "Where the checks score")
+    guard_data: str = "eval"
     # with the guard on, the share of each pruning period's steps that trains the structure the last
     # commit left before the guard scores it and the period's removal starts (the check then sees what
     # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit. Off by
@@ -257,6 +262,7 @@ class PruneConfig:
         _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
                f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
         _check(self.guard_batches >= 0, "guard_batches", "must be >= 0 (0: sized to the tolerance)")
+        _check(self.guard_data in ("eval", "train"), "guard_data", f"expected eval or train, got '{self.guard_data}'")
         _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
                f"{self.guard_recovery}")
         _check(0 <= self.guard_retry < 1, "guard_retry", f"a share of a pruning period in [0, 1), got {self.guard_retry}")

@@ -37,6 +37,7 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
     from .graph import load_model
     from .graph.interface import adapt_interface
+    from .guarding import holdout_samples
     from .runs import fingerprint
     from .train import load_data
 
@@ -45,7 +46,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     settings, output_note = scored_output(loaded, settings)
     check_model(loaded, settings.train.output)
     check_device(settings.train.device)
-    data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed)
+    data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed,
+                     guard_samples=holdout_samples(settings.prune, settings.data))
     if held_out:
         require_held_out(data, data_spec)
     loaded, branches = decide_branches(loaded, data)

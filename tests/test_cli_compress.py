@@ -284,6 +284,31 @@ def test_quality_guard_probe_end_to_end(tmp_path):
     assert "| shipped file, the 232 held-out samples no check scored |" in out.with_suffix(".report.md").read_text()
 
 
+def test_quality_guard_on_training_samples_held_out(tmp_path):
+    """[prune] guard_data = "train": the checks score training samples held out for them, so
+    no decision of the run read the eval split; the report says so, and the figure on the
+    samples no check scored is the shipped file's on the whole split."""
+    model, npz, _ = write_problem(tmp_path)
+    out, config = tmp_path / "held.onnx", tmp_path / "held.toml"
+    config.write_text("[prune]\nguard_data = \"train\"\nguard_batches = 4\n")  # 4 x 32 training samples
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                       "--batch-size", "32", "--target-sparsity", "0.5", "--max-accuracy-drop", "0.02",
+                                       "--group-divisible", "8", "--batch", "1", "--no-progress", "--no-plots",
+                                       "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    guard = report["guard"]
+    assert guard["held_out"] == "train" and guard["samples"] == 128
+    split = report["quality_split"]["samples"]
+    assert guard["exported"]["samples"] == split == 360  # compress scores the eval split, all of it
+    assert guard["exported"]["unseen"] == {"samples": split, "drop": guard["exported"]["drop"]}
+    md = out.with_suffix(".report.md").read_text()
+    assert "on 128 training samples held out for the guard (never trained on; no check read the eval split)" in md
+    assert f"| shipped file, the {split} held-out samples no check scored |" in md
+    gate = CliRunner().invoke(main, ["gate", str(out.with_suffix(".report.json")), "--min-speedup", "0.01"])
+    assert "the checks chose the structure on training samples held out for them" in gate.output
+
+
 @pytest.mark.parametrize("file_drops,ships", [((0.9, 0.0), "fallback"), ((0.9, 0.95), "final")])
 def test_quality_guard_checks_the_exported_file_and_ships_the_better_of_two(tmp_path, monkeypatch, file_drops,
                                                                             ships):

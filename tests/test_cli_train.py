@@ -60,6 +60,7 @@ def test_train_model_is_the_library_function_behind_the_command(problem, tmp_pat
     ("[prune]\nguard_retry = 1.0\n", "guard_retry"),
     ("[prune]\nguard_probe = -0.5\n", "guard_probe"),
     ("[prune]\nguard_regrow = \"yes\"\n", "guard_regrow"),
+    ("[prune]\nguard_data = \"test\"\n", "guard_data"),
 ])
 def test_bad_config_is_one_clear_line(problem, tmp_path, text, fragment):
     model, npz, _ = problem

@@ -109,8 +109,9 @@ def _guard_lines(guard: dict | None) -> list[str]:
         return []
     speed = any("predicted_speedup" in c for c in guard["checks"])
     lines = ["## Quality guard", "",
-             f"{guard['metric']} on {_guard_samples(guard)}held-out batches; original {guard['baseline']:.4f}, tolerance "
+             f"{guard['metric']} on {_guard_samples(guard)}; original {guard['baseline']:.4f}, tolerance "
              f"{guard['tolerance']:g}. {guard.get('why') or _guard_end(guard)}.", "",
+             *([f"**Warning:** {guard['fitted']['note']}.", ""] if guard.get("fitted") else []),
              *_guard_float_lines(guard.get("float_fallback"), guard["baseline"]),
              "| check | groups removed | share | " + ("predicted speedup | " if speed else "")
              + "quality | drop | action |",
@@ -163,7 +164,11 @@ def _guard_cost_lines(guard: dict) -> list[str]:
 
 
 def _guard_samples(guard: dict) -> str:
-    return f"{guard['samples']} samples of the " if guard.get("samples") else ""
+    """What the guard's checks scored, in words."""
+    if guard.get("held_out") == "train":  # [prune] guard_data = "train"
+        return (f"{guard.get('samples', 'the')} training samples held out for the guard (never trained on; no "
+                "check read the eval split)")
+    return f"{guard['samples']} samples of the held-out batches" if guard.get("samples") else "held-out batches"
 
 
 def _guard_float_lines(fallback: dict | None, baseline: float) -> list[str]:

@@ -74,14 +74,19 @@ class QualityGuard:
     def __init__(self, opt, schedule, score, *, baseline: float, tolerance: float, metric: str,
                  layer_quantizers: dict[str, list] | None = None, max_float: int = 0,
                  floated: dict | None = None, samples: int | None = None, retry_steps: int = 0,
-                 rank_score=None, probe_step: int | None = None, regrow: bool = True, refresh=None):
+                 rank_score=None, probe_step: int | None = None, regrow: bool = True, refresh=None,
+                 held_out: str = "eval", fitted: dict | None = None):
         """`score()`: the quality of the module now on the guard's held-out batches (higher is
         better, the same batches on every call); `baseline`: the original's on them.
         `layer_quantizers`: layer node -> {qualified name: module} of the quantizers its sites
         use, the candidates of the per-layer float fallback, of which at most `max_float` go
         to float (0: none, the run stops at a first check that misses). `floated`: what an
         earlier attempt of this run put in float (FloatLayers.found): reported, and no second
-        fallback. `samples`: how many held-out samples a check scores (reported). `retry_steps`:
+        fallback. `samples`: how many held-out samples a check scores (reported); `held_out`:
+        where they come from, "eval" (the eval split's first ones) or "train" (training samples
+        held out for the guard, never trained on), reported; `fitted`: guarding.fitted_original's
+        record when the original scores clearly higher there than on the eval split, reported.
+        `retry_steps`:
         the recovery steps a commit that misses gets before its second check (0: none).
         `rank_score()`: what orders the float fallback's candidates (higher is better; e.g. the
         negated held-out loss on fewer batches: continuous, so it does not tie as accuracy on a
@@ -104,6 +109,7 @@ class QualityGuard:
                 self._users.setdefault(name, set()).add(node)
                 self._modules[name] = q
         self.floated, self.samples, self.retry_steps = floated, samples, retry_steps
+        self.held_out, self.fitted = held_out, fitted
         self.rank_score = rank_score or score
         self.probe_step, self.regrow, self.refresh = probe_step, regrow, refresh
         # with a probe: the state at each pruning period's start, the probe's rollback targets:
@@ -121,7 +127,8 @@ class QualityGuard:
         self.pending: dict | None = None
         self.end: dict | None = None  # the end check (finish)
         # the exported file's check (compress): {"split", "samples", "drop", "action", ("drop_fallback"),
-        # ("unseen": {"samples", "drop"} on the eval samples after the checks' ones)}
+        # ("unseen": {"samples", "drop"} on the eval samples no check scored: after the checks' ones, or the
+        # whole split when the checks scored held-out training samples)}
         self.exported: dict | None = None
         # wall time the guard added to training (a resumed run adds to its checkpoint's): the checks' scores
         # (BatchNorm refresh + held-out forward) and the float fallback's search (its ranking and cumulative scores)
@@ -492,7 +499,8 @@ class QualityGuard:
         elif self.end is not None and "float_search" in self.end:
             why += f"; {self.end['float_search']}"
         return {"metric": self.metric, "tolerance": self.tolerance, "baseline": self.baseline,
-                **({"samples": self.samples} if self.samples else {}),
+                **({"samples": self.samples} if self.samples else {}), "held_out": self.held_out,
+                **({"fitted": self.fitted} if self.fitted else {}),
                 **({"retries": self.recoveries} if self.recoveries else {}),
                 "stopped_at_period": stopped, "why": why, "checks": self.history,
                 **({"end": self.end} if self.end is not None else {}),

@@ -22,6 +22,9 @@ from .transforms import InputSpec, fmt_shape, matches, plan
 
 __all__ = ["Data", "load_data", "model_inputs", "set_epoch", "split_batch"]
 
+# at most this share of the training split is held out for the quality guard (the rest trains)
+GUARD_SHARE = 0.25
+
 
 @dataclass
 class Data:
@@ -36,11 +39,14 @@ class Data:
     n_train: int | None = None  # samples (None: unknown, py: loaders)
     n_eval: int | None = None
     classes: list[str] | None = None
+    # training samples held out for the quality guard's checks (load_data's guard_samples), never trained on
+    guard: DataLoader | None = None
+    n_guard: int = 0
 
     @property
     def samples(self) -> int | None:
         """Distinct samples the loaders hold (training + held-out); None when unknown (py:)."""
-        return self.n_train + (self.n_eval or 0) if self.n_train else None
+        return self.n_train + (self.n_eval or 0) + self.n_guard if self.n_train else None
 
     def shard(self, rank: int, world: int) -> Data:
         """This rank's share for data-parallel training (distributed.shard_loader): its slice
@@ -49,6 +55,7 @@ class Data:
 
         train = shard_loader(self.train, rank, world, train=True)
         eval_ = None if self.eval is None else shard_loader(self.eval, rank, world, train=False)
+        # the guard's held-out samples stay whole: every rank's check scores all of them and decides the same
         return dataclasses.replace(self, train=train, eval=eval_)
 
 
@@ -62,15 +69,22 @@ def model_inputs(model) -> list[InputSpec]:
     return specs
 
 
-def load_data(spec: str, config: DataConfig = DataConfig(), *, model=None, seed: int = 0) -> Data:
-    """Read `spec`, fit it to `model` (an OnnxModel; None: no shape check) and batch it."""
+def load_data(spec: str, config: DataConfig = DataConfig(), *, model=None, seed: int = 0,
+              guard_samples: int = 0) -> Data:
+    """Read `spec`, fit it to `model` (an OnnxModel; None: no shape check) and batch it.
+    `guard_samples` > 0: that many training samples (seeded, at most GUARD_SHARE of the training
+    split) are held out as `Data.guard` for the quality guard's checks and never trained on."""
     wants = model_inputs(model) if model is not None else None
     names = [w.name for w in wants] if wants else ["x"]
     size, gray = _image_hints(wants, config)
     src = read(spec, names, seed=seed, batch_size=config.batch_size, image_size=size, gray=gray)
     if isinstance(src, Loaders):
+        if guard_samples:
+            raise DataError(f"data spec '{spec}': a py: loader's samples cannot be held out for the quality guard "
+                            "([prune] guard_data = \"train\"); use guard_data = \"eval\", or an npz / idx / "
+                            "folder spec")
         return _from_loaders(spec, src, names, wants)
-    return _from_arrays(spec, src, names, wants, config, seed)
+    return _from_arrays(spec, src, names, wants, config, seed, guard_samples)
 
 
 def _image_hints(wants, config):
@@ -82,7 +96,8 @@ def _image_hints(wants, config):
     return size, (True if c == 1 else False if c == 3 else None)
 
 
-def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfig, seed: int) -> Data:
+def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfig, seed: int,
+                 guard_samples: int = 0) -> Data:
     if len(src.train_x) != len(names):
         raise DataError(f"data spec '{spec}': the model has {len(names)} inputs ({', '.join(names)}); store one "
                         "array per input in the npz file, named like the inputs")
@@ -117,18 +132,37 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
             perm = rng.permutation(train_idx)
             train_idx, eval_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
             eval_xs, eval_y = xs, src.train_y
+    train_idx, guard_idx = _hold_out(spec, train_idx, guard_samples, seed)
     y = src.train_y
     train = ArrayDataset(xs, y, train_idx, transforms)
     eval_ = ArrayDataset(eval_xs, eval_y, eval_idx, transforms) if eval_xs is not None else None
+    guard = ArrayDataset(xs, y, guard_idx, transforms) if guard_idx is not None else None
+    ebs = cfg.eval_batch_size or cfg.batch_size
     num_classes = len(src.classes) if src.classes else _num_classes(spec, y, eval_y)
     bs = cfg.batch_size
     return Data(
         train=make_loader(train, bs, shuffle=cfg.shuffle, seed=seed, drop_last=cfg.drop_last,
                           num_workers=cfg.num_workers),
-        eval=make_loader(eval_, cfg.eval_batch_size or bs, shuffle=False, seed=seed, num_workers=cfg.num_workers)
+        eval=make_loader(eval_, ebs, shuffle=False, seed=seed, num_workers=cfg.num_workers)
         if eval_ is not None else None,
         has_labels=y is not None, num_classes=num_classes, sample_shape=transforms[0].out_shape, spec=spec,
-        n_train=len(train), n_eval=len(eval_) if eval_ is not None else 0, classes=src.classes)
+        n_train=len(train), n_eval=len(eval_) if eval_ is not None else 0, classes=src.classes,
+        guard=make_loader(guard, ebs, shuffle=False, seed=seed, num_workers=cfg.num_workers)
+        if guard is not None else None, n_guard=len(guard) if guard is not None else 0)
+
+
+def _hold_out(spec: str, train_idx: np.ndarray, wanted: int, seed: int):
+    """(training indices, guard indices or None): `wanted` training samples held out for the
+    quality guard, at most GUARD_SHARE of them, drawn by their own seeded generator (the eval
+    split's draw and the training order's seed stay as without them)."""
+    if wanted <= 0:
+        return train_idx, None
+    n = min(int(wanted), int(len(train_idx) * GUARD_SHARE))
+    if n < 1:
+        raise DataError(f"data spec '{spec}': {len(train_idx)} training samples are too few to hold any out for the "
+                        "quality guard ([prune] guard_data = \"train\"); use guard_data = \"eval\"")
+    perm = np.random.default_rng([seed, 1]).permutation(train_idx)
+    return np.sort(perm[n:]), np.sort(perm[:n])
 
 
 def _check_arrays(spec: str, keys: list[str], xs: list, y, prefix: str) -> None:

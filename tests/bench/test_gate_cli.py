@@ -115,3 +115,9 @@ def test_gate_takes_the_guard_tolerance_by_default(report, tmp_path):
     result = CliRunner().invoke(main, ["gate", loose, "--min-speedup", "1.5"])
     assert result.exit_code == 0  # judged on the whole split, as before; the unseen samples' drop is said
     assert "on the 300 held-out samples no quality-guard check scored, the drop is +0.0070" in result.output
+    held = _write(tmp_path, {**report, "guard": {"metric": "accuracy", "tolerance": 0.01, "baseline": 0.97,
+                                                 "checks": [], "exported": unseen, "held_out": "train",
+                                                 "fitted": {"baseline_eval": 0.93, "note": "the original fitted"}}})
+    result = CliRunner().invoke(main, ["gate", held, "--min-speedup", "1.5"])
+    assert result.exit_code == 0 and "chose the structure on training samples held out for them" in result.output
+    assert "note: the original fitted" in result.output

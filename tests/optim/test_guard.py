@@ -506,6 +506,72 @@ def test_guard_batches_are_sized_to_the_tolerance_within_the_eval_split():
                                sample_shape=(3,), spec="test"), ["x"], 0.005) == 79
 
 
+def test_holdout_samples_match_what_the_checks_would_score_from_an_eval_split():
+    """[prune] guard_data = "train" holds out as many training samples as the checks score
+    from an eval split: guard_batches eval batches, or sized to the tolerance; none otherwise."""
+    from geta_onnx.config import DataConfig, PruneConfig
+    from geta_onnx.guarding import holdout_samples
+
+    data = DataConfig(batch_size=64, eval_batch_size=100)
+    train = dict(target_sparsity=0.5, guard_data="train")
+    assert holdout_samples(PruneConfig(max_quality_drop=0.005, **train), data) == 5000  # 25 / 0.005
+    assert holdout_samples(PruneConfig(max_quality_drop=0.05, **train), data) == 800  # at least 8 eval batches
+    assert holdout_samples(PruneConfig(max_quality_drop=0.005, guard_batches=3, **train), data) == 300
+    assert holdout_samples(PruneConfig(max_quality_drop=0.005, target_sparsity=0.5), data) == 0  # "eval"
+    assert holdout_samples(PruneConfig(**train), data) == 0  # no guard
+
+
+def test_an_original_that_fitted_the_held_out_training_samples_is_reported():
+    """guard_data = "train": an original that scores more than the tolerance higher on the
+    held-out training samples than on the eval split has fitted them (Fashion-MNIST: 97.6 %
+    against 93.3 %, docs/guard.md); the guard's record and its Markdown say so."""
+    from geta_onnx.bench.render import render_markdown
+    from geta_onnx.bench.report import build_report
+    from geta_onnx.guarding import fitted_original
+
+    assert fitted_original(0.9758, 0.9331, 0.005)["baseline_eval"] == 0.9331
+    assert "has fitted them" in fitted_original(0.9758, 0.9331, 0.005)["note"]
+    assert fitted_original(0.9350, 0.9331, 0.005) is None  # within the tolerance: no sign of it
+    assert fitted_original(1.0, 1.0, 0.01) is None
+    fitted = fitted_original(0.9758, 0.9331, 0.005)
+    _, opt, _, stages = _setup(sparsity=0.5, steps=STEPS)
+    guard = QualityGuard(opt, stages, lambda: 0.97, baseline=0.9758, tolerance=0.005, metric="accuracy",
+                         held_out="train", fitted=fitted)
+    summary = guard.summary()
+    assert summary["held_out"] == "train" and summary["fitted"] == fitted
+    assert "fitted" not in QualityGuard(opt, stages, lambda: 0.97, baseline=0.9758, tolerance=0.005,
+                                        metric="accuracy").summary()
+    report = build_report(latency_original={"1": 1.0}, latency_compressed={"1": 0.5}, fidelity=("agreement", 0.9))
+    md = render_markdown({**report, "guard": {**summary, "samples": 5000}})
+    assert "on 5000 training samples held out for the guard" in md and f"**Warning:** {fitted['note']}." in md
+
+
+def test_the_guard_scores_the_split_its_setting_names():
+    """guard_loader: the training samples held out for the guard with guard_data = "train"
+    (never silently the eval split: data loaded without them is a ConfigError naming the fix),
+    else the eval split."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from geta_onnx.config import PruneConfig
+    from geta_onnx.errors import ConfigError
+    from geta_onnx.guarding import guard_loader
+    from geta_onnx.train.data import Data
+
+    loader = DataLoader(TensorDataset(torch.zeros(4, 3)), batch_size=2)
+    held = DataLoader(TensorDataset(torch.ones(4, 3)), batch_size=2)
+    data = Data(train=None, eval=loader, has_labels=False, num_classes=None, sample_shape=(3,), spec="test",
+                guard=held, n_guard=4)
+    on_train = PruneConfig(target_sparsity=0.5, max_quality_drop=0.01, guard_data="train")
+    on_eval = PruneConfig(target_sparsity=0.5, max_quality_drop=0.01)
+    assert guard_loader(data, on_train) is held and guard_loader(data, on_eval) is loader
+    with pytest.raises(ConfigError, match="guard_samples"):
+        guard_loader(Data(train=None, eval=loader, has_labels=False, num_classes=None, sample_shape=(3,),
+                          spec="test"), on_train)
+    with pytest.raises(ConfigError, match="eval split"):
+        guard_loader(Data(train=None, eval=None, has_labels=False, num_classes=None, sample_shape=(3,),
+                          spec="test"), on_eval)
+
+
 def test_a_start_check_that_misses_gets_a_retry_before_the_float_fallback():
     """The quantized, unpruned model is 2 points short at the first check (18) and within the
     tolerance 3 steps of training later: period 0's removal waits for those steps, then pruning

@@ -49,6 +49,59 @@ def test_npz_split_shapes_and_every_sample_once(npz, cnn):
     assert torch.equal(torch.cat([ty, ey]), torch.from_numpy(y[order]))
 
 
+def _rows(loader, x):
+    """Indices into x of the samples a loader yields (every row of x is distinct)."""
+    flat = x.reshape(len(x), -1)
+    return [int(np.flatnonzero((flat == row.numpy()).all(1))[0]) for row in _all(loader)[0].reshape(-1, flat.shape[1])]
+
+
+def test_guard_samples_held_out_of_training_never_trained_on(tmp_path):
+    """[prune] guard_data = "train": load_data's guard_samples are training samples held out
+    (seeded, at most GUARD_SHARE of them); training never sees them, the eval split is the
+    same as without them, and the teacher memo's capacity counts them."""
+    from geta_onnx.train.data import GUARD_SHARE
+
+    x, y = blobs(60)
+    path = tmp_path / "g.npz"
+    np.savez(path, x=x, y=y, eval_x=x[:9] + 1.0, eval_y=y[:9])
+    plain = load_data(f"npz:{path}", DataConfig(batch_size=8), seed=4)
+    held = load_data(f"npz:{path}", DataConfig(batch_size=8), seed=4, guard_samples=10)
+    assert (held.n_train, held.n_guard, held.n_eval, held.samples) == (50, 10, 9, 69)
+    train, guard = _rows(held.train, x), _rows(held.guard, x)
+    assert sorted(train + guard) == list(range(60)) and not set(train) & set(guard)  # disjoint, every sample once
+    assert guard == sorted(guard)  # in file order, the same batches on every check
+    assert torch.equal(_all(held.guard)[1], torch.from_numpy(y[guard]))  # labels stay with their samples
+    assert torch.equal(_all(held.eval)[0], _all(plain.eval)[0])  # the eval split untouched
+    again = load_data(f"npz:{path}", DataConfig(batch_size=8), seed=4, guard_samples=10)
+    assert _rows(again.guard, x) == guard  # seeded: a resumed run holds out the same samples
+    assert _rows(load_data(f"npz:{path}", DataConfig(batch_size=8), seed=5, guard_samples=10).guard, x) != guard
+    capped = load_data(f"npz:{path}", DataConfig(batch_size=8), seed=4, guard_samples=1000)
+    assert capped.n_guard == int(60 * GUARD_SHARE) and capped.n_train == 60 - capped.n_guard  # the rest trains
+    # without an eval split of its own: the val_split share first, then the guard's from what is left
+    no_eval = tmp_path / "n.npz"
+    np.savez(no_eval, x=x, y=y)
+    carved = load_data(f"npz:{no_eval}", DataConfig(batch_size=8, val_split=0.2), seed=4, guard_samples=6)
+    assert (carved.n_train, carved.n_guard, carved.n_eval) == (42, 6, 12)
+    parts = [_rows(carved.train, x), _rows(carved.guard, x), _rows(carved.eval, x)]
+    assert sorted(sum(parts, [])) == list(range(60))
+    assert _rows(carved.eval, x) == _rows(load_data(f"npz:{no_eval}", DataConfig(batch_size=8, val_split=0.2),
+                                                    seed=4).eval, x)  # the same eval samples as without a guard
+
+
+def test_guard_samples_errors(tmp_path, cnn):
+    x, y = blobs(3)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x, y=y, eval_x=x, eval_y=y)
+    assert_one_line_error(f"npz:{path}", r"3 training samples are too few.*guard_data = \"eval\"",
+                          guard_samples=8)
+    (tmp_path / "loaders.py").write_text(
+        "import torch\n"
+        "def f():\n"
+        "    return [(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))]\n")
+    assert_one_line_error(f"py:{tmp_path / 'loaders.py'}:f", r"py: loader.*guard_data = \"eval\"", model=cnn[0],
+                          guard_samples=8)
+
+
 def test_shuffle_depends_on_seed_and_epoch_only(npz):
     path = npz[0]
     a = load_data(f"npz:{path}", DataConfig(batch_size=50, val_split=0), seed=1)
