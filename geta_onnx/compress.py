@@ -254,10 +254,8 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         timed = dict(zip(names, lat[1:]))
         scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
 
-        def candidate(name: str, score: bool) -> Candidate:
-            """`name`'s measured speedups, and its quality on the held-out data when `score`."""
-            if not score:
-                return scored[name][1] if name in scored else Candidate(name, timed[name]["speedup"])
+        def candidate(name: str) -> Candidate:
+            """`name`'s measured speedups and its quality on the held-out data."""
             if name not in scored:
                 q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
                                   threads=ex.threads)
@@ -266,10 +264,9 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
                                             metric, q.get("samples"))
             return scored[name][1]
 
-        # the int8 export is always scored (it is the default); another one only once it runs faster
-        choice = pick([candidate(names[0], True)] + [candidate(n, False) for n in names[1:]])
-        if choice.name != names[0]:
-            choice = pick([candidate(n, True) for n in names])
+        # every export is scored: the float twin computes the int8 model's own QDQ math, so int8 below it
+        # is a CPU whose int8 kernels do not compute the model (choice.py, rule 0)
+        choice = pick([candidate(n) for n in names])
         sizes = {name: Path(f).stat().st_size for name, f in files.items()}
     precision = {"shipped": choice.name, "why": choice.why, "candidates": {
         name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],

@@ -6,6 +6,10 @@ decided by what onnxruntime measured, not by bit widths.
     -> Choice("float", "int8 is slower than the original at batch 1 (0.63x), 32 (0.53x); ...")
 
 The rule (docs/realworld.md, "Never slower"):
+0. The float twin computes the QDQ model's own math (every DequantizeLinear applied), so an
+   int8 model that scores below it beyond the tolerance and the sampling noise is one
+   onnxruntime's int8 kernels do not compute exactly on this CPU (u8s8 saturation on x86
+   CPUs without VNNI, docs/deployment.md): the twin ships, whatever the speed.
 1. int8 is the default: it is the smaller file (4x smaller weights).
 2. The float twin wins when the int8 model is slower than the original at some measured
    batch and the twin is not, or when the twin is faster than int8 by more than FASTER_BY
@@ -59,6 +63,11 @@ def pick(candidates: list[Candidate]) -> Choice:
     if len(candidates) < 2:
         return Choice(default.name, "the only export measured")
     alt = candidates[1]
+    wrong = quality_loss(alt, default, noise=True)
+    if wrong is not None:  # the same weights: int8 kernels that do not compute the QDQ model
+        return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, which "
+                                "computes the same QDQ model: onnxruntime's int8 kernels on this CPU do not compute it "
+                                "exactly (u8s8 saturation on x86 CPUs without VNNI; docs/deployment.md)")
     rescue = bool(default.slower) and not alt.slower
     faster = alt.mean_speedup > default.mean_speedup * (1 + FASTER_BY)
     if not (rescue or faster):

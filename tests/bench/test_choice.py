@@ -67,3 +67,23 @@ def test_one_candidate():
 def test_geometric_mean_over_batches():
     """2x at one batch and 0.5x at another is no speedup overall."""
     assert Candidate("x", {"1": 2.0, "32": 0.5}).mean_speedup == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("metric, q8, qf, ships", [
+    ("accuracy", 0.8164, 0.9385, "float"),  # Fashion-MNIST on an AVX2-only host (docs/deployment.md)
+    ("accuracy", 0.9300, 0.9320, "int8"),  # a few samples apart: rounding, not a wrong kernel
+    ("cosine", 0.90, 0.99, "float"),
+    ("mse", 0.020, 0.010, "float"),  # lower is better: twice the twin's error
+    ("mse", 0.0102, 0.010, "int8"),
+])
+def test_an_int8_model_that_scores_below_its_own_float_twin_gives_way_whatever_the_speed(metric, q8, qf, ships):
+    """The twin computes the QDQ model's own math; int8 far below it is a runtime that does not
+    compute the model (u8s8 saturation without VNNI), even where int8 is 2x faster."""
+    int8 = Candidate("int8", {"1": 3.0, "32": 4.0}, q8, metric, 10000)
+    twin = Candidate("float", {"1": 1.5, "32": 2.0}, qf, metric, 10000)
+    choice = pick([int8, twin])
+    assert choice.name == ships, choice.why
+    if ships == "float":
+        assert "int8 kernels on this CPU do not compute it exactly" in choice.why and f"{metric} is" in choice.why
+    else:
+        assert "not faster" in choice.why
