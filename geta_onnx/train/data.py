@@ -154,7 +154,7 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
 def _hold_out(spec: str, train_idx: np.ndarray, wanted: int, seed: int):
     """(training indices, guard indices or None): `wanted` training samples held out for the
     quality guard, at most GUARD_SHARE of them, drawn by their own seeded generator (the eval
-    split's draw and the training order's seed stay as without them)."""
+    split's draw stays as without them)."""
     if wanted <= 0:
         return train_idx, None
     n = min(int(wanted), int(len(train_idx) * GUARD_SHARE))
