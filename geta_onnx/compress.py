@@ -252,26 +252,21 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         lat = measure_latency([original.run_path, *files.values()], batches, threads=ex.threads, repeats=ex.repeats,
                               shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
         timed = dict(zip(names, lat[1:]))
-        scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
-
-        def candidate(name: str) -> Candidate:
-            """`name`'s measured speedups and its quality on the held-out data."""
-            if name not in scored:
-                q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
-                                  threads=ex.threads)
-                metric = "accuracy" if "accuracy" in q else q["metric"]
-                scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
-                                            metric, q.get("samples"))
-            return scored[name][1]
-
         # every export is scored: the float twin computes the int8 model's own QDQ math, so int8 below it
         # is a CPU whose int8 kernels do not compute the model (choice.py, rule 0)
-        choice = pick([candidate(n) for n in names])
+        scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
+        for name in names:
+            q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
+                              threads=ex.threads)
+            metric = "accuracy" if "accuracy" in q else q["metric"]
+            scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
+                                        metric, q.get("samples"))
+        choice = pick([scored[n][1] for n in names])
         sizes = {name: Path(f).stat().st_size for name, f in files.items()}
     precision = {"shipped": choice.name, "why": choice.why, "candidates": {
         name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],
-               **({"quality": scored[name][1].quality, "metric": scored[name][1].metric,
-                   "samples": scored[name][1].samples} if name in scored else {})}
+               "quality": scored[name][1].quality, "metric": scored[name][1].metric,
+               "samples": scored[name][1].samples}
         for name, r in timed.items()}}
     proto = candidates[choice.name]
     return {"quality": scored[choice.name][0], "latency": [latency_p50(lat[0]), latency_p50(timed[choice.name])],
