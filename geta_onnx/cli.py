@@ -204,6 +204,10 @@ def training_options(fn):
                      help=f"Weight bit range (default {_default('quant', 'weight_bits')})."),
         click.option("--act-bits", metavar="LOW:HIGH",
                      help=f"Activation bit range (default {_default('quant', 'act_bits')})."),
+        click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]),
+                     help=f"int8 weights on a 7-bit grid (default {_default('quant', 'reduce_range')}). auto: where this "
+                     "CPU's onnxruntime int8 kernels saturate full-range weights (x86 without VNNI); on: for a file "
+                     "deployed on other or unknown x86 CPUs (docs/deployment.md)."),
         click.option("--group-divisible", type=int,
                      help=f"Kept channels per layer: a multiple of this (default {_default('prune', 'group_divisible')})."),
         click.option("--epochs", type=click.IntRange(min=1),
@@ -258,7 +262,7 @@ def settings_from_options(o: dict):
         drop = 1.0 - fidelity
     s = s.override("prune", max_quality_drop=drop)
     s = s.override("quant", weight_bits=_bits(o["weight_bits"], "--weight-bits"),
-                   act_bits=_bits(o["act_bits"], "--act-bits"))
+                   act_bits=_bits(o["act_bits"], "--act-bits"), reduce_range=o.get("reduce_range"))
     s = s.override("schedule", epochs=o["epochs"], steps=o["steps"])
     s = s.override("optim", optimizer=o["optimizer"], lr=o["lr"])
     s = s.override("data", batch_size=o["batch_size"], input_values=tuple(o.get("input_values") or ()) or None)

@@ -287,6 +287,7 @@ def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:
 def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, result, checks: dict,
             wall: dict, batch: str = "dynamic batch", branches: tuple = (), interface: tuple = ()) -> dict:
     from .bench import build_report
+    from .quant.weight_range import describe as describe_weight_grid
 
     q = checks["quality"]
     quality = {}
@@ -320,7 +321,8 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         **({"guard": m["guard"]} if m.get("guard") else {}),
         layers=layers,
         fused_ops=checks["fusion"],
-        precision=checks["precision"],
+        precision={**checks["precision"], **({"weight_grid": describe_weight_grid()}
+                                             if settings.quant.reduce_range == "on" else {})},
         batch=batch,
         **({"branches": list(branches)} if branches else {}),
         **({"interface": list(interface)} if interface else {}),

@@ -58,6 +58,12 @@ class QuantConfig:
     # 32 rows on, so 4 bits would buy size at that cost. "on": wherever the runtime runs it (size
     # first); "off": never
     int4_matmul: str = "auto"
+    # int8 weights on a 7-bit grid (|q| <= 63), as onnxruntime's quantizer's `reduce_range`: its u8s8
+    # kernels on x86 CPUs without VNNI add pairs of products into a saturating int16, so full-range
+    # weights compute another model (docs/deployment.md). "auto": on where a probe of this CPU's
+    # onnxruntime saturates (profile ort; quant.weight_range); "on": for a file deployed on other or
+    # unknown x86 CPUs; "off": the full grid
+    reduce_range: str = "auto"
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float
@@ -74,6 +80,8 @@ class QuantConfig:
         _check(self.calibration_batches >= 1, "calibration_batches", "must be >= 1")
         _check(self.int4_matmul in ("auto", "on", "off"), "int4_matmul", f"expected auto, on or off, got "
                f"'{self.int4_matmul}'")
+        _check(self.reduce_range in ("auto", "on", "off"), "reduce_range", f"expected auto, on or off, got "
+               f"'{self.reduce_range}'")
 
 
 

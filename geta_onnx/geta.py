@@ -26,6 +26,7 @@ from .quant.bops import kept_from_groups, relative_bops
 from .quant.calibrate import calibrate
 from .quant.plan import QuantPlan
 from .quant.sites import attach_quantizers
+from .quant.weight_range import resolve as resolve_weight_range
 from .train import (CHECKPOINT, Data, Schedule, TrainResult, distributed, load_checkpoint, lr_scheduler, make_loss,
                     split_batch, train)
 from .train.batching import FirstBatches
@@ -150,6 +151,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample).
     `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at).
     `profile`: the export profile, whose runtime's widths the frozen bits snap to (QuantConfig.deployable_bits)."""
+    quant = resolve_weight_range(quant, profile)  # reduce_range "auto" decided on this CPU
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample

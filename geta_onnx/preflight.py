@@ -32,16 +32,22 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
                 threads: int = 2):
     """(model to train, Data, settings fingerprint, graph.batch.BatchChange, settings) of a
     training run, every check above passed; the settings are the given ones with the scored
-    output resolved (scored_output), the fingerprint is of the given ones. `held_out`: the run scores the result (compress), so it
-    needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
+    output resolved (scored_output), the fingerprint is of the given ones; both have
+    [quant] reduce_range "auto" decided (quant.weight_range). `held_out`: the run scores the
+    result (compress), so it needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
     proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
     from .graph import load_model
     from .graph.interface import adapt_interface
     from .guarding import holdout_samples
+    from .quant.weight_range import describe as describe_weight_grid
+    from .quant.weight_range import resolve as resolve_weight_range
     from .runs import fingerprint
     from .train import load_data
 
-    given = settings
+    # reduce_range "auto" decided once, on this CPU, and recorded as decided: a resume on a CPU that
+    # decides otherwise would train on another grid (quant.weight_range)
+    quant = resolve_weight_range(settings.quant, settings.export.profile)
+    settings = given = settings.replace("quant", reduce_range=quant.reduce_range)
     loaded, interface = adapt_interface(load_model(model_path), input_values(settings.data.input_values))
     settings, output_note = scored_output(loaded, settings)
     check_model(loaded, settings.train.output)
@@ -55,7 +61,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
-    batch.notes = interface.describe() + ([output_note] if output_note else [])
+    batch.notes = (interface.describe() + ([output_note] if output_note else [])
+                   + ([describe_weight_grid()] if settings.quant.reduce_range == "on" else []))
     batch.interface = interface
     return batch.model, data, fingerprint(model_path, data_spec, given), batch, settings
 

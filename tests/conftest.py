@@ -13,3 +13,16 @@ os.environ.setdefault("GETA_ONNX_CACHE", tempfile.mkdtemp(prefix="geta-onnx-test
 import torch  # noqa: E402  (after the thread variables)
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _full_range_int8_weights(monkeypatch):
+    """[quant] reduce_range "auto" probes whether this CPU's onnxruntime int8 kernels saturate
+    (quant/weight_range.py): pinned to "no" so that every CPU trains the same grids here;
+    tests/quant/test_weight_range.py runs the probe itself and sets its answer both ways."""
+    from geta_onnx.quant import weight_range
+
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: False)

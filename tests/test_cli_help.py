@@ -12,7 +12,7 @@ from geta_onnx.settings import Settings
 OPTIONS = {"--target-sparsity": ("prune", "target_sparsity"), "--weight-bits": ("quant", "weight_bits"),
            "--act-bits": ("quant", "act_bits"), "--group-divisible": ("prune", "group_divisible"),
            "--optimizer": ("optim", "optimizer"), "--lr": ("optim", "lr"), "--batch-size": ("data", "batch_size"),
-           "--amp": ("train", "amp"), "--seed": ("train", "seed")}
+           "--amp": ("train", "amp"), "--seed": ("train", "seed"), "--reduce-range": ("quant", "reduce_range")}
 COMPRESS = {"--profile": ("export", "profile"), "--batch": ("export", "batches"), "--threads": ("export", "threads")}
 
 

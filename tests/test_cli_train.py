@@ -61,6 +61,8 @@ def test_train_model_is_the_library_function_behind_the_command(problem, tmp_pat
     ("[prune]\nguard_probe = -0.5\n", "guard_probe"),
     ("[prune]\nguard_regrow = \"yes\"\n", "guard_regrow"),
     ("[prune]\nguard_data = \"test\"\n", "guard_data"),
+    ("[quant]\nreduce_range = \"yes\"\n", "quant.reduce_range"),
+    ("[quant]\nreduce_range = \"on\"\n[export]\nprofile = \"tensorrt\"\n", "TensorRT's int8 kernels do not saturate"),
 ])
 def test_bad_config_is_one_clear_line(problem, tmp_path, text, fragment):
     model, npz, _ = problem

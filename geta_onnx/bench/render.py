@@ -67,7 +67,10 @@ def _precision_lines(precision: dict | None) -> list[str]:
     timed = "; ".join(f"{name} " + ", ".join(f"{v:.2f}x at batch {b}" for b, v in c["speedup"].items())
                       + f", {c['size_bytes'] / 1e6:.3f} MB"
                       for name, c in precision["candidates"].items())
-    return [f"Shipped: **{precision['shipped']}** ({precision['why']}). Timed: {timed}.", ""]
+    lines = [f"Shipped: **{precision['shipped']}** ({precision['why']}). Timed: {timed}.", ""]
+    if precision.get("weight_grid") and precision["shipped"] == "int8":
+        lines += [f"Weights: {precision['weight_grid']}.", ""]
+    return lines
 
 
 def _latency_model_lines(lat: dict | None) -> list[str]:

@@ -43,6 +43,7 @@ from ..graph.stats import op_cost
 from .nonneg import nonnegative_tensors
 from .plan import QuantLayer, QuantPlan, QuantSite
 from .quantizer import Quantizer
+from .weight_range import weight_bits
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -192,11 +193,11 @@ def _quantize_weight(module, layer: QuantLayer, call: fx.Node, config: QuantConf
         w = module.parameter(layer.weight).detach()  # initializer layout
         if per_channel:
             q_m = w.abs().amax(dim=[i for i in range(w.dim()) if i != layer.out_axis])  # (C,)
-            q = Quantizer("weight", channels=q_m.numel(), axis=layer.axis, bit_range=config.weight_bits,
+            q = Quantizer("weight", channels=q_m.numel(), axis=layer.axis, bit_range=weight_bits(config),
                           learn_t=config.learn_t, grad_scale=config.grad_scale)
         else:
             q_m = w.abs().max()
-            q = Quantizer("weight", bit_range=config.weight_bits, learn_t=config.learn_t,
+            q = Quantizer("weight", bit_range=weight_bits(config), learn_t=config.learn_t,
                           grad_scale=config.grad_scale)
         q.to(w.device).set_range(q_m, config.weight_bits_start)
         made[key] = _insert(module, src, names.get("w_", layer.weight), q)

@@ -55,6 +55,20 @@ def _run(path, x: np.ndarray) -> np.ndarray:
     return open_session(path, threads=1).run(None, {"image": x})[0]
 
 
+def test_ptq_int8_takes_reduce_range_as_compress_does(resnet, tmp_path):
+    """The pipeline's PTQ gets the 7-bit weights wherever compress's "auto" would (the probe;
+    pinned to "does not saturate" in the suite): onnxruntime's reduced int8 range is +-64."""
+    path, _ = resnet
+    calibration = [{"image": _images(16, seed=s)} for s in range(2)]
+    for reduce_range, widest in ((None, 127), (True, 64)):
+        out = tmp_path / f"int8_{reduce_range}.onnx"
+        info = ptq_int8(path, calibration, out, reduce_range=reduce_range)
+        assert info["reduce_range"] is bool(reduce_range)
+        proto = onnx.load(str(out))
+        weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == widest
+
+
 def test_ptq_int8_is_per_channel_qdq_and_close_to_fp32(resnet, tmp_path):
     path, _ = resnet
     out = tmp_path / "int8.onnx"

@@ -34,6 +34,7 @@ from geta_onnx.io import write_bytes_atomic
 from geta_onnx.optim.selection import allowed_removals
 from geta_onnx.prune import prune_model
 from geta_onnx.qadg import QADG, PruneGroup, analyze
+from geta_onnx.quant import weight_range
 
 Feeds = Mapping[str, np.ndarray]  # one calibration batch: input name -> (N, ...) array
 
@@ -50,7 +51,7 @@ class _CalibrationReader:
 
 
 def ptq_int8(model_path: str | os.PathLike, calibration_batches: Iterable[Feeds], out_path: str | os.PathLike,
-             *, preprocess: bool = True, op_types: list[str] | None = None) -> dict:
+             *, preprocess: bool = True, op_types: list[str] | None = None, reduce_range: bool | None = None) -> dict:
     """onnxruntime static int8 post-training quantization of `model_path` into `out_path`.
 
     QDQ format, per-channel int8 symmetric weights, uint8 activations (the only activation
@@ -63,7 +64,11 @@ def ptq_int8(model_path: str | os.PathLike, calibration_batches: Iterable[Feeds]
     `op_types` restricts the quantized op types (None: every type onnxruntime can quantize;
     transformers want ["MatMul", "Gemm"]: a quantized attention-mask Add or LayerNorm input
     loses the -inf mask and the outliers, which destroys the output).
-    Returns {"seconds", "preprocess": "full" | "no-symbolic" | "none", "calibration_samples"}.
+    `reduce_range`: 7-bit weights, as compress's `[quant] reduce_range` (None: where this CPU's
+    int8 kernels saturate full-range weights, the probe compress's "auto" uses), so the
+    pipeline's file computes its own model wherever geta-onnx's does (docs/deployment.md).
+    Returns {"seconds", "preprocess": "full" | "no-symbolic" | "none", "calibration_samples",
+    "op_types", "reduce_range"}.
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -71,6 +76,7 @@ def ptq_int8(model_path: str | os.PathLike, calibration_batches: Iterable[Feeds]
     if not batches:
         raise ConfigError("ptq_int8: give at least one calibration batch")
     samples = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+    reduce_range = weight_range.int8_saturates() if reduce_range is None else reduce_range
     reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(batches)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="geta-ptq-") as tmp:
@@ -83,12 +89,13 @@ def ptq_int8(model_path: str | os.PathLike, calibration_batches: Iterable[Feeds]
         try:
             quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types)
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types,
+                            reduce_range=reduce_range)
         finally:
             logging.getLogger().setLevel(level)
         write_bytes_atomic(out_path, out.read_bytes())
     return {"seconds": time.perf_counter() - start, "preprocess": how, "calibration_samples": samples,
-            "op_types": op_types or "all"}
+            "op_types": op_types or "all", "reduce_range": reduce_range}
 
 
 def _preprocess(src: Path, dst: Path) -> tuple[Path, str]:

@@ -1,0 +1,107 @@
+"""The weight grid onnxruntime's int8 kernels compute exactly on this CPU: `[quant] reduce_range`
+(docs/deployment.md, "int8 kernels can compute another model").
+
+onnxruntime runs a QDQ Conv / Gemm / MatMul as QLinearConv / QGemm / MatMulInteger on uint8
+activations and int8 weights (u8s8). On x86 CPUs without VNNI its kernels multiply them with
+VPMADDUBSW, which adds each pair of neighbouring products into a SATURATING int16: 2 x 255 x 127
+does not fit, so the kernel computes another model than the QDQ file's own math (and than the
+PyTorch fake-quant model it was trained as). Weights on a 7-bit grid (|q| <= 63 in the int8
+container) fit: 2 x 255 x 63 = 32130 <= 32767. onnxruntime's own quantizer offers the same
+remedy as `reduce_range`.
+
+Whether the kernels saturate is decided by measurement, not by CPU flags: `int8_saturates`
+runs one QDQ conv built to saturate (every pair of weights at +127 against activations near
+255) with onnxruntime's graph optimizations on (the fused int8 kernel) and off (Dequantize-
+Linear / float Conv / QuantizeLinear) and compares.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from ..errors import ConfigError
+
+REDUCED_BITS = 7  # the widest signed grid whose pair sums fit an int16 against uint8 activations
+SETTINGS = ("auto", "on", "off")
+
+# The probe: a 3x3 conv over C channels, weights at +-LEVEL, activations quantized to 150..255
+_C, _M, _HW = 32, 8, 6
+_X_SCALE, _W_SCALE, _Y_SCALE = 0.02, 0.01, 8.0  # _Y_SCALE: no output reaches the uint8 Q's 255 steps
+
+
+def resolve(config, profile: str):
+    """`config` (a QuantConfig) with reduce_range "auto" decided: "on" where this CPU's int8
+    kernels saturate 8-bit weights (profile ort; TensorRT's int8 kernels do not), else "off".
+    "on" with the tensorrt profile is a ConfigError (nothing to reduce there)."""
+    if config.reduce_range == "on" and profile == "tensorrt":
+        raise ConfigError(option="quant.reduce_range",
+                          detail="'on' applies to the ort profile (onnxruntime's u8s8 kernels); TensorRT's int8 "
+                                 "kernels do not saturate: use 'auto' or 'off' with [export] profile = \"tensorrt\"")
+    if config.reduce_range != "auto":
+        return config
+    reduce = profile == "ort" and int8_saturates()
+    return dataclasses.replace(config, reduce_range="on" if reduce else "off")
+
+
+def weight_bits(config) -> tuple[int, int]:
+    """The [b_l, b_u] every weight quantizer is held in: config.weight_bits, capped at
+    REDUCED_BITS when reduce_range is on (an 8-bit weight then deploys on the 7-bit grid)."""
+    lo, hi = config.weight_bits
+    if config.reduce_range != "on":
+        return lo, hi
+    return min(lo, REDUCED_BITS), min(hi, REDUCED_BITS)
+
+
+def describe() -> str:
+    """The log's and the report's line for a run with reduce_range on: the grid and why."""
+    return (f"8-bit weights train and deploy on a {REDUCED_BITS}-bit grid (|q| <= {2 ** (REDUCED_BITS - 1) - 1}; "
+            "[quant] reduce_range = \"on\"): onnxruntime's u8s8 kernels on x86 CPUs without VNNI saturate "
+            "full-range int8 weights (docs/deployment.md)")
+
+
+@functools.lru_cache(maxsize=None)
+def int8_saturates() -> bool:
+    """Whether onnxruntime's fused int8 conv on this CPU departs from the QDQ model's own math
+    with full-range int8 weights (more than one output step on the probe)."""
+    return _probe_error(2 ** 7 - 1) > 1.0
+
+
+def _probe_error(level: int) -> float:
+    """Largest |fused - unfused| of the probe conv with weights at +-`level`, in output steps."""
+    import onnxruntime as ort
+
+    model = _probe_model(level)
+    x = np.random.default_rng(1).uniform(150 * _X_SCALE, 255 * _X_SCALE, (1, _C, _HW, _HW)).astype(np.float32)
+    outs = []
+    for opt in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level, options.intra_op_num_threads = opt, 1
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        outs.append(session.run(None, {"x": x})[0])
+    return float(np.abs(outs[0] - outs[1]).max() / _Y_SCALE)
+
+
+def _probe_model(level: int) -> bytes:
+    """x -> Q/DQ (uint8) -> Conv 3x3 (int8 weights, mostly +level) -> Relu -> Q/DQ (uint8)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = np.where(rng.random((_M, _C, 3, 3)) < 0.8, level, rng.integers(-level, level + 1, (_M, _C, 3, 3)))
+    scalar = lambda value, dtype, name: numpy_helper.from_array(np.array(value, dtype=dtype), name)  # noqa: E731
+    inits = [numpy_helper.from_array(w.astype(np.int8), "w_q"), scalar(_W_SCALE, np.float32, "w_s"),
+             scalar(0, np.int8, "w_z"), scalar(_X_SCALE, np.float32, "x_s"), scalar(0, np.uint8, "x_z"),
+             scalar(_Y_SCALE, np.float32, "y_s"), scalar(0, np.uint8, "y_z")]
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["wd"]),
+             node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+             node("Relu", ["y"], ["r"]),
+             node("QuantizeLinear", ["r", "y_s", "y_z"], ["yq"]),
+             node("DequantizeLinear", ["yq", "y_s", "y_z"], ["out"])]
+    graph = helper.make_graph(nodes, "saturation_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, _C, _HW, _HW])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, _M, _HW, _HW])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
