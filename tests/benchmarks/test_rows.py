@@ -10,7 +10,7 @@ def _fake_steps(monkeypatch, calls):
             calls.append(name)
             out = args[3] if name == "finetune" else args[1]  # finetune(src, data, epochs, lr, out)
             open(out, "wb").write(b"onnx")
-            return {"seconds": 1.5}
+            return {"seconds": 1.5, **({"reduce_range": bool(kwargs.get("reduce_range"))} if name == "ptq" else {})}
         return run
 
     monkeypatch.setattr(rows.baselines, "l1_prune", step("prune"))
@@ -65,3 +65,30 @@ def test_geta_rows_reuse_only_the_same_command_and_defaults(tmp_path, monkeypatc
     monkeypatch.setattr(rows, "geta_defaults", lambda: {"schedule": {"warmup": 0.05}})
     rows.geta_row(bench, tmp_path, rows.Budget("3x"), log=lambda *_: None, reuse=True)
     assert len(runs) == 2  # another default schedule: made again
+
+
+def test_l1_rows_quantize_again_when_the_reduce_range_decision_changed(tmp_path, monkeypatch):
+    """An L1 int8 model made full-range (or before reduce_range existed) on a CPU whose int8
+    kernels saturate: only the PTQ step is made again, with reduce_range."""
+    calls = []
+    _fake_steps(monkeypatch, calls)
+    monkeypatch.setattr(rows.baselines.weight_range, "int8_saturates", lambda: False)
+    bench = SimpleNamespace(model=tmp_path / "fp32.onnx", epochs=2, lr=1e-3, finetune_loss="task",
+                            ptq_op_types=None, data=None, output=0, calibration=[])
+    bench.model.write_bytes(b"fp32")
+    rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None)
+    assert calls == ["prune", "finetune", "ptq"]
+    monkeypatch.setattr(rows.baselines.weight_range, "int8_saturates", lambda: True)
+    made = rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls[3:] == ["ptq"] and made[1]["details"]["ptq"]["reduce_range"] is True
+    rows.l1_rows(bench, tmp_path, 1000, "3x", "MACs of geta 3x", log=lambda *_: None, reuse=True)
+    assert calls[4:] == []  # the stamp now records it: reused
+
+
+def test_geta_defaults_name_reduce_range_only_where_it_changes_the_run(monkeypatch):
+    from geta_onnx.quant import weight_range
+
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: False)
+    assert "quant" not in rows.geta_defaults()  # the full grid: the run earlier stamps recorded
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: True)
+    assert rows.geta_defaults()["quant"] == {"reduce_range": "on"}

@@ -169,6 +169,12 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
     if earlier is not None:
         log(f"  reusing the L1 models of the same settings: {tuned}")
         prune, tune, quant = earlier["prune"], earlier["finetune"], earlier["ptq"]
+        reduce_range = baselines.weight_range.int8_saturates()
+        if quant.get("reduce_range", False) != reduce_range:  # PTQ alone again: onnxruntime's reduce_range
+            log(f"  quantizing {tuned} again with reduce_range = {reduce_range} (this CPU's int8 kernels)")
+            quant = baselines.ptq_int8(tuned, bench.calibration, int8, op_types=bench.ptq_op_types,
+                                       reduce_range=reduce_range)
+            stamp.write_text(json.dumps({"settings": settings, "prune": prune, "finetune": tune, "ptq": quant}))
     else:
         prune = baselines.l1_prune(bench.model, target_macs, pruned, unit=unit)
         teacher = bench.model if bench.finetune_loss != "task" else None
@@ -198,10 +204,15 @@ def _report_summary(report: dict) -> dict:
 def geta_defaults() -> dict:
     """The settings geta-onnx compress takes when the command gives none (geta_onnx.config): an
     earlier output is reused only when they are the same, since a changed default (the schedule)
-    changes the run that the same command makes."""
+    changes the run that the same command makes. [quant] reduce_range "auto" is such a default
+    where this CPU's int8 kernels saturate (it then trains 7-bit weights, docs/deployment.md):
+    recorded only then, so outputs made where it decides "off" (the full grid, as before it
+    existed) stay reusable."""
     from geta_onnx.config import ScheduleConfig
+    from geta_onnx.quant import weight_range
 
-    return {"schedule": dataclasses.asdict(ScheduleConfig())}
+    return {"schedule": dataclasses.asdict(ScheduleConfig()),
+            **({"quant": {"reduce_range": "on"}} if weight_range.int8_saturates() else {})}
 
 
 def _display(cmd: list[str]) -> str:
