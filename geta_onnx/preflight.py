@@ -34,8 +34,9 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     training run, every check above passed; the settings are the given ones with the scored
     output resolved (scored_output), the fingerprint is of the given ones; both have
     [quant] reduce_range "auto" decided (quant.weight_range). `held_out`: the run scores the
-    result (compress), so it needs held-out samples. A model whose inputs take a static batch of 1 is trained as its
-    proven dynamic-batch rewrite, or else one sample per forward (BatchChange)."""
+    result (compress), so it needs held-out samples. A model whose inputs take a static batch
+    of 1 is trained as its proven dynamic-batch rewrite, or else one sample per forward
+    (BatchChange)."""
     from .graph import load_model
     from .graph.interface import adapt_interface
     from .guarding import holdout_samples

@@ -24,7 +24,6 @@ import numpy as np
 from ..errors import ConfigError
 
 REDUCED_BITS = 7  # the widest signed grid whose pair sums fit an int16 against uint8 activations
-SETTINGS = ("auto", "on", "off")
 
 # The probe: a 3x3 conv over C channels, weights at +-LEVEL, activations quantized to 150..255
 _C, _M, _HW = 32, 8, 6
