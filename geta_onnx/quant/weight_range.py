@@ -24,6 +24,8 @@ import numpy as np
 from ..errors import ConfigError
 
 REDUCED_BITS = 7  # the widest signed grid whose pair sums fit an int16 against uint8 activations
+REDUCED_LEVEL = 2 ** (REDUCED_BITS - 1) - 1  # 63: its largest |q|
+FULL_LEVEL = 2 ** 7 - 1  # 127: the int8 grid's
 
 # The probe: a 3x3 conv over C channels, weights at +-LEVEL, activations quantized to 150..255
 _C, _M, _HW = 32, 8, 6
@@ -55,7 +57,7 @@ def weight_bits(config) -> tuple[int, int]:
 
 def describe() -> str:
     """The log's and the report's line for a run with reduce_range on: the grid and why."""
-    return (f"8-bit weights train and deploy on a {REDUCED_BITS}-bit grid (|q| <= {2 ** (REDUCED_BITS - 1) - 1}; "
+    return (f"8-bit weights train and deploy on a {REDUCED_BITS}-bit grid (|q| <= {REDUCED_LEVEL}; "
             "[quant] reduce_range = \"on\"): onnxruntime's u8s8 kernels on x86 CPUs without VNNI saturate "
             "full-range int8 weights (docs/deployment.md)")
 
@@ -64,7 +66,7 @@ def describe() -> str:
 def int8_saturates() -> bool:
     """Whether onnxruntime's fused int8 conv on this CPU departs from the QDQ model's own math
     with full-range int8 weights (more than one output step on the probe)."""
-    return _probe_error(2 ** 7 - 1) > 1.0
+    return _probe_error(FULL_LEVEL) > 1.0
 
 
 def _probe_error(level: int) -> float:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from geta_onnx.quant import weight_range
+
 from . import baselines
 from .models import Bench
 
@@ -169,7 +171,7 @@ def l1_rows(bench: Bench, work: Path, target_macs: int, tag: str, what: str, uni
     if earlier is not None:
         log(f"  reusing the L1 models of the same settings: {tuned}")
         prune, tune, quant = earlier["prune"], earlier["finetune"], earlier["ptq"]
-        reduce_range = baselines.weight_range.int8_saturates()
+        reduce_range = weight_range.int8_saturates()
         if quant.get("reduce_range", False) != reduce_range:  # PTQ alone again: onnxruntime's reduce_range
             log(f"  quantizing {tuned} again with reduce_range = {reduce_range} (this CPU's int8 kernels)")
             quant = baselines.ptq_int8(tuned, bench.calibration, int8, op_types=bench.ptq_op_types,
@@ -209,7 +211,6 @@ def geta_defaults() -> dict:
     recorded only then, so outputs made where it decides "off" (the full grid, as before it
     existed) stay reusable."""
     from geta_onnx.config import ScheduleConfig
-    from geta_onnx.quant import weight_range
 
     return {"schedule": dataclasses.asdict(ScheduleConfig()),
             **({"quant": {"reduce_range": "on"}} if weight_range.int8_saturates() else {})}
