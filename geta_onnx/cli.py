@@ -205,9 +205,10 @@ def training_options(fn):
         click.option("--act-bits", metavar="LOW:HIGH",
                      help=f"Activation bit range (default {_default('quant', 'act_bits')})."),
         click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]),
-                     help=f"int8 weights on a 7-bit grid (default {_default('quant', 'reduce_range')}). auto: where this "
-                     "CPU's onnxruntime int8 kernels saturate full-range weights (x86 without VNNI); on: for a file "
-                     "deployed on other or unknown x86 CPUs (docs/deployment.md)."),
+                     help=f"int8 weights on a 7-bit grid (default {_default('quant', 'reduce_range')}). auto: where the "
+                     "target's onnxruntime int8 kernels saturate full-range weights (x86 without VNNI; the target: "
+                     "--latency-table's when it records its probe, else this CPU); on: for a file deployed on other "
+                     "or unknown x86 CPUs (docs/deployment.md)."),
         click.option("--group-divisible", type=int,
                      help=f"Kept channels per layer: a multiple of this (default {_default('prune', 'group_divisible')})."),
         click.option("--epochs", type=click.IntRange(min=1),
@@ -431,10 +432,13 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
 @click.option("--metric", type=click.Choice(["auto", "agreement", "cosine", "mse"]), default="auto", show_default=True,
               help="Fidelity metric with --reference (auto: agreement for class scores, cosine for embeddings).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--unfused", is_flag=True,
+              help="Run MODEL's QDQ math (onnxruntime's basic graph optimizations, no fused int8 kernels): what a "
+                   "CPU whose int8 kernels compute it exactly scores (docs/deployment.md).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @_friendly_errors
 def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, limit: int, output: int, metric: str,
-          threads: int, json_path: str | None) -> None:
+          threads: int, unfused: bool, json_path: str | None) -> None:
     """Accuracy of MODEL in onnxruntime on --data, or its agreement with --reference."""
     from .bench import evaluate_onnx
     from .bench.session import read_model
@@ -446,7 +450,8 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
     # val_split=0: without an eval split the whole train split is scored, not a held-out slice
     config = DataConfig(batch_size=batch_size, val_split=0.0, shuffle=False, limit=limit)
     data = load_data(data_spec, config, model=read_model(model))
-    r = evaluate_onnx(model, data, reference=reference, output=output, metric=metric, limit=limit, threads=threads)
+    r = evaluate_onnx(model, data, reference=reference, output=output, metric=metric, limit=limit, threads=threads,
+                      unfused=unfused)
     click.echo(f"{r['metric']}: {r['value']:.4f}  ({r['samples']} samples of the {r['split']} split, output {output})")
     for k in ("accuracy", "reference_accuracy", "agreement", "cosine", "mse", "max_abs"):
         if k in r and k != r["metric"]:
@@ -487,7 +492,8 @@ def gate(report_path: str, max_accuracy_drop: float, min_speedup: float, max_rel
     guard = report.get("guard") or {}
     unseen = (guard.get("exported") or {}).get("unseen")
     if unseen:  # samples no guard check read (compress._unseen_check)
-        chosen = ("on training samples held out for them" if guard.get("held_out") == "train" else "on the others")
+        chosen = {"train": "on training samples held out for them", "val": "on the validation split"}.get(
+            guard.get("held_out"), "on the others")
         click.echo(f"note: on the {unseen['samples']} held-out samples no quality-guard check scored, the drop is "
                    f"{unseen['drop']:+.4f} (the checks chose the structure {chosen})")
     if guard.get("fitted"):  # guard_data = "train" on samples the original fitted (guarding.fitted_original)

@@ -186,17 +186,18 @@ def _guarded_file(result, first: tuple[dict, dict], exported, out: Path, source,
 def _unseen_check(result, proto, quality: dict, data, original, settings: Settings, log) -> None:
     """The shipped file's drop on the eval samples no guard check scored: the checks chose the
     structure on the split's first `guard.samples`, so only the rest estimates the drop without
-    that choice's optimism; checks that scored training samples held out for them left the whole
-    split unread. Recorded as the guard's exported["unseen"] {"samples", "drop"} (nothing when
-    the checks scored the whole split). `proto`: the file that ships, in the interface it was
-    validated in; `quality`: its evaluate_onnx dict on the whole split."""
+    that choice's optimism; checks that scored the validation split, or training samples held
+    out for them, left the whole split unread. Recorded as the guard's exported["unseen"]
+    {"samples", "drop"} (nothing when the checks scored the whole split). `proto`: the file
+    that ships, in the interface it was validated in; `quality`: its evaluate_onnx dict on the
+    whole split."""
     import tempfile
 
     from .bench import evaluate_onnx
     from .export import save
 
     guard = result.guard
-    if guard.exported is not None and guard.held_out == "train":
+    if guard.exported is not None and guard.held_out in ("train", "val"):  # no check read the eval split
         drop = guard.measured_drop(quality)
         if drop is not None:
             _record_unseen(result, quality["samples"], drop, log)
@@ -208,7 +209,8 @@ def _unseen_check(result, proto, quality: dict, data, original, settings: Settin
         path = Path(tmp) / "shipped.onnx"
         save(proto, path)
         q = evaluate_onnx(path, data, reference=original.run_path, output=settings.train.output,
-                          skip=guard.samples, limit=rest, threads=settings.export.threads)
+                          skip=guard.samples, limit=rest, threads=settings.export.threads,
+                          unfused=quality.get("unfused", False))
     drop = guard.measured_drop(q)
     if drop is not None:
         _record_unseen(result, q["samples"], drop, log)
@@ -240,10 +242,14 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
     from .export import fusion_report, save
     from .graph import from_proto
     from .graph.stats import model_stats
+    from .quant import weight_range
 
     ex = settings.export
     batches = [1] if static_batch else list(ex.batches)
     names = list(candidates)
+    # int8 bound for a latency table's target that computes full-range weights exactly, on a CPU whose
+    # kernels do not: scored as the target computes it (quant.weight_range.scored_unfused); timed as it is
+    unfused = {names[0]} if weight_range.scored_unfused(settings.quant, settings.prune.latency_table) else set()
     with tempfile.TemporaryDirectory(prefix="geta-candidates-") as tmp:
         files = {names[0]: Path(compressed)}
         for name in names[1:]:
@@ -257,13 +263,16 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
         for name in names:
             q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
-                              threads=ex.threads)
+                              threads=ex.threads, unfused=name in unfused)
+            if name in unfused:
+                q["unfused"] = True
             metric = "accuracy" if "accuracy" in q else q["metric"]
             scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
                                         metric, q.get("samples"))
         choice = pick([scored[n][1] for n in names])
         sizes = {name: Path(f).stat().st_size for name, f in files.items()}
-    precision = {"shipped": choice.name, "why": choice.why, "candidates": {
+    how = {"scored_unfused": weight_range.UNFUSED_NOTE.format(name=names[0])} if unfused else {}
+    precision = {"shipped": choice.name, "why": choice.why, **how, "candidates": {
         name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],
                "quality": scored[name][1].quality, "metric": scored[name][1].metric,
                "samples": scored[name][1].samples}

@@ -60,8 +60,9 @@ class QuantConfig:
     int4_matmul: str = "auto"
     # int8 weights on a 7-bit grid (|q| <= 63), as onnxruntime's quantizer's `reduce_range`: its u8s8
     # kernels on x86 CPUs without VNNI add pairs of products into a saturating int16, so full-range
-    # weights compute another model (docs/deployment.md). "auto": on where a probe of this CPU's
-    # onnxruntime saturates (profile ort; quant.weight_range); "on": for a file deployed on other or
+    # weights compute another model (docs/deployment.md). "auto": on where a probe of the target's
+    # onnxruntime saturates (profile ort; quant.weight_range; the target: [prune] latency_table's when
+    # that file records its probe, else this CPU); "on": for a file deployed on other or
     # unknown x86 CPUs; "off": the full grid
     reduce_range: str = "auto"
     skip_first: bool = False  # keep the first weighted layer in float
@@ -193,6 +194,7 @@ class TrainConfig:
 
 
 BUDGETS = ("target_latency_ms", "target_speedup", "target_bops", "target_sparsity")  # the first one set rules
+GUARD_DATA = ("auto", "val", "eval", "train")  # [prune] guard_data: where the quality guard's checks score
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,12 @@ class PruneConfig:
     # tolerance is worth GUARD_SAMPLES_PER_TOLERANCE (25) held-out samples, at least 8 batches, at most
     # the eval split (guarding.guard_batches; docs/guard.md, "How many samples")
     guard_batches: int = 0
-    # where the guard's checks score: "eval" (the eval split's first guard_batches batches; compress then
-    # reports the shipped file on the rest as the figure no decision read) or "train" (as many samples,
-    # seeded, held out of the training split and never trained on: every eval sample stays unread by the
-    # run's decisions; docs/guard.md, "Where the checks score")
-    guard_data: str = "eval"
+    # where the guard's checks score: "val" (the data's validation split: npz val_ arrays, a folder's val/
+    # beside test/; the eval split stays unread by the run's decisions), "eval" (the eval split's first
+    # guard_batches batches; compress then reports the shipped file on the rest as the figure no decision
+    # read) or "train" (as many samples, seeded, held out of the training split and never trained on).
+    # "auto": "val" where the data has a validation split, else "eval" (docs/guard.md, "Where the checks score")
+    guard_data: str = "auto"
     # with the guard on, the share of each pruning period's steps that trains the structure the last
     # commit left before the guard scores it and the period's removal starts (the check then sees what
     # training recovers of a commit's drop, not the drop itself); 0: scored right at the commit. Off by
@@ -270,7 +273,7 @@ class PruneConfig:
         _check(self.max_quality_drop is None or 0 <= self.max_quality_drop < 1, "max_quality_drop",
                f"a drop in [0, 1), e.g. 0.005 for half a point of accuracy; got {self.max_quality_drop}")
         _check(self.guard_batches >= 0, "guard_batches", "must be >= 0 (0: sized to the tolerance)")
-        _check(self.guard_data in ("eval", "train"), "guard_data", f"expected eval or train, got '{self.guard_data}'")
+        _check(self.guard_data in GUARD_DATA, "guard_data", f"expected {', '.join(GUARD_DATA)}, got '{self.guard_data}'")
         _check(0 <= self.guard_recovery < 1, "guard_recovery", f"a share of a pruning period in [0, 1), got "
                f"{self.guard_recovery}")
         _check(0 <= self.guard_retry < 1, "guard_retry", f"a share of a pruning period in [0, 1), got {self.guard_retry}")

@@ -151,7 +151,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     `per_sample`: a graph that takes one sample per forward (bridge.OnnxModule.per_sample).
     `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at).
     `profile`: the export profile, whose runtime's widths the frozen bits snap to (QuantConfig.deployable_bits)."""
-    quant = resolve_weight_range(quant, profile)  # reduce_range "auto" decided on this CPU
+    quant = resolve_weight_range(quant, profile, prune.latency_table)  # reduce_range "auto" decided for the target
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample

@@ -57,15 +57,30 @@ def holdout_samples(prune: PruneConfig, data: DataConfig) -> int:
     return max(GUARD_MIN_BATCHES * per_batch, sized)
 
 
+def guard_data(setting: str, data: Data) -> str:
+    """[prune] guard_data with "auto" decided: "val" where the data has a validation split
+    (Data.val), else "eval"."""
+    if setting != "auto":
+        return setting
+    return "val" if data.val is not None else "eval"
+
+
 def guard_loader(data: Data, prune: PruneConfig):
     """The held-out batches the guard's checks score: the training samples held out for it
-    (Data.guard) with [prune] guard_data = "train", else the eval split; a ConfigError when
-    the data has none."""
-    if prune.guard_data == "train":
+    (Data.guard) with [prune] guard_data = "train", the validation split with "val" (and
+    "auto" where there is one), else the eval split; a ConfigError when the data has none."""
+    where = guard_data(prune.guard_data, data)
+    if where == "train":
         if data.guard is None:
             raise ConfigError("[prune] guard_data = \"train\": the data holds no training samples out for the guard; "
                               "load it with load_data(..., guard_samples=guarding.holdout_samples(prune, data_config))")
         return data.guard
+    if where == "val":
+        if data.val is None:
+            raise ConfigError(f"[prune] guard_data = \"val\": data '{data.spec}' has no validation split; store "
+                              "val_x / val_y arrays beside eval_x / eval_y in the npz file, or a val/ folder beside "
+                              "test/, or use guard_data = \"eval\"")
+        return data.val
     if data.eval is None:
         raise ConfigError("--max-accuracy-drop / --min-fidelity need held-out data to score on: give the data an "
                           "eval split, or [data] val_split > 0")
@@ -156,7 +171,8 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
                   for la in plan.layers if la.weight_quantizer is not None}
     return QualityGuard(opt, sched, score, baseline=baseline, tolerance=prune.max_quality_drop, metric=metric,
                         layer_quantizers=candidates, max_float=prune.guard_float_layers, floated=floated,
-                        samples=samples, held_out=prune.guard_data, rank_score=lambda: -score(few, "loss"),
+                        samples=samples, held_out=guard_data(prune.guard_data, data),
+                        rank_score=lambda: -score(few, "loss"),
                         retry_steps=0 if prune.guard_recovery else recovery_steps(prune, sched, prune.guard_retry),
                         probe_step=probe_step(prune, sched), regrow=prune.guard_regrow, refresh=refresh_module,
                         fitted=fitted)

@@ -33,21 +33,24 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     """(model to train, Data, settings fingerprint, graph.batch.BatchChange, settings) of a
     training run, every check above passed; the settings are the given ones with the scored
     output resolved (scored_output), the fingerprint is of the given ones; both have
-    [quant] reduce_range "auto" decided (quant.weight_range). `held_out`: the run scores the
+    [quant] reduce_range "auto" decided (quant.weight_range: for the latency table's target
+    when it records its probe, else this CPU) and [prune] guard_data "auto" decided on the data
+    (guarding.guard_data). `held_out`: the run scores the
     result (compress), so it needs held-out samples. A model whose inputs take a static batch
     of 1 is trained as its proven dynamic-batch rewrite, or else one sample per forward
     (BatchChange)."""
     from .graph import load_model
     from .graph.interface import adapt_interface
-    from .guarding import holdout_samples
-    from .quant.weight_range import describe as describe_weight_grid
-    from .quant.weight_range import resolve as resolve_weight_range
+    from .guarding import guard_data, holdout_samples
+    from .quant import weight_range
     from .runs import fingerprint
     from .train import load_data
 
-    # reduce_range "auto" decided once, on this CPU, and recorded as decided: a resume on a CPU that
-    # decides otherwise would train on another grid (quant.weight_range)
-    quant = resolve_weight_range(settings.quant, settings.export.profile)
+    # reduce_range "auto" decided once, for the target (a latency table's that records it, else this CPU),
+    # and recorded as decided: a resume that decides otherwise would train on another grid (quant.weight_range)
+    table_path = settings.prune.latency_table
+    range_note = weight_range.decision_note(settings.quant.reduce_range, settings.export.profile, table_path)
+    quant = weight_range.resolve(settings.quant, settings.export.profile, table_path)
     settings = given = settings.replace("quant", reduce_range=quant.reduce_range)
     loaded, interface = adapt_interface(load_model(model_path), input_values(settings.data.input_values))
     settings, output_note = scored_output(loaded, settings)
@@ -55,6 +58,9 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_device(settings.train.device)
     data = load_data(data_spec, settings.data, model=loaded, seed=settings.train.seed,
                      guard_samples=holdout_samples(settings.prune, settings.data))
+    # guard_data "auto" decided on the data (the validation split where it has one) and recorded as decided
+    where = guard_data(settings.prune.guard_data, data)
+    settings, given = (s.replace("prune", guard_data=where) for s in (settings, given))
     if held_out:
         require_held_out(data, data_spec)
     loaded, branches = decide_branches(loaded, data)
@@ -63,7 +69,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
     batch.notes = (interface.describe() + ([output_note] if output_note else [])
-                   + ([describe_weight_grid()] if settings.quant.reduce_range == "on" else []))
+                   + ([range_note] if range_note else [])
+                   + ([weight_range.describe()] if settings.quant.reduce_range == "on" else []))
     batch.interface = interface
     return batch.model, data, fingerprint(model_path, data_spec, given), batch, settings
 

@@ -14,6 +14,7 @@ from geta_onnx.cli import main
 from geta_onnx.config import DataConfig
 from geta_onnx.graph import load_model
 from geta_onnx.latency.table import LatencyTable, Target, cache_path
+from geta_onnx.quant import weight_range
 from geta_onnx.train import load_data
 from tests.e2e.digits import write_problem
 
@@ -198,7 +199,10 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
             entry.ms["float"] = np.maximum(entry.ms["float"], 1e-3)
         entry.ms["int8"] = entry.ms["float"] * (10 if k == key else 0.1)
     table = tmp_path / "slow_gemm.json"
-    LatencyTable(Target("onnxruntime 0.0", "a slow-int8 cpu", 1, 8), 0.0, cached.entries).save(table)
+    # ...whose int8 kernels compute full-range weights exactly, where this CPU's are made to saturate:
+    # reduce_range "auto" is decided for the table's target, and the int8 file is scored as it computes it
+    LatencyTable(Target("onnxruntime 0.0", "a slow-int8 cpu", 1, 8), 0.0, cached.entries, False).save(table)
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: True)
     # (a budget well inside reach: this run tests the per-layer precision, and the reach of 2.5x
     # over a 58 us original depends on how this machine timed the whole models; once 2.21x)
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
@@ -213,6 +217,10 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     slow = [la for la in layers if la["float_reason"] == "latency"]
     assert len(slow) == 1 and slow[0]["op_type"] in ("Gemm", "MatMul") and slow[0]["weight_bits"] is None
     assert any(la["weight_bits"] for la in layers)  # the others stay int8
+    assert report["settings"]["quant"]["reduce_range"] == "off"
+    assert "decided for the latency table's target (a slow-int8 cpu)" in result.output
+    assert report["precision"]["scored_unfused"].startswith("int8 scored as its QDQ math")
+    assert "Scored: int8 scored as its QDQ math" in out.with_suffix(".report.md").read_text()
 
 
 def test_quality_guard_end_to_end(tmp_path):
@@ -284,13 +292,22 @@ def test_quality_guard_probe_end_to_end(tmp_path):
     assert "| shipped file, the 232 held-out samples no check scored |" in out.with_suffix(".report.md").read_text()
 
 
-def test_quality_guard_on_training_samples_held_out(tmp_path):
-    """[prune] guard_data = "train": the checks score training samples held out for them, so
-    no decision of the run read the eval split; the report says so, and the figure on the
-    samples no check scored is the shipped file's on the whole split."""
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_quality_guard_on_samples_the_eval_split_does_not_hold(tmp_path, where):
+    """[prune] guard_data = "train": the checks score training samples held out for them; a
+    data file with a validation split (npz val_ arrays): "auto" scores it. Either way no
+    decision of the run read the eval split; the report says so, and the figure on the samples
+    no check scored is the shipped file's on the whole split."""
     model, npz, _ = write_problem(tmp_path)
     out, config = tmp_path / "held.onnx", tmp_path / "held.toml"
-    config.write_text("[prune]\nguard_data = \"train\"\nguard_batches = 4\n")  # 4 x 32 training samples
+    if where == "train":
+        config.write_text("[prune]\nguard_data = \"train\"\nguard_batches = 4\n")  # 4 x 32 training samples
+    else:  # the last 128 training samples as the validation split
+        arrays = dict(np.load(npz))
+        x, y = arrays.pop("x"), arrays.pop("y")
+        npz = tmp_path / "with_val.npz"
+        np.savez(npz, x=x[:-128], y=y[:-128], val_x=x[-128:], val_y=y[-128:], **arrays)
+        config.write_text("[prune]\nguard_batches = 4\n")
     result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
                                        "--batch-size", "32", "--target-sparsity", "0.5", "--max-accuracy-drop", "0.02",
                                        "--group-divisible", "8", "--batch", "1", "--no-progress", "--no-plots",
@@ -298,15 +315,17 @@ def test_quality_guard_on_training_samples_held_out(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".report.json").read_text())
     guard = report["guard"]
-    assert guard["held_out"] == "train" and guard["samples"] == 128
+    assert guard["held_out"] == where == report["settings"]["prune"]["guard_data"] and guard["samples"] == 128
     split = report["quality_split"]["samples"]
     assert guard["exported"]["samples"] == split == 360  # compress scores the eval split, all of it
     assert guard["exported"]["unseen"] == {"samples": split, "drop": guard["exported"]["drop"]}
     md = out.with_suffix(".report.md").read_text()
-    assert "on 128 training samples held out for the guard (never trained on; no check read the eval split)" in md
+    assert {"train": "on 128 training samples held out for the guard (never trained on; no check read the eval split)",
+            "val": "on 128 samples of the validation split (no check read the eval split)"}[where] in md
     assert f"| shipped file, the {split} held-out samples no check scored |" in md
     gate = CliRunner().invoke(main, ["gate", str(out.with_suffix(".report.json")), "--min-speedup", "0.01"])
-    assert "the checks chose the structure on training samples held out for them" in gate.output
+    assert {"train": "the checks chose the structure on training samples held out for them",
+            "val": "the checks chose the structure on the validation split"}[where] in gate.output
 
 
 @pytest.mark.parametrize("file_drops,ships", [((0.9, 0.0), "fallback"), ((0.9, 0.95), "final")])

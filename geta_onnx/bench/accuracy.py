@@ -24,7 +24,7 @@ METRICS = ("auto", "agreement", "cosine", "mse")
 
 
 def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | None = None, output: int = 0, *,
-                  metric: str = "auto", limit: int = 0, skip: int = 0, threads: int = 2) -> dict:
+                  metric: str = "auto", limit: int = 0, skip: int = 0, threads: int = 2, unfused: bool = False) -> dict:
     """Evaluate `path` on `data` (a geta_onnx.train.Data) in onnxruntime. Returns
 
         {"model", "reference", "split", "samples", "output", "metric", "value",
@@ -32,11 +32,12 @@ def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | 
 
     `metric` (reference only): auto | agreement | cosine | mse. `limit` > 0 stops after that
     many samples (the data spec's own limit draws a seeded subset instead). `skip` leaves the
-    split's first samples out (compress: the ones the quality guard's checks scored)."""
+    split's first samples out (compress: the ones the quality guard's checks scored).
+    `unfused`: `path` runs as its QDQ math, not the fused int8 kernels (session.session_options)."""
     if metric not in METRICS:
         raise ConfigError(f"option '--metric': expected one of {', '.join(METRICS)}, got '{metric}'")
     loader, split = (data.eval, "eval") if data.eval is not None else (data.train, "train")
-    session = open_session(path, threads)
+    session = open_session(path, threads, unfused)
     ref_session = open_session(reference, threads) if reference is not None else None
     names = [i.name for i in session.get_inputs()]
     dtypes = [_np_dtype(i.type) for i in session.get_inputs()]

@@ -70,6 +70,8 @@ def _precision_lines(precision: dict | None) -> list[str]:
     lines = [f"Shipped: **{precision['shipped']}** ({precision['why']}). Timed: {timed}.", ""]
     if precision.get("weight_grid") and precision["shipped"] == "int8":
         lines += [f"Weights: {precision['weight_grid']}.", ""]
+    if precision.get("scored_unfused"):
+        lines += [f"Scored: {precision['scored_unfused']}.", ""]
     return lines
 
 
@@ -171,6 +173,8 @@ def _guard_samples(guard: dict) -> str:
     if guard.get("held_out") == "train":  # [prune] guard_data = "train"
         return (f"{guard.get('samples', 'the')} training samples held out for the guard (never trained on; no "
                 "check read the eval split)")
+    if guard.get("held_out") == "val":  # [prune] guard_data = "val" (or "auto" with a validation split)
+        return f"{guard.get('samples', 'the')} samples of the validation split (no check read the eval split)"
     return f"{guard['samples']} samples of the held-out batches" if guard.get("samples") else "held-out batches"
 
 

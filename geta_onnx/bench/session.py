@@ -16,9 +16,12 @@ from ..graph.feeds import batch_names, check_input_names, example_feeds
 from ..graph.interface import input_value
 
 
-def session_options(threads: int = 2):
+def session_options(threads: int = 2, unfused: bool = False):
     """The options every latency measurement runs with: `threads` intra-op threads, one
     inter-op thread, sequential execution, all graph optimisations, errors-only logging.
+    `unfused`: the basic optimisations only, so a QDQ model runs as its own math (Dequantize-
+    Linear / float op / QuantizeLinear), not as the fused int8 kernels (for scoring a file bound
+    for a target whose kernels compute it exactly: quant.weight_range.scored_unfused).
 
     Sequential execution and a single inter-op thread keep runs comparable between models:
     parallel branches would otherwise compete for the same cores differently per model."""
@@ -28,19 +31,21 @@ def session_options(threads: int = 2):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_BASIC if unfused else level.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: ORT's warnings would drown the summary
     return opts
 
 
-def open_session(path: str | os.PathLike, threads: int = 2):
-    """A CPU InferenceSession of the file `path` with session_options(threads)."""
+def open_session(path: str | os.PathLike, threads: int = 2, unfused: bool = False):
+    """A CPU InferenceSession of the file `path` with session_options(threads, unfused)."""
     import onnxruntime as ort
 
     if threads < 1:
         raise ConfigError(f"option '--threads': must be >= 1, got {threads}")
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, unfused),
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / NoSuchFile types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: onnxruntime cannot load the model ({first})") from None

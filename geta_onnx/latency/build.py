@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..graph.probe import probe_shapes
+from ..quant import weight_range
 from ..quant.plan import QuantLayer
 from .attribution import time_split
 from .measure import fill, time_ms
@@ -107,7 +108,10 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
                               f"and has no entry for {len(missing)} layer signature(s) of {model.label}, e.g. "
                               f"'{missing[0]}'; measure it for this model on that target, or drop --latency-table")
     table, measured = fill(table, specs, unit, target, progress=progress)
-    if measured:
+    stamped = table.target == target and table.int8_saturates is None
+    if stamped:  # this target's table records its int8 kernels' probe (quant.weight_range) for "auto" elsewhere
+        table.int8_saturates = weight_range.int8_saturates()
+    if measured or stamped:
         _save(table, Path(table_path) if table_path else cache_path(target), log_line)
     feeds = {k: np.repeat(v, table.target.batch, axis=0) for k, v in sample.items()}
     quantized = {la.node for la in plan.layers if la.weight_quantizer is not None}

@@ -5,6 +5,7 @@ File format (JSON, docs/latency.md), format "geta-onnx-latency/1":
     {"format": "geta-onnx-latency/1",
      "target": {"runtime": "onnxruntime 1.32.0", "cpu": "Intel(R) Xeon(R) ...", "threads": 2, "batch": 32},
      "overhead_ms": 0.004,                       # session.run's fixed cost, already taken off below
+     "int8_saturates": false,                    # optional: the target's int8 kernels clip full-range weights
      "entries": {
        "Conv|x=Cx28x28|k=3x3|s=1x1|p=1x1x1x1|d=1x1|g=1|ci=32|co=64": {
           "cin": [16, 32], "cout": [16, 32, 48, 64],          # the measured kept widths
@@ -13,7 +14,9 @@ File format (JSON, docs/latency.md), format "geta-onnx-latency/1":
 
 Times are milliseconds per batch (median of timed runs). A table measured elsewhere (another
 CPU, a TensorRT engine timed by its own tool) loads as it is with `--latency-table`: the
-target it names is reported, never checked against this machine.
+target it names is reported, never checked against this machine. Its `int8_saturates` (the
+probe of quant/weight_range.py, run where the table was measured) decides `[quant]
+reduce_range = "auto"` for that target; a table without it leaves the decision to this CPU.
 """
 from __future__ import annotations
 
@@ -111,9 +114,13 @@ class LatencyTable:
     target: Target
     overhead_ms: float
     entries: dict[str, Entry]
+    # whether the target's int8 kernels depart from the QDQ math with full-range int8 weights
+    # (quant.weight_range.int8_saturates, run on the target); None: not recorded
+    int8_saturates: bool | None = None
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "target": asdict(self.target), "overhead_ms": self.overhead_ms,
+        probe = {} if self.int8_saturates is None else {"int8_saturates": self.int8_saturates}
+        return {"format": FORMAT, "target": asdict(self.target), "overhead_ms": self.overhead_ms, **probe,
                 "entries": {k: e.to_json() for k, e in sorted(self.entries.items())}}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -138,7 +145,10 @@ class LatencyTable:
             entries = {str(k): Entry.from_json(v, f"{where}, entry '{k}'") for k, v in data["entries"].items()}
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"{where}: malformed ({e}); see docs/latency.md for the format") from None
-        return cls(target, overhead, entries)
+        saturates = data.get("int8_saturates")
+        if saturates is not None and not isinstance(saturates, bool):
+            raise ConfigError(f"{where}: int8_saturates must be true or false (or absent), got {saturates!r}")
+        return cls(target, overhead, entries, saturates)
 
 
 def cache_path(target: Target) -> Path:

@@ -12,12 +12,16 @@ remedy as `reduce_range`.
 Whether the kernels saturate is decided by measurement, not by CPU flags: `int8_saturates`
 runs one QDQ conv built to saturate (every pair of weights at +127 against activations near
 255) with onnxruntime's graph optimizations on (the fused int8 kernel) and off (Dequantize-
-Linear / float Conv / QuantizeLinear) and compares.
+Linear / float Conv / QuantizeLinear) and compares. A latency table records the probe of the
+machine it was measured on (latency.table, `int8_saturates`), so `--latency-table` of another
+target decides for that target, and compress then scores the int8 file as that target
+computes it (`scored_unfused`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -32,18 +36,70 @@ _C, _M, _HW = 32, 8, 6
 _X_SCALE, _W_SCALE, _Y_SCALE = 0.02, 0.01, 8.0  # _Y_SCALE: no output reaches the uint8 Q's 255 steps
 
 
-def resolve(config, profile: str):
-    """`config` (a QuantConfig) with reduce_range "auto" decided: "on" where this CPU's int8
+def resolve(config, profile: str, table_path: str = ""):
+    """`config` (a QuantConfig) with reduce_range "auto" decided: "on" where the target's int8
     kernels saturate 8-bit weights (profile ort; TensorRT's int8 kernels do not), else "off".
-    "on" with the tensorrt profile is a ConfigError (nothing to reduce there)."""
+    The target is the latency table's (`table_path`, [prune] latency_table) when that file
+    records its probe, else this CPU. "on" with the tensorrt profile is a ConfigError (nothing
+    to reduce there)."""
     if config.reduce_range == "on" and profile == "tensorrt":
         raise ConfigError(option="quant.reduce_range",
                           detail="'on' applies to the ort profile (onnxruntime's u8s8 kernels); TensorRT's int8 "
                                  "kernels do not saturate: use 'auto' or 'off' with [export] profile = \"tensorrt\"")
     if config.reduce_range != "auto":
         return config
-    reduce = profile == "ort" and int8_saturates()
+    recorded = table_probe(table_path)
+    reduce = profile == "ort" and (int8_saturates() if recorded is None else recorded[0])
     return dataclasses.replace(config, reduce_range="on" if reduce else "off")
+
+
+def table_probe(table_path: str) -> tuple[bool, str] | None:
+    """(whether its target's int8 kernels saturate, its CPU) as the latency table file
+    `table_path` records them; None without a file there or without the record (a table
+    written before it, or timed by another tool). A damaged file is latency.table's ConfigError."""
+    if not table_path or not Path(table_path).is_file():
+        return None
+    from ..latency.table import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    return None if table.int8_saturates is None else (table.int8_saturates, table.target.cpu)
+
+
+def decision_note(given: str, profile: str, table_path: str) -> str | None:
+    """The log's line when a latency table of another CPU decides (or cannot decide) the
+    `given` reduce_range "auto" for its target (profile ort); None otherwise."""
+    from ..latency.table import LatencyTable, cpu_name
+
+    if given != "auto" or profile != "ort" or not table_path or not Path(table_path).is_file():
+        return None
+    table = LatencyTable.load(table_path)
+    if table.target.cpu == cpu_name():
+        return None
+    if table.int8_saturates is None:
+        return (f"latency table '{table_path}' ({table.target.cpu}) does not record whether its target's int8 kernels "
+                "saturate full-range weights: [quant] reduce_range \"auto\" decided on this CPU; --reduce-range on "
+                "or off decides for the target (docs/deployment.md)")
+    how = "saturate" if table.int8_saturates else "compute full-range weights exactly"
+    return (f"[quant] reduce_range \"auto\" decided for the latency table's target ({table.target.cpu}): its int8 "
+            f"kernels {how}")
+
+
+# the report's line for a file scored so (precision.scored_unfused)
+UNFUSED_NOTE = ("{name} scored as its QDQ math (onnxruntime's basic graph optimizations): the latency table's target "
+                "computes its full-range int8 weights exactly, this CPU's int8 kernels do not (docs/deployment.md); "
+                "timed with this CPU's kernels")
+
+
+def scored_unfused(config, table_path: str) -> bool:
+    """Whether compress scores the int8 file with the QDQ model's own math (onnxruntime's basic
+    graph optimizations: no fused int8 kernels) rather than this CPU's kernels: full-range
+    weights (`config`, resolved) bound for a latency table's target whose kernels compute them
+    exactly, on a CPU whose kernels do not. This CPU's score would be of another model than the
+    target runs (and would ship the float twin by bench.choice's rule 0)."""
+    if config.reduce_range != "off":
+        return False
+    recorded = table_probe(table_path)
+    return recorded is not None and not recorded[0] and int8_saturates()
 
 
 def weight_bits(config) -> tuple[int, int]:

@@ -42,11 +42,15 @@ class Data:
     # training samples held out for the quality guard's checks (load_data's guard_samples), never trained on
     guard: DataLoader | None = None
     n_guard: int = 0
+    # a validation split stored beside the eval split (npz val_ arrays, a folder's val/ beside test/):
+    # what the quality guard scores by default, so its checks leave the eval split unread
+    val: DataLoader | None = None
+    n_val: int = 0
 
     @property
     def samples(self) -> int | None:
         """Distinct samples the loaders hold (training + held-out); None when unknown (py:)."""
-        return self.n_train + (self.n_eval or 0) + self.n_guard if self.n_train else None
+        return self.n_train + (self.n_eval or 0) + self.n_guard + self.n_val if self.n_train else None
 
     def shard(self, rank: int, world: int) -> Data:
         """This rank's share for data-parallel training (distributed.shard_loader): its slice
@@ -55,7 +59,8 @@ class Data:
 
         train = shard_loader(self.train, rank, world, train=True)
         eval_ = None if self.eval is None else shard_loader(self.eval, rank, world, train=False)
-        # the guard's held-out samples stay whole: every rank's check scores all of them and decides the same
+        # the guard's held-out samples (and the validation split) stay whole: every rank's check scores all
+        # of them and decides the same
         return dataclasses.replace(self, train=train, eval=eval_)
 
 
@@ -104,8 +109,9 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
     keys = names if len(names) > 1 else ["x"]  # readers key multi-input arrays by input name
     xs = [src.train_x[k] for k in keys]
     _check_arrays(spec, keys, xs, src.train_y, "")
-    if src.eval_x is not None:
-        _check_arrays(spec, keys, [src.eval_x[k] for k in keys], src.eval_y, "eval_")
+    for split_x, split_y, prefix in ((src.eval_x, src.eval_y, "eval_"), (src.val_x, src.val_y, "val_")):
+        if split_x is not None:
+            _check_arrays(spec, keys, [split_x[k] for k in keys], split_y, prefix)
     transforms = []
     for i, (x, k) in enumerate(zip(xs, keys)):
         want = wants[i] if wants else None
@@ -119,26 +125,25 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
         train_idx = np.sort(rng.permutation(n)[:cfg.limit])
     eval_xs, eval_y, eval_idx = None, None, None
     if src.eval_x is not None:
-        eval_xs, eval_y = [src.eval_x[k] for k in keys], src.eval_y
-        for ex, x, k in zip(eval_xs, xs, keys):  # one transform plan serves both splits
-            if tuple(ex.shape[1:]) != tuple(x.shape[1:]):
-                raise DataError(f"data spec '{spec}': eval samples of '{k}' have shape {tuple(ex.shape[1:])}, "
-                                f"train samples {tuple(x.shape[1:])}")
-        m = len(eval_xs[0])
-        eval_idx = np.sort(rng.permutation(m)[:cfg.limit]) if cfg.limit and cfg.limit < m else np.arange(m)
+        eval_xs, eval_y, eval_idx = _stored_split(spec, keys, xs, src.eval_x, src.eval_y, "eval", cfg.limit, rng)
     elif cfg.val_split > 0:  # hold out a seeded fraction of the training samples
         n_val = int(round(len(train_idx) * cfg.val_split))
         if 0 < n_val < len(train_idx):
             perm = rng.permutation(train_idx)
             train_idx, eval_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
             eval_xs, eval_y = xs, src.train_y
+    val = None
+    if src.val_x is not None:  # its own seeded draw under --limit: the eval split's stays as without it
+        val_xs, val_y, val_idx = _stored_split(spec, keys, xs, src.val_x, src.val_y, "val", cfg.limit,
+                                               np.random.default_rng([seed, 2]))
+        val = ArrayDataset(val_xs, val_y, val_idx, transforms)
     train_idx, guard_idx = _hold_out(spec, train_idx, guard_samples, seed)
     y = src.train_y
     train = ArrayDataset(xs, y, train_idx, transforms)
     eval_ = ArrayDataset(eval_xs, eval_y, eval_idx, transforms) if eval_xs is not None else None
     guard = ArrayDataset(xs, y, guard_idx, transforms) if guard_idx is not None else None
     ebs = cfg.eval_batch_size or cfg.batch_size
-    num_classes = len(src.classes) if src.classes else _num_classes(spec, y, eval_y)
+    num_classes = len(src.classes) if src.classes else _num_classes(spec, y, eval_y, src.val_y)
     bs = cfg.batch_size
     return Data(
         train=make_loader(train, bs, shuffle=cfg.shuffle, seed=seed, drop_last=cfg.drop_last,
@@ -148,7 +153,22 @@ def _from_arrays(spec: str, src: Arrays, names: list[str], wants, cfg: DataConfi
         has_labels=y is not None, num_classes=num_classes, sample_shape=transforms[0].out_shape, spec=spec,
         n_train=len(train), n_eval=len(eval_) if eval_ is not None else 0, classes=src.classes,
         guard=make_loader(guard, ebs, shuffle=False, seed=seed, num_workers=cfg.num_workers)
-        if guard is not None else None, n_guard=len(guard) if guard is not None else 0)
+        if guard is not None else None, n_guard=len(guard) if guard is not None else 0,
+        val=make_loader(val, ebs, shuffle=False, seed=seed, num_workers=cfg.num_workers) if val is not None else None,
+        n_val=len(val) if val is not None else 0)
+
+
+def _stored_split(spec: str, keys: list[str], xs: list, split_x: dict, split_y, name: str, limit: int, rng):
+    """(arrays, labels, indices) of a held-out split stored beside the training samples (the
+    eval or validation split): the same per-sample shapes (one transform plan serves every
+    split), all of its samples or a seeded `limit` of them."""
+    split_xs = [split_x[k] for k in keys]
+    for sx, x, k in zip(split_xs, xs, keys):
+        if tuple(sx.shape[1:]) != tuple(x.shape[1:]):
+            raise DataError(f"data spec '{spec}': {name} samples of '{k}' have shape {tuple(sx.shape[1:])}, "
+                            f"train samples {tuple(x.shape[1:])}")
+    m = len(split_xs[0])
+    return split_xs, split_y, np.sort(rng.permutation(m)[:limit]) if limit and limit < m else np.arange(m)
 
 
 def _hold_out(spec: str, train_idx: np.ndarray, wanted: int, seed: int):

@@ -2,6 +2,8 @@
 
     DIR/<class>/*.png                     everything is training data
     DIR/train/<class>/*, DIR/val/<class>/*   (val may also be valid, validation or test)
+    DIR/train/..., DIR/val/..., DIR/test/...  (both: test is the eval split, val the validation
+                                               split the quality guard scores)
 Images are decoded per batch, never all at once, so a large folder costs no memory up front.
 """
 from __future__ import annotations
@@ -82,7 +84,10 @@ def read_folder(rest: str, *, image_size: tuple[int, int] | None, gray: bool | N
     if not root.is_dir():
         raise DataError(f"folder:{rest}: no such directory")
     train_root = root / "train" if (root / "train").is_dir() else root
-    eval_root = next((root / d for d in _EVAL_DIRS if train_root != root and (root / d).is_dir()), None)
+    held = [root / d for d in _EVAL_DIRS if train_root != root and (root / d).is_dir()]
+    # a test/ beside a validation folder is the eval split, and the validation folder its own split
+    val_root = held[0] if len(held) > 1 and held[-1].name == "test" else None
+    eval_root = held[-1] if val_root is not None else next(iter(held), None)
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"folder:{rest}: no class sub-folders in '{train_root}'; put the images of each class "
@@ -95,15 +100,20 @@ def read_folder(rest: str, *, image_size: tuple[int, int] | None, gray: bool | N
         with _pil().open(train_files[0]) as im:
             gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
     x = ImageFiles(train_files, size=image_size, gray=gray)
-    eval_x = eval_y = None
-    if eval_root is not None:
-        extra = sorted(p.name for p in eval_root.iterdir() if p.is_dir() and p.name not in classes)
-        if extra:
-            raise DataError(f"folder:{rest}: '{eval_root}' has classes missing from '{train_root}': {', '.join(extra)}")
-        files, eval_y = _list(eval_root, classes, rest)
-        eval_x = {"x": ImageFiles(files, size=image_size, gray=gray)} if files else None
-        eval_y = eval_y if files else None
-    return Arrays({"x": x}, train_y, eval_x, eval_y, classes=classes, channels_last=True)
+    eval_x, eval_y = _held_split(eval_root, train_root, classes, rest, image_size, gray)
+    val_x, val_y = _held_split(val_root, train_root, classes, rest, image_size, gray)
+    return Arrays({"x": x}, train_y, eval_x, eval_y, classes=classes, channels_last=True, val_x=val_x, val_y=val_y)
+
+
+def _held_split(folder: Path | None, train_root: Path, classes: list[str], rest: str, image_size, gray):
+    """({"x": ImageFiles}, labels) of a held-out folder, or (None, None) without one (or an empty one)."""
+    if folder is None:
+        return None, None
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise DataError(f"folder:{rest}: '{folder}' has classes missing from '{train_root}': {', '.join(extra)}")
+    files, y = _list(folder, classes, rest)
+    return ({"x": ImageFiles(files, size=image_size, gray=gray)}, y) if files else (None, None)
 
 
 def _list(folder: Path, classes: list[str], rest: str) -> tuple[list[Path], np.ndarray]:

@@ -35,6 +35,10 @@ class Arrays:
     eval_y: np.ndarray | None = None
     classes: list[str] | None = None  # class names (folder:)
     channels_last: bool = False  # images stored (N, H, W, C)
+    # a validation split beside the eval split, never trained on: what the quality guard scores
+    # ([prune] guard_data "auto" / "val"), so the eval split the report scores stays unread by its checks
+    val_x: dict[str, object] | None = None
+    val_y: np.ndarray | None = None
 
 
 @dataclass
@@ -106,13 +110,18 @@ def read_npz(rest: str, input_names: list[str]) -> Arrays:
     x = {n: arrays[k] for n, k in zip(names, xkeys)}
     y = arrays[ykey] if ykey else None
     _check_lengths(f"npz:{path}", x, y)
-    # optional held-out split stored beside: eval_XKEY (and eval_YKEY)
-    if not all(f"eval_{k}" in arrays for k in xkeys):
-        return Arrays(x, y)
-    eval_x = {n: arrays[f"eval_{k}"] for n, k in zip(names, xkeys)}
-    eval_y = arrays.get(f"eval_{ykey}") if ykey else None
-    _check_lengths(f"npz:{path} (eval_ arrays)", eval_x, eval_y)
-    return Arrays(x, y, eval_x, eval_y)
+    # optional held-out splits stored beside: eval_XKEY (and eval_YKEY), and val_XKEY (val_YKEY), a
+    # validation split for the quality guard; val_ arrays alone are the eval split
+    held = {}
+    for split in ("eval", "val"):
+        if all(f"{split}_{k}" in arrays for k in xkeys):
+            hx = {n: arrays[f"{split}_{k}"] for n, k in zip(names, xkeys)}
+            hy = arrays.get(f"{split}_{ykey}") if ykey else None
+            _check_lengths(f"npz:{path} ({split}_ arrays)", hx, hy)
+            held[split] = (hx, hy)
+    eval_x, eval_y = held.pop("eval", None) or held.pop("val", (None, None))
+    val_x, val_y = held.get("val", (None, None))
+    return Arrays(x, y, eval_x, eval_y, val_x=val_x, val_y=val_y)
 
 
 def _check_lengths(label: str, x: dict, y) -> None:

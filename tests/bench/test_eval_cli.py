@@ -95,3 +95,23 @@ def test_evaluate_onnx_skip_past_the_split_says_so(digits):
     data = load_data(f"npz:{npz}", DataConfig(batch_size=50), model=load_model(model), seed=0)
     with pytest.raises(DataError, match="no samples after its first 360"):
         evaluate_onnx(model, data, skip=360)
+
+
+def test_eval_unfused_runs_the_file_with_the_basic_optimizations(digits, tmp_path, monkeypatch):
+    """--unfused (a QDQ file's own math, for a target whose int8 kernels compute it exactly):
+    MODEL's session is opened with the basic optimizations, the reference's as deployed.
+    tests/quant/test_weight_range.py checks that the basic level leaves a QDQ conv unfused."""
+    from geta_onnx.bench import accuracy
+
+    model, npz, fp32_acc = digits
+    opened = []
+    real = accuracy.open_session
+    monkeypatch.setattr(accuracy, "open_session", lambda path, threads, unfused=False: (
+        opened.append((str(path), unfused)), real(path, threads, unfused))[1])
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", str(model), "--data", f"npz:{npz}", "--unfused", "--reference",
+                                       str(model), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert opened == [(str(model), True), (str(model), False)]
+    r = json.loads(out.read_text())
+    assert r["accuracy"] == pytest.approx(fp32_acc, abs=1e-6) and r["agreement"] == 1.0  # a float model: the same

@@ -33,7 +33,14 @@ def test_table_file_round_trip_and_errors(tmp_path):
     back = LatencyTable.load(path)
     assert back.target == TARGET and back.overhead_ms == 0.004
     assert back.entries["k"].cin == [16, 32] and np.array_equal(back.entries["k"].ms["int8"], entry.ms["int8"])
+    assert back.int8_saturates is None and "int8_saturates" not in json.loads(path.read_text())  # not recorded
+    for recorded in (True, False):  # the target's int8 probe (quant.weight_range), when recorded
+        LatencyTable(TARGET, 0.004, {"k": entry}, recorded).save(path)
+        assert LatencyTable.load(path).int8_saturates is recorded
     data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "int8_saturates": "yes"}))
+    with pytest.raises(ConfigError, match="table.json'?: int8_saturates must be true or false"):
+        LatencyTable.load(path)
     data["entries"]["k"]["int8"] = [[1.0]]  # not [len(cin)][len(cout)]
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="table.json.*entry 'k'"):
@@ -218,6 +225,14 @@ def test_cache_hit_miss_and_another_targets_table(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "measure_entry", refuse)
     again = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
     assert again.table.entries.keys() == first.table.entries.keys()
+    # this machine's table records its int8 probe (pinned "no" by tests/conftest.py), and one cached
+    # before it did gets it added without measuring again
+    assert LatencyTable.load(cache_path(target)).int8_saturates is False
+    old = LatencyTable.load(cache_path(target))
+    old.int8_saturates = None
+    old.save(cache_path(target))
+    build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
+    assert LatencyTable.load(cache_path(target)).int8_saturates is False
     # a table of another target with a missing entry: refused, never completed with this machine's times
     other = LatencyTable(Target("onnxruntime 0.0", "another cpu", 4, 2), 0.0, dict(first.table.entries))
     other.entries.pop(next(iter(other.entries)))
@@ -226,6 +241,11 @@ def test_cache_hit_miss_and_another_targets_table(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="another target"):
         build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, table_path=str(path), progress=False)
     assert LatencyTable.load(path).entries.keys() == other.entries.keys()  # the user's file is left as it was
+    # nor is a complete table of another target stamped with this machine's probe
+    complete = LatencyTable(other.target, 0.0, dict(first.table.entries))
+    complete.save(path)
+    build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, table_path=str(path), progress=False)
+    assert LatencyTable.load(path).int8_saturates is None
 
 
 def test_whole_models_take_the_least_of_interleaved_rounds(tmp_path, monkeypatch):

@@ -549,7 +549,7 @@ def test_an_original_that_fitted_the_held_out_training_samples_is_reported():
 def test_the_guard_scores_the_split_its_setting_names():
     """guard_loader: the training samples held out for the guard with guard_data = "train"
     (never silently the eval split: data loaded without them is a ConfigError naming the fix),
-    else the eval split."""
+    the validation split with "val" (and "auto" where there is one), else the eval split."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from geta_onnx.config import PruneConfig
@@ -570,6 +570,19 @@ def test_the_guard_scores_the_split_its_setting_names():
     with pytest.raises(ConfigError, match="eval split"):
         guard_loader(Data(train=None, eval=None, has_labels=False, num_classes=None, sample_shape=(3,),
                           spec="test"), on_eval)
+    # a validation split: "auto" (the default) and "val" score it, "eval" the eval split; "val" without
+    # one is a ConfigError naming how to store it
+    val = DataLoader(TensorDataset(torch.full((4, 3), 2.0)), batch_size=2)
+    with_val = Data(train=None, eval=loader, has_labels=False, num_classes=None, sample_shape=(3,), spec="test",
+                    val=val, n_val=4)
+    on_auto = PruneConfig(target_sparsity=0.5, max_quality_drop=0.01)
+    assert on_auto.guard_data == "auto" and guard_loader(with_val, on_auto) is val and guard_loader(data, on_auto) \
+        is loader
+    assert guard_loader(with_val, PruneConfig(target_sparsity=0.5, max_quality_drop=0.01, guard_data="val")) is val
+    assert guard_loader(with_val, PruneConfig(target_sparsity=0.5, max_quality_drop=0.01, guard_data="eval")) \
+        is loader
+    with pytest.raises(ConfigError, match="guard_data = \"val\": data 'test' has no validation split.*val_x"):
+        guard_loader(data, PruneConfig(target_sparsity=0.5, max_quality_drop=0.01, guard_data="val"))
 
 
 def test_a_start_check_that_misses_gets_a_retry_before_the_float_fallback():
@@ -889,3 +902,25 @@ def test_an_end_check_no_allowed_layers_bring_within_says_so():
     assert guard.floated_after_training == [] and all(la.quantizer.enabled for la in layers)
     assert guard.end["float_search"] == "no 2 layers in float bring it within the tolerance"
     assert guard.summary()["why"].endswith("; no 2 layers in float bring it within the tolerance")
+
+
+def test_a_run_records_where_its_guard_scores(tmp_path):
+    """prepare_run (compress, train, torchrun) decides guard_data "auto" on the data and
+    records the decided value: "val" for a file with a validation split, "eval" without one
+    (so runs fingerprinted before "auto" existed still resume)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from geta_onnx.preflight import prepare_run
+    from geta_onnx.settings import Settings
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "digits"
+    arrays = dict(np.load(sample / "digits.npz"))
+    with_val = tmp_path / "with_val.npz"
+    np.savez(with_val, x=arrays["x"][:-200], y=arrays["y"][:-200], val_x=arrays["x"][-200:],
+             val_y=arrays["y"][-200:], eval_x=arrays["eval_x"], eval_y=arrays["eval_y"])
+    for spec, where in ((f"npz:{with_val}", "val"), (f"npz:{sample / 'digits.npz'}", "eval")):
+        _, data, fingerprint, _, settings = prepare_run(sample / "digits_cnn.onnx", spec, Settings(), held_out=True)
+        assert settings.prune.guard_data == fingerprint["settings"]["prune"]["guard_data"] == where
+        assert (data.n_val == 200) == (where == "val")

@@ -93,3 +93,88 @@ def test_the_report_says_the_weights_use_the_seven_bit_grid():
     assert "Weights: 8-bit weights train and deploy on a 7-bit grid (|q| <= 63" in md
     shipped_float = render_markdown({**report, "precision": {**precision, "shipped": "float"}})
     assert "Weights:" not in shipped_float  # the float twin has no int8 weights
+
+
+def _table(path, cpu: str, saturates: bool | None) -> str:
+    from geta_onnx.latency.table import LatencyTable, Target
+
+    LatencyTable(Target("onnxruntime 0.0", cpu, 2, 32), 0.0, {}, saturates).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("here", [True, False])
+@pytest.mark.parametrize("recorded", [True, False])
+def test_auto_is_decided_for_the_latency_tables_target_when_it_records_its_probe(tmp_path, monkeypatch, here,
+                                                                                  recorded):
+    """A table measured on the deployment target decides "auto" for it, whatever this CPU's
+    probe says; a table without the record (or no table file yet) leaves it to this CPU."""
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: here)
+    table = _table(tmp_path / "target.json", "the target cpu", recorded)
+    assert weight_range.resolve(QuantConfig(), "ort", table).reduce_range == ("on" if recorded else "off")
+    assert weight_range.resolve(QuantConfig(), "tensorrt", table).reduce_range == "off"
+    unrecorded = _table(tmp_path / "old.json", "the target cpu", None)
+    assert weight_range.resolve(QuantConfig(), "ort", unrecorded).reduce_range == ("on" if here else "off")
+    assert weight_range.resolve(QuantConfig(), "ort", str(tmp_path / "to_measure.json")).reduce_range == (
+        "on" if here else "off")
+    assert weight_range.resolve(QuantConfig(reduce_range="off"), "ort", table).reduce_range == "off"
+
+
+def test_the_decision_note_names_the_tables_target_or_why_it_cannot_decide(tmp_path):
+    from geta_onnx.latency.table import cpu_name
+
+    other = _table(tmp_path / "other.json", "the target cpu", False)
+    note = weight_range.decision_note("auto", "ort", other)
+    assert "decided for the latency table's target (the target cpu)" in note and "exactly" in note
+    assert "saturate" in weight_range.decision_note("auto", "ort", _table(tmp_path / "s.json", "the target cpu", True))
+    old = weight_range.decision_note("auto", "ort", _table(tmp_path / "old.json", "the target cpu", None))
+    assert "does not record" in old and "decided on this CPU" in old and "--reduce-range" in old
+    assert weight_range.decision_note("auto", "ort", _table(tmp_path / "here.json", cpu_name(), False)) is None
+    for given, profile in (("on", "ort"), ("off", "ort"), ("auto", "tensorrt")):
+        assert weight_range.decision_note(given, profile, other) is None
+    assert weight_range.decision_note("auto", "ort", "") is None
+    assert weight_range.decision_note("auto", "ort", str(tmp_path / "missing.json")) is None
+
+
+@pytest.mark.parametrize("decided, recorded, here, unfused", [
+    ("off", False, True, True),    # full-range weights for a target that computes them, on a CPU that does not
+    ("off", False, False, False),  # this CPU computes them too: its fused kernels score
+    ("off", True, True, False),    # the target saturates as well: what this CPU scores is what it runs
+    ("off", None, True, False),    # no record: nothing says the target differs from this CPU
+    ("on", False, True, False)])   # 7-bit weights run exactly everywhere
+def test_compress_scores_the_int8_file_unfused_only_for_a_target_that_computes_it(tmp_path, monkeypatch, decided,
+                                                                                   recorded, here, unfused):
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: here)
+    table = _table(tmp_path / "target.json", "the target cpu", recorded)
+    assert weight_range.scored_unfused(QuantConfig(reduce_range=decided), table) is unfused
+    assert weight_range.scored_unfused(QuantConfig(reduce_range=decided), "") is False
+
+
+def test_a_damaged_table_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "t.json"
+    _table(path, "cpu", False)
+    path.write_text(path.read_text().replace("false", '"no"'))
+    with pytest.raises(ConfigError, match="t.json.*int8_saturates"):
+        weight_range.resolve(QuantConfig(), "ort", str(path))
+
+
+def test_the_unfused_session_runs_the_qdq_math_not_the_fused_int8_kernel(tmp_path):
+    """evaluate_onnx(unfused=True) / `eval --unfused`: onnxruntime's basic optimizations leave
+    the probe's DequantizeLinear / Conv / QuantizeLinear unfused, so its output is the QDQ
+    model's own math on every CPU (as with no optimization at all, within one output step)."""
+    import numpy as np
+
+    from geta_onnx.bench.session import open_session, session_options
+
+    path = tmp_path / "probe.onnx"
+    path.write_bytes(weight_range._probe_model(127))
+    options = session_options(1, unfused=True)
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert "Conv" in ops and "QLinearConv" not in ops, ops
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(1).uniform(3.0, 5.1, (1, 32, 6, 6)).astype(np.float32)
+    unfused = open_session(path, 1, unfused=True).run(None, {"x": x})[0]
+    qdq_math = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(unfused - qdq_math).max() <= weight_range._Y_SCALE

@@ -88,6 +88,41 @@ def test_guard_samples_held_out_of_training_never_trained_on(tmp_path):
                                                     seed=4).eval, x)  # the same eval samples as without a guard
 
 
+def test_a_validation_split_stored_beside_the_eval_split(tmp_path):
+    """npz val_ arrays: a split of their own (Data.val, never trained on, whole on every rank),
+    the eval split unchanged; val_ arrays without eval_ ones are the eval split; --limit draws
+    a seeded subset of each without changing the eval split's draw."""
+    x, y = blobs(60)
+    path = tmp_path / "v.npz"
+    np.savez(path, x=x[:40], y=y[:40], eval_x=x[40:50], eval_y=y[40:50], val_x=x[50:], val_y=y[50:])
+    data = load_data(f"npz:{path}", DataConfig(batch_size=4), seed=3)
+    assert (data.n_train, data.n_eval, data.n_val, data.samples) == (40, 10, 10, 60)
+    assert torch.equal(_all(data.val)[0].reshape(10, -1), torch.from_numpy(x[50:]).reshape(10, -1))
+    assert torch.equal(_all(data.val)[1], torch.from_numpy(y[50:]))
+    assert torch.equal(_all(data.eval)[0].reshape(10, -1), torch.from_numpy(x[40:50]).reshape(10, -1))
+    assert data.shard(1, 2).val is data.val  # the guard's checks score all of it on every rank
+    alone = tmp_path / "a.npz"
+    np.savez(alone, x=x[:40], y=y[:40], val_x=x[50:], val_y=y[50:])
+    only = load_data(f"npz:{alone}", DataConfig(batch_size=4), seed=3)
+    assert only.val is None and only.n_eval == 10  # the validation split is the eval split
+    plain = tmp_path / "p.npz"
+    np.savez(plain, x=x[:40], y=y[:40], eval_x=x[40:50], eval_y=y[40:50])
+    limited = load_data(f"npz:{path}", DataConfig(batch_size=4, limit=5), seed=3)
+    assert limited.n_val == 5 and set(_rows(limited.val, x)) <= set(range(50, 60))
+    assert torch.equal(_all(limited.eval)[0], _all(load_data(f"npz:{plain}", DataConfig(batch_size=4, limit=5),
+                                                             seed=3).eval)[0])
+    bad = tmp_path / "b.npz"
+    np.savez(bad, x=x[:40], y=y[:40], eval_x=x[40:50], eval_y=y[40:50], val_x=x[50:, :, :4], val_y=y[50:])
+    assert_one_line_error(f"npz:{bad}", r"val samples of 'x' have shape")
+
+
+def test_a_folder_with_val_and_test_scores_test_and_guards_on_val(tmp_path):
+    pytest.importorskip("PIL")
+    _pngs(tmp_path, {"train": 3, "val": 2, "test": 1})
+    data = load_data(f"folder:{tmp_path}", DataConfig(batch_size=4))
+    assert (data.n_train, data.n_eval, data.n_val) == (6, 2, 4)  # test/ is the eval split, val/ the validation one
+
+
 def test_guard_samples_errors(tmp_path, cnn):
     x, y = blobs(3)
     path = tmp_path / "tiny.npz"
