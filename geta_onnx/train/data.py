@@ -249,4 +249,4 @@ def _from_loaders(spec: str, src: Loaders, names: list[str], wants) -> Data:
     dataset = getattr(src.train, "dataset", None)
     n_train = len(dataset) if hasattr(dataset, "__len__") else None
     return Data(train=src.train, eval=src.eval, has_labels=target is not None, num_classes=src.num_classes,
-                sample_shape=tuple(inputs[0].shape[1:]), spec=spec, n_train=n_train)
+                sample_shape=tuple(inputs[0].shape[1:]), spec=spec, n_train=n_train, val=src.val)

@@ -48,6 +48,7 @@ class Loaders:
     train: object
     eval: object | None
     num_classes: int | None = None
+    val: object | None = None  # a validation loader beside eval (the quality guard's; Arrays.val_x)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -187,7 +188,8 @@ def read_idx(rest: str) -> Arrays:
 # ---- py:MODULE:FUNCTION ------------------------------------------------------------------------
 def read_py(rest: str, *, seed: int, batch_size: int) -> Loaders:
     """Calls FUNCTION with whichever of (batch_size, seed) it accepts. It returns
-    (train_loader, eval_loader_or_None), a single loader, or {"train", "eval", "num_classes"}."""
+    (train_loader, eval_loader_or_None), a single loader, or {"train", "eval", "val", "num_classes"}
+    ("val": a validation loader the quality guard scores, beside "eval")."""
     module_name, _, func_name = rest.rpartition(":")
     if not module_name or not func_name:
         raise DataError(f"py:{rest}: expected py:MODULE:FUNCTION (MODULE dotted or a path to a .py file)")
@@ -210,21 +212,22 @@ def read_py(rest: str, *, seed: int, batch_size: int) -> Loaders:
     if out is None:
         raise DataError(f"py:{rest}: {func_name}() returned None; return (train_loader, eval_loader_or_None), a "
                         "loader, or a dict with 'train'")
-    num_classes = None
+    num_classes = val = None
     if isinstance(out, dict):
         if "train" not in out:
             raise DataError(f"py:{rest}: the returned dict needs a 'train' loader (has: {', '.join(map(str, out))})")
-        train, ev, num_classes = out["train"], out.get("eval"), out.get("num_classes")
+        train, ev, val, num_classes = out["train"], out.get("eval"), out.get("val"), out.get("num_classes")
+        ev, val = (val, None) if ev is None else (ev, val)  # a validation loader alone is the eval split
     elif isinstance(out, (tuple, list)) and len(out) == 2:
         train, ev = out
     else:
         train, ev = out, None
     if train is None:
         raise DataError(f"py:{rest}: {func_name}() gave no train loader (None); return (train_loader, eval_loader)")
-    for name, loader in (("train", train), ("eval", ev)):
+    for name, loader in (("train", train), ("eval", ev), ("val", val)):
         if loader is not None and not hasattr(loader, "__iter__"):
             raise DataError(f"py:{rest}: the {name} loader is a {type(loader).__name__}, not an iterable of batches")
-    return Loaders(train, ev, num_classes)
+    return Loaders(train, ev, num_classes, val)
 
 
 def _first_line(e: Exception) -> str:

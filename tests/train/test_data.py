@@ -279,12 +279,23 @@ def test_py_module_file_tuple_and_dict(tmp_path, cnn):
         "    return DataLoader(ds, batch_size=batch_size), DataLoader(ds, batch_size=6)\n"
         "def as_dict():\n"
         "    return {'train': [torch.zeros(2, 1, 8, 8)], 'num_classes': 7}\n"
+        "def with_val():\n"
+        "    return {'train': [torch.zeros(2, 1, 8, 8)], 'eval': [torch.ones(2, 1, 8, 8)], 'val': [torch.ones(3, 1, 8, 8)]}\n"
+        "def val_only():\n"
+        "    return {'train': [torch.zeros(2, 1, 8, 8)], 'val': [torch.ones(3, 1, 8, 8)]}\n"
+        "def bad_val():\n"
+        "    return {'train': [torch.zeros(2, 1, 8, 8)], 'eval': [torch.ones(2, 1, 8, 8)], 'val': 3}\n"
         "def wrong_shape():\n"
         "    return [torch.zeros(2, 1, 9, 9)]\n")
     data = load_data(f"py:{tmp_path / 'mydata.py'}:loaders", DataConfig(batch_size=4), model=cnn[0])
     assert data.has_labels and len(data.train) == 3 and data.sample_shape == (1, 8, 8) and data.n_train == 12
     d = load_data(f"py:{tmp_path / 'mydata.py'}:as_dict", model=cnn[0])
-    assert (d.has_labels, d.num_classes, d.eval) == (False, 7, None)
+    assert (d.has_labels, d.num_classes, d.eval, d.val) == (False, 7, None, None)
+    v = load_data(f"py:{tmp_path / 'mydata.py'}:with_val", model=cnn[0])  # the quality guard's validation loader
+    assert len(next(iter(v.eval))) == 2 and len(next(iter(v.val))) == 3
+    alone = load_data(f"py:{tmp_path / 'mydata.py'}:val_only", model=cnn[0])
+    assert alone.val is None and len(next(iter(alone.eval))) == 3  # a validation loader alone is the eval split
+    assert_one_line_error(f"py:{tmp_path / 'mydata.py'}:bad_val", "the val loader is a int", model=cnn[0])
     assert_one_line_error(f"py:{tmp_path / 'mydata.py'}:wrong_shape", r"\(N, 1, 9, 9\).*\(N, 1, 8, 8\)", model=cnn[0])
     assert_one_line_error(f"py:{tmp_path / 'mydata.py'}:nope", "has no function 'nope'")
     assert_one_line_error("py:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'")
