@@ -420,6 +420,43 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
         click.echo(f"wrote {json_path}")
 
 
+@main.command("latency-table")
+@click.argument("model")
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The table file (JSON) to write; an existing table of this machine is completed.")
+@click.option("--batch", type=click.IntRange(min=1), default=max(map(int, _default("export", "batches").split(","))),
+              show_default=True, help="The batch compress times at (its largest --batch).")
+@click.option("--threads", type=click.IntRange(min=1), default=int(_default("export", "threads")), show_default=True,
+              help="onnxruntime intra-op threads (compress's --threads).")
+@click.option("--group-divisible", type=click.IntRange(min=1), default=int(_default("prune", "group_divisible")),
+              show_default=True, help="The unit of kept channels the widths are measured on (compress's).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx..",
+              help="Fix an input's dims as the training data has them (a sequence length, an image size); the "
+                   "first dim is the batch.")
+@_input_value_option("Feed input NAME the value VALUE (as compress's --input-value).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def latency_table(model: str, out_path: str, batch: int, threads: int, group_divisible: int,
+                  shapes: tuple[str, ...], input_values: tuple[str, ...], no_progress: bool) -> None:
+    """Measure MODEL's latency table on this machine, without data or training: run it on the
+    deployment target, then `compress --latency-table FILE` anywhere (docs/latency.md)."""
+    from .latency.target_table import measure_target_table
+    from .preflight import input_values as parse_values
+
+    from .outputs import refuse_overlap
+
+    refuse_overlap({"-o": out_path}, models=[model])
+    table, measured, chosen = measure_target_table(model, out_path, batch=batch, threads=threads,
+                                                   unit=group_divisible, shapes=_parse_shapes(shapes),
+                                                   values=parse_values(input_values), progress=not no_progress)
+    if chosen:
+        click.echo(f"inputs: {chosen}")
+    saturates = {True: "saturate full-range weights", False: "compute full-range weights exactly"}
+    click.echo(f"wrote {out_path}: {len(table.entries)} layer signatures ({measured} measured now), "
+               f"{table.target.cpu}, {table.target.runtime}, {threads} thread(s), batch {batch}; its int8 kernels "
+               f"{saturates[table.int8_saturates]} ([quant] reduce_range \"auto\" decides by it)")
+
+
 @main.command("eval")
 @click.argument("model")
 @click.option("--data", "data_spec", required=True, metavar="SPEC",

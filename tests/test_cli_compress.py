@@ -191,6 +191,15 @@ def test_latency_budget_end_to_end(tmp_path, monkeypatch):
     # and every other 10x faster: that layer stays in float ("latency"), the others are quantized;
     # --int8-only ships the QDQ model
     cached = LatencyTable.load(cache_path(Target(**lat["table_target"])))  # the table the first run measured
+    # `latency-table` (no data, no training: for measuring on a deployment target) times the layer
+    # signatures and widths this run looked up
+    alone = tmp_path / "alone.json"
+    made = CliRunner().invoke(main, ["latency-table", str(model), "-o", str(alone), "--batch", "8", "--threads", "1",
+                                     "--group-divisible", "8", "--no-progress"])
+    assert made.exit_code == 0, made.output
+    measured_alone = LatencyTable.load(alone)
+    assert {k: (e.cin, e.cout) for k, e in measured_alone.entries.items()} == {
+        k: (e.cin, e.cout) for k, e in cached.entries.items()}
     key = next(k for k in cached.entries if k.startswith("Gemm") or k.startswith("MatMul"))
     for k, entry in cached.entries.items():
         # (a tiny layer's time less session.run's overhead is clamped at 0 where the two measured

@@ -91,14 +91,7 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     callable: the int8 layers as measured, plus the float model's rest). Each whole model is
     also profiled once (latency.attribution): where its time goes, which fits the model in
     place of the difference of timings taken apart."""
-    shapes = probe_shapes(model, feeds=sample)
-    if not shapes:
-        raise ConfigError(f"{model.label}: onnxruntime could not run the model on one training sample, so no "
-                          "latency model can be built; use --target-sparsity or --target-bops instead")
-    specs, effects = _specs(model, plan.layers, groups, shapes)
-    if not specs:
-        raise ConfigError(f"{model.label}: no prunable layer has a latency model (Conv / ConvTranspose / Gemm / "
-                          "MatMul with known shapes); use --target-sparsity or --target-bops instead")
+    specs, effects = layer_specs(model, plan, groups, sample)
     table = _read_table(table_path, target)
     if table is not None and table.target != target:  # the user's table of another target: used as it is
         missing = sorted({s.key for s in specs} - set(table.entries))
@@ -108,9 +101,7 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
                               f"and has no entry for {len(missing)} layer signature(s) of {model.label}, e.g. "
                               f"'{missing[0]}'; measure it for this model on that target, or drop --latency-table")
     table, measured = fill(table, specs, unit, target, progress=progress)
-    stamped = table.target == target and table.int8_saturates is None
-    if stamped:  # this target's table records its int8 kernels' probe (quant.weight_range) for "auto" elsewhere
-        table.int8_saturates = weight_range.int8_saturates()
+    stamped = record_probe(table, target)
     if measured or stamped:
         _save(table, Path(table_path) if table_path else cache_path(target), log_line)
     feeds = {k: np.repeat(v, table.target.batch, axis=0) for k, v in sample.items()}
@@ -132,6 +123,30 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     splits = {"float": profiled.get("the original"), "int8": profiled.get("the int8 reference")}
     return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe,
                         int8_narrow=narrow_probe, splits=splits)
+
+
+def layer_specs(model, plan, groups, sample: dict[str, np.ndarray]) -> tuple[list[LayerSpec], dict]:
+    """(the LayerSpecs of `plan`'s layers that have one, each group's effects on them) at the
+    shapes `sample` (one sample per input) gives; a ConfigError when onnxruntime cannot run
+    the model on it or no layer has a spec."""
+    shapes = probe_shapes(model, feeds=sample)
+    if not shapes:
+        raise ConfigError(f"{model.label}: onnxruntime could not run the model on one sample, so no latency "
+                          "model can be built; use --target-sparsity or --target-bops instead")
+    specs, effects = _specs(model, plan.layers, groups, shapes)
+    if not specs:
+        raise ConfigError(f"{model.label}: no prunable layer has a latency model (Conv / ConvTranspose / Gemm / "
+                          "MatMul with known shapes); use --target-sparsity or --target-bops instead")
+    return specs, effects
+
+
+def record_probe(table: LatencyTable, target: Target) -> bool:
+    """Whether `table` got this machine's int8 saturation probe now (quant.weight_range): a
+    table of this target records it, for "auto" on another machine that loads it."""
+    if table.target != target or table.int8_saturates is not None:
+        return False
+    table.int8_saturates = weight_range.int8_saturates()
+    return True
 
 
 def _read_table(path: str | None, target: Target) -> LatencyTable | None:

@@ -36,13 +36,15 @@ def _model_args(command: str, model: Path, folder: Path) -> list:
         "verify": ["verify", model],
         "eval": ["eval", model, "--data", f"npz:{data}"],
         "bench": ["bench", model, "--repeats", 1, "--warmup", 0],
+        "latency-table": ["latency-table", model, "-o", folder / "table.json", "--batch", 2, "--threads", 1,
+                          "--group-divisible", 64, "--no-progress"],
         "train": ["train", model, "--data", f"npz:{data}", "-o", folder / "run", "--config", config, "--no-progress"],
         "compress": ["compress", model, "--data", f"npz:{data}", "-o", folder / "out" / "small.onnx", "--config",
                      config, "--no-progress"],
     }[command]
 
 
-COMMANDS = ("inspect", "verify", "eval", "bench", "train", "compress")
+COMMANDS = ("inspect", "verify", "eval", "bench", "latency-table", "train", "compress")
 TRAINING = ("train", "compress")
 
 
@@ -379,6 +381,8 @@ def test_good_inputs_pass(tmp_path, command):
     model, spec, config = _problem(tmp_path)
     args = {"inspect": ["inspect", model], "verify": ["verify", model], "eval": ["eval", model, "--data", spec],
             "bench": ["bench", model, "--repeats", 1, "--warmup", 0],
+            "latency-table": ["latency-table", model, "-o", tmp_path / "table.json", "--batch", 2, "--threads", 1,
+                              "--group-divisible", 64, "--no-progress"],
             "train": ["train", model, "--data", spec, "-o", tmp_path / "run", "--config", config, "--no-progress"],
             "compress": ["compress", model, "--data", spec, "-o", tmp_path / "out" / "small.onnx", "--config", config,
                          "--no-progress"]}[command]
