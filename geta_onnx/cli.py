@@ -441,9 +441,8 @@ def latency_table(model: str, out_path: str, batch: int, threads: int, group_div
     """Measure MODEL's latency table on this machine, without data or training: run it on the
     deployment target, then `compress --latency-table FILE` anywhere (docs/latency.md)."""
     from .latency.target_table import measure_target_table
-    from .preflight import input_values as parse_values
-
     from .outputs import refuse_overlap
+    from .preflight import input_values as parse_values
 
     refuse_overlap({"-o": out_path}, models=[model])
     table, measured, chosen = measure_target_table(model, out_path, batch=batch, threads=threads,

@@ -49,20 +49,19 @@ def resolve(config, profile: str, table_path: str = ""):
     if config.reduce_range != "auto":
         return config
     recorded = table_probe(table_path)
-    reduce = profile == "ort" and (int8_saturates() if recorded is None else recorded[0])
+    reduce = profile == "ort" and (int8_saturates() if recorded is None else recorded)
     return dataclasses.replace(config, reduce_range="on" if reduce else "off")
 
 
-def table_probe(table_path: str) -> tuple[bool, str] | None:
-    """(whether its target's int8 kernels saturate, its CPU) as the latency table file
-    `table_path` records them; None without a file there or without the record (a table
-    written before it, or timed by another tool). A damaged file is latency.table's ConfigError."""
+def table_probe(table_path: str) -> bool | None:
+    """Whether the target's int8 kernels saturate, as the latency table file `table_path`
+    records it; None without a file there or without the record (a table written before it,
+    or timed by another tool). A damaged file is latency.table's ConfigError."""
     if not table_path or not Path(table_path).is_file():
         return None
     from ..latency.table import LatencyTable
 
-    table = LatencyTable.load(table_path)
-    return None if table.int8_saturates is None else (table.int8_saturates, table.target.cpu)
+    return LatencyTable.load(table_path).int8_saturates
 
 
 def decision_note(given: str, profile: str, table_path: str) -> str | None:
@@ -98,8 +97,7 @@ def scored_unfused(config, table_path: str) -> bool:
     target runs (and would ship the float twin by bench.choice's rule 0)."""
     if config.reduce_range != "off":
         return False
-    recorded = table_probe(table_path)
-    return recorded is not None and not recorded[0] and int8_saturates()
+    return table_probe(table_path) is False and int8_saturates()
 
 
 def weight_bits(config) -> tuple[int, int]:
