@@ -424,8 +424,10 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
 @click.argument("model")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
               help="The table file (JSON) to write; an existing table of this machine is completed.")
-@click.option("--batch", type=click.IntRange(min=1), default=max(map(int, _default("export", "batches").split(","))),
-              show_default=True, help="The batch compress times at (its largest --batch).")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="The batch compress times at: its largest --batch (default "
+                   f"{max(map(int, _default('export', 'batches').split(',')))}), or 1 for a model whose inputs take a "
+                   "static batch of 1 (default there).")
 @click.option("--threads", type=click.IntRange(min=1), default=int(_default("export", "threads")), show_default=True,
               help="onnxruntime intra-op threads (compress's --threads).")
 @click.option("--group-divisible", type=click.IntRange(min=1), default=int(_default("prune", "group_divisible")),
@@ -436,7 +438,7 @@ def bench(models: tuple[str, ...], batches: tuple[str, ...], threads: int, repea
 @_input_value_option("Feed input NAME the value VALUE (as compress's --input-value).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def latency_table(model: str, out_path: str, batch: int, threads: int, group_divisible: int,
+def latency_table(model: str, out_path: str, batch: int | None, threads: int, group_divisible: int,
                   shapes: tuple[str, ...], input_values: tuple[str, ...], no_progress: bool) -> None:
     """Measure MODEL's latency table on this machine, without data or training: run it on the
     deployment target, then `compress --latency-table FILE` anywhere (docs/latency.md)."""
@@ -452,8 +454,8 @@ def latency_table(model: str, out_path: str, batch: int, threads: int, group_div
         click.echo(f"inputs: {chosen}")
     saturates = {True: "saturate full-range weights", False: "compute full-range weights exactly"}
     click.echo(f"wrote {out_path}: {len(table.entries)} layer signatures ({measured} measured now), "
-               f"{table.target.cpu}, {table.target.runtime}, {threads} thread(s), batch {batch}; its int8 kernels "
-               f"{saturates[table.int8_saturates]} ([quant] reduce_range \"auto\" decides by it)")
+               f"{table.target.cpu}, {table.target.runtime}, {threads} thread(s), batch {table.target.batch}; its int8 "
+               f"kernels {saturates[table.int8_saturates]} ([quant] reduce_range \"auto\" decides by it)")
 
 
 @main.command("eval")

@@ -71,6 +71,19 @@ def test_static_batch_export_trains_batched_and_keeps_its_signature(tmp_path):
     assert report["groups"]["removed"] > 0
 
 
+def test_latency_table_of_a_static_batch_export_is_timed_at_batch_1(tmp_path):
+    """compress times a model whose inputs take a static batch of 1 at batch 1 (it keeps the
+    signature), so `latency-table` measures that target by default."""
+    from geta_onnx.latency.table import LatencyTable
+
+    model, _ = _export(tmp_path, "static")
+    out = tmp_path / "table.json"
+    res = CliRunner().invoke(main, ["latency-table", str(model), "-o", str(out), "--threads", "1",
+                                    "--group-divisible", "32", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert LatencyTable.load(out).target.batch == 1 and "batch 1;" in res.output
+
+
 def test_dynamic_batch_option_writes_a_dynamic_input(tmp_path):
     model, data = _export(tmp_path, "static")
     proto, report, dims, _ = _compress(tmp_path, model, data, "--dynamic-batch")

@@ -21,12 +21,14 @@ from .measure import fill
 from .table import LatencyTable, Target
 
 
-def measure_target_table(model_path, out_path, *, batch: int, threads: int, unit: int,
+def measure_target_table(model_path, out_path, *, batch: int | None, threads: int, unit: int,
                          shapes: dict[str, tuple[int, ...]] | None = None, values: dict | None = None,
                          progress: bool = True) -> tuple[LatencyTable, int, str]:
     """(the table written to `out_path`, entries measured now, how the input shapes were
-    chosen). An existing table of this target at `out_path` is completed (only what it lacks is
-    measured); one of another target is refused, so times of two machines never mix."""
+    chosen). `batch` None: compress's, the largest of [export] batches, or 1 for a model whose
+    inputs take a static batch of 1 (Settings.latency_at). An existing table of this target at
+    `out_path` is completed (only what it lacks is measured); one of another target is refused,
+    so times of two machines never mix."""
     from ..bridge import to_torch
     from ..config import QuantConfig
     from ..graph import load_model
@@ -35,15 +37,17 @@ def measure_target_table(model_path, out_path, *, batch: int, threads: int, unit
     from ..graph.interface import adapt_interface
     from ..qadg import analyze
     from ..quant.sites import attach_quantizers
+    from ..settings import Settings
 
-    target = Target.here(threads, batch)
+    model, _ = adapt_interface(load_model(model_path), values or {})
+    static = static_batch_one(model)
+    target = Target.here(threads, batch or Settings().latency_at(static)[1])
     table = LatencyTable.load(out_path) if Path(out_path).is_file() else None
     if table is not None and table.target != target:
         raise ConfigError(f"latency table '{out_path}' was measured on another target ({table.target.cpu}, "
                           f"{table.target.runtime}, {table.target.threads} threads, batch {table.target.batch}); "
                           "write this machine's table to another file")
-    model, _ = adapt_interface(load_model(model_path), values or {})
-    fixed, chosen = runnable_shapes(model, shapes, batch=1 if static_batch_one(model) else 2)
+    fixed, chosen = runnable_shapes(model, shapes, batch=1 if static else 2)
     sample = example_feeds(model, {name: (1, *dims[1:]) for name, dims in fixed.items()}, batch=1)
     module = to_torch(model)
     # thin stems quantized too: compress times them in both forms before it decides (latency.chain)
