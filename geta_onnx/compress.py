@@ -249,7 +249,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
     names = list(candidates)
     # int8 bound for a latency table's target that computes full-range weights exactly, on a CPU whose
     # kernels do not: scored as the target computes it (quant.weight_range.scored_unfused); timed as it is
-    unfused = {names[0]} if weight_range.scored_unfused(settings.quant, settings.prune.latency_table) else set()
+    unfused = weight_range.scored_unfused(settings.quant, settings.prune.latency_table)
     with tempfile.TemporaryDirectory(prefix="geta-candidates-") as tmp:
         files = {names[0]: Path(compressed)}
         for name in names[1:]:
@@ -263,9 +263,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
         for name in names:
             q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
-                              threads=ex.threads, unfused=name in unfused)
-            if name in unfused:
-                q["unfused"] = True
+                              threads=ex.threads, unfused=unfused and name == names[0])
             metric = "accuracy" if "accuracy" in q else q["metric"]
             scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
                                         metric, q.get("samples"))

@@ -48,9 +48,7 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
 
     # reduce_range "auto" decided once, for the target (a latency table's that records it, else this CPU),
     # and recorded as decided: a resume that decides otherwise would train on another grid (quant.weight_range)
-    table_path = settings.prune.latency_table
-    range_note = weight_range.decision_note(settings.quant.reduce_range, settings.export.profile, table_path)
-    quant = weight_range.resolve(settings.quant, settings.export.profile, table_path)
+    quant, range_note = weight_range.decide(settings.quant, settings.export.profile, settings.prune.latency_table)
     settings = given = settings.replace("quant", reduce_range=quant.reduce_range)
     loaded, interface = adapt_interface(load_model(model_path), input_values(settings.data.input_values))
     settings, output_note = scored_output(loaded, settings)

@@ -33,7 +33,8 @@ def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | 
     `metric` (reference only): auto | agreement | cosine | mse. `limit` > 0 stops after that
     many samples (the data spec's own limit draws a seeded subset instead). `skip` leaves the
     split's first samples out (compress: the ones the quality guard's checks scored).
-    `unfused`: `path` runs as its QDQ math, not the fused int8 kernels (session.session_options)."""
+    `unfused`: `path` runs as its QDQ math, not the fused int8 kernels (session.session_options;
+    recorded as "unfused": True)."""
     if metric not in METRICS:
         raise ConfigError(f"option '--metric': expected one of {', '.join(METRICS)}, got '{metric}'")
     loader, split = (data.eval, "eval") if data.eval is not None else (data.train, "train")
@@ -92,7 +93,7 @@ def evaluate_onnx(path: str | os.PathLike, data, reference: str | os.PathLike | 
                         + (f" after its first {skip}" if skip else ""))
 
     result = {"model": str(path), "reference": None if reference is None else str(reference), "split": split,
-              "samples": seen, "output": output}
+              "samples": seen, "output": output, **({"unfused": True} if unfused else {})}
     if labelled:
         result["accuracy"] = hits / labelled
         if ref_session is not None:

@@ -42,37 +42,52 @@ def resolve(config, profile: str, table_path: str = ""):
     The target is the latency table's (`table_path`, [prune] latency_table) when that file
     records its probe, else this CPU. "on" with the tensorrt profile is a ConfigError (nothing
     to reduce there)."""
+    return decide(config, profile, table_path)[0]
+
+
+def decide(config, profile: str, table_path: str = ""):
+    """(resolve's config, decision_note's line) from one read of the latency table file."""
     if config.reduce_range == "on" and profile == "tensorrt":
         raise ConfigError(option="quant.reduce_range",
                           detail="'on' applies to the ort profile (onnxruntime's u8s8 kernels); TensorRT's int8 "
                                  "kernels do not saturate: use 'auto' or 'off' with [export] profile = \"tensorrt\"")
     if config.reduce_range != "auto":
-        return config
-    recorded = table_probe(table_path)
+        return config, None
+    table = _table(table_path)
+    recorded = None if table is None else table.int8_saturates
     reduce = profile == "ort" and (int8_saturates() if recorded is None else recorded)
-    return dataclasses.replace(config, reduce_range="on" if reduce else "off")
+    return (dataclasses.replace(config, reduce_range="on" if reduce else "off"),
+            _note(profile, table, table_path))
 
 
 def table_probe(table_path: str) -> bool | None:
     """Whether the target's int8 kernels saturate, as the latency table file `table_path`
     records it; None without a file there or without the record (a table written before it,
     or timed by another tool). A damaged file is latency.table's ConfigError."""
-    if not table_path or not Path(table_path).is_file():
-        return None
-    from ..latency.table import LatencyTable
-
-    return LatencyTable.load(table_path).int8_saturates
+    table = _table(table_path)
+    return None if table is None else table.int8_saturates
 
 
 def decision_note(given: str, profile: str, table_path: str) -> str | None:
     """The log's line when a latency table of another CPU decides (or cannot decide) the
     `given` reduce_range "auto" for its target (profile ort); None otherwise."""
-    from ..latency.table import LatencyTable, cpu_name
+    return _note(profile, _table(table_path), table_path) if given == "auto" else None
 
-    if given != "auto" or profile != "ort" or not table_path or not Path(table_path).is_file():
+
+def _table(table_path: str):
+    """The latency.table.LatencyTable at `table_path`, or None without a file there."""
+    if not table_path or not Path(table_path).is_file():
         return None
-    table = LatencyTable.load(table_path)
-    if table.target.cpu == cpu_name():
+    from ..latency.table import LatencyTable
+
+    return LatencyTable.load(table_path)
+
+
+def _note(profile: str, table, table_path: str) -> str | None:
+    """decision_note's line for "auto" given `table` (None: no table file)."""
+    from ..latency.table import cpu_name
+
+    if profile != "ort" or table is None or table.target.cpu == cpu_name():
         return None
     if table.int8_saturates is None:
         return (f"latency table '{table_path}' ({table.target.cpu}) does not record whether its target's int8 kernels "
