@@ -482,6 +482,7 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
     from .bench.session import read_model
     from .config import DataConfig
     from .io import write_text_atomic
+    from .quant import weight_range
     from .train import load_data
 
     _refuse_json_over_inputs(json_path, [model, reference], [data_spec])
@@ -490,10 +491,15 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
     data = load_data(data_spec, config, model=read_model(model))
     r = evaluate_onnx(model, data, reference=reference, output=output, metric=metric, limit=limit, threads=threads,
                       unfused=unfused)
+    note = None if unfused else weight_range.saturation_note(model)
+    if note:
+        r["int8_kernels_saturate"] = True
     click.echo(f"{r['metric']}: {r['value']:.4f}  ({r['samples']} samples of the {r['split']} split, output {output})")
     for k in ("accuracy", "reference_accuracy", "agreement", "cosine", "mse", "max_abs"):
         if k in r and k != r["metric"]:
             click.echo(f"  {k}: {r[k]:.6g}")
+    if note:
+        click.echo(note, err=True)
     if json_path:
         write_text_atomic(json_path, json.dumps(r, indent=2) + "\n")
         click.echo(f"wrote {json_path}")

@@ -131,6 +131,52 @@ def describe() -> str:
             "full-range int8 weights (docs/deployment.md)")
 
 
+# where an op reads its int8 weight: a QDQ file's DequantizeLinear, and the integer ops of a file
+# quantized to onnxruntime's operator format (static QLinear*, dynamic *Integer)
+WEIGHT_INPUT = {"DequantizeLinear": 0, "QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger": 1,
+                "MatMulInteger": 1, "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1}
+
+
+def widest_int8_weight(proto, readers: dict[str, int] = WEIGHT_INPUT) -> int:
+    """The largest |q| of the int8 weights in the ModelProto `proto`: INT8 initializers that an
+    op of `readers` (op type -> its weight's input index; default: DequantizeLinear and the
+    integer ops) reads as its weight; 0 when there are none. Past SAFE_LEVEL a pair of
+    neighbouring weights can overflow the int16 of a u8s8 kernel that saturates; at or below
+    it (a file quantized with reduce_range) none can."""
+    from onnx import TensorProto, numpy_helper
+
+    weights = {t.name: t for t in proto.graph.initializer if t.data_type == TensorProto.INT8}
+    read = {n.input[readers[n.op_type]] for n in proto.graph.node
+            if n.op_type in readers and len(n.input) > readers[n.op_type]}
+    widest = 0
+    for name in read & set(weights):
+        q = numpy_helper.to_array(weights[name])
+        if q.size:
+            widest = max(widest, int(np.abs(q.astype(np.int16)).max()))
+    return widest
+
+
+SAFE_LEVEL = 64  # 2 x 255 x 64 = 32640 fits an int16: a 7-bit grid's [-64, 63] never saturates
+
+
+def saturation_note(path) -> str | None:
+    """`geta-onnx eval`'s line when the file at `path` has int8 weights past SAFE_LEVEL and this
+    CPU's fused int8 kernels saturate such weights (int8_saturates): its score is then of
+    another model than the QDQ file's own math (docs/deployment.md); None otherwise."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    widest = widest_int8_weight(proto)
+    if widest <= SAFE_LEVEL or not int8_saturates():
+        return None
+    qdq = widest_int8_weight(proto, {"DequantizeLinear": 0}) > SAFE_LEVEL
+    remedy = ("--unfused scores the QDQ file's own math, as a CPU with VNNI or ARM runs it" if qdq else
+              "its integer ops (QLinear / Integer) have no unfused form to score instead")
+    return (f"note: {path} has int8 weights up to |q| = {widest} and this CPU's onnxruntime int8 kernels saturate "
+            f"weights past {SAFE_LEVEL} (x86 without VNNI): the score is of the model those kernels compute, which "
+            f"a CPU with VNNI or ARM does not; {remedy} (docs/deployment.md)")
+
+
 @functools.lru_cache(maxsize=None)
 def int8_saturates() -> bool:
     """Whether onnxruntime's fused int8 conv on this CPU departs from the QDQ model's own math

@@ -115,3 +115,54 @@ def test_eval_unfused_runs_the_file_with_the_basic_optimizations(digits, tmp_pat
     assert opened == [(str(model), True), (str(model), False)]
     r = json.loads(out.read_text())
     assert r["accuracy"] == pytest.approx(fp32_acc, abs=1e-6) and r["agreement"] == 1.0  # a float model: the same
+
+
+@pytest.mark.parametrize("saturates, args, noted", [
+    (True, [], True), (False, [], False), (True, ["--unfused"], False)])
+def test_eval_notes_when_this_cpus_int8_kernels_saturate_the_files_weights(resnet_pair, tmp_path, monkeypatch,
+                                                                          saturates, args, noted):
+    """A full-range int8 file (onnxruntime's own static quantizer: weights up to |q| = 127) on a
+    CPU whose fused kernels saturate such weights: the score is of another model than the QDQ
+    file's math, and eval says so (stderr, and the JSON's int8_kernels_saturate); not on a CPU
+    that computes them exactly, nor with --unfused, which scores the file's own math."""
+    from geta_onnx.quant import weight_range
+
+    fp32, int8 = resnet_pair
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: saturates)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", str(int8), "--data", f"npz:{npz}", "--reference", str(fp32),
+                                       "--json", str(out), *args])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert r.get("int8_kernels_saturate", False) is noted
+    assert ("saturate" in result.stderr and "--unfused" in result.stderr) is noted
+    assert "note:" not in result.stdout
+
+
+def test_the_widest_int8_weight_of_a_file(resnet_pair, tmp_path, monkeypatch):
+    """weight_range.widest_int8_weight reads the INT8 weights DequantizeLinear or an integer op
+    reads: the probe conv's grid, onnxruntime's full-range quantizers' 127 (static QDQ; dynamic,
+    whose MatMulInteger / ConvInteger read them), none in a float model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from geta_onnx.quant import weight_range
+
+    fp32, int8 = resnet_pair
+    assert weight_range.widest_int8_weight(onnx.load(str(fp32))) == 0
+    assert weight_range.widest_int8_weight(onnx.load(str(int8))) == 127
+    dynamic = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    assert {"ConvInteger"} <= {n.op_type for n in onnx.load(str(dynamic)).graph.node}
+    assert weight_range.widest_int8_weight(onnx.load(str(dynamic))) == 127
+    for level in (63, 127):
+        assert weight_range.widest_int8_weight(onnx.load_from_string(weight_range._probe_model(level))) == level
+    # eval's note: --unfused for a QDQ file; a file of integer ops has no unfused form; none on the 7-bit grid
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: True)
+    assert "--unfused scores" in weight_range.saturation_note(int8)
+    assert "no unfused form" in weight_range.saturation_note(dynamic)
+    seven = tmp_path / "seven.onnx"
+    seven.write_bytes(weight_range._probe_model(63))
+    assert weight_range.saturation_note(seven) is None
