@@ -237,7 +237,7 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
     import tempfile
 
     from .bench import evaluate_onnx, measure_latency
-    from .bench.choice import Candidate, pick
+    from .bench.choice import Candidate, kernels_suspect, pick
     from .bench.report import latency_p50
     from .export import fusion_report, save
     from .graph import from_proto
@@ -258,18 +258,25 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
         lat = measure_latency([original.run_path, *files.values()], batches, threads=ex.threads, repeats=ex.repeats,
                               shapes=_sample_shapes(data, [vi.name for vi in original.inputs]))
         timed = dict(zip(names, lat[1:]))
-        # every export is scored: the float twin computes the int8 model's own QDQ math, so int8 below it
-        # is a CPU whose int8 kernels do not compute the model (choice.py, rule 0)
+        # every export is scored: int8 below its float twin (the same weights) is a CPU whose int8 kernels do
+        # not compute the model, or the activations' rounding; the int8 file's own QDQ math tells (choice.py, rule 0)
         scored: dict[str, tuple[dict, Candidate]] = {}  # name -> (evaluate_onnx's dict, its Candidate)
         for name in names:
             q = evaluate_onnx(files[name], data, reference=original.run_path, output=output, limit=ex.eval_limit,
                               threads=ex.threads, unfused=unfused and name == names[0])
-            metric = "accuracy" if "accuracy" in q else q["metric"]
-            scored[name] = q, Candidate(name, timed[name]["speedup"], q["accuracy" if "accuracy" in q else "value"],
-                                        metric, q.get("samples"))
-        choice = pick([scored[n][1] for n in names])
+            scored[name] = q, _scored(q, name, timed[name]["speedup"])
+        qdq_math = None  # rule 0: int8 below its twin; scored as its own QDQ math, the kernels are told apart
+        if unfused:  # int8 was scored so already
+            qdq_math = scored[names[0]][1]
+        elif kernels_suspect([scored[n][1] for n in names]):
+            qdq_math = _scored(evaluate_onnx(files[names[0]], data, reference=original.run_path, output=output,
+                                             limit=ex.eval_limit, threads=ex.threads, unfused=True),
+                               names[0], timed[names[0]]["speedup"])
+        choice = pick([scored[n][1] for n in names], qdq_math)
         sizes = {name: Path(f).stat().st_size for name, f in files.items()}
     how = {"scored_unfused": weight_range.UNFUSED_NOTE.format(name=names[0])} if unfused else {}
+    if qdq_math is not None and not unfused:
+        how["qdq_math_quality"] = qdq_math.quality  # the int8 file unfused (choice.py, rule 0)
     precision = {"shipped": choice.name, "why": choice.why, **how, "candidates": {
         name: {"latency_ms": latency_p50(r), "speedup": r["speedup"], "size_bytes": sizes[name],
                "quality": scored[name][1].quality, "metric": scored[name][1].metric,
@@ -280,6 +287,14 @@ def validate(original, compressed: str | os.PathLike, candidates: dict, data, se
             "latency_full": [lat[0], timed[choice.name]], "fusion": fusion_report(proto), "precision": precision,
             "macs": [model_stats(m).macs for m in (original, from_proto(proto))],
             "size_bytes": [Path(original.path).stat().st_size, sizes[choice.name]]}
+
+
+def _scored(q: dict, name: str, speedup: dict):
+    """The bench.choice.Candidate of an export scored by evaluate_onnx (`q`) and timed."""
+    from .bench.choice import Candidate
+
+    metric = "accuracy" if "accuracy" in q else q["metric"]
+    return Candidate(name, speedup, q[metric if metric == "accuracy" else "value"], metric, q.get("samples"))
 
 
 def _sample_shapes(data, names: list[str]) -> dict[str, tuple[int, ...]]:

@@ -464,3 +464,41 @@ def test_quality_guard_says_when_its_tolerance_is_below_its_resolution(tmp_path)
                                        "--steps", "20", "--batch-size", "32", "--max-accuracy-drop", "0.001",
                                        "--batch", "1", "--no-plots", "--no-progress"])
     assert "at the noise level" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("lowered", [("fused",), ("fused", "unfused")])
+def test_rule_0_scores_the_int8_files_own_qdq_math_before_blaming_the_kernels(tmp_path, monkeypatch, lowered):
+    """int8 far below its float twin (scripted: the int8 file's score lowered as this CPU's
+    kernels compute it, and as its own QDQ math too or not): compress scores the int8 file
+    unfused, records that score, and ships the twin for the kernels only when the QDQ math
+    scored above them; when both are low, the loss is the int8 model's own (its activations'
+    rounding) and speed and quality decide as for any two exports."""
+    from pathlib import Path
+
+    from geta_onnx import bench
+
+    model, npz, _ = write_problem(tmp_path)
+    out = tmp_path / "small.onnx"
+    real = bench.evaluate_onnx
+
+    def scored(path, data, **kw):
+        q = real(path, data, **kw)
+        if Path(path) == out and ("unfused" if kw.get("unfused") else "fused") in lowered:
+            q = {**q, "accuracy": q["accuracy"] - 0.5, "value": q["value"] - 0.5}
+        return q
+
+    monkeypatch.setattr(bench, "evaluate_onnx", scored)
+    result = CliRunner().invoke(main, ["compress", str(model), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                       "--batch-size", "32", "--target-sparsity", "0.3", "--group-divisible", "8",
+                                       "--batch", "1", "--no-plots", "--no-progress", "--force"])
+    assert result.exit_code == 0, result.output
+    precision = json.loads(out.with_suffix(".report.json").read_text())["precision"]
+    int8, twin = precision["candidates"]["int8"], precision["candidates"]["float"]
+    assert int8["quality"] < twin["quality"] - 0.4  # the trigger
+    assert "qdq_math_quality" in precision
+    if lowered == ("fused",):  # the QDQ math scores as the twin (within a few samples): the kernels
+        assert precision["qdq_math_quality"] > int8["quality"] + 0.4
+        assert precision["shipped"] == "float" and "compute another model" in precision["why"], precision
+    else:  # the QDQ math as low as the kernels: no kernel to blame, rule 0 does not decide
+        assert precision["qdq_math_quality"] == pytest.approx(int8["quality"], abs=0.02)
+        assert "compute another model" not in precision["why"] and "do not compute" not in precision["why"]

@@ -6,10 +6,14 @@ decided by what onnxruntime measured, not by bit widths.
     -> Choice("float", "int8 is slower than the original at batch 1 (0.63x), 32 (0.53x); ...")
 
 The rule (docs/realworld.md, "Never slower"):
-0. The float twin computes the QDQ model's own math (every DequantizeLinear applied), so an
-   int8 model that scores below it beyond the tolerance and the sampling noise is one
-   onnxruntime's int8 kernels do not compute exactly on this CPU (u8s8 saturation on x86
-   CPUs without VNNI, docs/deployment.md): the twin ships, whatever the speed.
+0. The float twin computes the QDQ model's math without the activations' rounding (every
+   DequantizeLinear applied). An int8 model that scores below it beyond the tolerance and the
+   sampling noise is either one onnxruntime's int8 kernels do not compute exactly on this CPU
+   (u8s8 saturation on x86 CPUs without VNNI, docs/deployment.md) or one whose activation
+   rounding costs that much. `qdq_math`, the int8 file scored as its own QDQ math (no fused
+   kernels), tells them apart where it was measured: only an int8 score below it (beyond the
+   same tolerance) is the kernels', and then the twin ships, whatever the speed; otherwise the
+   rules below decide. Without it, the kernels are taken to blame.
 1. int8 is the default: it is the smaller file (4x smaller weights).
 2. The float twin wins when the int8 model is slower than the original at some measured
    batch and the twin is not, or when the twin is faster than int8 by more than FASTER_BY
@@ -57,17 +61,25 @@ class Choice:
     why: str
 
 
-def pick(candidates: list[Candidate]) -> Choice:
-    """The first candidate (int8) unless the second (the float twin) wins by the rule above."""
+def pick(candidates: list[Candidate], qdq_math: Candidate | None = None) -> Choice:
+    """The first candidate (int8) unless the second (the float twin) wins by the rule above.
+    `qdq_math`: the first scored as its own QDQ math (rule 0), when that was measured."""
     default = candidates[0]
     if len(candidates) < 2:
         return Choice(default.name, "the only export measured")
     alt = candidates[1]
-    wrong = quality_loss(alt, default, noise=True)
-    if wrong is not None:  # the same weights: int8 kernels that do not compute the QDQ model
-        return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, which "
-                                "computes the same QDQ model: onnxruntime's int8 kernels on this CPU do not compute it "
-                                "exactly (u8s8 saturation on x86 CPUs without VNNI; docs/deployment.md)")
+    if kernels_suspect(candidates):
+        wrong = quality_loss(alt, default, noise=True)
+        if qdq_math is None:  # the same weights: int8 kernels that do not compute the QDQ model
+            return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, "
+                                    "which computes the same weights: onnxruntime's int8 kernels on this CPU do not "
+                                    "compute it exactly (u8s8 saturation on x86 CPUs without VNNI; docs/deployment.md)")
+        kernels = quality_loss(qdq_math, default, noise=True)
+        if kernels is not None:
+            return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, and "
+                                    f"{qdq_math.quality:.4f} as its own QDQ math: onnxruntime's int8 kernels on this "
+                                    "CPU compute another model (u8s8 saturation on x86 CPUs without VNNI; "
+                                    "docs/deployment.md)")
     rescue = bool(default.slower) and not alt.slower
     faster = alt.mean_speedup > default.mean_speedup * (1 + FASTER_BY)
     if not (rescue or faster):
@@ -83,6 +95,12 @@ def pick(candidates: list[Candidate]) -> Choice:
     else:
         why = f"{alt.name} runs {alt.mean_speedup / default.mean_speedup:.2f}x faster than {default.name}"
     return Choice(alt.name, why + " at no quality cost")
+
+
+def kernels_suspect(candidates: list[Candidate]) -> bool:
+    """Rule 0's trigger: the int8 model (first) scores below its float twin (second) beyond the
+    tolerance and the sampling noise, so the int8 file's own QDQ math is worth scoring."""
+    return len(candidates) > 1 and quality_loss(candidates[1], candidates[0], noise=True) is not None
 
 
 RATES = ("accuracy", "agreement")  # shares of samples: their sampling noise is binomial

@@ -1,7 +1,7 @@
 """bench.choice.pick: which export ships, from measured speedups and quality."""
 import pytest
 
-from geta_onnx.bench.choice import FASTER_BY, QUALITY_TOLERANCE, Candidate, pick
+from geta_onnx.bench.choice import FASTER_BY, QUALITY_TOLERANCE, Candidate, kernels_suspect, pick
 
 
 def _pair(int8, flt, q8=None, qf=None, metric="accuracy"):
@@ -77,8 +77,9 @@ def test_geometric_mean_over_batches():
     ("mse", 0.0102, 0.010, "int8"),
 ])
 def test_an_int8_model_that_scores_below_its_own_float_twin_gives_way_whatever_the_speed(metric, q8, qf, ships):
-    """The twin computes the QDQ model's own math; int8 far below it is a runtime that does not
-    compute the model (u8s8 saturation without VNNI), even where int8 is 2x faster."""
+    """Without the int8 file's own QDQ math measured, int8 far below its twin (the same weights)
+    is taken for a runtime that does not compute the model (u8s8 saturation without VNNI), even
+    where int8 is 2x faster."""
     int8 = Candidate("int8", {"1": 3.0, "32": 4.0}, q8, metric, 10000)
     twin = Candidate("float", {"1": 1.5, "32": 2.0}, qf, metric, 10000)
     choice = pick([int8, twin])
@@ -87,3 +88,30 @@ def test_an_int8_model_that_scores_below_its_own_float_twin_gives_way_whatever_t
         assert "int8 kernels on this CPU do not compute it exactly" in choice.why and f"{metric} is" in choice.why
     else:
         assert "not faster" in choice.why
+
+
+@pytest.mark.parametrize("qdq, twin_speed, ships, why", [
+    (0.9380, (1.5, 2.0), "float", "compute another model"),  # the QDQ math is the twin's: the kernels
+    (0.8170, (1.5, 2.0), "int8", "not faster"),  # the QDQ math scores as the kernels: the rounding's cost
+    (0.8170, (4.0, 5.0), "float", "faster than int8 at no quality cost"),
+])
+def test_the_int8_files_own_qdq_math_tells_the_kernels_from_the_activations_rounding(qdq, twin_speed, ships, why):
+    """Rule 0 with `qdq_math` (the int8 file scored with no fused kernels): only an int8 score
+    below its own QDQ math is the kernels' (the twin ships whatever the speed, the why gives
+    both figures); at its QDQ math the loss is the activations' rounding, a property of the
+    int8 model, and speed and quality decide as for any two exports."""
+    int8 = Candidate("int8", {"1": 3.0, "32": 4.0}, 0.8164, "accuracy", 10000)
+    twin = Candidate("float", dict(zip(("1", "32"), twin_speed)), 0.9385, "accuracy", 10000)
+    unfused = Candidate("int8", int8.speedup, qdq, "accuracy", 10000)
+    assert kernels_suspect([int8, twin])
+    choice = pick([int8, twin], unfused)
+    assert choice.name == ships and why in choice.why, choice.why
+    if ships == "float" and why == "compute another model":
+        assert "0.8164" in choice.why and "0.9380" in choice.why
+
+
+def test_no_suspect_without_a_loss_against_the_twin():
+    """The trigger is the twin's score: int8 within the tolerance of it needs no second scoring."""
+    int8 = Candidate("int8", {"1": 3.0}, 0.9300, "accuracy", 10000)
+    assert not kernels_suspect([int8, Candidate("float", {"1": 1.5}, 0.9320, "accuracy", 10000)])
+    assert not kernels_suspect([int8])
