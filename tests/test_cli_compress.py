@@ -496,6 +496,7 @@ def test_rule_0_scores_the_int8_files_own_qdq_math_before_blaming_the_kernels(tm
     int8, twin = precision["candidates"]["int8"], precision["candidates"]["float"]
     assert int8["quality"] < twin["quality"] - 0.4  # the trigger
     assert "qdq_math_quality" in precision
+    assert "as its own QDQ math (no fused kernels)" in out.with_suffix(".report.md").read_text()
     if lowered == ("fused",):  # the QDQ math scores as the twin (within a few samples): the kernels
         assert precision["qdq_math_quality"] > int8["quality"] + 0.4
         assert precision["shipped"] == "float" and "compute another model" in precision["why"], precision

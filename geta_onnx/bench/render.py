@@ -72,6 +72,12 @@ def _precision_lines(precision: dict | None) -> list[str]:
         lines += [f"Weights: {precision['weight_grid']}.", ""]
     if precision.get("scored_unfused"):
         lines += [f"Scored: {precision['scored_unfused']}.", ""]
+    if "qdq_math_quality" in precision:  # int8 scored below its twin: scored again without fused kernels
+        int8 = precision["candidates"]["int8"]
+        lines += [f"int8 scored {int8['quality']:.4f} ({int8['metric']}) in this CPU's int8 kernels and "
+                  f"{precision['qdq_math_quality']:.4f} as its own QDQ math (no fused kernels), against "
+                  f"{precision['candidates']['float']['quality']:.4f} for its float twin (docs/realworld.md, "
+                  "\"Never slower\").", ""]
     return lines
 
 
