@@ -159,6 +159,13 @@ def widest_int8_weight(proto, readers: dict[str, int] = WEIGHT_INPUT) -> int:
 SAFE_LEVEL = 64  # 2 x 255 x 64 = 32640 fits an int16: a 7-bit grid's [-64, 63] never saturates
 
 
+def saturated_here(proto) -> bool:
+    """Whether this CPU's fused int8 kernels compute another model than the ModelProto
+    `proto`'s own math: int8 weights past SAFE_LEVEL on a CPU whose probe saturates. Such a
+    file runs as itself with onnxruntime's basic optimizations (bench.session, `unfused`)."""
+    return widest_int8_weight(proto) > SAFE_LEVEL and int8_saturates()
+
+
 def saturation_note(path) -> str | None:
     """`geta-onnx eval`'s line when the file at `path` has int8 weights past SAFE_LEVEL and this
     CPU's fused int8 kernels saturate such weights (int8_saturates): its score is then of
@@ -166,9 +173,9 @@ def saturation_note(path) -> str | None:
     import onnx
 
     proto = onnx.load(str(path))
-    widest = widest_int8_weight(proto)
-    if widest <= SAFE_LEVEL or not int8_saturates():
+    if not saturated_here(proto):
         return None
+    widest = widest_int8_weight(proto)
     qdq = widest_int8_weight(proto, {"DequantizeLinear": 0}) > SAFE_LEVEL
     remedy = ("--unfused scores the QDQ file's own math, as a CPU with VNNI or ARM runs it" if qdq else
               "its integer ops (QLinear / Integer) have no unfused form to score instead")

@@ -9,7 +9,9 @@ within float rounding (tests/train/test_teacher.py).
 The bridged module, deep-copied before any quantizer exists, stays the teacher where
 onnxruntime cannot stand in: a CUDA run (our onnxruntime is the CPU build), a graph that takes
 one sample per forward (bridge.OnnxModule.per_sample), a graph onnxruntime cannot open, and
-GETA_ONNX_TEACHER=torch (for comparisons).
+GETA_ONNX_TEACHER=torch (for comparisons). An original that is already a QDQ model with
+full-range int8 weights runs with onnxruntime's basic optimizations on a CPU whose fused int8
+kernels saturate them (docs/deployment.md): its own math, as the bridged module computes it.
 """
 from __future__ import annotations
 
@@ -40,10 +42,17 @@ class OrtTeacher:
         import onnxruntime as ort
 
         from ..bench.session import session_options
+        from ..quant.weight_range import saturated_here
 
         self.input_names, self.output_names = list(input_names), list(output_names)
         self._dtypes = [model.info(n).np_dtype if model.info(n) is not None else None for n in input_names]
-        opts = session_options(torch.get_num_threads())  # as every measurement runs, plus:
+        # an already-quantized original whose full-range int8 weights this CPU's fused kernels saturate runs as
+        # its own QDQ math, which the bridged module computes (quant.weight_range.saturated_here)
+        self.unfused = saturated_here(model.proto)
+        if self.unfused:
+            log.info("%s: the onnxruntime teacher runs unfused: this CPU's int8 kernels saturate its int8 weights",
+                     model.label)
+        opts = session_options(torch.get_num_threads(), unfused=self.unfused)  # as every measurement runs, plus:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 

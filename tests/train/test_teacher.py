@@ -94,3 +94,25 @@ def test_training_the_student_never_moves_the_onnxruntime_teacher():
         opt.step()
     assert torch.equal(loss.teacher_outputs(x), before)
     assert not torch.equal(module(*x), before)
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_an_int8_original_runs_as_its_own_qdq_math_where_the_kernels_saturate_it(monkeypatch, saturates):
+    """An original that is already a QDQ model with full-range int8 weights (the saturation
+    probe's conv, weights at 127): on a CPU whose fused int8 kernels saturate such weights the
+    onnxruntime teacher runs unfused, so it gives the bridged module's outputs (the QDQ math)
+    within one output step on every CPU; elsewhere it runs fused, as every teacher does."""
+    import onnx
+
+    from geta_onnx.quant import weight_range
+
+    monkeypatch.setattr(weight_range, "int8_saturates", lambda: saturates)
+    model = from_proto(onnx.load_from_string(weight_range._probe_model(127)))
+    module = to_torch(model).eval()
+    teacher = teacher_for(module, model)
+    assert isinstance(teacher, OrtTeacher) and teacher.unfused is saturates
+    if saturates:
+        x = torch.from_numpy(np.random.default_rng(1).uniform(3.0, 5.1, (1, 32, 6, 6)).astype(np.float32))
+        with torch.no_grad():
+            want = module(x)
+        assert float((teacher(x) - want).abs().max()) <= weight_range._Y_SCALE  # one output step
