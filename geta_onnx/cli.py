@@ -119,13 +119,17 @@ def verify(model: str, max_groups: int | None, shapes: tuple[str, ...], input_va
     and zero-invariance of its pruning groups. Exit 0 only when every check holds."""
     from .graph import load_model
     from .graph.interface import adapt_interface
+    from .graph.quantized import as_float
     from .io import write_text_atomic
     from .preflight import input_values as parse_values
     from .verify import verify_model
 
     _refuse_json_over_inputs(json_path, [model])
     fixed = _parse_shapes(shapes)
-    loaded, _ = adapt_interface(load_model(model), parse_values(input_values))
+    floated, note = as_float(load_model(model))  # an int8 QDQ file: checked as compress trains it
+    if note:
+        click.echo(f"{model}: {note}")
+    loaded, _ = adapt_interface(floated, parse_values(input_values))
     checks, qadg = verify_model(loaded, shapes=fixed, max_groups=max_groups, seed=seed, log=click.echo)
     width = max(len(c.name) for c in checks)
     for c in checks:

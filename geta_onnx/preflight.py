@@ -41,6 +41,7 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     (BatchChange)."""
     from .graph import load_model
     from .graph.interface import adapt_interface
+    from .graph.quantized import as_float
     from .guarding import guard_data, holdout_samples
     from .quant import weight_range
     from .runs import fingerprint
@@ -50,7 +51,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     # and recorded as decided: a resume that decides otherwise would train on another grid (quant.weight_range)
     quant, range_note = weight_range.decide(settings.quant, settings.export.profile, settings.prune.latency_table)
     settings = given = settings.replace("quant", reduce_range=quant.reduce_range)
-    loaded, interface = adapt_interface(load_model(model_path), input_values(settings.data.input_values))
+    floated, quantized_note = as_float(load_model(model_path))  # an int8 QDQ file trains from its float weights
+    loaded, interface = adapt_interface(floated, input_values(settings.data.input_values))
     settings, output_note = scored_output(loaded, settings)
     check_model(loaded, settings.train.output)
     check_device(settings.train.device)
@@ -66,7 +68,7 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
-    batch.notes = (interface.describe() + ([output_note] if output_note else [])
+    batch.notes = ([quantized_note] if quantized_note else []) + (interface.describe() + ([output_note] if output_note else [])
                    + ([range_note] if range_note else [])
                    + ([weight_range.describe()] if settings.quant.reduce_range == "on" else []))
     batch.interface = interface
