@@ -11,6 +11,7 @@ from .graph import load_model
 from .graph.interface import adapt_interface
 from .graph.model import OnnxModel
 from .graph.normalize import with_input_shapes
+from .graph.quantized import as_float
 from .graph.stats import model_stats
 from .qadg import analyze
 
@@ -48,7 +49,7 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
                   values: dict[str, str] | None = None) -> dict:
     """`values`: inputs fixed for the run (--input-value, graph/interface.py), as compress
     would train the model."""
-    model = load_model(path)
+    model, quantized = as_float(load_model(path))  # an int8 QDQ file: the float model compress trains
     if values:
         model, _ = adapt_interface(model, values, move_batch=False)
     if shapes:
@@ -64,6 +65,7 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
         "inputs": [_shape_str(model, vi) for vi in model.inputs],
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
+        "quantized": quantized,
         **stats.to_dict(),
         "unsupported_ops": unsupported_ops(model, ifs),
         "shape_decided_ifs": ifs,
@@ -89,6 +91,8 @@ def render_text(r: dict) -> str:
         for i, t in enumerate(r[kind]):
             label = kind if i == 0 else ""
             lines.append(f"{label:<9} {t['name']}: {t['dtype']} {t['shape']}")
+    if r.get("quantized"):
+        lines.append(f"quantized {r['quantized']}; the figures below are of that float model")
     lines.append(f"params    {r['params']:,} ({_human(r['params'])}) in float initializers")
     note = " (symbolic dims counted as 1; fix them with --shape)" if any(
         isinstance(d, str) for t in r["inputs"] for d in (t["shape"] or [])) else ""
