@@ -68,8 +68,8 @@ def prepare_run(model_path, data_spec: str, settings, *, judge: bool = True, hel
     check_original_on_data(loaded, data, settings.train.output, threads=threads, judge=judge)
     batch = dynamic_batch(loaded, data)
     batch.branches = branches
-    batch.notes = ([quantized_note] if quantized_note else []) + (interface.describe() + ([output_note] if output_note else [])
-                   + ([range_note] if range_note else [])
+    batch.notes = (([quantized_note] if quantized_note else []) + interface.describe()
+                   + ([output_note] if output_note else []) + ([range_note] if range_note else [])
                    + ([weight_range.describe()] if settings.quant.reduce_range == "on" else []))
     batch.interface = interface
     return batch.model, data, fingerprint(model_path, data_spec, given), batch, settings

@@ -18,11 +18,16 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _full_range_int8_weights(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _full_range_int8_weights():
     """[quant] reduce_range "auto" probes whether this CPU's onnxruntime int8 kernels saturate
     (quant/weight_range.py): pinned to "no" so that every CPU trains the same grids here;
-    tests/quant/test_weight_range.py runs the probe itself and sets its answer both ways."""
+    tests/quant/test_weight_range.py runs the probe itself and sets its answer both ways. For
+    the whole session, so that module-scoped fixtures (set up before any function-scoped one)
+    train under the pin too: on a CPU whose kernels saturate, tests/test_cli_compress.py's
+    module run trained on the 7-bit grid and failed where its int8 export shipped."""
     from geta_onnx.quant import weight_range
 
-    monkeypatch.setattr(weight_range, "int8_saturates", lambda: False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weight_range, "int8_saturates", lambda: False)
+        yield
