@@ -1,5 +1,5 @@
-"""An input model that is already a QDQ model (onnxruntime's `quantize_static`, NNCF, ModelOpt
-or a geta-onnx export): trained from its dequantized float weights.
+"""An input model that is already a QDQ model (onnxruntime's `quantize_static` output, another
+tool's QDQ export, a geta-onnx export): trained from its dequantized float weights.
 
 A QDQ file keeps each weight as an integer initializer read by a DequantizeLinear. No gradient
 passes an integer tensor, so bridged as it is, nothing in it could train ("output 0 does not
