@@ -492,10 +492,11 @@ def eval_(model: str, data_spec: str, reference: str | None, batch_size: int, li
     _refuse_json_over_inputs(json_path, [model, reference], [data_spec])
     # val_split=0: without an eval split the whole train split is scored, not a held-out slice
     config = DataConfig(batch_size=batch_size, val_split=0.0, shuffle=False, limit=limit)
-    data = load_data(data_spec, config, model=read_model(model))
+    loaded = read_model(model)
+    data = load_data(data_spec, config, model=loaded)
     r = evaluate_onnx(model, data, reference=reference, output=output, metric=metric, limit=limit, threads=threads,
                       unfused=unfused)
-    note = None if unfused else weight_range.saturation_note(model)
+    note = None if unfused else weight_range.saturation_note(model, loaded.proto)
     if note:
         r["int8_kernels_saturate"] = True
     click.echo(f"{r['metric']}: {r['value']:.4f}  ({r['samples']} samples of the {r['split']} split, output {output})")

@@ -68,18 +68,16 @@ def pick(candidates: list[Candidate], qdq_math: Candidate | None = None) -> Choi
     if len(candidates) < 2:
         return Choice(default.name, "the only export measured")
     alt = candidates[1]
-    if kernels_suspect(candidates):
-        wrong = quality_loss(alt, default, noise=True)
+    wrong = quality_loss(alt, default, noise=True)  # rule 0's trigger (kernels_suspect)
+    if wrong is not None:
+        lost = f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin"
+        cause = "(u8s8 saturation on x86 CPUs without VNNI; docs/deployment.md)"
         if qdq_math is None:  # the same weights: int8 kernels that do not compute the QDQ model
-            return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, "
-                                    "which computes the same weights: onnxruntime's int8 kernels on this CPU do not "
-                                    "compute it exactly (u8s8 saturation on x86 CPUs without VNNI; docs/deployment.md)")
-        kernels = quality_loss(qdq_math, default, noise=True)
-        if kernels is not None:
-            return Choice(alt.name, f"{default.name}'s {wrong.removeprefix('its ')} for its {alt.name} twin, and "
-                                    f"{qdq_math.quality:.4f} as its own QDQ math: onnxruntime's int8 kernels on this "
-                                    "CPU compute another model (u8s8 saturation on x86 CPUs without VNNI; "
-                                    "docs/deployment.md)")
+            return Choice(alt.name, f"{lost}, which computes the same weights: onnxruntime's int8 kernels on this "
+                                    f"CPU do not compute it exactly {cause}")
+        if quality_loss(qdq_math, default, noise=True) is not None:
+            return Choice(alt.name, f"{lost}, and {qdq_math.quality:.4f} as its own QDQ math: onnxruntime's int8 "
+                                    f"kernels on this CPU compute another model {cause}")
     rescue = bool(default.slower) and not alt.slower
     faster = alt.mean_speedup > default.mean_speedup * (1 + FASTER_BY)
     if not (rescue or faster):

@@ -13,6 +13,8 @@ compared with (OnnxModel.run_path). docs/realworld.md, "Models that are already 
 """
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from .model import OnnxModel
@@ -25,7 +27,7 @@ def quantized_weights(proto: onnx.ModelProto) -> int:
     """DequantizeLinear nodes of the main graph that read a constant integer initializer with
     more than one element (a weight; a bias in int32 counts too; a scalar is no weight)."""
     integer = {t.name for t in proto.graph.initializer
-               if t.data_type in INTEGER_TYPES and _elements(t) > 1}
+               if t.data_type in INTEGER_TYPES and math.prod(t.dims) > 1}
     return sum(1 for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in integer)
 
 
@@ -42,10 +44,3 @@ def as_float(model: OnnxModel) -> tuple[OnnxModel, str | None]:
     return floated, (f"the model is already quantized ({count} constant tensors behind DequantizeLinear): it trains from "
                      "their dequantized float values, its activations' Q/DQ pairs become the clamps of their grids, "
                      "and the run quantizes it again; quality and speed are compared with the file as given")
-
-
-def _elements(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n

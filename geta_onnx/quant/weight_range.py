@@ -137,22 +137,27 @@ WEIGHT_INPUT = {"DequantizeLinear": 0, "QLinearConv": 3, "QLinearMatMul": 3, "QG
                 "MatMulInteger": 1, "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1}
 
 
-def widest_int8_weight(proto, readers: dict[str, int] = WEIGHT_INPUT) -> int:
-    """The largest |q| of the int8 weights in the ModelProto `proto`: INT8 initializers that an
-    op of `readers` (op type -> its weight's input index; default: DequantizeLinear and the
-    integer ops) reads as its weight; 0 when there are none. Past SAFE_LEVEL a pair of
-    neighbouring weights can overflow the int16 of a u8s8 kernel that saturates; at or below
-    it (a file quantized with reduce_range) none can."""
+def widest_int8_weight(proto) -> int:
+    """The largest |q| of the int8 weights in the ModelProto `proto`: INT8 initializers that a
+    DequantizeLinear or an integer op reads as its weight (WEIGHT_INPUT); 0 when there are
+    none. Past SAFE_LEVEL a pair of neighbouring weights can overflow the int16 of a u8s8
+    kernel that saturates; at or below it (a file quantized with reduce_range) none can."""
+    return max(_widest_by_reader(proto).values(), default=0)
+
+
+def _widest_by_reader(proto) -> dict[str, int]:
+    """op type -> the largest |q| of the INT8 weights ops of that type read (WEIGHT_INPUT)."""
     from onnx import TensorProto, numpy_helper
 
     weights = {t.name: t for t in proto.graph.initializer if t.data_type == TensorProto.INT8}
-    read = {n.input[readers[n.op_type]] for n in proto.graph.node
-            if n.op_type in readers and len(n.input) > readers[n.op_type]}
-    widest = 0
-    for name in read & set(weights):
-        q = numpy_helper.to_array(weights[name])
+    widest: dict[str, int] = {}
+    for n in proto.graph.node:
+        k = WEIGHT_INPUT.get(n.op_type)
+        if k is None or len(n.input) <= k or n.input[k] not in weights:
+            continue
+        q = numpy_helper.to_array(weights[n.input[k]])
         if q.size:
-            widest = max(widest, int(np.abs(q.astype(np.int16)).max()))
+            widest[n.op_type] = max(widest.get(n.op_type, 0), int(np.abs(q.astype(np.int16)).max()))
     return widest
 
 
@@ -163,21 +168,26 @@ def saturated_here(proto) -> bool:
     """Whether this CPU's fused int8 kernels compute another model than the ModelProto
     `proto`'s own math: int8 weights past SAFE_LEVEL on a CPU whose probe saturates. Such a
     file runs as itself with onnxruntime's basic optimizations (bench.session, `unfused`)."""
-    return widest_int8_weight(proto) > SAFE_LEVEL and int8_saturates()
+    return _saturated(widest_int8_weight(proto))
 
 
-def saturation_note(path) -> str | None:
-    """`geta-onnx eval`'s line when the file at `path` has int8 weights past SAFE_LEVEL and this
-    CPU's fused int8 kernels saturate such weights (int8_saturates): its score is then of
-    another model than the QDQ file's own math (docs/deployment.md); None otherwise."""
+def _saturated(widest: int) -> bool:
+    return widest > SAFE_LEVEL and int8_saturates()  # the probe runs only for a file it could concern
+
+
+def saturation_note(path, proto=None) -> str | None:
+    """`geta-onnx eval`'s line when the file at `path` (`proto`: its ModelProto, when loaded
+    already) has int8 weights past SAFE_LEVEL and this CPU's fused int8 kernels saturate such
+    weights (int8_saturates): its score is then of another model than the QDQ file's own math
+    (docs/deployment.md); None otherwise."""
     import onnx
 
-    proto = onnx.load(str(path))
-    if not saturated_here(proto):
+    by_reader = _widest_by_reader(proto if proto is not None else onnx.load(str(path)))
+    widest = max(by_reader.values(), default=0)
+    if not _saturated(widest):
         return None
-    widest = widest_int8_weight(proto)
-    qdq = widest_int8_weight(proto, {"DequantizeLinear": 0}) > SAFE_LEVEL
-    remedy = ("--unfused scores the QDQ file's own math, as a CPU with VNNI or ARM runs it" if qdq else
+    remedy = ("--unfused scores the QDQ file's own math, as a CPU with VNNI or ARM runs it"
+              if by_reader.get("DequantizeLinear", 0) > SAFE_LEVEL else
               "its integer ops (QLinear / Integer) have no unfused form to score instead")
     return (f"note: {path} has int8 weights up to |q| = {widest} and this CPU's onnxruntime int8 kernels saturate "
             f"weights past {SAFE_LEVEL} (x86 without VNNI): the score is of the model those kernels compute, which "
