@@ -35,14 +35,17 @@ class UnsupportedOpError(GetaError):
             f"{(d or 'ai.onnx')}::{op}-{ver} (e.g. node '{node}')" for d, op, ver, node in self.ops
         )
         quantized = sorted({op for _, op, _, _ in self.ops} & INTEGER_OPS)
-        advice = (f"The file is already quantized ({', '.join(quantized)}: onnxruntime's dynamic quantization); "
+        advice = (f"The file is already quantized ({', '.join(quantized)}) in a form geta-onnx does not read back "
+                  "as float (it reads QDQ files and onnxruntime's dynamic quantization: DynamicQuantizeLinear -> "
+                  "MatMulInteger / ConvInteger -> Cast -> Mul, DynamicQuantizeMatMul, MatMulIntegerToFloat); "
                   "compress the float model it was made from." if quantized else
                   "Replace them in the exporter or open an issue with the model attached.")
         super().__init__(f"{model}: {len(self.ops)} unsupported op(s): {listed}. {advice}")
 
 
-# integer kernels of an already-quantized model (onnxruntime.quantization.quantize_dynamic and
-# friends); QDQ models (QuantizeLinear / DequantizeLinear around float ops) load as they are
+# integer kernels of an already-quantized model that graph/integer_ops.py did not read back as
+# float (operator-format QLinear* files, a dynamic-quantization pattern that differs); QDQ models
+# and onnxruntime's dynamic quantization load as the float model they compute (graph/quantized.py)
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
                "QLinearConv", "QLinearMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul"}
 

@@ -1,5 +1,6 @@
-"""An input model that is already a QDQ model (onnxruntime's `quantize_static` output, another
-tool's QDQ export, a geta-onnx export): trained from its dequantized float weights.
+"""An input model that is already quantized (a QDQ model: onnxruntime's `quantize_static`
+output, another tool's QDQ export, a geta-onnx export; or onnxruntime's dynamic quantization,
+graph/integer_ops.py): trained from its dequantized float weights.
 
 A QDQ file keeps each weight as an integer initializer read by a DequantizeLinear. No gradient
 passes an integer tensor, so bridged as it is, nothing in it could train ("output 0 does not
@@ -32,15 +33,23 @@ def quantized_weights(proto: onnx.ModelProto) -> int:
 
 
 def as_float(model: OnnxModel) -> tuple[OnnxModel, str | None]:
-    """(`model` as the float model its QDQ graph computes, the log's line) when its weights are
-    quantized (quantized_weights); (`model`, None) otherwise."""
-    count = quantized_weights(model.proto)
-    if not count:
+    """(`model` as the float model its quantized graph computes, the log's line) when its
+    weights are quantized (onnxruntime's dynamic quantization, integer_ops.float_dynamic; QDQ,
+    quantized_weights); (`model`, None) otherwise."""
+    from .integer_ops import float_dynamic
+
+    proto, dynamic = float_dynamic(model.proto)
+    count = quantized_weights(proto)
+    if not count and not dynamic:
         return model, None
     from ..export.dequantize import dequantize
     from .normalize import normalize_model
 
-    floated = normalize_model(model.with_proto(dequantize(model.proto)))
-    return floated, (f"the model is already quantized ({count} constant tensors behind DequantizeLinear): it trains from "
-                     "their dequantized float values, its activations' Q/DQ pairs become the clamps of their grids, "
-                     "and the run quantizes it again; quality and speed are compared with the file as given")
+    floated = normalize_model(model.with_proto(dequantize(proto) if count else proto))
+    held = [f"{count} constant tensors behind DequantizeLinear"] if count else []
+    held += [f"{dynamic} integer ops of onnxruntime's dynamic quantization"] if dynamic else []
+    rounding = ("its activations' Q/DQ pairs become the clamps of their grids" if count else
+                "its activations are no longer rounded per batch")
+    return floated, (f"the model is already quantized ({', '.join(held)}): it trains from their dequantized float "
+                     f"values, {rounding}, and the run quantizes it again; quality and speed are compared with the "
+                     "file as given")
