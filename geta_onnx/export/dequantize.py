@@ -16,6 +16,7 @@ Ensures:
   nodes that the Q made redundant, export.qdq._drop_clip_before_q), only the rounding goes;
   a signed pair becomes a pass-through (see _saturate for both, and for the merge of a Relu
   / Clip producer into that Clip);
+- an Add of a [1, .., 1, N] constant after a MatMul reads it as [N] (_vector_bias);
 - nothing else changes: the twin passes the full checker and keeps the input signature.
 """
 from __future__ import annotations
@@ -40,7 +41,25 @@ def dequantize(proto: onnx.ModelProto) -> onnx.ModelProto:
             q = g.producer(node.inputs[0])
             if q is not None and q.op == "QuantizeLinear" and is_default_domain(q):
                 _saturate(g, q, node)
+    for node in g.nodes:
+        if node.op == "Add" and is_default_domain(node):
+            _vector_bias(g, node)
     return g.finish(label="float twin")
+
+
+def _vector_bias(g: GraphEditor, add: Node) -> None:
+    """MatMul -> Add(bias [1, .., 1, N]) => Add(bias [N]): the int8 export gave an N-D layer's
+    bias that shape to keep onnxruntime's MatMulAddFusion off it (export.qdq._matmul_add_as_gemm);
+    in float the fusion (a Gemm, through Reshapes) is what the runtime should do. The same sum:
+    the MatMul output has at least the bias's rank."""
+    for slot in (0, 1):
+        producer = g.producer(add.inputs[1 - slot])
+        value = g.const_or_none(add.inputs[slot])
+        if producer is None or producer.op != "MatMul" or value is None or value.ndim < 2:
+            continue
+        if value.size == value.shape[-1]:
+            add.inputs[slot] = g.add_const(f"{add.inputs[slot].name}_vector", value.reshape(-1))
+        return
 
 
 def _params(g: GraphEditor, node: Node) -> tuple[np.ndarray, np.ndarray]:

@@ -87,6 +87,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
             g.set_input(node, layer.act_slot, la.act.tensor)
         x_scale = act_scale.get(la.act.tensor) if la.act is not None else None
         if profile == "ort" and x_scale is not None and not use_int4:
+            _matmul_add_as_gemm(g, node, la)
             _int32_bias(g, node, la, x_scale)
     return g.finish()
 
@@ -210,6 +211,52 @@ def _int4_weight(g: GraphEditor, wq: WeightQ, base: str) -> Tensor:
     s = g.add_const(f"{base}_scale", scale)
     z = g.add_const(f"{base}_zero_point", np.zeros(scale.shape, dtype=ml_dtypes.int4))
     return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", axis=0, block_size=INT4_BLOCK)
+
+
+def _matmul_add_as_gemm(g: GraphEditor, node: Node, la: LayerQ) -> None:
+    """MatMul(DQ(x), DQ(w)) whose output only an Add of a constant bias [N] reads, written so
+    that onnxruntime keeps the layer in its integer kernels. Its MatMulAddFusion turns such a
+    pair into a Gemm with a float C before the QDQ fusions (a 2-D x; an N-D x of static shape,
+    through Reshapes), and they take that Gemm only when a Q reads its output: a layer whose
+    output stays float ran in float with its weight dequantized (every projection of a
+    static-shape transformer export, keras / tf2onnx Dense layers, skl2onnx MLPs; measured in
+    docs/deployment.md, "onnxruntime on x86 CPU"). Now a 2-D layer becomes
+    Gemm(DQ(x), DQ(w), bias), its bias int32 next (_int32_bias): QGemm; an N-D one keeps
+    MatMul with the bias as [1, .., 1, N] (no Gemm C shape: no fusion), which onnxruntime runs
+    as MatMulIntegerToFloat. export/dequantize.py gives the float twin its [N] bias back."""
+    if node.op != "MatMul" or la.wq.ints.ndim != 2 or la.act is None:
+        return
+    shape = g.tensor(la.act.tensor).shape
+    readers = g.consumers(node.outputs[0])
+    if shape is None or len(shape) < 2 or g.is_output(node.outputs[0]) or len(readers) != 1:
+        return
+    add = readers[0]
+    if add.op != "Add" or not is_default_domain(add) or len(add.inputs) != 2:
+        return
+    slot = 1 if add.inputs[0] is node.outputs[0] else 0
+    value, width = g.const_or_none(add.inputs[slot]), la.wq.ints.shape[1]
+    if value is None or value.size != width or value.ndim > len(shape) or value.shape[-1] != width:
+        return
+    if len(shape) > 2:
+        if not _read_by_q(g, add.outputs[0]):  # a Q'd output: onnxruntime makes QGemm of it already
+            add.inputs[slot] = g.add_const(f"{node.name}_bias", value.reshape([1] * (len(shape) - 1) + [width]))
+        return
+    y = add.outputs[0]
+    g.remove(add)
+    node.op = "Gemm"
+    node.outputs[0] = y
+    g.set_input(node, 2, g.add_const(f"{node.name}_bias", value.reshape(-1).astype(np.float32)))
+
+
+def _read_by_q(g: GraphEditor, tensor: Tensor) -> bool:
+    """Every reader of `tensor` (through one Relu, which onnxruntime folds into the Q) is a
+    QuantizeLinear."""
+    live = lambda t: [r for r in g.consumers(t)  # noqa: E731 (a Relu the Q made redundant is dead)
+                      if any(g.consumers(o) or g.is_output(o) for o in r.outputs)]
+    readers = live(tensor)
+    if len(readers) == 1 and readers[0].op == "Relu" and not g.is_output(readers[0].outputs[0]):
+        readers = live(readers[0].outputs[0])
+    return bool(readers) and not g.is_output(tensor) and all(r.op == "QuantizeLinear" for r in readers)
 
 
 def _int32_bias(g: GraphEditor, node: Node, la: LayerQ, x_scale: np.float32) -> None:
