@@ -230,7 +230,7 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     if latency is not None:
         latency.set_int4(_int4_layers(plan, profile))  # the prediction of the form each layer is exported in
         out.metrics["latency"] = {"int8_only": sorted(int8_only), "float_check": latency.float_check,
-                                  "target_ms": opt.target_latency_ms, "original_ms": latency.original_ms,
+                                  "target_ms": opt.target_latency_ms, "original_ms": latency.reference_ms,
                                   "predicted_ms": opt.predicted_ms(), "threads": latency_at[0], "batch": latency_at[1],
                                   "table": latency.table.target.__dict__, "fit": latency.fit_summary()}
     return out
@@ -387,5 +387,5 @@ def _latency_model(module: OnnxModule, model: OnnxModel, data: Data, plan: Quant
                                       table_path=prune.latency_table or None, progress=progress,
                                       int8_export_of=lambda removed: int8_export(module, plan, qadg, model, removed))
         kind, value = prune.budget
-        budget = value if kind == "target_latency_ms" else latency.original_ms / value
+        budget = value if kind == "target_latency_ms" else latency.reference_ms / value
     return latency, distributed.agree(budget)

@@ -121,7 +121,8 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
     for name, axis in iface.moved_outputs.items():
         _move(ed, iface.original[name], axis, output=True)
     adapted = normalize_model(model.with_proto(ed.finish(model.label, cleanup=False, infer=False)))
-    return OnnxModel(adapted.proto, model.path, runs_as=_write_temporary(adapted.proto, model.label)), iface
+    return OnnxModel(adapted.proto, model.path, runs_as=_write_temporary(adapted.proto, model.label),
+                     quantized_file=model.quantized_file), iface
 
 
 def _batch_axis(model: OnnxModel, name: str, lead: set[str]) -> int | None:

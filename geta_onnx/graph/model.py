@@ -120,6 +120,9 @@ class OnnxModel:
     # the file onnxruntime runs as this model where the user's file takes other inputs (an adapted
     # interface, graph/interface.py); None: `path`
     runs_as: Path | None = None
+    # the user's already-quantized file this float model was read back from (graph/quantized.py):
+    # the reference a speed budget is relative to; None for a float input
+    quantized_file: Path | None = None
 
     # ---- identity -------------------------------------------------------------------
     @property
@@ -134,7 +137,7 @@ class OnnxModel:
 
     def with_proto(self, proto: onnx.ModelProto) -> "OnnxModel":
         """A rewrite of this model: the same file identity, another graph."""
-        return OnnxModel(proto, self.path, runs_as=self.runs_as)
+        return OnnxModel(proto, self.path, runs_as=self.runs_as, quantized_file=self.quantized_file)
 
     @property
     def graph(self) -> onnx.GraphProto:

@@ -46,6 +46,7 @@ def as_float(model: OnnxModel) -> tuple[OnnxModel, str | None]:
     from .normalize import normalize_model
 
     floated = normalize_model(model.with_proto(dequantize(proto) if count else proto))
+    floated.quantized_file = model.run_path
     held = [f"{count} constant tensors behind DequantizeLinear"] if count else []
     held += [f"{dynamic} integer ops of onnxruntime's dynamic quantization"] if dynamic else []
     rounding = ("its activations' Q/DQ pairs become the clamps of their grids" if count else

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ..errors import ConfigError
 from ..graph.probe import probe_shapes
@@ -113,7 +114,8 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     narrow = probe_removal(effects, layers, unit, narrow=True) if pruned is not None else []
     narrowed = int8_export_of(narrow) if len(narrow) > len(removed) else None
     wholes = {"the original": model.proto, "the int8 reference": reference, "the int8 probe": pruned,
-              "the narrow int8 probe": narrowed}
+              "the narrow int8 probe": narrowed, "the file as given": _given_file(model, feeds, table.target.threads,
+                                                                                 log_line)}
     ms, profiled = timed_wholes({name: proto for name, proto in wholes.items() if proto is not None}, feeds,
                                 table.target.threads, log_line, split=[s.node for s in specs],
                                 profiled=("the original", "the int8 reference"),
@@ -122,7 +124,26 @@ def build_latency_model(model, plan, groups, sample: dict[str, np.ndarray], targ
     narrow_probe = (narrow, ms["the narrow int8 probe"]) if narrowed is not None else None
     splits = {"float": profiled.get("the original"), "int8": profiled.get("the int8 reference")}
     return LatencyModel(layers, table, ms["the original"], effects, ms.get("the int8 reference"), int8_probe=probe,
-                        int8_narrow=narrow_probe, splits=splits)
+                        int8_narrow=narrow_probe, splits=splits, reference_ms=ms.get("the file as given"))
+
+
+def _given_file(model, feeds, threads: int, log_line) -> onnx.ModelProto | None:
+    """The user's already-quantized file `model` was read back from (graph/quantized.py), when
+    it runs on `feeds` as it is: a speed budget is relative to it, not to the float model
+    trained. None for a float input, an adapted interface (the file takes other inputs) or a
+    file that does not run at this batch (a static batch of 1): the budget then is the float
+    model's, and the log says so."""
+    if model.quantized_file is None or model.runs_as is not None:
+        return None
+    proto = onnx.load(str(model.quantized_file))
+    try:
+        time_ms(proto, feeds, threads, min_seconds=0.0)
+    except Exception as e:  # noqa: BLE001 (onnxruntime's errors have no common type)
+        log_line(f"note: {model.quantized_file} does not run at batch {len(next(iter(feeds.values())))} "
+                 f"({str(e).splitlines()[0][:120]}): the latency budget is relative to the float model it was read "
+                 "back as")
+        return None
+    return proto
 
 
 def layer_specs(model, plan, groups, sample: dict[str, np.ndarray]) -> tuple[list[LayerSpec], dict]:

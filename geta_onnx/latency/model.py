@@ -76,7 +76,8 @@ class LatencyModel:
     def __init__(self, layers: list[ModelLayer], table: LatencyTable, original_ms: float,
                  effects: dict[int, list[tuple[int, str, int]]], int8_original_ms: float | None = None,
                  int8_probe: tuple[list[int], float] | None = None,
-                 int8_narrow: tuple[list[int], float] | None = None, splits: dict | None = None):
+                 int8_narrow: tuple[list[int], float] | None = None, splits: dict | None = None,
+                 reference_ms: float | None = None):
         """`effects`: group id -> [(layer index, "in" | "out", channels removed)].
         `int8_original_ms`: an int8 QDQ model of the original measured (None: R_int8 = R_float).
         `int8_probe`: (groups removed, measured ms) of the int8 export of a pruned structure
@@ -84,8 +85,11 @@ class LatencyModel:
         `int8_narrow`: the same of the narrow probe (probe_removal(narrow=True)), the int8 rest
         below the half probe's share (None: the line F + R share all the way down).
         `splits`: form -> latency.attribution.Split of the whole model of that form (the
-        original for float, the int8 reference for int8); a form without one keeps the fit above."""
+        original for float, the int8 reference for int8); a form without one keeps the fit above.
+        `reference_ms`: what a speedup is relative to, where not the original the model fits: the
+        user's already-quantized file it was read back from (latency.build._given_file)."""
         self.layers, self.table, self.original_ms, self.effects = layers, table, original_ms, effects
+        self.reference_ms = reference_ms if reference_ms is not None else original_ms
         # the measurements this fit is made of (tools/bench_latency_model.py refits without the split)
         self.inputs = {"int8_original_ms": int8_original_ms, "int8_probe": int8_probe, "int8_narrow": int8_narrow,
                        "splits": splits}
@@ -213,8 +217,9 @@ class LatencyModel:
     # ---- persistence: a resumed run plans with the numbers it started with -------------
     def snapshot(self) -> dict:
         """The measured numbers (plain JSON) the plans depend on."""
-        return {"original_ms": self.original_ms, "remainder": dict(self.remainder), "scale": dict(self.scale),
-                "fixed": dict(self.fixed), "narrow": {k: list(v) for k, v in self.narrow.items()},
+        return {"original_ms": self.original_ms, "reference_ms": self.reference_ms, "remainder": dict(self.remainder),
+                "scale": dict(self.scale), "fixed": dict(self.fixed),
+                "narrow": {k: list(v) for k, v in self.narrow.items()},
                 "weights": {k: [float(x) for x in v] for k, v in self.weights.items()},
                 "residual": {k: [list(p) for p in v] for k, v in self.residual.items()},
                 "float_check": self.float_check,
@@ -224,6 +229,7 @@ class LatencyModel:
         from .table import Entry
 
         self.original_ms = float(snap["original_ms"])
+        self.reference_ms = float(snap.get("reference_ms", self.original_ms))
         self.remainder = {k: float(v) for k, v in snap["remainder"].items()}
         self.scale = {k: float(v) for k, v in snap["scale"].items()}
         self.fixed = {k: float(v) for k, v in snap.get("fixed", {"float": 0.0, "int8": 0.0}).items()}

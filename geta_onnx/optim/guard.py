@@ -158,7 +158,7 @@ class QualityGuard:
         predicted = self.opt.predicted_ms()
         if not predicted:
             return {}
-        return {"predicted_speedup": self.opt.latency.original_ms / min(predicted.values())}
+        return {"predicted_speedup": self.opt.latency.reference_ms / min(predicted.values())}
 
     def before_step(self, step: int) -> None:
         if self.pending is not None and step >= self.pending["check_at"]:

@@ -175,9 +175,9 @@ class QASSO(torch.optim.Optimizer):
             fastest = latency.ms(latency.state(max_removal(self.views, group_divisible, set())))
             if fastest > target_latency_ms:
                 raise ConfigError(
-                    f"latency budget {target_latency_ms:.3f} ms ({latency.original_ms / target_latency_ms:.2f}x the "
-                    f"original's {latency.original_ms:.3f} ms) is out of reach: with every prunable layer cut to one "
-                    f"unit the model is predicted at {fastest:.3f} ms ({latency.original_ms / fastest:.2f}x); "
+                    f"latency budget {target_latency_ms:.3f} ms ({latency.reference_ms / target_latency_ms:.2f}x the "
+                    f"original's {latency.reference_ms:.3f} ms) is out of reach: with every prunable layer cut to one "
+                    f"unit the model is predicted at {fastest:.3f} ms ({latency.reference_ms / fastest:.2f}x); "
                     "give a smaller --target-speedup or a larger --target-latency-ms")
         self.bit_reduction, self.unit, self.importance = bit_reduction, group_divisible, importance
         self.module = module

@@ -387,3 +387,46 @@ def test_resume_plans_with_the_checkpointed_measurements():
     assert opt3.zeroed == opt.zeroed
     for key, value in straight.items():
         assert torch.equal(value, module3.state_dict()[key]), key
+
+
+def test_a_speed_budget_is_relative_to_the_quantized_file_given(tmp_path, monkeypatch):
+    """A model read back from the user's already-quantized file (graph/quantized.py) fits its
+    latency model on the float model trained, but a --target-speedup is relative to the file
+    as given: its time is the reference (a resume keeps it). A file that does not run at the
+    batch, or a float input, leaves the float model as the reference."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import geta_onnx.latency.build as build
+
+    monkeypatch.setenv("GETA_ONNX_CACHE", str(tmp_path / "cache"))
+    model, module, plan, qadg, _ = resnet_problem()
+    sample = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    target = Target.here(1, 2)
+    build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)  # fills the cache
+    onnx.save(model.proto, str(tmp_path / "float.onnx"))
+    given = tmp_path / "given_int8.onnx"
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(given), weight_type=QuantType.QInt8)
+    dynamic = lambda proto: any(n.op_type == "DynamicQuantizeLinear" for n in proto.graph.node)  # noqa: E731
+    monkeypatch.setattr(build, "time_ms", lambda proto, feeds, threads, min_seconds: 30.0 if dynamic(proto) else 20.0)
+    read_back = model.with_proto(model.proto)
+    read_back.quantized_file = given
+    lm = build_latency_model(read_back, plan, qadg.prunable, sample, target, unit=8, progress=False)
+    assert (lm.original_ms, lm.reference_ms) == (20.0, 30.0)
+    resumed = copy.copy(lm)
+    resumed.restore(json.loads(json.dumps(lm.snapshot())))
+    assert resumed.reference_ms == 30.0
+    plain = build_latency_model(model, plan, qadg.prunable, sample, target, unit=8, progress=False)
+    assert plain.reference_ms == plain.original_ms == 20.0
+
+    def refuse_the_file(proto, feeds, threads, min_seconds):
+        if dynamic(proto):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x")
+        return 20.0
+
+    monkeypatch.setattr(build, "time_ms", refuse_the_file)
+    lines = []
+    lm = build_latency_model(read_back, plan, qadg.prunable, sample, target, unit=8, progress=False,
+                             log_line=lines.append)
+    assert lm.reference_ms == lm.original_ms == 20.0
+    assert any("does not run at batch 2" in line and "relative to the float model" in line for line in lines)
