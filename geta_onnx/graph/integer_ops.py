@@ -8,12 +8,14 @@ activation quantized per batch in the graph:
     MatMulInteger / ConvInteger(x_q, w_q, x_zp, w_zp) -> Cast(float) -> Mul(., x_scale * w_scale) -> y
     Gather(w_q, ids) -> DequantizeLinear(., scale, zp) -> y                  (an embedding table)
 
-and, in a file onnxruntime saved after its own fusions, com.microsoft DynamicQuantizeMatMul(x,
-w_q, w_scale, w_zp, bias) or MatMulIntegerToFloat(x_q, w_q, x_scale, w_scale, x_zp, w_zp, bias).
-No gradient passes an integer weight, so none of it could train. `float_dynamic` rewrites each
-such pattern into the float op it quantizes, reading the weight (w_q - w_zp) * w_scale as one
-float initializer: `MatMul(x, w)` / `Conv(x, w)` (+ `Add(., bias)` for a fused op's bias) /
-`Gather(w, ids)`. What goes is only the activations' per-batch rounding (a dynamic grid always
+(an early quantizer, producer "onnx.quantize 0.1.0", adds a conv's bias to the int32
+accumulator before the Cast), com.microsoft DynamicQuantizeLSTM, and, in a file onnxruntime saved
+after its own fusions, com.microsoft DynamicQuantizeMatMul(x, w_q, w_scale, w_zp, bias) or
+MatMulIntegerToFloat(x_q, w_q, x_scale, w_scale, x_zp, w_zp, bias). No gradient passes an
+integer weight, so none of it could train. `float_dynamic` rewrites each such pattern into the
+float op it quantizes, reading the weight (w_q - w_zp) * w_scale as one float initializer:
+`MatMul(x, w)` (+ `Add(., bias)` for a fused op's bias) / `Conv(x, w, bias)` / `LSTM(x, w, r,
+...)` / `Gather(w, ids)`. What goes is only the activations' per-batch rounding (a dynamic grid always
 spans the tensor's range, so nothing saturates: no clamp is left). A pattern that differs in
 any part (a non-constant weight, a per-channel ConvInteger scale, a Cast to another type, an
 output read elsewhere) is left as it is and the bridge refuses the file with its integer ops
