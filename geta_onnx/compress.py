@@ -342,6 +342,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         **({"latency_model": _latency_report(m["latency"], checks)} if m.get("latency") else {}),
         **({"guard": m["guard"]} if m.get("guard") else {}),
         layers=layers,
+        **({"tables": result.tables()} if result.plan.tables else {}),
         fused_ops=checks["fusion"],
         precision={**checks["precision"], **({"weight_grid": describe_weight_grid()}
                                              if settings.quant.reduce_range == "on" else {})},

@@ -65,6 +65,10 @@ class QuantConfig:
     # that file records its probe, else this CPU); "on": for a file deployed on other or
     # unknown x86 CPUs; "off": the full grid
     reduce_range: str = "auto"
+    # embedding tables (a Gather of a trainable 2-D table) in int8, one step per column, exported as
+    # Gather(int8) -> Cast -> Mul (quant/tables.py; docs/deployment.md, "Embedding tables"). Profile
+    # ort only: under tensorrt they stay float
+    quantize_tables: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float

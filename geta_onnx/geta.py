@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .bridge import OnnxModule, to_torch
 from .config import OptimConfig, PruneConfig, QuantConfig, ScheduleConfig, TrainConfig
 from .errors import GetaError
+from .export.params import pruning_cuts
 from .graph.model import OnnxModel
 from .optim import QASSO, ImportanceWeights, quant_targets
 from .guarding import quality_guard, recovery_steps
@@ -75,6 +76,16 @@ class GetaResult:
                          "act_bit_range": self.plan.bit_range(layer.act_quantizer),
                          "macs": layer.macs or 0, "kept_macs": round((layer.macs or 0) * keep.kept_in * keep.kept_out),
                          "float_reason": layer.skipped or None})  # why a float layer stays float
+        return rows
+
+    def tables(self) -> list[dict]:
+        """Per embedding table exported in int8 (quant/tables.py): its name, rows and kept /
+        total columns."""
+        rows = []
+        for table in self.plan.tables:
+            cut = pruning_cuts(self.qadg, self.optimizer.zeroed).get(table.weight, {})
+            rows.append({"name": table.weight, "rows": table.shape[0], "total": table.shape[1],
+                         "kept": table.shape[1] - len(cut.get(1, ())), "bits": 8})
         return rows
 
     def _kept(self):
@@ -152,6 +163,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at).
     `profile`: the export profile, whose runtime's widths the frozen bits snap to (QuantConfig.deployable_bits)."""
     quant = resolve_weight_range(quant, profile, prune.latency_table)  # reduce_range "auto" decided for the target
+    if profile != "ort":  # int8 tables are built and measured for onnxruntime; tensorrt keeps them float
+        quant = replace(quant, quantize_tables=False)
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample

@@ -147,7 +147,7 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
     # batches ties (docs/guard.md, "What it does")
     few = FirstBatches(held, min(n_batches, GUARD_MIN_BATCHES))
 
-    with quantizers_off(plan.quantizers().values()):  # the fp32 original: the weights before any step
+    with quantizers_off(plan.every_quantizer()):  # the fp32 original: the weights before any step
         original = metrics(module)
     metric = next((k for k in ("accuracy", "agreement", "cosine") if k in original), None)
     if metric is None:
@@ -162,7 +162,7 @@ def quality_guard(module: OnnxModule, data: Data, plan: QuantPlan, loss, opt: QA
                    f"at the noise level; more [prune] guard_batches make them firmer")
     fitted = None
     if prune.guard_data == "train" and metric == "accuracy" and data.eval is not None:
-        with quantizers_off(plan.quantizers().values()):  # the original on as many eval samples
+        with quantizers_off(plan.every_quantizer()):  # the original on as many eval samples
             fitted = fitted_original(baseline, metrics(module, FirstBatches(data.eval, n_batches))[metric],
                                      prune.max_quality_drop)
         if fitted is not None and distributed.info().is_main:

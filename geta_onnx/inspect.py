@@ -14,6 +14,7 @@ from .graph.normalize import with_input_shapes
 from .graph.quantized import as_float
 from .graph.stats import model_stats
 from .qadg import analyze
+from .quant.tables import find_tables
 
 
 def _shape_str(model: OnnxModel, vi: onnx.ValueInfoProto) -> dict:
@@ -67,6 +68,9 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         "quantized": quantized,
         **stats.to_dict(),
+        # the tables compress stores in int8 (profile ort; every float initializer trains in the bridge)
+        "embedding_tables": [{"name": name, "shape": list(model.initializers[name].dims), "gathers": len(gathers)}
+                             for name, gathers in find_tables(model, frozenset(model.initializers))],
         "unsupported_ops": unsupported_ops(model, ifs),
         "shape_decided_ifs": ifs,
         "groups": {**qadg.summary(), "unprunable_reasons": dict(reasons.most_common()),
@@ -113,6 +117,10 @@ def render_text(r: dict) -> str:
                  f"  (analysis {g['analysis_seconds']:.2f} s)")
     for reason, n in list(g["unprunable_reasons"].items())[:8]:
         lines.append(f"  not prunable: {n} group(s): {reason}")
+    if r.get("embedding_tables"):
+        lines.append("embedding tables  " + ", ".join(f"{t['name']} {' x '.join(f'{d:,}' for d in t['shape'])}"
+                                                      for t in r["embedding_tables"])
+                     + " (int8, one step per column, in compress's ort export)")
     lines.append("")
     if r.get("shape_decided_ifs"):
         ifs = r["shape_decided_ifs"]

@@ -40,6 +40,10 @@ def render_markdown(report: dict, plots=None) -> str:
     lines += _fusion_lines(report.get("fused_ops"))
     if report.get("layers"):
         lines += _layer_table(report["layers"])
+    if report.get("tables"):  # quant/tables.py
+        lines += ["Embedding tables in int8 (one step per column): " + ", ".join(
+            f"`{t['name']}` {t['rows']:,} x {t['kept']} of {t['total']} columns"
+            for t in report["tables"]) + ".", ""]
     if plots is not None:
         lines += ["## Plots", "", f"![kept channels and bits per layer]({Path(plots.layers_png).name})", "",
                   f"![quality and latency before and after]({Path(plots.summary_png).name})", ""]

@@ -9,7 +9,7 @@ Passes (each a module stating what it requires and ensures):
     writeback.write_back      trained values + pruning, LayerQ integers / steps
     bnfold.fold_batchnorm     Conv + BN -> Conv, integers kept, BN in per-channel scales
     opset (here)              opset 21 when an INT4 MatMul weight is emitted
-    qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights
+    qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights, int8 embedding tables
 and dequantize.dequantize makes the float twin of the result (what compress ships when
 onnxruntime runs it faster, bench/choice.py).
 Nothing is re-exported from PyTorch and nothing but `save` writes files.
@@ -58,7 +58,8 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
         upgraded = upgrade_opset(proto, INT4_OPSET)
         use_int4 = upgraded is not None
         proto = upgraded if upgraded is not None else proto
-    proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs)
+    proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs,
+                       tables=result.plan.tables)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

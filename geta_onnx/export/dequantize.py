@@ -17,6 +17,8 @@ Ensures:
   a signed pair becomes a pass-through (see _saturate for both, and for the merge of a Relu
   / Clip producer into that Clip);
 - an Add of a [1, .., 1, N] constant after a MatMul reads it as [N] (_vector_bias);
+- an int8 embedding table (Gather(int8) -> Cast -> Mul, quant/tables.py) stays: it is no
+  Q/DQ, computes the trained values exactly, and costs float a fraction of a millisecond;
 - nothing else changes: the twin passes the full checker and keeps the input signature.
 """
 from __future__ import annotations

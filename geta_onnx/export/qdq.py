@@ -33,6 +33,7 @@ import onnx
 
 from ..errors import GetaError
 from ..graph.editor import GraphEditor, Node, Tensor, is_default_domain
+from ..quant.tables import QuantTable, table_int8
 from .params import ActQ, LayerQ, WeightQ
 
 PROFILES = ("ort", "tensorrt")
@@ -51,11 +52,13 @@ def act_params(a: ActQ, profile: str) -> tuple[np.float32, np.ndarray] | None:
 
 
 def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4: bool = False,
-               outputs: list[ActQ] = ()) -> onnx.ModelProto:
-    """`outputs`: the output quantizers (conv outputs no layer reads directly)."""
+               outputs: list[ActQ] = (), tables: list[QuantTable] = ()) -> onnx.ModelProto:
+    """`outputs`: the output quantizers (conv outputs no layer reads directly); `tables`: the
+    embedding tables trained on their int8 grid (quant/tables.py)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
     g = GraphEditor(proto)
+    _int8_tables(g, tables, dequantized=profile != "ort")
     act_scale: dict[str, np.float32] = {}
     unclipped = []  # (tensor, scale, zero point) of the Qs without a Clip before them
     for a in [la.act for la in layers if la.act is not None] + list(outputs):
@@ -198,6 +201,37 @@ def _int8_weight(g: GraphEditor, wq: WeightQ, base: str) -> Tensor:
     z = g.add_const(f"{base}_zero_point", np.zeros(wq.scale.shape, dtype=np.int8))
     attrs = {"axis": int(wq.axis)} if wq.scale.ndim and wq.axis is not None else {}
     return g.add_node("DequantizeLinear", [w, s, z], f"{base}_DequantizeLinear", **attrs)
+
+
+def _int8_tables(g: GraphEditor, tables: list[QuantTable], dequantized: bool = False) -> None:
+    """Gather(table, ids) -> y  =>  Gather(int8 table, ids) -> Cast(float) -> Mul(steps) -> y: the
+    integers and per-column steps of quant.tables.table_int8 (the function training rounded
+    with), so y is the fake-quant rows bitwise; onnxruntime gathers the int8 rows and scales
+    only them (a DequantizeLinear with axis -1 computes the same and ran 5-6x slower,
+    quant/tables.py). `dequantized` (a profile without int8 tables, tensorrt): the table
+    becomes its fake-quant values in float, so that export too computes what was trained."""
+    nodes = g.nodes_by_name()
+    made: dict[str, tuple[Tensor, Tensor] | None] = {}  # table tensor -> (int8 table, steps); None: done in float
+    for table in tables:
+        for name in table.gathers:
+            gather = nodes[name]
+            source = gather.inputs[0]
+            if source.name not in made:
+                ints, steps = table_int8(g.const(source))
+                if dequantized:
+                    g.set_const(source, ints.astype(np.float32) * steps)
+                    made[source.name] = None
+                else:
+                    made[source.name] = (g.add_const(f"{source.name}_quantized", ints),
+                                         g.add_const(f"{source.name}_scale", steps))
+            if made[source.name] is None:
+                continue
+            ints, steps = made[source.name]
+            y = gather.outputs[0]
+            rows = g.variable(f"{name}_quantized_rows")
+            gather.inputs[0], gather.outputs[0] = ints, rows
+            wide = g.add_node("Cast", [rows], f"{name}_Cast", to=onnx.TensorProto.FLOAT)
+            g.add_node("Mul", [wide, steps], f"{name}_scale", output=y)
 
 
 def _int4_weight(g: GraphEditor, wq: WeightQ, base: str) -> Tensor:

@@ -7,6 +7,7 @@ activation quantized per batch in the graph:
     x -> DynamicQuantizeLinear -> (x_q, x_scale, x_zp)
     MatMulInteger / ConvInteger(x_q, w_q, x_zp, w_zp) -> Cast(float) -> Mul(., x_scale * w_scale) -> y
     Gather(w_q, ids) -> DequantizeLinear(., scale, zp) -> y                  (an embedding table)
+    Gather(w_q, ids) -> Cast(float) -> Mul(., scales) -> y               (geta-onnx's own tables)
 
 (an early quantizer, producer "onnx.quantize 0.1.0", adds a conv's bias to the int32
 accumulator before the Cast), com.microsoft DynamicQuantizeLSTM, and, in a file onnxruntime saved
@@ -39,7 +40,7 @@ def float_dynamic(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(`proto` with every dynamic-quantization pattern as its float op, how many were
     rewritten); (`proto` itself, 0) when it has none."""
     gathered = {o for n in proto.graph.node if n.op_type == "Gather" for o in n.output}
-    if not any(n.op_type in DYNAMIC_OPS or (n.op_type == "DequantizeLinear" and n.input[0] in gathered)
+    if not any(n.op_type in DYNAMIC_OPS or (n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in gathered)
                for n in proto.graph.node):
         return proto, 0  # a float or QDQ model: no editor round trip
     g = GraphEditor(proto)
@@ -262,19 +263,54 @@ def _lstm(g: GraphEditor, node: Node) -> int:
 
 
 def _embedding(g: GraphEditor, node: Node) -> int:
-    """Gather(w_q, ids) -> DequantizeLinear(scale, zp) per tensor => Gather(w, ids)."""
+    """An embedding table => Gather(w, ids): Gather(w_q, ids) -> DequantizeLinear(scale, zp) per
+    tensor (onnxruntime's dynamic quantizer), or per column of a 2-D table gathered along axis 0
+    (axis -1); Gather(w_q, ids) -> Cast(float) -> Mul(scales per column or one), geta-onnx's own
+    export (quant/tables.py)."""
     dq = _sole_reader(g, node.outputs[0], "DequantizeLinear")
-    if dq is None or dq.inputs[0] is not node.outputs[0]:
+    if dq is None:
+        return _cast_embedding(g, node)
+    if dq.inputs[0] is not node.outputs[0]:
         return 0
     scale, zp = dq.inputs[1], _input(dq, 2)
-    if not g.is_const(scale) or g.const(scale).size != 1 or (zp is not None and (not g.is_const(zp)
-                                                                                 or g.const(zp).size != 1)):
+    if not g.is_const(scale) or (zp is not None and not g.is_const(zp)):
         return 0
-    w = _weight(g, node.inputs[0], zp, scale)
+    sizes = {g.const(scale).size} | ({g.const(zp).size} if zp is not None else set())
+    per_column = (dq.attrs.get("axis", 1) == -1 and _table_columns(g, node) in sizes and len(sizes) == 1)
+    if sizes != {1} and not per_column:
+        return 0
+    return _float_table(g, node, dq, _weight(g, node.inputs[0], zp, scale))
+
+
+def _cast_embedding(g: GraphEditor, node: Node) -> int:
+    cast = _sole_reader(g, node.outputs[0], "Cast")
+    if cast is None or cast.attrs.get("to") != onnx.TensorProto.FLOAT:
+        return 0
+    mul = _sole_reader(g, cast.outputs[0], "Mul")
+    if mul is None:
+        return 0
+    scale = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
+    if not g.is_const(scale) or g.const(scale).ndim > 1 or g.const(scale).size not in (1, _table_columns(g, node)):
+        return 0
+    return _float_table(g, node, mul, _weight(g, node.inputs[0], None, scale))
+
+
+def _table_columns(g: GraphEditor, node: Node) -> int | None:
+    """The columns of a 2-D constant table gathered along axis 0; None otherwise."""
+    if node.attrs.get("axis", 0) != 0 or not g.is_const(node.inputs[0]) or g.const(node.inputs[0]).ndim != 2:
+        return None
+    return g.const(node.inputs[0]).shape[1]
+
+
+def _float_table(g: GraphEditor, node: Node, last: Node, w: np.ndarray | None) -> int:
+    """Gather(w_q, ids) -> ... -> last -> y  =>  Gather(w, ids) -> y."""
     if w is None:
         return 0
-    ids, y, name = node.inputs[1], dq.outputs[0], _base(node.inputs[0].name, "_quantized")
-    for n in (node, dq):
+    ids, y, name = node.inputs[1], last.outputs[0], _base(node.inputs[0].name, "_quantized")
+    between = [node]
+    while between[-1] is not last:
+        between.append(g.consumers(between[-1].outputs[0])[0])
+    for n in between:
         g.remove(n)
     weight = g.add_const(name, w)
     g.add_node("Gather", [weight, ids], node.name or "gather", output=y, **node.attrs)

@@ -95,7 +95,7 @@ def calibrate(module: torch.nn.Module, plan: QuantPlan, batches: Iterable, confi
     seen = 0
     try:
         module.eval()
-        with quantizers_off(plan.quantizers().values()), torch.no_grad():
+        with quantizers_off(plan.every_quantizer()), torch.no_grad():
             for batch in itertools.islice(batches, config.calibration_batches):  # never pulls one more
                 module(*_inputs(module, batch))
                 seen += 1

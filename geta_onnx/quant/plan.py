@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from torch import nn
 
 from ..errors import GetaError
+from .tables import QuantTable
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class QuantSite:
 class QuantPlan:
     sites: list[QuantSite]
     layers: list[QuantLayer]
+    tables: list[QuantTable] = field(default_factory=list)  # embedding tables in int8 (quant/tables.py)
     # the module the quantizers live on (set by attach_quantizers); not part of equality / repr
     module: nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -112,6 +114,11 @@ class QuantPlan:
         names = dict.fromkeys(s.quantizer for s in self.sites if kinds is None or s.kind in kinds)
         return {n: self.quantizer(n) for n in names}
 
+    def every_quantizer(self) -> list:
+        """The quantizers of the sites and the embedding tables' ones: what quantizers_off turns
+        off for the fp32 model."""
+        return [*self.quantizers().values(), *(self.quantizer(t.quantizer) for t in self.tables)]
+
     def weight_quantizers(self) -> dict:
         return self.quantizers("weight")
 
@@ -145,4 +152,5 @@ class QuantPlan:
         return replace(self, sites=sites, layers=layers)
 
     def to_dict(self) -> dict:
-        return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers]}
+        return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers],
+                "tables": [t.to_dict() for t in self.tables]}

@@ -14,6 +14,8 @@ Ensures:
   onnxruntime turns DQ -> Conv -> Q into QLinearConv only with that Q; likewise one on the
   output of an Add of two quantized tensors (through Relu / Clip) that nothing quantizes,
   for QLinearAdd (a ResNet's last residual Add before the global pooling);
+- with `quantize_tables`, the embedding tables in int8 (quant/tables.py: a TableQuantizer
+  after each Gather of a large trainable table, "t_<initializer>", in QuantPlan.tables);
 - quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>", "o_<tensor>");
 - EVERY reader of a quantized activation tensor (a residual Add too) reads the quantized
   value, as in the exported QDQ graph where all consumers read the DQ output; a graph
@@ -43,6 +45,7 @@ from ..graph.stats import op_cost
 from .nonneg import nonnegative_tensors
 from .plan import QuantLayer, QuantPlan, QuantSite
 from .quantizer import Quantizer
+from .tables import attach_tables
 from .weight_range import weight_bits
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -142,9 +145,10 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
             signed = tensor not in nonneg
             name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
             sites.append(QuantSite(node, "output", tensor, -1, name, signed))
+    tables = attach_tables(module, model, trainable, names, fx_of) if config.quantize_tables else []
     module.graph.lint()
     module.recompile()
-    return QuantPlan(sites, records, module=module)
+    return QuantPlan(sites, records, tables=tables, module=module)
 
 
 # A plain Conv (group 1) reading fewer than THIN_CHANNELS input channels over a reduction depth

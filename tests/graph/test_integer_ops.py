@@ -254,14 +254,19 @@ def test_compress_a_dynamically_quantized_file(tmp_path):
     assert not {"ConvInteger", "MatMulInteger"} & {n.op_type for n in out.graph.node}
 
 
-def test_quantized_embedding_table_reads_back_exactly(tmp_path):
+@pytest.mark.parametrize("per_column", [False, True])
+def test_quantized_embedding_table_reads_back_exactly(per_column):
     """quantize_dynamic stores an embedding table as uint8 read by Gather -> DequantizeLinear
     (MiniLM's word / position / token-type tables): it becomes Gather of the float table, whose
-    rows are exactly what the DequantizeLinear yielded."""
+    rows are exactly what the DequantizeLinear yielded. Per column too (a DequantizeLinear with
+    axis -1 and one scale per column of the table)."""
     table = np.random.default_rng(6).integers(0, 256, size=(10, 4)).astype(np.uint8)
-    values = {"table_quantized": table, "table_scale": np.float32(0.05), "table_zero_point": np.uint8(131)}
+    scale, zp = (np.float32([0.05, 0.2, 0.01, 1.5]), np.uint8([131, 0, 255, 7])) if per_column else \
+        (np.float32(0.05), np.uint8(131))
+    values = {"table_quantized": table, "table_scale": scale, "table_zero_point": zp}
     nodes = [helper.make_node("Gather", ["table_quantized", "ids"], ["rows_q"], name="embed"),
-             helper.make_node("DequantizeLinear", ["rows_q", "table_scale", "table_zero_point"], ["rows"], name="dq")]
+             helper.make_node("DequantizeLinear", ["rows_q", "table_scale", "table_zero_point"], ["rows"], name="dq",
+                              **({"axis": -1} if per_column else {}))]
     graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", 3])],
                               [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["b", 3, 4])],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in values.items()])

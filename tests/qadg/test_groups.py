@@ -112,6 +112,29 @@ def test_op_without_rule_is_a_barrier_not_a_crash():
     assert len([g for g in qadg.groups if g.sources == ["C"] and g.prunable]) == 6
 
 
+def test_a_binary_op_on_a_tensor_with_no_inferred_shape_uses_its_tracked_rank():
+    """Gather(table) -> Mul(scalar) in a graph whose shapes were never inferred: the Mul's
+    tracked operand has no inferred rank, and the analysis read its channel axis past the
+    scalar's (an IndexError); its tracked rank is used now, and the table's columns stay
+    prunable channel groups."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
+             helper.make_node("Mul", ["rows", "two"], ["y"], name="mul"),
+             helper.make_node("ReduceMean", ["y"], ["m"], name="mean", axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["m", "w"], ["out"], name="fc")]
+    inits = [numpy_helper.from_array(np.ones((16, 8), np.float32), "table"),
+             numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.ones((8, 3), np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "L"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    from geta_onnx.graph import OnnxModel
+
+    qadg = analyze(OnnxModel(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])))
+    table = [g for g in qadg.groups if any(m.tensor == "table" for m in g.members)]
+    assert len(table) == 8 and all(g.prunable for g in table)
+
+
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_attention_heads_group_q_k_v_and_output_projection(exporter):
     qadg = analyze(load_model(zoo_path("bert", exporter)))

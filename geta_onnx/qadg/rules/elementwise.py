@@ -89,15 +89,14 @@ def _binary(an: Analysis, node: onnx.NodeProto, mode: str, skip: tuple[int, ...]
     inputs = [x for i, x in enumerate(node.input) if x and i not in skip]
     if not any(an.get(x) is not None for x in inputs):
         return
-    rank = max((an.rank(x) or 0) for x in inputs)
+    rank = max(_rank(an, x) for x in inputs)
     fulls = broadcast_full(an, inputs, rank)
     tracked = [f for f in fulls if f is not None]
     ids = tracked[0]
     for f in tracked[1:]:
         an.union_arrays(ids, f, f"node '{node.name}' ({node.op_type}) ties channels")
         ids = np.where(np.broadcast_arrays(ids, f)[0] != FIXED, *np.broadcast_arrays(ids, f))
-    axes = sorted({a + rank - (an.rank(x) or rank) for x in inputs if an.get(x) is not None
-                   for a in an.get(x).axes})
+    axes = sorted({a + rank - _rank(an, x) for x in inputs if an.get(x) is not None for a in an.get(x).axes})
     zero = []  # per operand: is it exactly 0 on the channels when the group is zeroed?
     for x, f in zip(inputs, fulls):
         if f is not None:
@@ -115,6 +114,14 @@ def _binary(an: Analysis, node: onnx.NodeProto, mode: str, skip: tuple[int, ...]
     index = tuple(slice(None) if a in axes else 0 for a in range(rank))
     full = np.broadcast_to(ids, tuple(max(f.shape[a] for f in tracked) for a in range(rank)))
     an.set(node.output[0], Tracked(tuple(axes), np.ascontiguousarray(full[index]), rank, ok))
+
+
+def _rank(an: Analysis, name: str) -> int:
+    """The tensor's rank: its inferred shape's, else (no shape inferred) its tracked ids', else 0."""
+    rank = an.rank(name)
+    if rank is None and an.get(name) is not None:
+        return an.get(name).rank
+    return rank or 0
 
 
 def _untracked_operand(an: Analysis, node, name: str, axes: list[int], ids: np.ndarray, rank: int) -> bool:
