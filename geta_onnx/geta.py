@@ -81,12 +81,9 @@ class GetaResult:
     def tables(self) -> list[dict]:
         """Per embedding table exported in int8 (quant/tables.py): its name, rows and kept /
         total columns."""
-        rows = []
-        for table in self.plan.tables:
-            cut = pruning_cuts(self.qadg, self.optimizer.zeroed).get(table.weight, {})
-            rows.append({"name": table.weight, "rows": table.shape[0], "total": table.shape[1],
-                         "kept": table.shape[1] - len(cut.get(1, ())), "bits": 8})
-        return rows
+        cuts = pruning_cuts(self.qadg, self.optimizer.zeroed) if self.plan.tables else {}
+        return [{"name": t.weight, "rows": t.shape[0], "total": t.shape[1],
+                 "kept": t.shape[1] - len(cuts.get(t.weight, {}).get(1, ())), "bits": 8} for t in self.plan.tables]
 
     def _kept(self):
         return kept_from_groups(self.plan, [self.qadg.group(g) for g in self.optimizer.zeroed])

@@ -42,7 +42,7 @@ def render_markdown(report: dict, plots=None) -> str:
         lines += _layer_table(report["layers"])
     if report.get("tables"):  # quant/tables.py
         lines += ["Embedding tables in int8 (one step per column): " + ", ".join(
-            f"`{t['name']}` {t['rows']:,} x {t['kept']} of {t['total']} columns"
+            f"`{t['name']}` ({t['rows']:,} rows, {t['kept']} of {t['total']} columns kept)"
             for t in report["tables"]) + ".", ""]
     if plots is not None:
         lines += ["## Plots", "", f"![kept channels and bits per layer]({Path(plots.layers_png).name})", "",

@@ -102,8 +102,6 @@ class TableQuantizer(nn.Module):
     the gradient passes straight through to the rows (and so to the table). No parameters:
     the steps follow the table (table_steps)."""
 
-    kind = "table"
-
     def __init__(self):
         super().__init__()
         self.enabled = True
