@@ -39,7 +39,10 @@ CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides
 def float_dynamic(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(`proto` with every dynamic-quantization pattern as its float op, how many were
     rewritten); (`proto` itself, 0) when it has none."""
-    gathered = {o for n in proto.graph.node if n.op_type == "Gather" for o in n.output}
+    # rows of an integer table: Shape -> Gather -> Cast in any float transformer must not cost an editor round trip
+    tables = {t.name for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    gathered = {o for n in proto.graph.node if n.op_type == "Gather" and n.input and n.input[0] in tables
+                for o in n.output}
     if not any(n.op_type in DYNAMIC_OPS or (n.op_type in ("DequantizeLinear", "Cast") and n.input[0] in gathered)
                for n in proto.graph.node):
         return proto, 0  # a float or QDQ model: no editor round trip
