@@ -343,6 +343,7 @@ def _report(model_path, paths: OutputPaths, data_spec: str, settings: Settings, 
         **({"guard": m["guard"]} if m.get("guard") else {}),
         layers=layers,
         **({"tables": result.tables()} if result.plan.tables else {}),
+        **({"recurrent": result.recurrent()} if result.plan.recurrent else {}),
         fused_ops=checks["fusion"],
         precision={**checks["precision"], **({"weight_grid": describe_weight_grid()}
                                              if settings.quant.reduce_range == "on" else {})},

@@ -69,6 +69,10 @@ class QuantConfig:
     # Gather(int8) -> Cast -> Mul (quant/tables.py; docs/deployment.md, "Embedding tables"). Profile
     # ort only: under tensorrt they stay float
     quantize_tables: bool = True
+    # LSTM weights W and R in int8, one step per direction, exported as com.microsoft
+    # DynamicQuantizeLSTM (quant/recurrent.py; docs/deployment.md, "Recurrent layers"). Profile ort
+    # only: under tensorrt they stay float
+    quantize_recurrent: bool = True
     skip_first: bool = False  # keep the first weighted layer in float
     skip_last: bool = False  # keep the last weighted layer in float
     exclude: tuple[str, ...] = ()  # fnmatch patterns of ONNX node names kept in float

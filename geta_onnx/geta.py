@@ -85,6 +85,12 @@ class GetaResult:
         return [{"name": t.weight, "rows": t.shape[0], "total": t.shape[1],
                  "kept": t.shape[1] - len(cuts.get(t.weight, {}).get(1, ())), "bits": 8} for t in self.plan.tables]
 
+    def recurrent(self) -> list[dict]:
+        """Per LSTM exported with int8 weights (quant/recurrent.py): its node, W and R, and
+        their weights before pruning."""
+        return [{"node": r.node, "weights": list(r.weights), "parameters": r.parameters, "bits": 8,
+                 "format": "DynamicQuantizeLSTM"} for r in self.plan.recurrent]
+
     def _kept(self):
         return kept_from_groups(self.plan, [self.qadg.group(g) for g in self.optimizer.zeroed])
 
@@ -160,8 +166,8 @@ def run_geta(model: OnnxModel, data: Data, *, quant: QuantConfig = QuantConfig()
     `latency_at`: (onnxruntime threads, batch) of a latency budget's target (Settings.latency_at).
     `profile`: the export profile, whose runtime's widths the frozen bits snap to (QuantConfig.deployable_bits)."""
     quant = resolve_weight_range(quant, profile, prune.latency_table)  # reduce_range "auto" decided for the target
-    if profile != "ort":  # int8 tables are built and measured for onnxruntime; tensorrt keeps them float
-        quant = replace(quant, quantize_tables=False)
+    if profile != "ort":  # int8 tables and LSTMs are built and measured for onnxruntime; tensorrt keeps them float
+        quant = replace(quant, quantize_tables=False, quantize_recurrent=False)
     torch.manual_seed(train_config.seed)
     module = to_torch(model)
     module.per_sample = per_sample

@@ -1,6 +1,7 @@
 """`geta-onnx inspect`: what a model is made of, and whether the bridge supports it."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .graph.normalize import with_input_shapes
 from .graph.quantized import as_float
 from .graph.stats import model_stats
 from .qadg import analyze
+from .quant.recurrent import find_lstms
 from .quant.tables import find_tables
 
 
@@ -71,6 +73,10 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         # the tables compress stores in int8 (profile ort; every float initializer trains in the bridge)
         "embedding_tables": [{"name": name, "shape": list(model.initializers[name].dims), "gathers": len(gathers)}
                              for name, gathers in find_tables(model, frozenset(model.initializers))],
+        # the LSTMs compress exports with int8 weights (profile ort, quant/recurrent.py)
+        "int8_lstms": [{"node": node, "weights": list(weights),
+                        "parameters": sum(math.prod(model.initializers[w].dims) for w in weights)}
+                       for node, weights in find_lstms(model, frozenset(model.initializers))],
         "unsupported_ops": unsupported_ops(model, ifs),
         "shape_decided_ifs": ifs,
         "groups": {**qadg.summary(), "unprunable_reasons": dict(reasons.most_common()),
@@ -121,6 +127,9 @@ def render_text(r: dict) -> str:
         lines.append("embedding tables  " + ", ".join(f"{t['name']} {' x '.join(f'{d:,}' for d in t['shape'])}"
                                                       for t in r["embedding_tables"])
                      + " (int8, one step per column, in compress's ort export)")
+    if r.get("int8_lstms"):
+        lines.append("LSTMs             " + ", ".join(f"{t['node']} ({t['parameters']:,} weights)" for t in r["int8_lstms"])
+                     + " (int8 weights, DynamicQuantizeLSTM, in compress's ort export)")
     lines.append("")
     if r.get("shape_decided_ifs"):
         ifs = r["shape_decided_ifs"]

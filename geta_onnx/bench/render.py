@@ -44,6 +44,9 @@ def render_markdown(report: dict, plots=None) -> str:
         lines += ["Embedding tables in int8 (one step per column): " + ", ".join(
             f"`{t['name']}` ({t['rows']:,} rows, {t['kept']} of {t['total']} columns kept)"
             for t in report["tables"]) + ".", ""]
+    if report.get("recurrent"):  # quant/recurrent.py
+        lines += ["LSTM weights in int8 (one step per direction, DynamicQuantizeLSTM): " + ", ".join(
+            f"`{r['node']}` ({r['parameters']:,} weights)" for r in report["recurrent"]) + ".", ""]
     if plots is not None:
         lines += ["## Plots", "", f"![kept channels and bits per layer]({Path(plots.layers_png).name})", "",
                   f"![quality and latency before and after]({Path(plots.summary_png).name})", ""]

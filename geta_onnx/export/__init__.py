@@ -9,7 +9,8 @@ Passes (each a module stating what it requires and ensures):
     writeback.write_back      trained values + pruning, LayerQ integers / steps
     bnfold.fold_batchnorm     Conv + BN -> Conv, integers kept, BN in per-channel scales
     opset (here)              opset 21 when an INT4 MatMul weight is emitted
-    qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights, int8 embedding tables
+    qdq.insert_qdq            Q/DQ per profile, int32 biases, INT4 MatMul weights, int8 embedding tables,
+                              int8 LSTMs (recurrent.int8_lstms)
 and dequantize.dequantize makes the float twin of the result (what compress ships when
 onnxruntime runs it faster, bench/choice.py).
 Nothing is re-exported from PyTorch and nothing but `save` writes files.
@@ -59,7 +60,7 @@ def export_onnx(result, model: OnnxModel, profile: str = "ort", *, int4: bool = 
         use_int4 = upgraded is not None
         proto = upgraded if upgraded is not None else proto
     proto = insert_qdq(proto, layers, profile, int4=use_int4, outputs=outputs,
-                       tables=result.plan.tables)
+                       tables=result.plan.tables, recurrent=result.plan.recurrent)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -19,6 +19,8 @@ Ensures:
 - an Add of a [1, .., 1, N] constant after a MatMul reads it as [N] (_vector_bias);
 - an int8 embedding table (Gather(int8) -> Cast -> Mul, quant/tables.py) stays: it is no
   Q/DQ, computes the trained values exactly, and costs float a fraction of a millisecond;
+  a DynamicQuantizeLSTM (export/recurrent.py) stays too: it is no Q/DQ pair either, and runs
+  faster than the float LSTM (docs/deployment.md, "Recurrent layers");
 - nothing else changes: the twin passes the full checker and keeps the input signature.
 """
 from __future__ import annotations

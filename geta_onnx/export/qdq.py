@@ -22,6 +22,9 @@ Ensures:
 - profile "tensorrt": every zero point 0, activations and weights int8; an unsigned 8-bit
   activation (levels up to 255) is re-gridded to step q_m / 127 (TensorRT has no uint8:
   one bit of resolution is lost there); biases stay float (TensorRT quantizes them itself).
+- an int8 embedding table becomes Gather(int8) -> Cast -> Mul (_int8_tables) and an LSTM
+  trained with int8 weights a DynamicQuantizeLSTM (export/recurrent.py); profile tensorrt
+  keeps both float with their fake-quant values;
 Activations whose quantizer does not fit the 8-bit container (learned bits > 8) stay float;
 those below 8 bits get a Clip at their fake-quant clamp before the Q (act_clip).
 """
@@ -33,8 +36,10 @@ import onnx
 
 from ..errors import GetaError
 from ..graph.editor import GraphEditor, Node, Tensor, is_default_domain
+from ..quant.recurrent import QuantRecurrent
 from ..quant.tables import QuantTable, table_int8
 from .params import ActQ, LayerQ, WeightQ
+from .recurrent import int8_lstms, with_contrib_domain
 
 PROFILES = ("ort", "tensorrt")
 INT4_BLOCK = 32  # block size of the int4 DQ (MatMulNBits wants a power of two >= 16)
@@ -52,13 +57,16 @@ def act_params(a: ActQ, profile: str) -> tuple[np.float32, np.ndarray] | None:
 
 
 def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4: bool = False,
-               outputs: list[ActQ] = (), tables: list[QuantTable] = ()) -> onnx.ModelProto:
+               outputs: list[ActQ] = (), tables: list[QuantTable] = (),
+               recurrent: list[QuantRecurrent] = ()) -> onnx.ModelProto:
     """`outputs`: the output quantizers (conv outputs no layer reads directly); `tables`: the
-    embedding tables trained on their int8 grid (quant/tables.py)."""
+    embedding tables trained on their int8 grid (quant/tables.py); `recurrent`: the LSTMs
+    trained with int8 weights (quant/recurrent.py, export/recurrent.py)."""
     if profile not in PROFILES:
         raise GetaError(f"unknown export profile '{profile}'; expected one of {', '.join(PROFILES)}")
     g = GraphEditor(proto)
     _int8_tables(g, tables, dequantized=profile != "ort")
+    int8_lstms(g, recurrent, dequantized=profile != "ort")
     act_scale: dict[str, np.float32] = {}
     unclipped = []  # (tensor, scale, zero point) of the Qs without a Clip before them
     for a in [la.act for la in layers if la.act is not None] + list(outputs):
@@ -92,7 +100,7 @@ def insert_qdq(proto: onnx.ModelProto, layers: list[LayerQ], profile: str, int4:
         if profile == "ort" and x_scale is not None and not use_int4:
             _matmul_add_as_gemm(g, node, la)
             _int32_bias(g, node, la, x_scale)
-    return g.finish()
+    return with_contrib_domain(g.finish())
 
 
 def act_clip(a: ActQ, profile: str) -> tuple[np.float32, np.float32] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 FUSED = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "MatMulNBits", "ConvInteger",
-         "MatMulInteger", "DynamicQuantizeMatMul", "QAttention")
+         "MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM")
 FLOAT = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul")
 
 

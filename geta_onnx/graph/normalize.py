@@ -221,6 +221,16 @@ def _keep_known_ranks(symbolic: onnx.ModelProto, inferred: onnx.ModelProto) -> o
                                  len(vi.type.tensor_type.shape.dim) != len(mine.type.tensor_type.shape.dim)):
             vi.CopyFrom(mine)
     symbolic.graph.value_info.extend(vi for name, vi in known.items() if name not in seen)
+    # an op it has no rule for (a com.microsoft DynamicQuantizeLSTM writing a graph output) can
+    # leave entries without a type, which the checker refuses: keep onnx's there, or none
+    typed = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    for field in (symbolic.graph.output, symbolic.graph.value_info):
+        for vi in field:
+            if vi.type.WhichOneof("value") is None and vi.name in typed:
+                vi.CopyFrom(typed[vi.name])
+    untyped = [vi for vi in symbolic.graph.value_info if vi.type.WhichOneof("value") is None]
+    for vi in untyped:
+        symbolic.graph.value_info.remove(vi)
     return symbolic
 
 

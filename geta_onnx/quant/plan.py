@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from torch import nn
 
 from ..errors import GetaError
+from .recurrent import QuantRecurrent
 from .tables import QuantTable
 
 
@@ -67,6 +68,7 @@ class QuantPlan:
     sites: list[QuantSite]
     layers: list[QuantLayer]
     tables: list[QuantTable] = field(default_factory=list)  # embedding tables in int8 (quant/tables.py)
+    recurrent: list[QuantRecurrent] = field(default_factory=list)  # LSTM weights in int8 (quant/recurrent.py)
     # the module the quantizers live on (set by attach_quantizers); not part of equality / repr
     module: nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -115,9 +117,10 @@ class QuantPlan:
         return {n: self.quantizer(n) for n in names}
 
     def every_quantizer(self) -> list:
-        """The quantizers of the sites and the embedding tables' ones: what quantizers_off turns
-        off for the fp32 model."""
-        return [*self.quantizers().values(), *(self.quantizer(t.quantizer) for t in self.tables)]
+        """The quantizers of the sites, the embedding tables' and the recurrent weights' ones:
+        what quantizers_off turns off for the fp32 model."""
+        return [*self.quantizers().values(), *(self.quantizer(t.quantizer) for t in self.tables),
+                *(self.quantizer(q) for r in self.recurrent for q in r.quantizers)]
 
     def weight_quantizers(self) -> dict:
         return self.quantizers("weight")
@@ -153,4 +156,4 @@ class QuantPlan:
 
     def to_dict(self) -> dict:
         return {"sites": [s.to_dict() for s in self.sites], "layers": [la.to_dict() for la in self.layers],
-                "tables": [t.to_dict() for t in self.tables]}
+                "tables": [t.to_dict() for t in self.tables], "recurrent": [r.to_dict() for r in self.recurrent]}

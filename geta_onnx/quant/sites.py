@@ -16,6 +16,9 @@ Ensures:
   for QLinearAdd (a ResNet's last residual Add before the global pooling);
 - with `quantize_tables`, the embedding tables in int8 (quant/tables.py: a TableQuantizer
   after each Gather of a large trainable table, "t_<initializer>", in QuantPlan.tables);
+- with `quantize_recurrent`, each LSTM's W and R in int8 (quant/recurrent.py: a
+  RecurrentQuantizer between each weight and the LSTM, "r_<initializer>", in
+  QuantPlan.recurrent; an LSTM matching an `exclude` pattern stays float);
 - quantizers live in `module.quantizers.<name>` ("w_<initializer>", "a_<tensor>", "o_<tensor>");
 - EVERY reader of a quantized activation tensor (a residual Add too) reads the quantized
   value, as in the exported QDQ graph where all consumers read the DQ output; a graph
@@ -45,6 +48,7 @@ from ..graph.stats import op_cost
 from .nonneg import nonnegative_tensors
 from .plan import QuantLayer, QuantPlan, QuantSite
 from .quantizer import Quantizer
+from .recurrent import attach_lstms
 from .tables import attach_tables
 from .weight_range import weight_bits
 
@@ -146,9 +150,10 @@ def attach_quantizers(module: OnnxModule, model: OnnxModel, config: QuantConfig,
             name = _quantize_output(module, model, tensor, signed, config, names, fx_of)
             sites.append(QuantSite(node, "output", tensor, -1, name, signed))
     tables = attach_tables(module, model, trainable, names, fx_of) if config.quantize_tables else []
+    lstms = attach_lstms(module, model, trainable, names, fx_of, config.exclude) if config.quantize_recurrent else []
     module.graph.lint()
     module.recompile()
-    return QuantPlan(sites, records, tables=tables, module=module)
+    return QuantPlan(sites, records, tables=tables, recurrent=lstms, module=module)
 
 
 # A plain Conv (group 1) reading fewer than THIN_CHANNELS input channels over a reduction depth

@@ -37,9 +37,9 @@ import torch
 from torch import fx, nn
 
 from ..graph.model import OnnxModel, attr
+from .int8 import LEVELS, StraightThrough, int8_integers, int8_steps
 
 TABLE_MIN_ELEMENTS = 4096  # smaller ones stay float: a Cast and a Mul per run would save a few KB
-LEVELS = 127  # int8, symmetric: [-127, 127]
 
 
 @dataclass(frozen=True)
@@ -77,24 +77,13 @@ def _embedding_gather(model: OnnxModel, node, slot: int) -> bool:
 
 def table_steps(table: torch.Tensor) -> torch.Tensor:
     """float32 steps, shape (columns,): max_i |W_ij| / 127 (1 where the maximum is 0)."""
-    m = torch.linalg.vector_norm(table.detach().float(), float("inf"), dim=0)
-    return torch.where(m > 0, m / LEVELS, torch.ones_like(m))
+    return int8_steps(table, 0)[0]
 
 
 def table_integers(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(integers in [-127, 127] as float32, steps): the values TableQuantizer gives the table."""
     steps = table_steps(table)
-    return torch.clamp(torch.round(table.detach().float() / steps), -LEVELS, LEVELS), steps
-
-
-class _StraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, quantized):
-        return quantized
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    return int8_integers(table, steps), steps
 
 
 class TableQuantizer(nn.Module):
@@ -112,7 +101,7 @@ class TableQuantizer(nn.Module):
         with torch.no_grad():
             steps = table_steps(table)
             q = (torch.clamp(torch.round(rows.float() / steps), -LEVELS, LEVELS) * steps).to(rows.dtype)
-        return _StraightThrough.apply(rows, q)
+        return StraightThrough.apply(rows, q)
 
     def extra_repr(self) -> str:
         return f"int8 per column, enabled={self.enabled}"

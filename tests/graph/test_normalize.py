@@ -5,7 +5,7 @@ from onnx import helper
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.graph import from_proto
-from geta_onnx.graph.normalize import toposort, with_input_shapes
+from geta_onnx.graph.normalize import _keep_known_ranks, toposort, with_input_shapes
 from tests.helpers import assert_parity, make_model, rng
 
 
@@ -85,3 +85,20 @@ def test_unnamed_nodes_get_unique_names_and_shapes_are_inferred():
     assert model.shape("a") == ("batch", 3, 8, 8)
     fixed = with_input_shapes(model, {"x": (5, 3, 8, 8)})
     assert fixed.static_shape("a") == (5, 3, 8, 8)
+
+
+def test_symbolic_inference_never_leaves_an_untyped_entry():
+    """onnxruntime's symbolic inference left a com.microsoft DynamicQuantizeLSTM's graph outputs
+    without a type (silero VAD's hn / cn), which the checker refuses: onnx's typed entry is
+    kept, and a value_info with no type is dropped."""
+    typed = helper.make_tensor_value_info("hn", onnx.TensorProto.FLOAT, [1, "B", 128])
+    graph = helper.make_graph([], "g", [], [typed], value_info=[helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    inferred = helper.make_model(graph)
+    symbolic = onnx.ModelProto()
+    symbolic.CopyFrom(inferred)
+    symbolic.graph.output[0].ClearField("type")
+    symbolic.graph.value_info.add().name = "cn"  # no type at all
+    out = _keep_known_ranks(symbolic, inferred)
+    assert out.graph.output[0] == typed
+    assert all(vi.type.WhichOneof("value") == "tensor_type" for vi in out.graph.value_info)
+    assert {vi.name for vi in out.graph.value_info} == {"y"}
