@@ -36,16 +36,20 @@ class UnsupportedOpError(GetaError):
         )
         quantized = sorted({op for _, op, _, _ in self.ops} & INTEGER_OPS)
         advice = (f"The file is already quantized ({', '.join(quantized)}) in a form geta-onnx does not read back "
-                  "as float (it reads QDQ files and onnxruntime's dynamic quantization: DynamicQuantizeLinear -> "
-                  "MatMulInteger / ConvInteger -> Cast -> Mul, DynamicQuantizeMatMul, MatMulIntegerToFloat); "
+                  "as float (it reads QDQ files, onnxruntime's operator format with constant scales: QLinearConv, "
+                  "QLinearMatMul, QGemm, QLinearAdd / Mul / Concat / Sigmoid / LeakyRelu / Softmax / AveragePool / "
+                  "GlobalAveragePool, and its dynamic quantization: DynamicQuantizeLinear -> "
+                  "MatMulInteger / ConvInteger -> Cast -> Mul, DynamicQuantizeMatMul, MatMulIntegerToFloat, "
+                  "DynamicQuantizeLSTM); "
                   "compress the float model it was made from." if quantized else
                   "Replace them in the exporter or open an issue with the model attached.")
         super().__init__(f"{model}: {len(self.ops)} unsupported op(s): {listed}. {advice}")
 
 
-# integer kernels of an already-quantized model that graph/integer_ops.py did not read back as
-# float (operator-format QLinear* files, a dynamic-quantization pattern that differs); QDQ models
-# and onnxruntime's dynamic quantization load as the float model they compute (graph/quantized.py)
+# integer kernels of an already-quantized model that graph/operator_format.py and
+# graph/integer_ops.py did not read back as float (a QLinear op with computed scales, QAttention,
+# a dynamic-quantization pattern that differs); QDQ models, onnxruntime's operator format and its
+# dynamic quantization load as the float model they compute (graph/quantized.py)
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
                "QLinearConv", "QLinearMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul"}
 

