@@ -131,6 +131,7 @@ def prepare(dest: Path) -> dict[str, Path]:
 def _quantize_operators(source: Path, target: Path, data: Path, samples: int = 8) -> None:
     """onnxruntime's static quantization of `source` in the operator format (per-channel int8
     weights, uint8 activations), calibrated on the first `samples` inputs make_data gives it."""
+    import contextlib
     import logging
     import tempfile
 
@@ -151,10 +152,10 @@ def _quantize_operators(source: Path, target: Path, data: Path, samples: int = 8
             return next(self.feeds, None)
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice goes to the root logger
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(target), Calibration(), quant_format=QuantFormat.QOperator, per_channel=True)
+    source, target = source.resolve(), target.resolve()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # the quantizer leaves files in the cwd
+        quant_pre_process(str(source), "pre.onnx", skip_symbolic_shape=True)
+        quantize_static("pre.onnx", str(target), Calibration(), quant_format=QuantFormat.QOperator, per_channel=True)
 
 
 def _download(requirement: str, into: Path) -> Path:

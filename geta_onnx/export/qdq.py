@@ -215,8 +215,8 @@ def _int8_tables(g: GraphEditor, tables: list[QuantTable], dequantized: bool = F
     """Gather(table, ids) -> y  =>  Gather(int8 table, ids) -> Cast(float) -> Mul(steps) -> y: the
     integers and per-column steps of quant.tables.table_int8 (the function training rounded
     with), so y is the fake-quant rows bitwise; onnxruntime gathers the int8 rows and scales
-    only them (a DequantizeLinear with axis -1 computes the same and ran 5-6x slower,
-    quant/tables.py). `dequantized` (a profile without int8 tables, tensorrt): the table
+    only them (a DequantizeLinear with axis -1 computes the same, slower: docs/deployment.md,
+    "Embedding tables"). `dequantized` (a profile without int8 tables, tensorrt): the table
     becomes its fake-quant values in float, so that export too computes what was trained."""
     nodes = g.nodes_by_name()
     made: dict[str, tuple[Tensor, Tensor] | None] = {}  # table tensor -> (int8 table, steps); None: done in float

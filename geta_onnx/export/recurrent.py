@@ -1,8 +1,8 @@
 """LSTMs with int8 weights: LSTM(X, W, R, B, ...) => com.microsoft DynamicQuantizeLSTM(X,
 W_q, R_q, B, ..., W_scale, W_zp, R_scale, R_zp), the weights and steps of
 quant.recurrent.recurrent_int8 (the function training rounded with), so its weights are the
-fake-quant ones bitwise; onnxruntime runs it 1.7-2.4x faster than the float LSTM at captcha's
-size (docs/deployment.md, "Recurrent layers").
+fake-quant ones bitwise; onnxruntime runs it faster than the float LSTM (docs/deployment.md,
+"Recurrent layers", measured with tools/bench_lstm_int8.py).
 
 Requires: the float proto after write_back (pruned weights), the plan's QuantRecurrent list.
 Ensures:

@@ -2,9 +2,9 @@
 R [D, 4H, H] on an int8 grid with one step per direction, exported as com.microsoft
 DynamicQuantizeLSTM (export/recurrent.py), the LSTM kernel onnxruntime runs with int8 weights.
 
-A recurrent layer can hold most of a model's weights (ddddocr's captcha model: its
-bidirectional LSTM's 4.2 M of 13.6 M) and stayed float, so a compressed file could be twice
-the user's `quantize_dynamic` one (docs/realworld.md). The deployable format fixes the grid:
+A recurrent layer can hold a large share of a model's weights (ddddocr's captcha models: a
+bidirectional LSTM of 4.2 M weights) and stayed float, so a compressed file could be larger
+than the user's `quantize_dynamic` one (docs/realworld.md). The deployable format fixes the grid:
 DynamicQuantizeLSTM takes int8 weights with a scale per direction (what `quantize_dynamic`
 writes); it also accepts a scale per direction and gate column, but onnxruntime's kernel with
 those scales did not compute the LSTM of its own dequantized weights (docs/deployment.md,

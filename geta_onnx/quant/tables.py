@@ -7,11 +7,11 @@ exported in float, so a compressed model could be larger than the user's `quanti
 file (docs/realworld.md). There is no bit width to learn here: no kernel computes in the
 table's precision, int8 is the only deployable width, and its step per column is fixed by the
 table itself, step_j = max_i |W_ij| / 127 (a column of zeros, a pruned channel, gets step 1
-and stays zero). Per column, not per tensor: MiniLM's position table has columns of very
-different ranges (one step for the table: 17 % relative error; per column: 1.1 %). Cast ->
-Mul, not a DequantizeLinear with axis -1: onnxruntime's per-axis DequantizeLinear on the last
-axis ran 5-6x slower than the float Gather it replaces (docs/deployment.md, "Embedding
-tables"). Training reads the fake-quant values with a straight-through gradient
+and stays zero). Per column, not per tensor: a table's columns can have very different ranges
+(MiniLM's position table; the errors of both choices: docs/deployment.md, "Embedding tables").
+Cast -> Mul, not a DequantizeLinear with axis -1: onnxruntime's per-axis DequantizeLinear on
+the last axis runs element by element, several times slower than the float Gather it replaces
+(same section, tools/bench_embedding_table.py). Training reads the fake-quant values with a straight-through gradient
 (TableQuantizer, inserted after the Gather: only the gathered rows are rounded; the column
 maxima are one pass over the table per step), and the export computes the same integers with
 the same function (table_integers), so the exported model equals the fake-quant one bitwise on
