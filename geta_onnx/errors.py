@@ -42,6 +42,11 @@ class UnsupportedOpError(GetaError):
                   "MatMulInteger / ConvInteger -> Cast -> Mul, DynamicQuantizeMatMul, MatMulIntegerToFloat, "
                   "DynamicQuantizeLSTM); "
                   "compress the float model it was made from." if quantized else
+                  "The file was saved by onnxruntime's transformer optimizer with fusions geta-onnx does not write "
+                  "back as standard ops (it does SkipLayerNormalization, EmbedLayerNormalization, Attention without "
+                  "a past state or causal mask, the Gelu forms, FusedMatMul); compress the model as exported, "
+                  "before the optimizer: onnxruntime fuses the compressed file again when it loads it."
+                  if {op for _, op, _, _ in self.ops} & TRANSFORMER_FUSIONS else
                   "Replace them in the exporter or open an issue with the model attached.")
         super().__init__(f"{model}: {len(self.ops)} unsupported op(s): {listed}. {advice}")
 
@@ -50,6 +55,11 @@ class UnsupportedOpError(GetaError):
 # graph/integer_ops.py did not read back as float (a QLinear op with computed scales, QAttention,
 # a dynamic-quantization pattern that differs); QDQ models, onnxruntime's operator format and its
 # dynamic quantization load as the float model they compute (graph/quantized.py)
+# com.microsoft ops of onnxruntime's transformer optimizer; graph/ort_fusions.py writes most back as
+# standard ops, these names are the ones left when it could not
+TRANSFORMER_FUSIONS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization",
+                       "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "FusedMatMul", "BiasGelu",
+                       "FastGelu", "RotaryEmbedding", "PackedAttention", "DecoderMaskedMultiHeadAttention"}
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
                "QLinearConv", "QLinearMatMul", "QAttention", "QGemm", "QLinearAdd", "QLinearMul"}
 

@@ -16,6 +16,7 @@ from onnx.external_data_helper import uses_external_data
 from ..errors import ModelLoadError
 from .internals import is_deprecated_op_error
 from .model import OnnxModel
+from .ort_fusions import standard_ops
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,23 @@ def load_model(path: str | os.PathLike, *, check: bool = True, normalize: bool =
     check_signature(model)
     if check:
         run_checker(model)
+    model = _standard_ops(model)  # a file of onnxruntime's transformer optimizer
     if normalize:
         from .normalize import normalize_model
 
         model = normalize_model(model)
     return model
+
+
+def _standard_ops(model: OnnxModel) -> OnnxModel:
+    """`model` with onnxruntime's transformer fusions written as the standard ops they fuse
+    (graph/ort_fusions.py); itself when it has none."""
+    standard, fused = standard_ops(model.proto)
+    if not fused:
+        return model
+    log.info("%s: %d op(s) of onnxruntime's transformer fusions written as the standard ops they fuse "
+             "(onnxruntime fuses them again when it loads the compressed file)", model.label, fused)
+    return model.with_proto(standard)
 
 
 def parse_model_bytes(data: bytes, *, label: str) -> onnx.ModelProto:
@@ -162,6 +175,7 @@ def from_proto(proto: onnx.ModelProto, *, label: str | None = None, check: bool 
     check_opset(model)
     if check:
         run_checker(model)
+    model = _standard_ops(model)  # a file of onnxruntime's transformer optimizer
     if normalize:
         from .normalize import normalize_model
 
