@@ -13,10 +13,10 @@ sequence 128, batches 1 and 32; median ms of `--runs` runs, the median of `--rep
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnxruntime as ort
+from interleaved_timing import interleaved_medians  # tools/ (the script's folder)
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -64,18 +64,7 @@ def main() -> None:
     print(f"{'batch':>5} " + " ".join(f"{f:>14}" for f in forms))
     for batch in (1, 32):
         ids = {"ids": rng.integers(0, a.rows, (batch, 128)).astype(np.int64)}
-        rounds: dict[str, list[float]] = {f: [] for f in forms}
-        for _ in range(a.repeats):
-            for f, s in sessions.items():  # interleaved: a slow moment of the host hits every form
-                for _ in range(5):
-                    s.run(None, ids)
-                times = []
-                for _ in range(a.runs):
-                    t = time.perf_counter()
-                    s.run(None, ids)
-                    times.append(time.perf_counter() - t)
-                rounds[f].append(float(np.median(times)) * 1e3)
-        ms = {f: float(np.median(v)) for f, v in rounds.items()}
+        ms = interleaved_medians(sessions, ids, runs=a.runs, repeats=a.repeats, warmup=5)
         print(f"{batch:>5} " + " ".join(f"{ms[f]:>8.3f} ({ms[f] / ms['float']:.1f}x)" for f in forms))
 
 

@@ -12,10 +12,10 @@ kernel that reads its scales as written differs by that rounding only).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnxruntime as ort
+from interleaved_timing import interleaved_medians  # tools/ (the script's folder)
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -82,18 +82,7 @@ def main() -> None:
         x = {"x": rng.standard_normal((a.steps, batch, a.input)).astype(np.float32)}
         err = {f: float(np.abs(s.run(None, x)[0] - own[f].run(None, x)[0]).max()) if f in own else 0.0
                for f, s in sessions.items()}
-        rounds: dict[str, list[float]] = {f: [] for f in forms}
-        for _ in range(a.repeats):
-            for f, s in sessions.items():  # interleaved: a slow moment of the host hits every form
-                for _ in range(3):
-                    s.run(None, x)
-                times = []
-                for _ in range(a.runs):
-                    t = time.perf_counter()
-                    s.run(None, x)
-                    times.append(time.perf_counter() - t)
-                rounds[f].append(float(np.median(times)) * 1e3)
-        ms = {f: float(np.median(v)) for f, v in rounds.items()}
+        ms = interleaved_medians(sessions, x, runs=a.runs, repeats=a.repeats)
         print(f"{batch:>5} " + " ".join(f"{ms[f]:>8.2f} ({ms[f] / ms['float']:.2f}x, {err[f]:.4f})" for f in forms))
 
 

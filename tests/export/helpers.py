@@ -109,3 +109,25 @@ def check_tensorrt_rules(proto, quantized_nodes: set[str]) -> None:
     for n in weighted_nodes(proto):
         if n.name in quantized_nodes:
             assert dq_input(proto, n, 0) is not None and dq_input(proto, n, 1) is not None, n.name
+
+
+def short_compress(model_path, npz, out, profile: str, group_divisible: int) -> tuple[onnx.ModelProto, dict]:
+    """(the written model, its report) of a 40-step CLI compress at 25 % of the groups, batch
+    1, label data `npz`: it exits 0, and the file passes the full checker and loads in
+    onnxruntime."""
+    import json
+
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from geta_onnx.cli import main
+
+    res = CliRunner().invoke(main, ["compress", str(model_path), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
+                                    "--batch-size", "32", "--target-sparsity", "0.25", "--group-divisible",
+                                    str(group_divisible), "--batch", "1", "--profile", profile, "--no-plots",
+                                    "--no-progress", "--skip-data-check"])
+    assert res.exit_code == 0, res.output
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return proto, json.loads(out.with_suffix(".report.json").read_text())

@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -31,7 +30,7 @@ from geta_onnx.qadg import analyze
 from geta_onnx.quant import attach_quantizers
 from geta_onnx.quant.quantizer import quantizers_off
 from geta_onnx.quant.recurrent import find_lstms, recurrent_int8
-from tests.export.helpers import initializer
+from tests.export.helpers import initializer, short_compress
 
 T, B, I, H = 6, 3, 16, 24
 # DynamicQuantizeLSTM rounds the input sequence and each hidden state to uint8 over their
@@ -189,15 +188,7 @@ def test_compress_ships_the_lstm_in_int8(profile, tmp_path):
     export ships: the float twin keeps it), in the report; tensorrt: a float LSTM."""
     path, npz, lstm_bytes = _classifier(tmp_path)
     out = tmp_path / "out" / "small.onnx"
-    res = CliRunner().invoke(main, ["compress", str(path), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
-                                    "--batch-size", "32", "--target-sparsity", "0.25", "--group-divisible", "4",
-                                    "--batch", "1", "--profile", profile, "--no-plots", "--no-progress",
-                                    "--skip-data-check"])
-    assert res.exit_code == 0, res.output
-    proto = onnx.load(str(out))
-    onnx.checker.check_model(proto, full_check=True)
-    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    report = json.loads(out.with_suffix(".report.json").read_text())
+    proto, report = short_compress(path, npz, out, profile, group_divisible=4)
     ops = {n.op_type: n for n in proto.graph.node}
     if profile == "tensorrt":
         assert "LSTM" in ops and initializer(proto, ops["LSTM"].input[1]).dtype == np.float32

@@ -13,7 +13,6 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -30,7 +29,7 @@ from geta_onnx.qadg import analyze
 from geta_onnx.quant import attach_quantizers
 from geta_onnx.quant.quantizer import quantizers_off
 from geta_onnx.quant.tables import TABLE_MIN_ELEMENTS, find_tables, table_int8
-from tests.export.helpers import initializer
+from tests.export.helpers import initializer, short_compress
 
 V, D = 256, 32  # 8,192 weights: above TABLE_MIN_ELEMENTS
 
@@ -177,17 +176,9 @@ def test_compress_ships_the_table_in_int8(profile, tmp_path):
     Gather -> DequantizeLinear), in the report; tensorrt: trained and exported in float."""
     path, npz, table = _classifier(tmp_path)
     out = tmp_path / "out" / "small.onnx"
-    res = CliRunner().invoke(main, ["compress", str(path), "--data", f"npz:{npz}", "-o", str(out), "--steps", "40",
-                                    "--batch-size", "32", "--target-sparsity", "0.25", "--group-divisible", "8",
-                                    "--batch", "1", "--profile", profile, "--no-plots", "--no-progress",
-                                    "--skip-data-check"])
-    assert res.exit_code == 0, res.output
-    proto = onnx.load(str(out))
-    onnx.checker.check_model(proto, full_check=True)
-    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    proto, report = short_compress(path, npz, out, profile, group_divisible=8)
     gather = next(n for n in proto.graph.node if n.op_type == "Gather")
     stored = initializer(proto, gather.input[0])
-    report = json.loads(out.with_suffix(".report.json").read_text())
     if profile == "tensorrt":
         assert stored.dtype == np.float32 and "tables" not in report
         return
