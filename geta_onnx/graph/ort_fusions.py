@@ -13,9 +13,10 @@ channels; onnxruntime fuses them again when it loads the compressed file.
 
 LayerNorm is LayerNormalization (axis -1) from opset 17 and its formula before. Left as they
 are, and refused by the bridge with their names: an op reading an output this does not write
-(SkipLayerNormalization's mean / inv_std_var, an Attention's present state),
-FusedMatMul with transBatchA / transBatchB, an Attention with a past state, causal
-(unidirectional), rotary or a mask of another form, and MultiHeadAttention / GroupQueryAttention. docs/realworld.md, "Files of onnxruntime's transformer optimizer".
+(SkipLayerNormalization's mean / inv_std_var, an Attention's present state), FusedMatMul with
+transBatchA / transBatchB, an Attention with a past state, causal (unidirectional), rotary or
+a mask of another form, and MultiHeadAttention / GroupQueryAttention. docs/realworld.md,
+"Files of onnxruntime's transformer optimizer".
 
     proto, rewritten = standard_ops(onnx.load("model_optimized.onnx"))
 """
