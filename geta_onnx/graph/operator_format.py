@@ -70,23 +70,24 @@ def _unfuse(g: GraphEditor, node: Node) -> int:
     op, keep = OPERATORS[node.op]
     if node.attrs.get("channels_last", 0):
         return 0
-    # (tensor, scale, zero point) of each quantized input, the output's (scale, zero point), other inputs
+    # (tensor, scale, zero point) of each quantized input, and the output's (scale, zero point)
     if op == "Concat":  # Y_scale, Y_zp, then (X, X_scale, X_zp) per input
         triples = [tuple(node.inputs[i:i + 3]) for i in range(2, len(node.inputs), 3)]
-        out, extra = (_input(node, 0), _input(node, 1)), []
+        out = (_input(node, 0), _input(node, 1))
     elif op in ("Conv", "MatMul", "Gemm", "Add", "Mul"):
         triples = [tuple(node.inputs[0:3]), tuple(node.inputs[3:6])]
         tail = {"Conv": 6, "MatMul": 6, "Gemm": 7, "Add": 6, "Mul": 6}[op]
-        out, extra = (_input(node, tail), _input(node, tail + 1)), []
+        out = (_input(node, tail), _input(node, tail + 1))
     else:  # X, X_scale, X_zp, Y_scale, Y_zp
         triples = [tuple(node.inputs[0:3])]
-        out, extra = (_input(node, 3), _input(node, 4)), []
+        out = (_input(node, 3), _input(node, 4))
     if any(t is None or not g.is_const(t) for _, s, z in triples for t in (s, z)) or \
             any(t is not None and not g.is_const(t) for t in out):
         return 0
     if op == "Softmax" and not _softmax_same(g, node):
         return 0
     attrs = {k: v for k, v in node.attrs.items() if k in keep}
+    extra = []  # a Conv's / Gemm's bias
     if op in ("Conv", "Gemm"):
         bias = _input(node, 8 if op == "Conv" else 6)
         if bias is not None:

@@ -70,8 +70,8 @@ def _used(g: GraphEditor, node: Node, i: int) -> bool:
         bool(g.consumers(node.outputs[i])) or g.is_output(node.outputs[i]))
 
 
-def _const(g: GraphEditor, base: str, value: float, like: np.dtype = np.float32) -> Tensor:
-    return g.add_const(base, np.asarray(value, dtype=like))
+def _const(g: GraphEditor, base: str, value: float) -> Tensor:
+    return g.add_const(base, np.asarray(value, dtype=np.float32))
 
 
 def _layer_norm(g: GraphEditor, x, gamma, beta, eps: float, base: str, output: Tensor, rms: bool = False) -> None:

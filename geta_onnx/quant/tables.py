@@ -11,11 +11,11 @@ and stays zero). Per column, not per tensor: a table's columns can have very dif
 (MiniLM's position table; the errors of both choices: docs/deployment.md, "Embedding tables").
 Cast -> Mul, not a DequantizeLinear with axis -1: onnxruntime's per-axis DequantizeLinear on
 the last axis runs element by element, several times slower than the float Gather it replaces
-(same section, tools/bench_embedding_table.py). Training reads the fake-quant values with a straight-through gradient
-(TableQuantizer, inserted after the Gather: only the gathered rows are rounded; the column
-maxima are one pass over the table per step), and the export computes the same integers with
-the same function (table_integers), so the exported model equals the fake-quant one bitwise on
-the table.
+(same section, tools/bench_embedding_table.py). Training reads the fake-quant values with a
+straight-through gradient (TableQuantizer, inserted after the Gather: only the gathered rows
+are rounded; the column maxima are one pass over the table per step), and the export computes
+the same integers with the same functions (quant/int8.py), so the exported model equals the
+fake-quant one bitwise on the table.
 
 Requires: a bridged module (bridge.to_torch) and its OnnxModel.
 Ensures:
@@ -37,7 +37,7 @@ import torch
 from torch import fx, nn
 
 from ..graph.model import OnnxModel, attr
-from .int8 import LEVELS, StraightThrough, int8_integers, int8_steps
+from .int8 import StraightThrough, int8_integers, int8_steps
 
 TABLE_MIN_ELEMENTS = 4096  # smaller ones stay float: a Cast and a Mul per run would save a few KB
 
@@ -100,7 +100,7 @@ class TableQuantizer(nn.Module):
             return rows
         with torch.no_grad():
             steps = table_steps(table)
-            q = (torch.clamp(torch.round(rows.float() / steps), -LEVELS, LEVELS) * steps).to(rows.dtype)
+            q = (int8_integers(rows, steps) * steps).to(rows.dtype)
         return StraightThrough.apply(rows, q)
 
     def extra_repr(self) -> str:

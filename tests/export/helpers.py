@@ -131,3 +131,16 @@ def short_compress(model_path, npz, out, profile: str, group_divisible: int) -> 
     onnx.checker.check_model(proto, full_check=True)
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return proto, json.loads(out.with_suffix(".report.json").read_text())
+
+
+def cli_inspect(model_path, folder) -> tuple[str, dict]:
+    """(the printed text, the JSON report) of `geta-onnx inspect`, which exits 0."""
+    import json
+
+    from click.testing import CliRunner
+
+    from geta_onnx.cli import main
+
+    res = CliRunner().invoke(main, ["inspect", str(model_path), "--json", str(folder / "inspect.json")])
+    assert res.exit_code == 0, res.output
+    return res.output, json.loads((folder / "inspect.json").read_text())

@@ -10,18 +10,15 @@ compress (the MatMul's output channels are the LSTM's prunable input columns).
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.bridge.parity import run_onnxruntime
-from geta_onnx.cli import main
 from geta_onnx.config import QuantConfig
 from geta_onnx.export import dequantize, export_onnx
 from geta_onnx.graph import OnnxModel
@@ -30,7 +27,7 @@ from geta_onnx.qadg import analyze
 from geta_onnx.quant import attach_quantizers
 from geta_onnx.quant.quantizer import quantizers_off
 from geta_onnx.quant.recurrent import find_lstms, recurrent_int8
-from tests.export.helpers import initializer, short_compress
+from tests.export.helpers import cli_inspect, initializer, short_compress
 
 T, B, I, H = 6, 3, 16, 24
 # DynamicQuantizeLSTM rounds the input sequence and each hidden state to uint8 over their
@@ -206,8 +203,7 @@ def test_compress_ships_the_lstm_in_int8(profile, tmp_path):
 
 def test_inspect_names_the_lstms_compress_quantizes(tmp_path):
     path, _, _ = _classifier(tmp_path)
-    res = CliRunner().invoke(main, ["inspect", str(path), "--json", str(tmp_path / "inspect.json")])
-    assert res.exit_code == 0, res.output
-    assert "LSTMs             lstm (7,680 weights) (int8 weights, DynamicQuantizeLSTM" in res.output
-    assert json.loads((tmp_path / "inspect.json").read_text())["int8_lstms"] == [
+    output, report = cli_inspect(path, tmp_path)
+    assert "LSTMs             lstm (7,680 weights) (int8 weights, DynamicQuantizeLSTM" in output
+    assert report["int8_lstms"] == [
         {"node": "lstm", "weights": ["W", "R"], "parameters": 2 * 96 * (16 + 24)}]

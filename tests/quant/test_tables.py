@@ -9,18 +9,15 @@ classifier (Gather -> ReduceMean -> Gemm) for the compress.
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from geta_onnx.bridge import to_torch
 from geta_onnx.bridge.parity import run_onnxruntime
-from geta_onnx.cli import main
 from geta_onnx.config import QuantConfig
 from geta_onnx.export import export_onnx
 from geta_onnx.graph import OnnxModel
@@ -29,7 +26,7 @@ from geta_onnx.qadg import analyze
 from geta_onnx.quant import attach_quantizers
 from geta_onnx.quant.quantizer import quantizers_off
 from geta_onnx.quant.tables import TABLE_MIN_ELEMENTS, find_tables, table_int8
-from tests.export.helpers import initializer, short_compress
+from tests.export.helpers import cli_inspect, initializer, short_compress
 
 V, D = 256, 32  # 8,192 weights: above TABLE_MIN_ELEMENTS
 
@@ -191,8 +188,7 @@ def test_compress_ships_the_table_in_int8(profile, tmp_path):
 
 def test_inspect_names_the_tables_compress_stores_in_int8(tmp_path):
     path, _, _ = _classifier(tmp_path)
-    res = CliRunner().invoke(main, ["inspect", str(path), "--json", str(tmp_path / "inspect.json")])
-    assert res.exit_code == 0, res.output
-    assert "embedding tables  table 512 x 32 (int8" in res.output
-    assert json.loads((tmp_path / "inspect.json").read_text())["embedding_tables"] == [
+    output, report = cli_inspect(path, tmp_path)
+    assert "embedding tables  table 512 x 32 (int8" in output
+    assert report["embedding_tables"] == [
         {"name": "table", "shape": [512, 32], "gathers": 1}]
