@@ -12,6 +12,7 @@ from .graph import load_model
 from .graph.interface import adapt_interface
 from .graph.model import OnnxModel
 from .graph.normalize import with_input_shapes
+from .graph.half import float32_graph
 from .graph.quantized import as_float
 from .graph.stats import model_stats
 from .qadg import analyze
@@ -69,6 +70,8 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "inputs": [_shape_str(model, vi) for vi in model.inputs],
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         "quantized": quantized,
+        # a float16 / bfloat16 file: compress trains the float32 model it computes (graph/half.py)
+        "half": float32_graph(model.proto)[1] > 0,
         **stats.to_dict(),
         # the tables compress stores in int8 (profile ort; every float initializer trains in the bridge)
         "embedding_tables": [{"name": name, "shape": list(model.initializers[name].dims), "gathers": len(gathers)}
@@ -103,6 +106,9 @@ def render_text(r: dict) -> str:
             lines.append(f"{label:<9} {t['name']}: {t['dtype']} {t['shape']}")
     if r.get("quantized"):
         lines.append(f"quantized {r['quantized']}; the figures below are of that float model")
+    if r.get("half"):
+        lines.append("half      the model computes in float16 / bfloat16: compress trains it as the float32 model it "
+                     "computes, and its file keeps the half inputs and outputs (docs/realworld.md)")
     lines.append(f"params    {r['params']:,} ({_human(r['params'])}) in float initializers")
     note = " (symbolic dims counted as 1; fix them with --shape)" if any(
         isinstance(d, str) for t in r["inputs"] for d in (t["shape"] or [])) else ""

@@ -148,3 +148,15 @@ def test_compress_of_a_float16_file_trains_and_ships_its_float16_signature(tmp_p
     inner, _ = float32_graph(proto)  # the written file without its half signature: the export validated
     want = ort.InferenceSession(inner.SerializeToString()).run(None, {"image": x.astype(np.float16).astype(np.float32)})[0]
     np.testing.assert_array_equal(got, want.astype(np.float16))
+
+
+def test_inspect_says_the_file_computes_in_half(tmp_path):
+    from tests.export.helpers import cli_inspect
+
+    path = tmp_path / "half.onnx"
+    onnx.save(half_mlp(), str(path))
+    text, report = cli_inspect(path, tmp_path)
+    assert report["half"] is True and "half      the model computes in float16" in text
+    onnx.save(float32_graph(half_mlp())[0], str(tmp_path / "float.onnx"))
+    text, report = cli_inspect(tmp_path / "float.onnx", tmp_path)
+    assert report["half"] is False and "float16" not in text
