@@ -9,10 +9,10 @@ import onnx
 
 from .bridge import registry
 from .graph import load_model
+from .graph.half import computes_in_half
 from .graph.interface import adapt_interface
 from .graph.model import OnnxModel
 from .graph.normalize import with_input_shapes
-from .graph.half import float32_graph
 from .graph.quantized import as_float
 from .graph.stats import model_stats
 from .qadg import analyze
@@ -71,7 +71,7 @@ def inspect_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = 
         "outputs": [_shape_str(model, vi) for vi in model.outputs],
         "quantized": quantized,
         # a float16 / bfloat16 file: compress trains the float32 model it computes (graph/half.py)
-        "half": float32_graph(model.proto)[1] > 0,
+        "half": computes_in_half(model.proto),
         **stats.to_dict(),
         # the tables compress stores in int8 (profile ort; every float initializer trains in the bridge)
         "embedding_tables": [{"name": name, "shape": list(model.initializers[name].dims), "gathers": len(gathers)}

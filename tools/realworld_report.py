@@ -120,24 +120,18 @@ def prepare(dest: Path) -> dict[str, Path]:
                 print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
                 continue
         out[target.stem] = target
-    for source in QOPERATOR_FROM:
-        target = files / f"{source}_qop.onnx"
-        if source in out and not target.exists():
-            try:
-                _quantize_operators(out[source], target, dest / "data")
-            except Exception as e:  # noqa: BLE001
-                print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
-        if target.exists():
-            out[target.stem] = target
-    for source in FLOAT16_FROM:
-        target = files / f"{source}_fp16.onnx"
-        if source in out and not target.exists():
-            try:
-                _float16(out[source], target, wheels)
-            except Exception as e:  # noqa: BLE001
-                print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
-        if target.exists():
-            out[target.stem] = target
+    derived = [("qop", QOPERATOR_FROM, lambda source, target: _quantize_operators(source, target, dest / "data")),
+               ("fp16", FLOAT16_FROM, lambda source, target: _float16(source, target, wheels))]
+    for suffix, sources, make in derived:  # files made from files of the zoo
+        for source in sources:
+            target = files / f"{source}_{suffix}.onnx"
+            if source in out and not target.exists():
+                try:
+                    make(out[source], target)
+                except Exception as e:  # noqa: BLE001
+                    print(f"skip {target.name}: {str(e).splitlines()[0][:200]}")
+            if target.exists():
+                out[target.stem] = target
     return out
 
 

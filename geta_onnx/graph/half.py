@@ -45,31 +45,43 @@ def float32_info(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 
 def float32_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """(a copy of `proto` computing in float32, how many half tensors, attributes and
-    declared types it rewrote); (`proto` itself, 0) when nothing in it is half."""
+    declared types it rewrote); (`proto` itself, 0) when nothing in it is half, without
+    copying it."""
+    if not computes_in_half(proto):
+        return proto, 0
     out = copy_message(proto)
-    count = _graph(out.graph)
-    return (out, count) if count else (proto, 0)
+    return out, _graph(out.graph)
 
 
-def _graph(g: onnx.GraphProto) -> int:
+def computes_in_half(proto: onnx.ModelProto) -> bool:
+    """Whether anything in `proto` is float16 / bfloat16 (what float32_graph would rewrite)."""
+    return _graph(proto.graph, write=False) > 0
+
+
+def _graph(g: onnx.GraphProto, write: bool = True) -> int:
+    """How many half tensors, type attributes and declared types `g` (and its bodies) holds;
+    `write`: each made float32 in place."""
     count = 0
-    for i, t in enumerate(g.initializer):
+    for t in g.initializer:
         if t.data_type in HALF_TYPES:
-            g.initializer[i].CopyFrom(_float32(t))
             count += 1
+            if write:
+                t.CopyFrom(_float32(t))
     for node in g.node:
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in HALF_TYPES:
-                a.t.CopyFrom(_float32(a.t))
                 count += 1
+                if write:
+                    a.t.CopyFrom(_float32(a.t))
             elif a.type == onnx.AttributeProto.INT and a.name == _TYPE_ATTRIBUTES.get(node.op_type) \
                     and a.i in HALF_TYPES:
-                a.i = onnx.TensorProto.FLOAT
                 count += 1
+                if write:
+                    a.i = onnx.TensorProto.FLOAT
             for body in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                count += _graph(body)
+                count += _graph(body, write)
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        count += _retype(vi.type)
+        count += _retype(vi.type, write)
     return count
 
 
@@ -78,17 +90,18 @@ def _float32(t: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
 
 
-def _retype(tp: onnx.TypeProto) -> int:
-    """Half element types in `tp` (tensors, and tensors inside sequences / optionals) made
-    float32; returns how many."""
+def _retype(tp: onnx.TypeProto, write: bool = True) -> int:
+    """How many half element types `tp` holds (tensors, and tensors inside sequences /
+    optionals); `write`: each made float32."""
     kind = tp.WhichOneof("value")
     if kind == "tensor_type" and tp.tensor_type.elem_type in HALF_TYPES:
-        tp.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        if write:
+            tp.tensor_type.elem_type = onnx.TensorProto.FLOAT
         return 1
     if kind == "sequence_type":
-        return _retype(tp.sequence_type.elem_type)
+        return _retype(tp.sequence_type.elem_type, write)
     if kind == "optional_type":
-        return _retype(tp.optional_type.elem_type)
+        return _retype(tp.optional_type.elem_type, write)
     return 0
 
 
