@@ -101,6 +101,7 @@ def test_every_fixup_kind_has_its_rewrite():
     with pytest.raises(GetaError, match="no pruning rewrite for Fixup"):
         editor.apply(Fixup("node"))
 
+
 @pytest.mark.parametrize("noise, error, passes", [(0.0, 5e-4, False), (5e-4, 1e-3, True), (0.5, 0.05, False)])
 def test_parity_tolerance_follows_onnxruntimes_own_noise(monkeypatch, noise, error, passes):
     """A model whose outputs onnxruntime's optimised run moves by `noise` (of the output scale)
